@@ -1,0 +1,24 @@
+"""scorelab: DDPM, NCSN and score SDEs as one system (see ../shared/docs/MATH.md).
+
+    import scorelab as sl
+    process = sl.VPSDE()
+    oracle = sl.GaussianMixture([0.3, 0.7], [[-2.0, 0.0], [2.0, 1.0]], [0.25, 0.5])
+    model = oracle.model(process)              # exact score at every t
+    loss = sl.losses.dsm_loss(model, oracle.sample(64))
+"""
+
+from . import losses
+from .losses import VLB, dsm_loss, hybrid_loss, simple_loss, vlb, vlb_term
+from .models import (CONDITIONS, TARGETS, DiffusionModel, Model, Prediction, ProcessAdapter,
+                     from_eps, to_eps)
+from .oracle import ExactModel, GaussianMixture
+from .processes import DDPM, NCSN, VESDE, VPSDE, NoiseProcess, SubVPSDE, process_from_config
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DDPM", "NCSN", "VPSDE", "SubVPSDE", "VESDE", "NoiseProcess", "process_from_config",
+    "Model", "ProcessAdapter", "Prediction", "DiffusionModel", "TARGETS", "CONDITIONS",
+    "to_eps", "from_eps", "GaussianMixture", "ExactModel",
+    "losses", "simple_loss", "dsm_loss", "vlb", "vlb_term", "VLB", "hybrid_loss",
+]

@@ -1,0 +1,97 @@
+"""Small shared helpers: broadcasting, time tensors and argument checks.
+
+Every piece of math in scorelab is written once for a batch of any shape:
+points ``(N, D)`` and images ``(N, C, H, W)`` share each line because per-example
+coefficients of shape ``(N,)`` are broadcast against ``x`` by :func:`expand_as`.
+Schedules are computed in float64 and cast only where they meet ``x``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+TimeLike = float | Sequence[float] | Tensor
+
+
+def expand_as(coef: Tensor, x: Tensor) -> Tensor:
+    """Reshape per-example ``coef`` of shape ``(N,)`` or ``()`` to broadcast against ``x``.
+
+    The result has ``x``'s dtype and device and trailing singleton dimensions,
+    so ``expand_as(a, x) * x`` works for points and images alike (DESIGN.md, item 6).
+    """
+    coef = coef.to(device=x.device, dtype=x.dtype)
+    if coef.ndim == 0:
+        return coef
+    if coef.ndim != 1 or coef.shape[0] not in (1, x.shape[0]):
+        raise ValueError(
+            f"a per-example coefficient has shape {tuple(coef.shape)} but x has batch size "
+            f"{x.shape[0]}; pass one time per example (shape ({x.shape[0]},)) or a scalar"
+        )
+    return coef.reshape(coef.shape[0], *([1] * (x.ndim - 1)))
+
+
+def as_time(t: TimeLike, like: Tensor | None = None) -> Tensor:
+    """Turn a time (float, sequence or tensor) into a float64 tensor.
+
+    With ``like`` (a batch ``x``), a scalar time is repeated for every example
+    and the result lives on ``like``'s device.
+    """
+    device = like.device if like is not None else (t.device if isinstance(t, Tensor) else None)
+    t = torch.as_tensor(t, dtype=torch.float64, device=device)
+    if like is not None:
+        if t.ndim == 0:
+            t = t.expand(like.shape[0])
+        elif t.ndim != 1 or t.shape[0] != like.shape[0]:
+            raise ValueError(
+                f"time has shape {tuple(t.shape)} but the batch has {like.shape[0]} examples; "
+                "pass a scalar or one time per example"
+            )
+    return t
+
+
+def flat_dim(x: Tensor) -> int:
+    """Number of dimensions D of one example (everything but the batch axis)."""
+    if x.ndim < 2:
+        raise ValueError(
+            f"expected a batch of shape (N, D) or (N, C, H, W), got shape {tuple(x.shape)}; "
+            "add a batch axis with x[None] or a feature axis with x[:, None]"
+        )
+    return math.prod(x.shape[1:])
+
+
+def sum_except_batch(x: Tensor) -> Tensor:
+    """Sum over every axis but the first: a per-example total."""
+    return x.reshape(x.shape[0], -1).sum(dim=1)
+
+
+def mean_except_batch(x: Tensor) -> Tensor:
+    """Mean over every axis but the first: a per-example average per dimension."""
+    return x.reshape(x.shape[0], -1).mean(dim=1)
+
+
+def randn(shape: Sequence[int], generator: torch.Generator | None = None, *,
+          device: torch.device | str | None = None, dtype: torch.dtype = torch.float32) -> Tensor:
+    """Standard normal noise drawn from ``generator`` (randomness is always an argument)."""
+    if generator is not None and device is None:
+        device = generator.device
+    return torch.randn(tuple(shape), generator=generator, device=device, dtype=dtype)
+
+
+def require(condition: bool, message: str) -> None:
+    """Raise ``ValueError(message)`` unless ``condition``: checks at the API's edge."""
+    if not condition:
+        raise ValueError(message)
+
+
+def require_positive_int(name: str, value: int) -> None:
+    require(isinstance(value, int) and not isinstance(value, bool) and value > 0,
+            f"{name} must be a positive integer, got {value!r}; pass e.g. {name}=1000")
+
+
+def require_positive(name: str, value: float) -> None:
+    require(isinstance(value, (int, float)) and math.isfinite(value) and value > 0,
+            f"{name} must be a positive finite number, got {value!r}")

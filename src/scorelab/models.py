@@ -1,0 +1,239 @@
+"""The model wrapper: a network plus its process and prediction target (MATH.md section 1).
+
+Losses, samplers and likelihoods talk to a model only through the small
+:class:`DiffusionModel` protocol: a ``process`` attribute and
+``predict(x, t) -> Prediction``. A :class:`Prediction` holds the network's
+answer as eps, from which the score, the denoised ``x0`` and ``v`` follow by
+MATH.md 1 (``score = -eps / s``, ``x0 = (x - s eps) / a``, ``v = a eps - s x0``),
+so a network trained for any target serves every sampler.
+
+:class:`Model` wraps any ``torch.nn.Module`` ``net(x, noise_condition)`` and
+decides, once, what noise condition the network receives (time, discrete
+index, sigma or log-sigma). :meth:`Model.in_process` (and
+:class:`ProcessAdapter`) lets a model trained under one process answer in
+another's time, matching noise levels ``sigma = s / a``: this is how a
+DDPM-trained network is driven by the VP SDE's samplers and an NCSN one by
+the VE SDE's (Song et al. 2021, Table 1).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import torch
+from torch import Tensor, nn
+
+from ._util import TimeLike, as_time, expand_as, require
+from .processes import DDPM, NCSN, VESDE, NoiseProcess
+
+__all__ = ["TARGETS", "CONDITIONS", "Prediction", "DiffusionModel", "Model", "ProcessAdapter",
+           "to_eps", "from_eps", "default_condition"]
+
+#: Prediction targets a network may be trained for (MATH.md 1).
+TARGETS = ("eps", "score", "x0", "v")
+#: Noise conditions a network may receive.
+CONDITIONS = ("time", "index", "sigma", "log_sigma")
+
+
+def _check_target(target: str) -> None:
+    require(target in TARGETS, f"unknown prediction target {target!r}; choose one of {TARGETS}")
+
+
+def to_eps(out: Tensor, target: str, x: Tensor, a: Tensor, s: Tensor) -> Tensor:
+    """Convert a network output for ``target`` at ``x_t = x`` into eps (MATH.md 1).
+
+    ``a`` and ``s`` are per-example ``(N,)`` or scalars. For ``v = a eps - s x0``
+    with ``x = a x0 + s eps``: ``eps = (a v + s x) / (a^2 + s^2)``.
+    """
+    _check_target(target)
+    a, s = expand_as(a, x), expand_as(s, x)
+    if target == "eps":
+        return out
+    if target == "score":
+        return -s * out
+    if target == "x0":
+        return (x - a * out) / s
+    return (a * out + s * x) / (a**2 + s**2)
+
+
+def from_eps(eps: Tensor, target: str, x: Tensor, a: Tensor, s: Tensor) -> Tensor:
+    """Express eps at ``x_t = x`` as ``target`` (the inverse of :func:`to_eps`, MATH.md 1)."""
+    _check_target(target)
+    a, s = expand_as(a, x), expand_as(s, x)
+    if target == "eps":
+        return eps
+    if target == "score":
+        return -eps / s
+    x0 = (x - s * eps) / a
+    if target == "x0":
+        return x0
+    return a * eps - s * x0
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """What a model says about a noisy batch ``x`` at time ``t`` of its process.
+
+    ``a``, ``s`` are the per-example marginal coefficients (float64, shape
+    ``(N,)``); ``variance_frac`` is the learned-variance interpolation in
+    [0, 1] of Nichol & Dhariwal (2021), or None for fixed-variance models.
+    """
+
+    x: Tensor
+    t: Tensor
+    a: Tensor
+    s: Tensor
+    eps: Tensor
+    variance_frac: Tensor | None = None
+
+    @property
+    def score(self) -> Tensor:
+        """``grad_x log p_t(x) = -eps / s``."""
+        return from_eps(self.eps, "score", self.x, self.a, self.s)
+
+    @property
+    def x0(self) -> Tensor:
+        """Denoised estimate ``E[x0 | x_t] = (x - s eps) / a`` (Tweedie)."""
+        return from_eps(self.eps, "x0", self.x, self.a, self.s)
+
+    @property
+    def v(self) -> Tensor:
+        """``v = a eps - s x0`` (Salimans & Ho 2022)."""
+        return from_eps(self.eps, "v", self.x, self.a, self.s)
+
+    def target(self, name: str) -> Tensor:
+        """The prediction expressed as ``name`` (one of :data:`TARGETS`)."""
+        return from_eps(self.eps, name, self.x, self.a, self.s)
+
+
+@runtime_checkable
+class DiffusionModel(Protocol):
+    """Anything with a ``process`` and ``predict(x, t) -> Prediction``: trained or exact."""
+
+    process: NoiseProcess
+
+    def predict(self, x: Tensor, t: TimeLike) -> Prediction: ...
+
+
+def default_condition(process: NoiseProcess) -> str:
+    """The noise condition each framework's reference code feeds its network.
+
+    DDPM: the 0-based step index (Ho et al.); NCSN: the 0-based level index
+    (Song & Ermon); VP, sub-VP: the time ``t``; VE: ``log sigma`` (score_sde's
+    NCSN++ embeds log sigma).
+    """
+    if isinstance(process, (DDPM, NCSN)):
+        return "index"
+    if isinstance(process, VESDE):
+        return "log_sigma"
+    return "time"
+
+
+def noise_condition(process: NoiseProcess, condition: str, t: Tensor) -> Tensor:
+    """The value a network is conditioned on at time ``t`` (float64, shape ``(N,)``).
+
+    ``"index"`` is DDPM's 0-based step ``N t - 1`` or NCSN's 0-based level
+    ``(L - 1)(1 - t)``; it is fractional between grid points (adapted models).
+    """
+    if condition == "time":
+        return t
+    if condition == "sigma":
+        return process.sigma(t)
+    if condition == "log_sigma":
+        return torch.log(process.sigma(t))
+    if isinstance(process, DDPM):
+        return t * process.num_steps - 1
+    if isinstance(process, NCSN):
+        return (process.num_scales - 1) * (1 - t)
+    raise ValueError(f"condition 'index' needs a discrete process (DDPM or NCSN), not "
+                     f"{type(process).__name__}; use 'time', 'sigma' or 'log_sigma'")
+
+
+class Model(nn.Module):
+    """A network ``net(x, noise_condition)`` with its process and prediction target.
+
+    Args:
+        net: any module taking ``(x, c)`` with ``c`` of shape ``(N,)`` and
+            returning ``x``'s shape (twice the channels with ``learned_variance``).
+        process: the noise process the network is trained under.
+        target: what the network predicts: ``"eps"``, ``"score"``, ``"x0"`` or ``"v"``.
+        condition: what the network is told about the noise level; default
+            :func:`default_condition` of the process.
+        learned_variance: the network's output has twice the channels
+            (dimension 1); the second half is Nichol & Dhariwal's ``v`` in
+            [-1, 1], mapped to ``variance_frac = (v + 1) / 2``.
+    """
+
+    def __init__(self, net: nn.Module, process: NoiseProcess, target: str = "eps",
+                 condition: str | None = None, learned_variance: bool = False):
+        super().__init__()
+        _check_target(target)
+        condition = condition or default_condition(process)
+        require(condition in CONDITIONS,
+                f"unknown noise condition {condition!r}; choose one of {CONDITIONS}")
+        if condition == "index":
+            require(isinstance(process, (DDPM, NCSN)),
+                    f"condition 'index' needs a DDPM or NCSN process, not {type(process).__name__}; "
+                    "use 'time', 'sigma' or 'log_sigma'")
+        require(not learned_variance or isinstance(process, DDPM),
+                "learned_variance interpolates DDPM's beta_t and beta_tilde_t; use it with a DDPM process")
+        self.net = net
+        self.process = process
+        self.target = target
+        self.condition = condition
+        self.learned_variance = learned_variance
+
+    def noise_condition(self, t: Tensor) -> Tensor:
+        """What the network receives at time ``t`` (decided here, once)."""
+        return noise_condition(self.process, self.condition, t)
+
+    def predict(self, x: Tensor, t: TimeLike) -> Prediction:
+        """One network evaluation at ``(x, t)``, returned as a :class:`Prediction`."""
+        t = as_time(t, x)
+        out = self.net(x, self.noise_condition(t).to(x.dtype))
+        frac = None
+        expected = list(x.shape)
+        if self.learned_variance:
+            expected[1] *= 2
+        if list(out.shape) != expected:
+            raise ValueError(f"the network returned shape {tuple(out.shape)} for input "
+                             f"{tuple(x.shape)}; expected {tuple(expected)}"
+                             + (" (prediction and variance channels)" if self.learned_variance else ""))
+        if self.learned_variance:
+            out, var_out = out.chunk(2, dim=1)
+            frac = (var_out + 1) / 2
+        a, s = self.process.signal_scale(t), self.process.noise_std(t)
+        return Prediction(x, t, a, s, to_eps(out, self.target, x, a, s), frac)
+
+    def forward(self, x: Tensor, t: TimeLike) -> Prediction:
+        return self.predict(x, t)
+
+    def in_process(self, process: NoiseProcess) -> "ProcessAdapter":
+        """This model answering in another process's time (see :class:`ProcessAdapter`)."""
+        return ProcessAdapter(self, process)
+
+
+class ProcessAdapter:
+    """A model trained under one process, answering in the time of another.
+
+    At time ``t`` of ``process`` the noise level is ``sigma = s(t) / a(t)``;
+    the base model is asked at the time ``t'`` of its own process with the same
+    sigma, on ``x a'(t') / a(t)``. Both views describe ``x / a = x0 + sigma eps``,
+    so eps (and x0) carry over unchanged (MATH.md 1; Song et al. 2021 run
+    DDPM and NCSN checkpoints under the VP and VE SDEs this way). Outside the
+    base process's range of sigma the nearest end is used.
+    """
+
+    def __init__(self, model: DiffusionModel, process: NoiseProcess):
+        self.model = model
+        self.process = process
+
+    def predict(self, x: Tensor, t: TimeLike) -> Prediction:
+        t = as_time(t, x)
+        base = self.model.process
+        t_base = base.time_of_sigma(self.process.sigma(t)).clamp(0.0, 1.0)
+        a, s = self.process.signal_scale(t), self.process.noise_std(t)
+        x_base = expand_as(base.signal_scale(t_base) / a, x) * x
+        p = self.model.predict(x_base, t_base)
+        return Prediction(x, t, a, s, p.eps, p.variance_frac)

@@ -1,0 +1,215 @@
+"""Exact ground truth: Gaussian mixtures through every process (MATH.md section 6).
+
+For data ``sum_k w_k N(m_k, C_k)`` the marginal of ``x_t = a x0 + s eps`` is
+again a mixture, ``sum_k w_k N(a m_k, a^2 C_k + s^2 I)``, so its log-density,
+score and denoiser ``E[x0 | x_t]`` are known in closed form at every time of
+every process. :meth:`GaussianMixture.model` packages them as a model with
+the same interface as a trained one, so every sampler and likelihood can be
+checked against the truth without training anything.
+
+Each covariance is kept as its eigendecomposition ``C_k = U_k diag(lam_k) U_k^T``
+(``U_k`` omitted for diagonal and isotropic forms), which makes
+``a^2 C_k + s^2 I = U_k diag(a^2 lam_k + s^2) U_k^T`` cheap at any ``(a, s)``.
+All arithmetic is float64.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+from ._util import TimeLike, as_time, expand_as, randn, require
+from .models import Prediction
+from .processes import NoiseProcess
+
+__all__ = ["GaussianMixture", "ExactModel"]
+
+
+class GaussianMixture:
+    """``sum_k w_k N(m_k, C_k)`` in any dimension D (MATH.md 6).
+
+    Args:
+        weights: ``(K,)``, non-negative, summing to 1.
+        means: ``(K, D)``.
+        covariances: full ``(K, D, D)`` symmetric positive definite, diagonal
+            ``(K, D)`` variances, or isotropic ``(K,)`` variances.
+    """
+
+    def __init__(self, weights: Sequence[float] | Tensor, means: Sequence | Tensor,
+                 covariances: Sequence | Tensor):
+        w = torch.as_tensor(weights, dtype=torch.float64)
+        m = torch.as_tensor(means, dtype=torch.float64)
+        c = torch.as_tensor(covariances, dtype=torch.float64)
+        require(w.ndim == 1 and w.numel() >= 1, f"weights must be a 1-D sequence, got shape {tuple(w.shape)}")
+        k = w.numel()
+        require(bool(torch.isfinite(w).all()) and bool((w >= 0).all()),
+                "weights must be finite and non-negative")
+        require(abs(float(w.sum()) - 1.0) <= 1e-6,
+                f"weights sum to {float(w.sum()):.6g}; they must sum to 1 (divide them by their sum)")
+        require(m.ndim == 2 and m.shape[0] == k,
+                f"means must have shape (K, D) = ({k}, D) to match {k} weights, got {tuple(m.shape)}")
+        require(bool(torch.isfinite(m).all()), "means must be finite")
+        d = m.shape[1]
+        self.weights, self.means = w, m
+        self.eigvecs: Tensor | None = None
+        if c.shape == (k, d, d):
+            require(torch.allclose(c, c.transpose(1, 2), rtol=1e-8, atol=1e-10),
+                    "full covariances must be symmetric")
+            lam, u = torch.linalg.eigh(c)
+            self.eigvals, self.eigvecs = lam, u
+        elif c.shape == (k, d):
+            self.eigvals = c.clone()
+        elif c.shape == (k,):
+            self.eigvals = c[:, None].expand(k, d).clone()
+        else:
+            raise ValueError(f"covariances must have shape ({k}, {d}, {d}) (full), ({k}, {d}) "
+                             f"(diagonal) or ({k},) (isotropic), got {tuple(c.shape)}")
+        require(bool(torch.isfinite(self.eigvals).all()) and bool((self.eigvals > 0).all()),
+                "covariances must be positive definite (every eigenvalue > 0); "
+                f"smallest eigenvalue is {float(self.eigvals.min()):.3g}")
+        self._log_w = torch.log(w)
+
+    @property
+    def dim(self) -> int:
+        """Dimension D of one point."""
+        return self.means.shape[1]
+
+    @property
+    def num_components(self) -> int:
+        return self.weights.numel()
+
+    def covariances(self) -> Tensor:
+        """The full ``(K, D, D)`` covariance matrices."""
+        lam = torch.diag_embed(self.eigvals)
+        if self.eigvecs is None:
+            return lam
+        return self.eigvecs @ lam @ self.eigvecs.transpose(1, 2)
+
+    def mean(self) -> Tensor:
+        """The mixture's mean ``sum_k w_k m_k``."""
+        return self.weights @ self.means
+
+    def covariance(self) -> Tensor:
+        """The mixture's covariance (law of total covariance)."""
+        mu = self.mean()
+        dm = self.means - mu
+        return torch.einsum("k,kij->ij", self.weights, self.covariances()) + \
+            torch.einsum("k,ki,kj->ij", self.weights, dm, dm)
+
+    # ---- sampling ---------------------------------------------------------------------
+    def sample(self, n: int, generator: torch.Generator | None = None,
+               dtype: torch.dtype = torch.float32, return_labels: bool = False
+               ) -> Tensor | tuple[Tensor, Tensor]:
+        """Draw ``n`` points, shape ``(n, D)`` (with their component labels when asked)."""
+        labels = torch.multinomial(self.weights, n, replacement=True, generator=generator)
+        z = randn((n, self.dim), generator, dtype=torch.float64) * self.eigvals[labels].sqrt()
+        if self.eigvecs is not None:
+            z = torch.einsum("nij,nj->ni", self.eigvecs[labels], z)
+        x = (self.means[labels] + z).to(dtype)
+        return (x, labels) if return_labels else x
+
+    # ---- closed forms at any (a, s) ---------------------------------------------------
+    def _flatten(self, x: Tensor) -> Tensor:
+        xf = x.reshape(x.shape[0], -1)
+        require(xf.shape[1] == self.dim,
+                f"points have {xf.shape[1]} dimensions but the mixture has {self.dim}")
+        return xf.to(torch.float64)
+
+    def _components(self, xf: Tensor, a: Tensor, s: Tensor):
+        """Rotated residuals ``z = U^T (x - a m)``, variances ``a^2 lam + s^2``, and
+        the log of ``w_k N(x; a m_k, a^2 C_k + s^2 I)``; shapes (N, K, D), (N, K, D), (N, K)."""
+        a3, s3 = a[:, None, None], s[:, None, None]
+        var = a3**2 * self.eigvals[None] + s3**2
+        diff = xf[:, None, :] - a3 * self.means[None]
+        z = diff if self.eigvecs is None else torch.einsum("kde,nkd->nke", self.eigvecs, diff)
+        log_norm = -0.5 * (z**2 / var).sum(-1) - 0.5 * torch.log(2 * math.pi * var).sum(-1)
+        return z, var, log_norm + self._log_w
+
+    def _rotate_back(self, z: Tensor) -> Tensor:
+        return z if self.eigvecs is None else torch.einsum("kde,nke->nkd", self.eigvecs, z)
+
+    def _coefs(self, x: Tensor, t: TimeLike, process: NoiseProcess) -> tuple[Tensor, Tensor]:
+        t = as_time(t, x).to(x.device)
+        return process.signal_scale(t), process.noise_std(t)
+
+    def _moved(self, device: torch.device) -> "GaussianMixture":
+        if self.means.device == device:
+            return self
+        clone = object.__new__(GaussianMixture)
+        clone.__dict__ = {k: (v.to(device) if isinstance(v, Tensor) else v)
+                          for k, v in self.__dict__.items()}
+        return clone
+
+    def log_prob_at(self, x: Tensor, a: Tensor, s: Tensor) -> Tensor:
+        """Per-example log-density of ``a x0 + s eps`` at ``x`` (``a``, ``s`` of shape (N,))."""
+        gm = self._moved(x.device)
+        _, _, logp = gm._components(gm._flatten(x), a.double(), s.double())
+        return torch.logsumexp(logp, dim=1)
+
+    def score_at(self, x: Tensor, a: Tensor, s: Tensor) -> Tensor:
+        """``grad_x log p(x)`` of ``a x0 + s eps``: the posterior-weighted component scores."""
+        gm = self._moved(x.device)
+        z, var, logp = gm._components(gm._flatten(x), a.double(), s.double())
+        r = torch.softmax(logp, dim=1)
+        score = (r[..., None] * gm._rotate_back(-z / var)).sum(1)
+        return score.reshape(x.shape).to(x.dtype)
+
+    def denoise_at(self, x: Tensor, a: Tensor, s: Tensor) -> Tensor:
+        """``E[x0 | a x0 + s eps = x]``: per component ``m + a C (a^2 C + s^2 I)^{-1} (x - a m)``."""
+        gm = self._moved(x.device)
+        z, var, logp = gm._components(gm._flatten(x), a.double(), s.double())
+        r = torch.softmax(logp, dim=1)
+        shift = gm._rotate_back(a[:, None, None].double() * gm.eigvals[None] / var * z)
+        x0 = (r[..., None] * (gm.means[None] + shift)).sum(1)
+        return x0.reshape(x.shape).to(x.dtype)
+
+    # ---- the data distribution and its marginals under a process -----------------------
+    def log_prob(self, x: Tensor) -> Tensor:
+        """Per-example log-density of the mixture itself, in nats."""
+        one = torch.ones(x.shape[0], dtype=torch.float64, device=x.device)
+        return self.log_prob_at(x, one, torch.zeros_like(one))
+
+    def marginal_log_prob(self, x: Tensor, t: TimeLike, process: NoiseProcess) -> Tensor:
+        """Exact ``log p_t(x)`` under ``process`` (MATH.md 6)."""
+        return self.log_prob_at(x, *self._coefs(x, t, process))
+
+    def marginal_score(self, x: Tensor, t: TimeLike, process: NoiseProcess) -> Tensor:
+        """Exact ``grad_x log p_t(x)`` under ``process`` (MATH.md 6)."""
+        return self.score_at(x, *self._coefs(x, t, process))
+
+    def denoise(self, x: Tensor, t: TimeLike, process: NoiseProcess) -> Tensor:
+        """Exact ``E[x0 | x_t = x]`` under ``process`` (MATH.md 6)."""
+        return self.denoise_at(x, *self._coefs(x, t, process))
+
+    def model(self, process: NoiseProcess) -> "ExactModel":
+        """The exact model of this mixture under ``process``: same interface as a trained one."""
+        return ExactModel(self, process)
+
+    def __repr__(self) -> str:
+        return f"GaussianMixture(K={self.num_components}, D={self.dim})"
+
+
+class ExactModel:
+    """The optimal model of a :class:`GaussianMixture` under a process (MATH.md 6).
+
+    ``predict`` returns ``eps = -s(t) * score``, with the exact score; it takes
+    points ``(N, D)`` or any shape whose trailing dimensions multiply to D.
+    """
+
+    def __init__(self, mixture: GaussianMixture, process: NoiseProcess):
+        self.mixture = mixture
+        self.process = process
+
+    def predict(self, x: Tensor, t: TimeLike) -> Prediction:
+        t = as_time(t, x)
+        a, s = self.process.signal_scale(t), self.process.noise_std(t)
+        score = self.mixture.score_at(x, a, s)
+        eps = -expand_as(s, x) * score
+        return Prediction(x, t, a, s, eps)
+
+    def log_prob(self, x: Tensor, t: TimeLike) -> Tensor:
+        """Exact ``log p_t(x)``."""
+        return self.mixture.marginal_log_prob(x, t, self.process)
