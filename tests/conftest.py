@@ -1,0 +1,42 @@
+import numpy as np
+import pytest
+import torch
+
+import scorelab as sl
+
+torch.set_num_threads(2)
+
+
+def random_spd(rng: np.random.Generator, d: int, low: float, high: float) -> np.ndarray:
+    """A random symmetric positive definite matrix with eigenvalues in [low, high]."""
+    q, _ = np.linalg.qr(rng.normal(size=(d, d)))
+    return q @ np.diag(rng.uniform(low, high, size=d)) @ q.T
+
+
+def mixture_2d_params():
+    """A 2-D mixture with unequal weights and correlated full covariances."""
+    weights = np.array([0.2, 0.5, 0.3])
+    means = np.array([[-1.5, 0.5], [1.0, 1.0], [0.5, -1.2]])
+    covs = np.array([[[0.30, 0.12], [0.12, 0.20]],
+                     [[0.15, -0.05], [-0.05, 0.25]],
+                     [[0.10, 0.00], [0.00, 0.40]]])
+    return weights, means, covs
+
+
+def mixture_16d_params():
+    """An anisotropic 16-D mixture: full covariances with condition number ~ 20."""
+    rng = np.random.default_rng(16)
+    weights = np.array([0.6, 0.4])
+    means = rng.normal(scale=0.8, size=(2, 16))
+    covs = np.stack([random_spd(rng, 16, 0.02, 0.4) for _ in range(2)])
+    return weights, means, covs
+
+
+@pytest.fixture(scope="session")
+def mixture_2d():
+    return sl.GaussianMixture(*mixture_2d_params())
+
+
+@pytest.fixture(scope="session")
+def mixture_16d():
+    return sl.GaussianMixture(*mixture_16d_params())
