@@ -1,0 +1,161 @@
+"""DDPM ancestral sampling and DDIM (MATH.md 2 and 5).
+
+Both are written in the coordinates ``y = x / a(t)``, where every process
+reads ``y = x0 + sigma eps`` (MATH.md 1). From noise level ``sigma`` to
+``sigma' < sigma``, the forward posterior ``q(y' | y, x0)`` (DDPM's
+``q(x_{t-1} | x_t, x0)`` rescaled) has mean ``x0 + (sigma'^2 / sigma) eps`` and
+variance ``sigma'^2 (1 - sigma'^2 / sigma^2)``; DDIM's family keeps the
+marginals with any noise ``eta`` times that standard deviation:
+
+    y' = x0_hat + sqrt(sigma'^2 - sigma_eta^2) eps_hat + sigma_eta z,
+    sigma_eta = eta sigma' sqrt(1 - sigma'^2 / sigma^2)
+
+(Song, Meng & Ermon 2021, eq. 12). ``eta = 1`` is DDPM's ancestral step with
+``sigma_t^2 = beta_tilde_t``; ``eta = 0`` is the Euler step of the
+probability-flow ODE ``dy/dsigma = eps`` (their eq. 14).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+from .._util import require
+from ..models import DiffusionModel
+from ..processes import DDPM, NoiseProcess
+from ._common import (Callback, NoiseLike, SampleResult, SigmaView, call_back, finite_or_raise,
+                      initial_noise, randn_like, resolve, time_grid)
+
+__all__ = ["ddpm_ancestral", "ddim", "respaced_steps"]
+
+
+def respaced_steps(num_steps: int, count: int) -> list[int]:
+    """``count`` evenly spaced DDPM steps from 1 to ``num_steps``, descending (improved-diffusion's respacing)."""
+    require(isinstance(count, int) and 1 <= count <= num_steps,
+            f"the number of sampling steps must be between 1 and {num_steps}, got {count!r}")
+    if count == 1:
+        return [num_steps]
+    stride = (num_steps - 1) / (count - 1)
+    return sorted({round(i * stride) + 1 for i in range(count)}, reverse=True)
+
+
+def _ddpm_steps(ddpm: DDPM, steps: int | Sequence[int] | None) -> list[int]:
+    if steps is None:
+        return list(range(ddpm.num_steps, 0, -1))
+    if isinstance(steps, int):
+        return respaced_steps(ddpm.num_steps, steps)
+    seq = sorted({int(s) for s in steps}, reverse=True)
+    require(len(seq) > 0 and seq[-1] >= 1 and seq[0] <= ddpm.num_steps,
+            f"DDPM steps must lie in 1..{ddpm.num_steps}")
+    return seq
+
+
+def _clip(pred_x0: Tensor, clip_x0: bool) -> Tensor:
+    return pred_x0.clamp(-1, 1) if clip_x0 else pred_x0
+
+
+@torch.no_grad()
+def ddpm_ancestral(model: DiffusionModel, shape_or_x: Sequence[int] | Tensor,
+                   steps: int | Sequence[int] | None = None, *, variance: str = "beta",
+                   process: NoiseProcess | None = None, noise: NoiseLike = None,
+                   clip_x0: bool = False, callback: Callback | None = None) -> SampleResult:
+    """Ancestral sampling (Ho et al. 2020, Algorithm 2; MATH.md 2).
+
+    ``x_{t-1} = mu_theta(x_t, t) + sigma_t z`` from ``t = T`` down to 1, with
+    ``sigma_t^2 = beta_t`` (``variance="beta"``), ``beta_tilde_t`` or learned
+    (Nichol & Dhariwal 2021). ``steps``: all T (None), a number of evenly
+    respaced steps, or an explicit subsequence; on a subsequence the betas are
+    recomputed from ``alpha_bar`` as improved-diffusion does. ``clip_x0``
+    clips the predicted ``x0`` to [-1, 1] (images). Runs on a DDPM process:
+    the model's own, or ``process=sl.DDPM(...)`` for a model of another process.
+    """
+    model, ddpm = resolve(model, process)
+    if not isinstance(ddpm, DDPM):
+        raise ValueError(
+            f"ddpm_ancestral follows DDPM's chain but the process is {type(ddpm).__name__}; pass "
+            "process=sl.DDPM() to drive this model through DDPM's steps, or use ddim(eta=1), "
+            "predictor_corrector(predictor='ancestral') or euler_maruyama, which take any process")
+    require(variance in ("beta", "beta_tilde", "learned"),
+            f"unknown variance {variance!r}; choose 'beta', 'beta_tilde' or 'learned'")
+    seq = _ddpm_steps(ddpm, steps)
+    x = initial_noise(ddpm, shape_or_x, noise)
+    view = SigmaView(model, ddpm)
+    ab_table = ddpm.alpha_bars
+    for i, step in enumerate(seq):
+        prev = seq[i + 1] if i + 1 < len(seq) else 0
+        ab, ab_prev = ab_table[step].item(), ab_table[prev].item()
+        t = ddpm.step_to_time(step)
+        a, a_prev = math.sqrt(ab), math.sqrt(ab_prev)
+        sigma, sigma_prev = math.sqrt((1 - ab) / ab), math.sqrt((1 - ab_prev) / ab_prev)
+        y = x / a
+        pred = view.predict(y, t)
+        x0 = _clip(pred.x0, clip_x0)
+        eps = (y - x0) / sigma
+        y_mean = x0 + (sigma_prev**2 / sigma) * eps          # posterior mean mu_tilde, rescaled
+        x = a_prev * y_mean
+        if prev > 0:
+            beta = 1 - ab / ab_prev                            # respaced beta_t
+            beta_tilde = (1 - ab_prev) / (1 - ab) * beta
+            if variance == "beta":
+                log_var = torch.full_like(x, math.log(beta))
+            elif variance == "beta_tilde":
+                log_var = torch.full_like(x, math.log(beta_tilde))
+            else:
+                require(pred.variance_frac is not None, "variance='learned' needs a model trained "
+                        "with learned_variance=True; use 'beta' or 'beta_tilde'")
+                frac = pred.variance_frac.to(x.dtype)
+                log_var = frac * math.log(beta) + (1 - frac) * math.log(beta_tilde)
+            x = x + torch.exp(0.5 * log_var) * randn_like(x, noise)
+        call_back(callback, i + 1, len(seq), t.item(), x, view.nfe)
+    finite_or_raise(x, "ddpm_ancestral")
+    return SampleResult(x, view.nfe)
+
+
+@torch.no_grad()
+def ddim(model: DiffusionModel, shape_or_x: Sequence[int] | Tensor, steps: int = 50, *,
+         eta: float = 0.0, times: Sequence[float] | Tensor | None = None, grid: str | None = None,
+         process: NoiseProcess | None = None, noise: NoiseLike = None, clip_x0: bool = False,
+         callback: Callback | None = None) -> SampleResult:
+    """DDIM (Song, Meng & Ermon 2021, eq. 12; MATH.md 5), for any process.
+
+    ``eta = 0`` is deterministic; ``eta = 1`` is ancestral sampling with
+    ``beta_tilde``. Evaluates the model at ``steps`` decreasing times (or the
+    given ``times``) and ends with ``x0_hat`` at noise level 0. The default
+    times are DDPM's evenly respaced steps for a DDPM process, otherwise
+    ``time_grid(process, steps - 1, grid or "time")``.
+    """
+    require(0.0 <= eta <= 1.0, f"eta must lie in [0, 1], got {eta}")
+    model, process = resolve(model, process)
+    if times is None:
+        if isinstance(process, DDPM) and grid is None:
+            times = process.step_to_time(torch.tensor(respaced_steps(process.num_steps, steps)))
+        else:
+            require(isinstance(steps, int) and steps >= 1, f"steps must be a positive integer, got {steps!r}")
+            times = time_grid(process, steps - 1, grid or "time") if steps > 1 else torch.ones(1, dtype=torch.float64)
+    times = torch.as_tensor(times, dtype=torch.float64)
+    require(times.ndim == 1 and len(times) >= 1 and bool((times[1:] < times[:-1]).all()),
+            "times must be a decreasing 1-D sequence")
+    x = initial_noise(process, shape_or_x, noise)
+    view = SigmaView(model, process)
+    for i, t in enumerate(times):
+        sigma = view.sigma(t)
+        y = x / view.scale(t)
+        pred = view.predict(y, t)
+        x0 = _clip(pred.x0, clip_x0)
+        if i + 1 == len(times):                               # last step: to noise level 0
+            x = x0
+        else:
+            t_next = times[i + 1]
+            sigma_next = view.sigma(t_next)
+            eps = (y - x0) / sigma
+            sigma_eta = eta * sigma_next * math.sqrt(max(1 - sigma_next**2 / sigma**2, 0.0))
+            y = x0 + math.sqrt(max(sigma_next**2 - sigma_eta**2, 0.0)) * eps
+            if sigma_eta > 0:
+                y = y + sigma_eta * randn_like(y, noise)
+            x = view.scale(t_next) * y
+        call_back(callback, i + 1, len(times), float(t), x, view.nfe)
+    finite_or_raise(x, "ddim")
+    return SampleResult(x, view.nfe)

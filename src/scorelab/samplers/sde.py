@@ -1,0 +1,208 @@
+"""Stochastic samplers: annealed Langevin, Euler-Maruyama and predictor-corrector (MATH.md 3-4).
+
+Each works for every process it can: annealed Langevin runs NCSN's ladder
+(any model, through the NCSN view); Euler-Maruyama and predictor-corrector
+run any process in its own time, VP, sub-VP, VE, DDPM and NCSN alike.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+from .._util import as_time, expand_as, require
+from ..models import DiffusionModel
+from ..processes import NCSN, VESDE, NoiseProcess
+from ._common import (Callback, NoiseLike, SampleResult, call_back, finite_or_raise, initial_noise,
+                      randn_like, resolve, time_grid)
+
+__all__ = ["annealed_langevin", "euler_maruyama", "predictor_corrector", "PREDICTORS", "CORRECTORS"]
+
+PREDICTORS = ("reverse_diffusion", "euler_maruyama", "ancestral", "none")
+CORRECTORS = ("langevin", "annealed_langevin", "none")
+
+
+class _Counter:
+    """Counts network evaluations of a model's score."""
+
+    def __init__(self, model: DiffusionModel):
+        self.model, self.nfe = model, 0
+
+    def score(self, x: Tensor, t: Tensor) -> Tensor:
+        self.nfe += 1
+        return self.model.predict(x, t).score
+
+    def x0(self, x: Tensor, t: Tensor) -> Tensor:
+        self.nfe += 1
+        return self.model.predict(x, t).x0
+
+
+def _norm(v: Tensor) -> Tensor:
+    return v.reshape(v.shape[0], -1).norm(dim=1)
+
+
+@torch.no_grad()
+def annealed_langevin(model: DiffusionModel, shape_or_x: Sequence[int] | Tensor, *,
+                      epsilon: float = 2e-5, steps_per_level: int = 100, final_denoise: bool = True,
+                      process: NoiseProcess | None = None, noise: NoiseLike = None,
+                      callback: Callback | None = None) -> SampleResult:
+    """Annealed Langevin dynamics (Song & Ermon 2019, Algorithm 1; MATH.md 3).
+
+    For each level ``i`` (largest sigma first), ``alpha_i = epsilon sigma_i^2 / sigma_L^2``
+    and ``steps_per_level`` times ``x <- x + alpha_i / 2 score + sqrt(alpha_i) z``.
+    ``final_denoise`` adds NCSNv2's ``x <- x + sigma_L^2 score(x, sigma_L)``.
+    Runs on an NCSN ladder: the model's, or ``process=sl.NCSN(...)``.
+    """
+    model, ncsn = resolve(model, process)
+    if not isinstance(ncsn, NCSN):
+        raise ValueError(
+            f"annealed_langevin walks NCSN's sigma ladder but the process is {type(ncsn).__name__}; pass "
+            "process=sl.NCSN(...) to drive this model through a ladder, or use "
+            "predictor_corrector(predictor='none', corrector='annealed_langevin') on any process")
+    require(epsilon > 0, f"epsilon must be positive, got {epsilon}")
+    require(isinstance(steps_per_level, int) and steps_per_level >= 1,
+            f"steps_per_level must be a positive integer, got {steps_per_level!r}")
+    x = initial_noise(ncsn, shape_or_x, noise)
+    net = _Counter(model)
+    sigma_last = ncsn.sigmas[-1].item()
+    for level in range(1, ncsn.num_scales + 1):
+        t = ncsn.level_to_time(level)
+        alpha = epsilon * ncsn.sigmas[level - 1].item() ** 2 / sigma_last**2
+        for _ in range(steps_per_level):
+            x = x + 0.5 * alpha * net.score(x, t) + math.sqrt(alpha) * randn_like(x, noise)
+        call_back(callback, level, ncsn.num_scales, t.item(), x, net.nfe)
+    if final_denoise:
+        x = x + sigma_last**2 * net.score(x, ncsn.level_to_time(ncsn.num_scales))
+    finite_or_raise(x, "annealed_langevin")
+    return SampleResult(x, net.nfe)
+
+
+def _finish(net: _Counter, x: Tensor, t: Tensor, denoise: bool) -> Tensor:
+    """Return x at t_min, or with ``denoise`` its Tweedie estimate E[x0 | x] (one more evaluation)."""
+    return net.x0(x, t) if denoise else x
+
+
+@torch.no_grad()
+def euler_maruyama(model: DiffusionModel, shape_or_x: Sequence[int] | Tensor, steps: int = 1000, *,
+                   process: NoiseProcess | None = None, grid: str = "time", t_min: float | None = None,
+                   denoise: bool = True, noise: NoiseLike = None,
+                   callback: Callback | None = None) -> SampleResult:
+    """Euler-Maruyama on the reverse-time SDE (the survey's Algorithm 3; MATH.md 4).
+
+    ``x <- x + [f - g^2 score] dt + g sqrt(|dt|) z`` on ``steps`` steps from
+    ``t = 1`` to ``t_min``; the last step adds no noise (score_sde's noise
+    removal). ``denoise`` then returns ``E[x0 | x_{t_min}]`` (one more NFE).
+    """
+    model, process = resolve(model, process)
+    times = time_grid(process, steps, grid, t_min=t_min)
+    x = initial_noise(process, shape_or_x, noise)
+    net = _Counter(model)
+    for i in range(steps):
+        t, t_next = as_time(times[i], x), times[i + 1].item()
+        dt = t_next - times[i].item()
+        x = x + process.reverse_drift(x, t, net.score(x, t)) * dt
+        if i + 1 < steps:
+            x = x + expand_as(process.diffusion(t), x) * math.sqrt(-dt) * randn_like(x, noise)
+        call_back(callback, i + 1, steps, t_next, x, net.nfe)
+    x = _finish(net, x, as_time(times[-1], x), denoise)
+    finite_or_raise(x, "euler_maruyama")
+    return SampleResult(x, net.nfe)
+
+
+def default_target_snr(process: NoiseProcess) -> float:
+    """Song et al.'s corrector signal-to-noise ratio: 0.16 for VE (and NCSN), 0.01 for VP-type processes."""
+    return 0.16 if isinstance(process, VESDE) else 0.01
+
+
+@torch.no_grad()
+def predictor_corrector(model: DiffusionModel, shape_or_x: Sequence[int] | Tensor, steps: int = 1000, *,
+                        predictor: str = "reverse_diffusion", corrector: str = "langevin",
+                        corrector_steps: int = 1, target_snr: float | None = None,
+                        snr_norm: str = "sample", process: NoiseProcess | None = None, grid: str = "time",
+                        t_min: float | None = None, denoise: bool = True, noise: NoiseLike = None,
+                        callback: Callback | None = None) -> SampleResult:
+    """Predictor-corrector sampling (Song et al. 2021, Algorithms 2-3; MATH.md 4).
+
+    At each time ``t_i`` of the grid: ``corrector_steps`` corrector steps,
+    then a predictor step to ``t_{i+1}``. Predictors:
+
+    * ``"reverse_diffusion"``: ``x <- x - f_i + G_i^2 score + G_i z`` with the
+      process's exact discretization ``x_{i} = r x_{i+1} + G z`` between grid
+      times, ``r = a(t_i) / a(t_{i+1})``, ``G^2 = s(t_i)^2 - r^2 s(t_{i+1})^2``,
+      ``f_i = (r - 1) x`` (for VP this is DDPM's beta_i, for VE NCSN's
+      ``sigma_i^2 - sigma_{i-1}^2``);
+    * ``"euler_maruyama"``: one Euler-Maruyama step;
+    * ``"ancestral"``: a draw from the forward posterior (DDIM with eta = 1);
+    * ``"none"``: corrector only.
+
+    Correctors: ``"langevin"``, ``x <- x + e score + sqrt(2 e) z`` with
+    ``e = 2 alpha (r ||z|| / ||score||)^2``, ``r`` the target signal-to-noise
+    ratio and ``alpha = r^2 = a(t_i)^2 / a(t_{i+1})^2`` (1 for VE; score_sde's
+    ``1 - beta_i`` for VP); ``"annealed_langevin"``, ``e = 2 alpha (r s(t))^2``;
+    ``"none"``. ``snr_norm="sample"`` takes the norms per sample, so sample k
+    does not depend on its batch; ``"batch"`` averages them over the batch as
+    score_sde does. In high dimension the two agree; in a few dimensions the
+    per-sample rule is unstable (a sample where the score nearly vanishes takes
+    a huge step): use ``"batch"`` or the annealed corrector there. The last
+    predictor step adds no noise; ``denoise`` then returns ``E[x0 | x_{t_min}]``.
+    """
+    require(predictor in PREDICTORS, f"unknown predictor {predictor!r}; choose one of {PREDICTORS}")
+    require(corrector in CORRECTORS, f"unknown corrector {corrector!r}; choose one of {CORRECTORS}")
+    require(predictor != "none" or corrector != "none", "predictor and corrector cannot both be 'none'")
+    require(snr_norm in ("sample", "batch"), f"unknown snr_norm {snr_norm!r}; choose 'sample' or 'batch'")
+    require(isinstance(corrector_steps, int) and corrector_steps >= 0,
+            f"corrector_steps must be a non-negative integer, got {corrector_steps!r}")
+    model, process = resolve(model, process)
+    target_snr = default_target_snr(process) if target_snr is None else target_snr
+    require(target_snr > 0, f"target_snr must be positive, got {target_snr}")
+    times = time_grid(process, steps, grid, t_min=t_min)
+    x = initial_noise(process, shape_or_x, noise)
+    net = _Counter(model)
+    for i in range(steps):
+        t_val, t_next_val = times[i].item(), times[i + 1].item()
+        t, t_next = as_time(t_val, x), as_time(t_next_val, x)
+        a, a_next = process.signal_scale(t), process.signal_scale(t_next)
+        ratio = a / a_next                                   # forward factor from t_{i+1} to t_i
+        last = i + 1 == steps
+        if corrector != "none":
+            alpha = expand_as(ratio**2, x)
+            for _ in range(corrector_steps):
+                score = net.score(x, t)
+                z = randn_like(x, noise)
+                if corrector == "langevin":
+                    z_norm, s_norm = _norm(z), _norm(score)
+                    if snr_norm == "batch":
+                        z_norm, s_norm = z_norm.mean(), s_norm.mean()
+                    e = 2 * alpha * expand_as((target_snr * z_norm / s_norm) ** 2, x)
+                else:
+                    e = 2 * alpha * expand_as((target_snr * process.noise_std(t)) ** 2, x)
+                x = x + e * score + torch.sqrt(2 * e) * z
+        if predictor == "none":
+            pass
+        elif predictor == "euler_maruyama":
+            dt = t_next_val - t_val
+            x = x + process.reverse_drift(x, t, net.score(x, t)) * dt
+            if not last:
+                x = x + expand_as(process.diffusion(t), x) * math.sqrt(-dt) * randn_like(x, noise)
+        elif predictor == "reverse_diffusion":
+            g2 = process.noise_std(t) ** 2 - ratio**2 * process.noise_std(t_next) ** 2
+            x = x - expand_as(ratio - 1, x) * x + expand_as(g2, x) * net.score(x, t)
+            if not last:
+                x = x + expand_as(g2.clamp(min=0).sqrt(), x) * randn_like(x, noise)
+        else:  # ancestral: the forward posterior in y = x / a coordinates
+            sigma, sigma_next = process.sigma(t), process.sigma(t_next)
+            y = x / expand_as(a, x)
+            score = net.score(x, t)
+            eps = -score * expand_as(process.noise_std(t), x)
+            y = y - expand_as(sigma - sigma_next**2 / sigma, x) * eps
+            if not last:
+                std = sigma_next * torch.sqrt((1 - sigma_next**2 / sigma**2).clamp(min=0))
+                y = y + expand_as(std, x) * randn_like(x, noise)
+            x = expand_as(a_next, x) * y
+        call_back(callback, i + 1, steps, t_next_val, x, net.nfe)
+    x = _finish(net, x, as_time(times[-1], x), denoise)
+    finite_or_raise(x, "predictor_corrector")
+    return SampleResult(x, net.nfe)
