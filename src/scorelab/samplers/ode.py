@@ -44,15 +44,16 @@ _B_STAR = (5179 / 57600, 0.0, 7571 / 16695, 393 / 640, -92097 / 339200, 187 / 21
 _E = tuple(b - bs for b, bs in zip(_B, _B_STAR))
 
 
-def dopri5(fun: Callable[[Tensor, Tensor], Tensor], y0: Tensor, t0: float, t1: float, *,
+def dopri5(fun: Callable[[Tensor, Tensor, Tensor], Tensor], y0: Tensor, t0: float, t1: float, *,
            rtol: float = 1e-5, atol: float = 1e-5, first_step: float | None = None,
            max_steps: int = 100_000) -> tuple[Tensor, int]:
     """Integrate ``dy/dt = fun(t, y)`` from ``t0`` to ``t1`` with adaptive Dormand-Prince RK45.
 
     ``y0`` is a batch ``(N, ...)`` of independent problems; each sample keeps
     its own step size and error control (RMS of ``err / (atol + rtol |y|)``),
-    so its trajectory does not depend on the rest of the batch. ``fun``
-    receives per-sample times ``(M,)`` (float64) and the active samples.
+    so its trajectory does not depend on the rest of the batch. ``fun(t, y, rows)``
+    receives per-sample times ``(M,)`` (float64), the active samples and their
+    indices in ``y0``.
     Returns ``(y(t1), number of batched evaluations of fun)``.
     """
     require(rtol > 0 and atol > 0, f"rtol and atol must be positive, got {rtol}, {atol}")
@@ -64,7 +65,7 @@ def dopri5(fun: Callable[[Tensor, Tensor], Tensor], y0: Tensor, t0: float, t1: f
     y = y0.clone()
     t = torch.full((n,), float(t0), dtype=torch.float64, device=y0.device)
     h = torch.full_like(t, abs(first_step) if first_step else abs(span) * 0.02)
-    k1 = fun(t, y)
+    k1 = fun(t, y, torch.arange(n, device=y0.device))
     nfe = 1
     done = torch.zeros(n, dtype=torch.bool, device=y0.device)
     view = (-1,) + (1,) * (y0.ndim - 1)
@@ -78,7 +79,7 @@ def dopri5(fun: Callable[[Tensor, Tensor], Tensor], y0: Tensor, t0: float, t1: f
         ks = [ki]
         for stage in range(1, 7):
             incr = sum(a * k for a, k in zip(_A[stage], ks) if a != 0.0)
-            ks.append(fun(ti + _C[stage] * hi, yi + hv * incr))
+            ks.append(fun(ti + _C[stage] * hi, yi + hv * incr, idx))
         nfe += 6
         y_new = yi + hv * sum(b * k for b, k in zip(_B, ks) if b != 0.0)
         err = hv * sum(e * k for e, k in zip(_E, ks) if e != 0.0)
@@ -102,7 +103,7 @@ def solve_probability_flow(model: DiffusionModel, x: Tensor, t_start: float, t_e
     """Carry ``x`` from ``t_start`` to ``t_end`` along ``dx/dt = f - g^2 score / 2`` (MATH.md 4)."""
     model, process = resolve(model, process)
 
-    def velocity(t: Tensor, x: Tensor) -> Tensor:
+    def velocity(t: Tensor, x: Tensor, rows: Tensor) -> Tensor:
         return process.probability_flow_drift(x, t, model.predict(x, t).score)
 
     return dopri5(velocity, x, t_start, t_end, rtol=rtol, atol=atol)
@@ -129,11 +130,13 @@ def ode_rk45(model: DiffusionModel, shape_or_x: Sequence[int] | Tensor, *, rtol:
 
 
 def _eval_times(process: NoiseProcess, steps: int, grid: str, rho: float,
-                times: Sequence[float] | Tensor | None) -> Tensor:
+                times: Sequence[float] | Tensor | None, monotone_only: bool = False) -> Tensor:
     if times is not None:
         times = torch.as_tensor(times, dtype=torch.float64)
-        require(times.ndim == 1 and len(times) >= 1 and bool((times[1:] < times[:-1]).all()),
-                "times must be a decreasing 1-D sequence")
+        require(times.ndim == 1 and len(times) >= 1, "times must be a 1-D sequence")
+        steps_ = times[1:] - times[:-1]
+        ok = bool((steps_ < 0).all()) or (monotone_only and bool((steps_ > 0).all()))
+        require(ok, "times must be strictly decreasing" + (" or increasing" if monotone_only else ""))
         return times
     require(isinstance(steps, int) and steps >= 1, f"steps must be a positive integer, got {steps!r}")
     if steps == 1:
@@ -144,19 +147,22 @@ def _eval_times(process: NoiseProcess, steps: int, grid: str, rho: float,
 def _sigma_ode(model: DiffusionModel, shape_or_x: Sequence[int] | Tensor, steps: int, order: int, *,
                grid: str, rho: float, times: Sequence[float] | Tensor | None, churn: float,
                s_tmin: float, s_tmax: float, s_noise: float, process: NoiseProcess | None,
-               noise: NoiseLike, callback: Callback | None, name: str) -> SampleResult:
+               noise: NoiseLike, callback: Callback | None, name: str,
+               to_zero: bool = True) -> SampleResult:
     """Karras et al. (2022) Algorithm 2 in ``y = x / a``: Euler (order 1) or Heun (order 2) steps
-    through the evaluation ``times`` and a last step to sigma = 0."""
+    through the evaluation ``times`` and, with ``to_zero``, a last step to sigma = 0 (returning
+    x0). Without it the walk ends at ``times[-1]`` in ``x`` coordinates; ``times`` may then
+    increase too (DDIM inversion)."""
     require(churn >= 0 and s_noise >= 0, "churn and s_noise must be non-negative")
     model, process = resolve(model, process)
-    times = _eval_times(process, steps, grid, rho, times)
+    times = _eval_times(process, steps, grid, rho, times, monotone_only=not to_zero)
     view = SigmaView(model, process)
-    n = len(times)
-    sigmas = [view.sigma(t) for t in times] + [0.0]
+    sigmas = [view.sigma(t) for t in times] + ([0.0] if to_zero else [])
+    n = len(sigmas) - 1
     sigma_top = view.sigma(1.0)
     x = initial_noise(process, shape_or_x, noise)
     y = x / view.scale(times[0])
-    gamma = min(churn / n, math.sqrt(2) - 1)
+    gamma = min(churn / n, math.sqrt(2) - 1) if n > 0 else 0.0
     for i in range(n):
         sigma, sigma_next, t = sigmas[i], sigmas[i + 1], times[i]
         if gamma > 0 and s_tmin <= sigma <= s_tmax:
@@ -170,7 +176,9 @@ def _sigma_ode(model: DiffusionModel, shape_or_x: Sequence[int] | Tensor, steps:
             d_next = view.predict(y_next, times[i + 1]).eps
             y_next = y + (sigma_next - sigma) * 0.5 * (d + d_next)
         y = y_next
-        call_back(callback, i + 1, n, float(times[i + 1]) if i + 1 < n else 0.0, y, view.nfe)
+        call_back(callback, i + 1, n, float(times[i + 1]) if i + 1 < len(times) else 0.0, y, view.nfe)
+    if not to_zero:
+        y = y * view.scale(times[-1])
     finite_or_raise(y, name)
     return SampleResult(y, view.nfe)
 
