@@ -181,55 +181,68 @@ def test_impossible_combinations_name_the_ones_that_work(mixture_2d):
         S.ode_euler(model, (4, 2), 10, grid="cosine")
     with pytest.raises(ValueError, match="eta must lie"):
         S.ddim(model, (4, 2), eta=2.0)
+    with pytest.raises(ValueError, match="corrector_steps >= 1"):
+        S.predictor_corrector(model, (4, 2), 10, predictor="none", corrector_steps=0)
+    with pytest.raises(ValueError, match="positive noise level"):
+        S.euler_maruyama(mixture_2d.model(sl.VPSDE()), (4, 2), 10, grid="log_sigma", t_min=0.0)
 
 
-# ---------------------------------------------------------------------------------------
-# Peer: diffusers' schedulers, step for step, with the same model and the same noise
-# ---------------------------------------------------------------------------------------
-diffusers = pytest.importorskip("diffusers")
+def test_dopri5_shrinks_its_step_on_nan_and_names_nan_when_it_cannot():
+    # a right-hand side that is NaN only off the solution's path: a smaller step recovers
+    fun = lambda t, y, rows: torch.where(y.abs() > 5, torch.full_like(y, float("nan")), -5 * y)  # noqa: E731
+    y1, nfe = S.dopri5(fun, torch.full((2, 1), 4.9, dtype=torch.float64), 0.0, 1.0, first_step=0.5,
+                       rtol=1e-8, atol=1e-10)
+    torch.testing.assert_close(y1, torch.full((2, 1), 4.9 * math.exp(-5), dtype=torch.float64), rtol=1e-6, atol=1e-9)
+    assert nfe < 2000
+    always_nan = lambda t, y, rows: torch.full_like(y, float("nan"))  # noqa: E731
+    with pytest.raises(FloatingPointError, match="NaN"):
+        S.dopri5(always_nan, torch.ones(2, 1, dtype=torch.float64), 0.0, 1.0)
 
 
-def _trajectory(sampler, **kw):
-    xs = []
-    sampler(callback=lambda info: xs.append(info.x.clone()), **kw)
-    return xs
+def test_dopri5_matches_scipy_solve_ivp():
+    """The torch RK45 against scipy's RK45 (a cross-check only) and against a closed form."""
+    from scipy.integrate import solve_ivp
+    from scipy.linalg import expm
+
+    a = np.array([[-0.5, 2.0], [-2.0, -0.5]])
+    y0 = np.array([[1.0, 0.0], [0.3, -0.7]])
+    fun = lambda t, y, rows: y @ torch.tensor(a).T  # noqa: E731
+    y1, nfe = S.dopri5(fun, torch.tensor(y0), 0.0, 3.0, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(y1.numpy(), y0 @ expm(3.0 * a).T, rtol=1e-7, atol=1e-9)
+    assert nfe > 6
+    # the probability-flow ODE of the 2-D mixture, against scipy on one sample at a time
+    gm = sl.GaussianMixture(*mixture_2d_params())
+    process = sl.VPSDE()
+    model = gm.model(process)
+    x = process.prior_sample((3, 2), gen(11), dtype=torch.float64)
+    ours, _ = S.solve_probability_flow(model, x, 1.0, 1e-3, rtol=1e-8, atol=1e-8)
+    for k in range(3):
+        def velocity(t, y):
+            xt = torch.tensor(y)[None]
+            return process.probability_flow_drift(xt, t, model.predict(xt, t).score)[0].numpy()
+        ref = solve_ivp(velocity, (1.0, 1e-3), x[k].numpy(), method="RK45", rtol=1e-10, atol=1e-10).y[:, -1]
+        np.testing.assert_allclose(ours[k].numpy(), ref, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("variance, diffusers_variance", [("beta", "fixed_large"), ("beta_tilde", "fixed_small")])
-@pytest.mark.parametrize("num_steps", [1000, 50])
-def test_ddpm_ancestral_matches_diffusers_step_for_step(mixture_2d, variance, diffusers_variance, num_steps):
+def test_learned_variance_ancestral_interpolates_the_fixed_choices(mixture_2d):
+    """frac = 1 is sigma_t^2 = beta_t and frac = 0 is beta_tilde_t (Nichol & Dhariwal, eq. 15)."""
+    from torch import nn
+
     ddpm = sl.DDPM()
-    model = mixture_2d.model(ddpm)
-    sched = diffusers.DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear", clip_sample=False,
-                                    variance_type=diffusers_variance)
-    sched.set_timesteps(num_steps)
-    x_t = torch.randn(8, 2, generator=gen(6))
-    theirs, x, g = [], x_t.clone(), gen(7)
-    for td in sched.timesteps:
-        eps = model.predict(x, (int(td) + 1) / 1000).eps
-        x = sched.step(eps, td, x, generator=g).prev_sample
-        theirs.append(x)
-    steps = [int(td) + 1 for td in sched.timesteps]
-    ours = _trajectory(S.ddpm_ancestral, model=model, shape_or_x=x_t.clone(), steps=steps,
-                       variance=variance, noise=gen(7))
-    assert len(ours) == len(theirs)
-    for a, b in zip(ours, theirs):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    exact = mixture_2d.model(ddpm)
 
+    class Net(nn.Module):
+        def __init__(self, v):
+            super().__init__()
+            self.v = v
 
-@pytest.mark.parametrize("eta", [0.0, 0.5, 1.0])
-def test_ddim_matches_diffusers_step_for_step(mixture_2d, eta):
-    model = mixture_2d.model(sl.DDPM())
-    sched = diffusers.DDIMScheduler(num_train_timesteps=1000, beta_schedule="linear", clip_sample=False,
-                                    set_alpha_to_one=True)
-    sched.set_timesteps(50)
-    x_t = torch.randn(8, 2, generator=gen(8))
-    theirs, x, g = [], x_t.clone(), gen(9)
-    for td in sched.timesteps:
-        eps = model.predict(x, (int(td) + 1) / 1000).eps
-        x = sched.step(eps, td, x, eta=eta, generator=g).prev_sample
-        theirs.append(x)
-    times = [(int(td) + 1) / 1000 for td in sched.timesteps]
-    ours = _trajectory(S.ddim, model=model, shape_or_x=x_t.clone(), times=times, eta=eta, noise=gen(9))
-    for a, b in zip(ours, theirs):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+        def forward(self, x, c):
+            eps = exact.predict(x, (c.double() + 1) / ddpm.num_steps).eps
+            return torch.cat([eps, torch.full_like(eps, self.v)], dim=1)
+
+    x_t = torch.randn(16, 2, generator=gen(12), dtype=torch.float64)
+    for v, fixed in ((1.0, "beta"), (-1.0, "beta_tilde")):
+        model = sl.Model(Net(v), ddpm, learned_variance=True)
+        learned = S.ddpm_ancestral(model, x_t.clone(), 40, variance="learned", noise=gen(13)).samples
+        ref = S.ddpm_ancestral(exact, x_t.clone(), 40, variance=fixed, noise=gen(13)).samples
+        torch.testing.assert_close(learned, ref, rtol=1e-9, atol=1e-9)

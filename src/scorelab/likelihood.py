@@ -116,16 +116,22 @@ def ode_log_likelihood(model: DiffusionModel, x: Tensor, *, process: NoiseProces
     return ODELikelihood(prior[:, None] + end[:, d:].double(), latent, prior, nfe)
 
 
+def _check_bytes(k: Tensor) -> None:
+    require(not k.is_floating_point() or bool((k == k.round()).all()),
+            "expected integer pixel values 0..255 (8-bit images), got fractional values; "
+            "pass the raw bytes, not images already scaled to [0, 1] or [-1, 1]")
+    require(int(k.min()) >= 0 and int(k.max()) <= 255, "pixel values must lie in 0..255")
+
+
 def uint8_to_levels(k: Tensor) -> Tensor:
     """8-bit values ``k`` to DDPM's levels ``2k/255 - 1`` in [-1, 1] (the VLB decoder's bin centres)."""
-    require(not k.is_floating_point() or bool((k == k.round()).all()), "expected integer pixel values 0..255")
-    require(int(k.min()) >= 0 and int(k.max()) <= 255, "pixel values must lie in 0..255")
+    _check_bytes(k)
     return k.double() * (2 / 255) - 1
 
 
 def dequantize(k: Tensor, generator: torch.Generator | None = None) -> Tensor:
     """Uniform dequantization (MATH.md 4): ``y = (k + u) / 256``, ``u ~ U[0, 1)``, returned as ``x = 2y - 1``."""
-    require(int(k.min()) >= 0 and int(k.max()) <= 255, "pixel values must lie in 0..255")
+    _check_bytes(k)
     u = torch.rand(k.shape, generator=generator, dtype=torch.float64,
                    device=generator.device if generator is not None else k.device).to(k.device)
     return 2 * (k.double() + u) / 256 - 1

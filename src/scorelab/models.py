@@ -203,7 +203,7 @@ class Model(nn.Module):
         if self.learned_variance:
             out, var_out = out.chunk(2, dim=1)
             frac = (var_out + 1) / 2
-        a, s = self.process.signal_scale(t), self.process.noise_std(t)
+        a, s = self.process.coefficients(t)
         return Prediction(x, t, a, s, to_eps(out, self.target, x, a, s), frac)
 
     def forward(self, x: Tensor, t: TimeLike) -> Prediction:
@@ -232,8 +232,8 @@ class ProcessAdapter:
     def predict(self, x: Tensor, t: TimeLike) -> Prediction:
         t = as_time(t, x)
         base = self.model.process
-        t_base = base.time_of_sigma(self.process.sigma(t)).clamp(0.0, 1.0)
-        a, s = self.process.signal_scale(t), self.process.noise_std(t)
+        a, s = self.process.coefficients(t)
+        t_base = base.time_of_sigma(s / a).clamp(0.0, 1.0)
         x_base = expand_as(base.signal_scale(t_base) / a, x) * x
         p = self.model.predict(x_base, t_base)
         return Prediction(x, t, a, s, p.eps, p.variance_frac)

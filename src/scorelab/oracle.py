@@ -205,7 +205,7 @@ class ExactModel:
 
     def predict(self, x: Tensor, t: TimeLike) -> Prediction:
         t = as_time(t, x)
-        a, s = self.process.signal_scale(t), self.process.noise_std(t)
+        a, s = self.process.coefficients(t)
         score = self.mixture.score_at(x, a, s)
         eps = -expand_as(s, x) * score
         return Prediction(x, t, a, s, eps)

@@ -86,6 +86,10 @@ class NoiseProcess(ABC):
         """Constructor arguments plus the class name: enough to rebuild the process."""
 
     # ---- derived once, for every process ----------------------------------------------
+    def coefficients(self, t: TimeLike) -> tuple[Tensor, Tensor]:
+        """``(a(t), s(t))`` together (one schedule lookup where the process allows it)."""
+        return self.signal_scale(t), self.noise_std(t)
+
     def sigma(self, t: TimeLike) -> Tensor:
         """The VE-equivalent noise level ``s(t) / a(t)``: ``x_t / a = x0 + sigma eps`` (EDM's sigma)."""
         return self.noise_std(t) / self.signal_scale(t)
@@ -183,10 +187,17 @@ class _VarPreserving(NoiseProcess):
         return torch.exp(-0.5 * self.integral_beta(t))
 
     def noise_std(self, t: TimeLike) -> Tensor:
-        return torch.sqrt(-torch.expm1(-self.integral_beta(t)))
+        return self._noise_std_of(self.integral_beta(t))
 
     def sigma(self, t: TimeLike) -> Tensor:
         return torch.sqrt(torch.expm1(self.integral_beta(t)))
+
+    def coefficients(self, t: TimeLike) -> tuple[Tensor, Tensor]:
+        b = self.integral_beta(t)
+        return torch.exp(-0.5 * b), self._noise_std_of(b)
+
+    def _noise_std_of(self, b: Tensor) -> Tensor:
+        return torch.sqrt(-torch.expm1(-b))
 
     def time_of_sigma(self, sigma: TimeLike) -> Tensor:
         return self.time_of_integral_beta(torch.log1p(as_time(sigma) ** 2))
@@ -234,8 +245,8 @@ class VPSDE(_VarPreserving):
 class SubVPSDE(VPSDE):
     """Sub-VP SDE: VP's drift, ``g = sqrt(beta (1 - exp(-2B)))``, ``s(t) = 1 - exp(-B(t))`` (MATH.md 1, 4)."""
 
-    def noise_std(self, t: TimeLike) -> Tensor:
-        return -torch.expm1(-self.integral_beta(t))
+    def _noise_std_of(self, b: Tensor) -> Tensor:
+        return -torch.expm1(-b)
 
     def sigma(self, t: TimeLike) -> Tensor:
         # (1 - e^{-B}) / e^{-B/2} = 2 sinh(B/2)
@@ -299,6 +310,7 @@ class DDPM(_VarPreserving):
         # B(t) at t = i/N is -log abar_i; piecewise linear in between.
         self._grid = torch.arange(n + 1, dtype=torch.float64) / n
         self._integral = -log_alpha_bars
+        self._device_cache: dict[torch.device, Tensor] = {}
         # beta_tilde_i = (1 - abar_{i-1}) / (1 - abar_i) beta_i, with beta_tilde_0 := 0.
         bt = torch.zeros(n + 1, dtype=torch.float64)
         bt[1:] = -torch.expm1(log_alpha_bars[:-1]) / -torch.expm1(log_alpha_bars[1:]) * betas
@@ -330,7 +342,20 @@ class DDPM(_VarPreserving):
 
     # ---- the VP SDE this chain is ----------------------------------------------------
     def integral_beta(self, t: TimeLike) -> Tensor:
-        return _interp(as_time(t), self._grid, self._integral)
+        # the grid i/N is uniform, so the piece holding t is found by indexing, not searching
+        t = as_time(t)
+        table = self._on(t.device)
+        u = (t * self.num_steps).clamp(0, self.num_steps)
+        i = u.floor().long().clamp(max=self.num_steps - 1)
+        low = table[i]
+        return low + (u - i) * (table[i + 1] - low)
+
+    def _on(self, device: torch.device) -> Tensor:
+        """-log abar on ``device`` (cached: samplers ask at every step)."""
+        cached = self._device_cache.get(device)
+        if cached is None:
+            cached = self._device_cache[device] = self._integral.to(device)
+        return cached
 
     def time_of_integral_beta(self, b: Tensor) -> Tensor:
         return _interp(as_time(b), self._integral, self._grid)
@@ -383,8 +408,10 @@ class DDPM(_VarPreserving):
         ``kind="beta"``: sigma_t^2 = beta_t; ``"beta_tilde"``: sigma_t^2 = beta_tilde_t;
         ``"learned"``: ``frac log beta_t + (1 - frac) log beta_tilde_t`` with ``frac`` in
         [0, 1] per element (Nichol & Dhariwal 2021, eq. 15). At step 1, where
-        ``beta_tilde_1 = 0``, every kind uses ``beta_tilde_2`` as Ho et al.'s and
-        improved-diffusion's code do, so the decoder ``p(x0 | x1)`` stays proper.
+        ``beta_tilde_1 = 0``, beta_tilde is clipped to ``beta_tilde_2`` and the fixed
+        ``"beta"`` choice uses it too, as Ho et al.'s and improved-diffusion's code
+        do, so the decoder ``p(x0 | x1)`` stays proper; ``"learned"`` interpolates
+        between ``beta_1`` and ``beta_tilde_2`` there, as improved-diffusion does.
         """
         require(kind in ("beta", "beta_tilde", "learned"),
                 f"unknown variance kind {kind!r}; choose 'beta', 'beta_tilde' or 'learned'")
@@ -392,7 +419,9 @@ class DDPM(_VarPreserving):
         first = self.beta_tildes[min(2, self.num_steps)].clamp(min=1e-20)
         log_beta = torch.log(self.betas.clone())
         log_beta_tilde = torch.log(self.beta_tildes.clone().clamp(min=1e-20))
-        log_beta[1] = log_beta_tilde[1] = torch.log(first)
+        log_beta_tilde[1] = torch.log(first)
+        if kind == "beta":
+            log_beta[1] = torch.log(first)
         lb = log_beta.to(step.device)[step]
         lbt = log_beta_tilde.to(step.device)[step]
         if kind == "beta":

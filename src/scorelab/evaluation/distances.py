@@ -24,18 +24,25 @@ def _flat_pair(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
     return x, y
 
 
-def _mean_pairwise(a: Tensor, b: Tensor, same: bool, chunk: int = 2048) -> Tensor:
+def _mean_pairwise(a: Tensor, b: Tensor, same: bool, unbiased: bool, chunk: int = 2048) -> Tensor:
     total = a.new_zeros(())
     for i in range(0, a.shape[0], chunk):
         total = total + torch.cdist(a[i:i + chunk], b).sum()
     n, m = a.shape[0], b.shape[0]
-    return total / (n * (n - 1)) if same else total / (n * m)
+    return total / (n * (n - 1)) if same and unbiased else total / (n * m)
 
 
-def energy_distance(x: Tensor, y: Tensor) -> float:
-    """Energy distance between sample sets ``x`` (N, ...) and ``y`` (M, ...)."""
+def energy_distance(x: Tensor, y: Tensor, unbiased: bool = True) -> float:
+    """Energy distance between sample sets ``x`` (N, ...) and ``y`` (M, ...).
+
+    ``unbiased=True``: U-statistics within each set, zero in expectation for
+    equal distributions (so it can come out slightly negative). ``False``: the
+    V-statistic, always >= 0, with a floor of order 1/N; ratios of two such
+    distances stay meaningful near the floor.
+    """
     x, y = _flat_pair(x, y)
-    return float(2 * _mean_pairwise(x, y, False) - _mean_pairwise(x, x, True) - _mean_pairwise(y, y, True))
+    return float(2 * _mean_pairwise(x, y, False, unbiased) - _mean_pairwise(x, x, True, unbiased)
+                 - _mean_pairwise(y, y, True, unbiased))
 
 
 def sliced_wasserstein(x: Tensor, y: Tensor, num_projections: int = 256,

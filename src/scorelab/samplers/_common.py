@@ -79,14 +79,25 @@ def randn_like(x: Tensor, noise: NoiseLike) -> Tensor:
                        device=noise.device if noise is not None else x.device).to(x.device)
 
 
+def model_device_dtype(model: object) -> tuple[torch.device, torch.dtype]:
+    """Device and dtype of a model's parameters (a wrapped model's, for adapters), else CPU float32."""
+    for candidate in (model, getattr(model, "model", None)):
+        params = getattr(candidate, "parameters", None)
+        first = next(params(), None) if callable(params) else None
+        if first is not None:
+            return first.device, first.dtype
+    return torch.device("cpu"), torch.float32
+
+
 def initial_noise(process: NoiseProcess, shape_or_x: Sequence[int] | Tensor, noise: NoiseLike,
-                  device: torch.device | str | None = None,
-                  dtype: torch.dtype = torch.float32) -> Tensor:
-    """``x_T``: given as a tensor, or drawn from the prior ``N(0, prior_std^2 I)``."""
+                  model: object = None) -> Tensor:
+    """``x_T``: given as a tensor, or drawn from the prior ``N(0, prior_std^2 I)`` on the
+    model's device and in its dtype."""
     if isinstance(shape_or_x, Tensor):
         return shape_or_x
     shape = tuple(shape_or_x)
     require(len(shape) >= 2, f"shape must include the batch, e.g. (16, 2) or (16, 1, 8, 8); got {shape}")
+    device, dtype = model_device_dtype(model)
     x = torch.empty(shape, dtype=dtype, device=device)
     return process.prior_std * randn_like(x, noise)
 
@@ -115,6 +126,9 @@ def time_grid(process: NoiseProcess, num_steps: int, kind: str = "time", *, rho:
     if kind == "time":
         return t_max + (t_min - t_max) * u
     lo, hi = process.sigma(as_time(t_min)), process.sigma(as_time(t_max))
+    require(kind not in ("log_sigma", "karras") or float(lo) > 0,
+            f"the {kind!r} grid needs a positive noise level at t_min={t_min}; raise t_min "
+            f"(e.g. to {process.t_min or 1e-3}) or use grid='time'")
     if kind == "log_sigma":
         sigmas = torch.exp(torch.log(hi) + (torch.log(lo) - torch.log(hi)) * u)
     elif kind == "karras":
@@ -137,10 +151,13 @@ class SigmaView:
     def __init__(self, model: DiffusionModel, process: NoiseProcess):
         self.model, self.process, self.nfe = model, process, 0
 
-    def predict(self, y: Tensor, t: Tensor) -> Prediction:
-        """The model at time ``t`` (per example) on ``x = a(t) y``; eps and x0 are those of ``y``."""
+    def predict(self, y: Tensor, t: Tensor | float, scale: float | None = None) -> Prediction:
+        """The model at time ``t`` on ``x = a(t) y``; eps and x0 are those of ``y``.
+
+        ``scale`` is ``a(t)`` when the caller already knows it (samplers precompute their grid).
+        """
         t = as_time(t, y)
-        a = self.process.signal_scale(t).to(y.dtype).reshape(-1, *([1] * (y.ndim - 1)))
+        a = self.scale(t[0]) if scale is None else scale
         self.nfe += 1
         return self.model.predict(a * y, t)
 
@@ -149,6 +166,11 @@ class SigmaView:
 
     def sigma(self, t: Tensor | float) -> float:
         return float(self.process.sigma(as_time(t)))
+
+    def grid(self, times: Tensor) -> tuple[list[float], list[float]]:
+        """``(a(t_i), sigma(t_i))`` for a whole grid, as floats."""
+        a, s = self.process.coefficients(times)
+        return a.tolist(), (s / a).tolist()
 
 
 def call_back(callback: Callback | None, step: int, num_steps: int, t: float, x: Tensor, nfe: int) -> None:

@@ -81,7 +81,7 @@ def ddpm_ancestral(model: DiffusionModel, shape_or_x: Sequence[int] | Tensor,
     require(variance in ("beta", "beta_tilde", "learned"),
             f"unknown variance {variance!r}; choose 'beta', 'beta_tilde' or 'learned'")
     seq = _ddpm_steps(ddpm, steps)
-    x = initial_noise(ddpm, shape_or_x, noise)
+    x = initial_noise(ddpm, shape_or_x, noise, model)
     view = SigmaView(model, ddpm)
     ab_table = ddpm.alpha_bars
     for i, step in enumerate(seq):
@@ -91,7 +91,7 @@ def ddpm_ancestral(model: DiffusionModel, shape_or_x: Sequence[int] | Tensor,
         a, a_prev = math.sqrt(ab), math.sqrt(ab_prev)
         sigma, sigma_prev = math.sqrt((1 - ab) / ab), math.sqrt((1 - ab_prev) / ab_prev)
         y = x / a
-        pred = view.predict(y, t)
+        pred = view.predict(y, t, a)
         x0 = _clip(pred.x0, clip_x0)
         eps = (y - x0) / sigma
         y_mean = x0 + (sigma_prev**2 / sigma) * eps          # posterior mean mu_tilde, rescaled
@@ -109,7 +109,7 @@ def ddpm_ancestral(model: DiffusionModel, shape_or_x: Sequence[int] | Tensor,
                 frac = pred.variance_frac.to(x.dtype)
                 log_var = frac * math.log(beta) + (1 - frac) * math.log(beta_tilde)
             x = x + torch.exp(0.5 * log_var) * randn_like(x, noise)
-        call_back(callback, i + 1, len(seq), t.item(), x, view.nfe)
+        call_back(callback, i + 1, len(seq), prev / ddpm.num_steps, x, view.nfe)
     finite_or_raise(x, "ddpm_ancestral")
     return SampleResult(x, view.nfe)
 
@@ -138,24 +138,24 @@ def ddim(model: DiffusionModel, shape_or_x: Sequence[int] | Tensor, steps: int =
     times = torch.as_tensor(times, dtype=torch.float64)
     require(times.ndim == 1 and len(times) >= 1 and bool((times[1:] < times[:-1]).all()),
             "times must be a decreasing 1-D sequence")
-    x = initial_noise(process, shape_or_x, noise)
+    x = initial_noise(process, shape_or_x, noise, model)
     view = SigmaView(model, process)
+    scales, sigmas = view.grid(times)
     for i, t in enumerate(times):
-        sigma = view.sigma(t)
-        y = x / view.scale(t)
-        pred = view.predict(y, t)
+        sigma = sigmas[i]
+        y = x / scales[i]
+        pred = view.predict(y, t, scales[i])
         x0 = _clip(pred.x0, clip_x0)
         if i + 1 == len(times):                               # last step: to noise level 0
             x = x0
         else:
-            t_next = times[i + 1]
-            sigma_next = view.sigma(t_next)
+            sigma_next = sigmas[i + 1]
             eps = (y - x0) / sigma
             sigma_eta = eta * sigma_next * math.sqrt(max(1 - sigma_next**2 / sigma**2, 0.0))
             y = x0 + math.sqrt(max(sigma_next**2 - sigma_eta**2, 0.0)) * eps
             if sigma_eta > 0:
                 y = y + sigma_eta * randn_like(y, noise)
-            x = view.scale(t_next) * y
-        call_back(callback, i + 1, len(times), float(t), x, view.nfe)
+            x = scales[i + 1] * y
+        call_back(callback, i + 1, len(times), float(times[i + 1]) if i + 1 < len(times) else 0.0, x, view.nfe)
     finite_or_raise(x, "ddim")
     return SampleResult(x, view.nfe)

@@ -85,6 +85,8 @@ def dopri5(fun: Callable[[Tensor, Tensor, Tensor], Tensor], y0: Tensor, t0: floa
         err = hv * sum(e * k for e, k in zip(_E, ks) if e != 0.0)
         scale = atol + rtol * torch.maximum(yi.abs(), y_new.abs())
         err_norm = (err / scale).pow(2).reshape(len(idx), -1).mean(1).sqrt().double()
+        finite = torch.isfinite(err_norm)
+        err_norm = torch.where(finite, err_norm, torch.full_like(err_norm, math.inf))  # reject, shrink
         accept = err_norm <= 1.0
         acc = idx[accept]
         y[acc] = y_new[accept]
@@ -94,6 +96,9 @@ def dopri5(fun: Callable[[Tensor, Tensor, Tensor], Tensor], y0: Tensor, t0: floa
         factor = torch.where(err_norm > 0, 0.9 * err_norm.clamp(min=1e-10) ** -0.2,
                              torch.full_like(err_norm, 10.0)).clamp(0.2, 10.0)
         h[idx] = hi.abs() * factor
+        if not bool(finite.all()) and bool((h[idx][~finite] < 1e-10 * abs(span)).any()):
+            raise FloatingPointError("dopri5: the right-hand side returns NaN or Inf even for tiny "
+                                     "steps; check the model's output and the inputs")
     raise RuntimeError(f"dopri5 did not reach t = {t1} in {max_steps} steps; loosen rtol/atol")
 
 
@@ -120,7 +125,7 @@ def ode_rk45(model: DiffusionModel, shape_or_x: Sequence[int] | Tensor, *, rtol:
     """
     model, process = resolve(model, process)
     t_min = process.t_min if t_min is None else t_min
-    x = initial_noise(process, shape_or_x, noise)
+    x = initial_noise(process, shape_or_x, noise, model)
     x, nfe = solve_probability_flow(model, x, 1.0, t_min, process=process, rtol=rtol, atol=atol)
     if denoise:
         x = model.predict(x, as_time(t_min, x)).x0
@@ -157,28 +162,29 @@ def _sigma_ode(model: DiffusionModel, shape_or_x: Sequence[int] | Tensor, steps:
     model, process = resolve(model, process)
     times = _eval_times(process, steps, grid, rho, times, monotone_only=not to_zero)
     view = SigmaView(model, process)
-    sigmas = [view.sigma(t) for t in times] + ([0.0] if to_zero else [])
+    scales, sigmas = view.grid(times)
+    sigmas = sigmas + ([0.0] if to_zero else [])
     n = len(sigmas) - 1
     sigma_top = view.sigma(1.0)
-    x = initial_noise(process, shape_or_x, noise)
-    y = x / view.scale(times[0])
+    x = initial_noise(process, shape_or_x, noise, model)
+    y = x / scales[0]
     gamma = min(churn / n, math.sqrt(2) - 1) if n > 0 else 0.0
     for i in range(n):
-        sigma, sigma_next, t = sigmas[i], sigmas[i + 1], times[i]
+        sigma, sigma_next, t, scale = sigmas[i], sigmas[i + 1], times[i], scales[i]
         if gamma > 0 and s_tmin <= sigma <= s_tmax:
             sigma_hat = min(sigma * (1 + gamma), sigma_top)
-            t = process.time_of_sigma(as_time(sigma_hat))
+            t, scale = process.time_of_sigma(as_time(sigma_hat)), None
             y = y + math.sqrt(max(sigma_hat**2 - sigma**2, 0.0)) * s_noise * randn_like(y, noise)
             sigma = sigma_hat
-        d = view.predict(y, t).eps                          # dy/dsigma
+        d = view.predict(y, t, scale).eps                   # dy/dsigma
         y_next = y + (sigma_next - sigma) * d
         if order == 2 and sigma_next > 0:
-            d_next = view.predict(y_next, times[i + 1]).eps
+            d_next = view.predict(y_next, times[i + 1], scales[i + 1]).eps
             y_next = y + (sigma_next - sigma) * 0.5 * (d + d_next)
         y = y_next
         call_back(callback, i + 1, n, float(times[i + 1]) if i + 1 < len(times) else 0.0, y, view.nfe)
     if not to_zero:
-        y = y * view.scale(times[-1])
+        y = y * scales[-1]
     finite_or_raise(y, name)
     return SampleResult(y, view.nfe)
 
@@ -220,31 +226,35 @@ def ode_heun(model: DiffusionModel, shape_or_x: Sequence[int] | Tensor, steps: i
 @torch.no_grad()
 def dpm_solver_pp_2m(model: DiffusionModel, shape_or_x: Sequence[int] | Tensor, steps: int = 20, *,
                      grid: str = "log_sigma", rho: float = 7.0,
-                     times: Sequence[float] | Tensor | None = None, process: NoiseProcess | None = None,
-                     noise: NoiseLike = None, callback: Callback | None = None) -> SampleResult:
+                     times: Sequence[float] | Tensor | None = None, lower_order_final: bool = True,
+                     process: NoiseProcess | None = None, noise: NoiseLike = None,
+                     callback: Callback | None = None) -> SampleResult:
     """DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2; MATH.md 5): ``steps`` NFE.
 
     With ``lambda = -log sigma`` and ``h = lambda' - lambda``:
     ``y' = (sigma'/sigma) y - (e^{-h} - 1) D``, where ``D`` is the model's x0
     extrapolated from the last two steps, ``D = (1 + 1/(2r)) x0_i - 1/(2r) x0_{i-1}``,
-    ``r = h_{i-1} / h_i``; first order on the first step and on the last one, to sigma = 0.
+    ``r = h_{i-1} / h_i``; first order on the first step and on the last one, to
+    sigma = 0. With ``lower_order_final`` and fewer than 15 steps the step
+    before the last is first order too, as the paper advises for few steps.
     """
     model, process = resolve(model, process)
     times = _eval_times(process, steps, grid, rho, times)
     view = SigmaView(model, process)
     n = len(times)
-    sigmas = [view.sigma(t) for t in times] + [0.0]
-    x = initial_noise(process, shape_or_x, noise)
-    y = x / view.scale(times[0])
+    scales, sigmas = view.grid(times)
+    sigmas = sigmas + [0.0]
+    x = initial_noise(process, shape_or_x, noise, model)
+    y = x / scales[0]
     x0_prev, h_prev = None, None
     for i in range(n):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
-        x0 = view.predict(y, times[i]).x0
+        x0 = view.predict(y, times[i], scales[i]).x0
         if sigma_next == 0:
             y = x0
         else:
             h = math.log(sigma / sigma_next)
-            if x0_prev is None:
+            if x0_prev is None or (lower_order_final and n < 15 and i == n - 2):
                 d = x0
             else:
                 r = h_prev / h

@@ -65,7 +65,7 @@ def annealed_langevin(model: DiffusionModel, shape_or_x: Sequence[int] | Tensor,
     require(epsilon > 0, f"epsilon must be positive, got {epsilon}")
     require(isinstance(steps_per_level, int) and steps_per_level >= 1,
             f"steps_per_level must be a positive integer, got {steps_per_level!r}")
-    x = initial_noise(ncsn, shape_or_x, noise)
+    x = initial_noise(ncsn, shape_or_x, noise, model)
     net = _Counter(model)
     sigma_last = ncsn.sigmas[-1].item()
     for level in range(1, ncsn.num_scales + 1):
@@ -98,7 +98,7 @@ def euler_maruyama(model: DiffusionModel, shape_or_x: Sequence[int] | Tensor, st
     """
     model, process = resolve(model, process)
     times = time_grid(process, steps, grid, t_min=t_min)
-    x = initial_noise(process, shape_or_x, noise)
+    x = initial_noise(process, shape_or_x, noise, model)
     net = _Counter(model)
     for i in range(steps):
         t, t_next = as_time(times[i], x), times[i + 1].item()
@@ -151,7 +151,8 @@ def predictor_corrector(model: DiffusionModel, shape_or_x: Sequence[int] | Tenso
     """
     require(predictor in PREDICTORS, f"unknown predictor {predictor!r}; choose one of {PREDICTORS}")
     require(corrector in CORRECTORS, f"unknown corrector {corrector!r}; choose one of {CORRECTORS}")
-    require(predictor != "none" or corrector != "none", "predictor and corrector cannot both be 'none'")
+    require(predictor != "none" or (corrector != "none" and corrector_steps >= 1),
+            "with predictor='none' the corrector does all the work: choose a corrector and corrector_steps >= 1")
     require(snr_norm in ("sample", "batch"), f"unknown snr_norm {snr_norm!r}; choose 'sample' or 'batch'")
     require(isinstance(corrector_steps, int) and corrector_steps >= 0,
             f"corrector_steps must be a non-negative integer, got {corrector_steps!r}")
@@ -159,7 +160,7 @@ def predictor_corrector(model: DiffusionModel, shape_or_x: Sequence[int] | Tenso
     target_snr = default_target_snr(process) if target_snr is None else target_snr
     require(target_snr > 0, f"target_snr must be positive, got {target_snr}")
     times = time_grid(process, steps, grid, t_min=t_min)
-    x = initial_noise(process, shape_or_x, noise)
+    x = initial_noise(process, shape_or_x, noise, model)
     net = _Counter(model)
     for i in range(steps):
         t_val, t_next_val = times[i].item(), times[i + 1].item()
