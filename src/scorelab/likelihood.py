@@ -24,7 +24,7 @@ from ._util import as_time, flat_dim, require
 from .losses import VLB, vlb
 from .models import DiffusionModel
 from .processes import NoiseProcess
-from .samplers._common import resolve, time_grid
+from .samplers._common import model_device_dtype, resolve, time_grid
 from .samplers.ode import _sigma_ode, dopri5, solve_probability_flow
 
 __all__ = ["ODELikelihood", "ode_log_likelihood", "dequantize", "dequantized_bits_per_dim",
@@ -149,12 +149,6 @@ def dequantized_bits_per_dim(log_prob: Tensor, num_dims: int, data_range: str = 
     return -log_prob / (num_dims * math.log(2)) + offset
 
 
-def _dtype_of(model: DiffusionModel) -> torch.dtype:
-    params = getattr(model, "parameters", None)
-    first = next(params(), None) if callable(params) else None
-    return first.dtype if first is not None else torch.float32
-
-
 def ode_bits_per_dim(model: DiffusionModel, images: Tensor, *, draws: int = 1, probes: int = 1,
                      generator: torch.Generator | None = None, **kwargs) -> tuple[Tensor, Tensor | None]:
     """Bits/dim of 8-bit ``images`` (integers 0..255) by the ODE likelihood, Score SDE's protocol.
@@ -166,7 +160,7 @@ def ode_bits_per_dim(model: DiffusionModel, images: Tensor, *, draws: int = 1, p
     d = flat_dim(images)
     estimates = []
     for _ in range(draws):
-        x = dequantize(images, generator).to(_dtype_of(model))
+        x = dequantize(images, generator).to(model_device_dtype(model)[1])
         res = ode_log_likelihood(model, x, probes=probes, generator=generator, **kwargs)
         estimates.append(dequantized_bits_per_dim(res.per_probe, d))
     all_est = torch.cat(estimates, dim=1)
@@ -176,7 +170,7 @@ def ode_bits_per_dim(model: DiffusionModel, images: Tensor, *, draws: int = 1, p
 
 def vlb_bits_per_dim(model: DiffusionModel, images: Tensor, **kwargs) -> VLB:
     """DDPM's L_vlb of 8-bit ``images`` (integers 0..255): bits/dim with no offset (MATH.md 2, 4)."""
-    return vlb(model, uint8_to_levels(images).to(_dtype_of(model)), **kwargs)
+    return vlb(model, uint8_to_levels(images).to(model_device_dtype(model)[1]), **kwargs)
 
 
 # ---------------------------------------------------------------------------------------
