@@ -1,0 +1,8 @@
+"""Networks: the DDPM U-Net for images and an MLP for points, both ``net(x, noise_condition)``."""
+
+from .embeddings import FourierEmbedding, SinusoidalEmbedding, make_embedding
+from .mlp import MLP, MLPConfig
+from .unet import PRESETS, UNet, UNetConfig, count_parameters
+
+__all__ = ["UNet", "UNetConfig", "PRESETS", "MLP", "MLPConfig", "SinusoidalEmbedding", "FourierEmbedding",
+           "make_embedding", "count_parameters"]
