@@ -6,8 +6,9 @@ import pytest
 import torch
 
 import scorelab as sl
+from scorelab.data import to_model_range
 from scorelab.likelihood import (decode, dequantize, dequantized_bits_per_dim, encode, ode_bits_per_dim,
-                                 ode_log_likelihood, slerp, uint8_to_levels, vlb_bits_per_dim)
+                                 ode_log_likelihood, slerp, vlb_bits_per_dim)
 
 
 def gen(seed):
@@ -81,8 +82,8 @@ def test_bits_per_dim_convention_is_exact_for_uniform_data():
     x = dequantize(k, gen(6))
     assert x.min() >= -1 and x.max() < 1
     assert ((x + 1) * 128).floor().long().eq(k).all()    # each value stays in its own bin
-    torch.testing.assert_close(uint8_to_levels(torch.tensor([0, 255, 128])),
-                               torch.tensor([-1.0, 1.0, 2 * 128 / 255 - 1], dtype=torch.float64))
+    torch.testing.assert_close(to_model_range(torch.tensor([0, 255, 128])),
+                               torch.tensor([-1.0, 1.0, 2 * 128 / 255 - 1]))
 
 
 def test_ode_bits_per_dim_and_vlb_bits_per_dim_on_8bit_images():

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from ._util import as_time, flat_dim, require
+from .data import check_bytes, to_model_range
 from .losses import VLB, vlb
 from .models import DiffusionModel
 from .processes import NoiseProcess
@@ -28,7 +29,7 @@ from .samplers._common import model_device_dtype, resolve, time_grid
 from .samplers.ode import _sigma_ode, dopri5, solve_probability_flow
 
 __all__ = ["ODELikelihood", "ode_log_likelihood", "dequantize", "dequantized_bits_per_dim",
-           "ode_bits_per_dim", "uint8_to_levels", "vlb_bits_per_dim", "encode", "decode", "slerp"]
+           "ode_bits_per_dim", "vlb_bits_per_dim", "encode", "decode", "slerp"]
 
 
 @dataclass(frozen=True)
@@ -116,22 +117,9 @@ def ode_log_likelihood(model: DiffusionModel, x: Tensor, *, process: NoiseProces
     return ODELikelihood(prior[:, None] + end[:, d:].double(), latent, prior, nfe)
 
 
-def _check_bytes(k: Tensor) -> None:
-    require(not k.is_floating_point() or bool((k == k.round()).all()),
-            "expected integer pixel values 0..255 (8-bit images), got fractional values; "
-            "pass the raw bytes, not images already scaled to [0, 1] or [-1, 1]")
-    require(int(k.min()) >= 0 and int(k.max()) <= 255, "pixel values must lie in 0..255")
-
-
-def uint8_to_levels(k: Tensor) -> Tensor:
-    """8-bit values ``k`` to DDPM's levels ``2k/255 - 1`` in [-1, 1] (the VLB decoder's bin centres)."""
-    _check_bytes(k)
-    return k.double() * (2 / 255) - 1
-
-
 def dequantize(k: Tensor, generator: torch.Generator | None = None) -> Tensor:
     """Uniform dequantization (MATH.md 4): ``y = (k + u) / 256``, ``u ~ U[0, 1)``, returned as ``x = 2y - 1``."""
-    _check_bytes(k)
+    check_bytes(k)
     u = torch.rand(k.shape, generator=generator, dtype=torch.float64,
                    device=generator.device if generator is not None else k.device).to(k.device)
     return 2 * (k.double() + u) / 256 - 1
@@ -170,7 +158,7 @@ def ode_bits_per_dim(model: DiffusionModel, images: Tensor, *, draws: int = 1, p
 
 def vlb_bits_per_dim(model: DiffusionModel, images: Tensor, **kwargs) -> VLB:
     """DDPM's L_vlb of 8-bit ``images`` (integers 0..255): bits/dim with no offset (MATH.md 2, 4)."""
-    return vlb(model, uint8_to_levels(images).to(model_device_dtype(model)[1]), **kwargs)
+    return vlb(model, to_model_range(images).to(model_device_dtype(model)[1]), **kwargs)
 
 
 # ---------------------------------------------------------------------------------------

@@ -237,7 +237,7 @@ def vlb(model: DiffusionModel, x0: Tensor, *, variance: str | None = None,
     levels = (x0.double() + 1) * (num_bins - 1) / 2
     require(bool(((levels - levels.round()).abs() < 1e-3).all()),
             f"the VLB is a bound for discrete data on the {num_bins} levels 2k/{num_bins - 1} - 1; "
-            "scale 8-bit images with scorelab.likelihood.uint8_to_levels (or pass num_bins)")
+            "scale 8-bit images with scorelab.data.to_model_range (or pass num_bins)")
     terms = torch.empty(x0.shape[0], process.num_steps, dtype=torch.float64, device=x0.device)
     for step in range(1, process.num_steps + 1):
         terms[:, step - 1] = vlb_term(model, x0, step, variance=variance, generator=generator,

@@ -1,0 +1,307 @@
+"""Data: readers of the standard files, toy point sets, and the one place images are scaled.
+
+Images are kept as uint8 arrays ``(N, C, H, W)`` until a batch is drawn, then
+mapped to the model's range by :func:`to_model_range` (``x = 2k/255 - 1``, the
+VLB decoder's levels, MATH.md 2); :func:`to_uint8` is its inverse. Nothing here
+downloads: every reader takes a path to the files users get from the usual
+sources (see each function). Bad input gets a ``ValueError`` that says what
+was wrong and what to do.
+"""
+
+from __future__ import annotations
+
+import gzip
+import math
+import struct
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ._util import require
+
+__all__ = ["ImageSet", "check_bytes", "to_model_range", "to_uint8", "load_digits", "read_idx", "load_mnist",
+           "load_cifar10", "load_image_folder", "load_array", "toy_points", "batches"]
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
+
+
+# ---------------------------------------------------------------------------------------
+# Scaling: the one place
+# ---------------------------------------------------------------------------------------
+def check_bytes(k: Tensor) -> None:
+    """Raise unless ``k`` holds integer pixel values in 0..255."""
+    require(not k.is_floating_point() or bool((k == k.round()).all()),
+            "expected integer pixel values 0..255 (8-bit images), got fractional values; "
+            "pass the raw bytes, not images already scaled to [0, 1] or [-1, 1]")
+    require(k.numel() == 0 or (int(k.min()) >= 0 and int(k.max()) <= 255), "pixel values must lie in 0..255")
+
+
+def to_model_range(k: Tensor | np.ndarray) -> Tensor:
+    """8-bit values ``k`` in 0..255 to ``2k/255 - 1`` in [-1, 1] (float32)."""
+    k = torch.as_tensor(k)
+    check_bytes(k)
+    return k.float() * (2 / 255) - 1
+
+
+def to_uint8(x: Tensor) -> Tensor:
+    """The inverse of :func:`to_model_range`: round ``(x + 1) 255 / 2`` and clip to 0..255."""
+    return ((x.detach().float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+
+
+@dataclass
+class ImageSet:
+    """uint8 images ``(N, C, H, W)``, optional integer labels ``(N,)`` and class names."""
+
+    images: np.ndarray
+    labels: np.ndarray | None = None
+    classes: list[str] | None = None
+    skipped: int = 0
+
+    def __post_init__(self) -> None:
+        require(self.images.dtype == np.uint8 and self.images.ndim == 4,
+                f"images must be uint8 of shape (N, C, H, W), got {self.images.dtype} {self.images.shape}")
+        require(len(self.images) > 0, "the image set is empty")
+        if self.labels is not None:
+            require(self.labels.shape == (len(self.images),),
+                    f"{len(self.images)} images but labels of shape {self.labels.shape}")
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """``(C, H, W)`` of one image."""
+        return tuple(self.images.shape[1:])  # type: ignore[return-value]
+
+
+# ---------------------------------------------------------------------------------------
+# Readers
+# ---------------------------------------------------------------------------------------
+def load_digits() -> ImageSet:
+    """scikit-learn's 8x8 digits (1,797 images, values 0..16 scaled to 0..255): the embedded default."""
+    from sklearn.datasets import load_digits as _load
+
+    d = _load()
+    images = np.rint(d.images * (255 / 16)).astype(np.uint8)[:, None]
+    return ImageSet(images, d.target.astype(np.int64), [str(i) for i in range(10)])
+
+
+_IDX_TYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"),
+              0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
+
+
+def read_idx(path: str | Path) -> np.ndarray:
+    """Read an idx file (MNIST's format), gzip-compressed or not."""
+    path = Path(path)
+    require(path.is_file(), f"no such file: {path}")
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (OSError, EOFError) as e:
+        raise ValueError(f"{path} could not be read ({e}); the file is corrupt or truncated") from None
+    require(len(data) >= 4 and data[0] == 0 and data[1] == 0 and data[2] in _IDX_TYPES,
+            f"{path} is not an idx file (bad magic number); expected MNIST-style idx data")
+    ndim = data[3]
+    dims = struct.unpack(f">{ndim}I", data[4:4 + 4 * ndim])
+    dtype = np.dtype(_IDX_TYPES[data[2]])
+    body = data[4 + 4 * ndim:]
+    require(len(body) == math.prod(dims) * dtype.itemsize,
+            f"{path} holds {len(body)} bytes of data but its header promises {dims}; the file is truncated")
+    return np.frombuffer(body, dtype=dtype).reshape(dims)
+
+
+def _find(root: Path, stem: str) -> Path:
+    for candidate in (root / stem, root / f"{stem}.gz"):
+        if candidate.is_file():
+            return candidate
+    raise ValueError(f"{root} has no {stem}[.gz]; point to the folder with MNIST-style idx files "
+                     "(e.g. train-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz)")
+
+
+def load_mnist(root: str | Path, split: str = "train") -> ImageSet:
+    """MNIST or Fashion-MNIST from the standard idx files in ``root`` (``split`` "train" or "test").
+
+    Users get the files from the datasets' sites, or Fashion-MNIST with
+    ``apt-get install dataset-fashion-mnist`` (``/usr/share/datasets/fashion-mnist``).
+    """
+    require(split in ("train", "test"), f"split must be 'train' or 'test', got {split!r}")
+    root = Path(root)
+    require(root.is_dir(), f"no such folder: {root}")
+    prefix = "train" if split == "train" else "t10k"
+    images = read_idx(_find(root, f"{prefix}-images-idx3-ubyte"))
+    labels = read_idx(_find(root, f"{prefix}-labels-idx1-ubyte"))
+    require(images.ndim == 3 and images.dtype == np.uint8, f"idx images in {root} have shape {images.shape}")
+    require(len(labels) == len(images), f"{len(images)} images but {len(labels)} labels in {root}")
+    return ImageSet(images[:, None].copy(), labels.astype(np.int64), [str(i) for i in range(10)])
+
+
+def load_cifar10(path: str | Path, split: str = "train") -> ImageSet:
+    """CIFAR-10 from an ``.npz`` with ``x`` (N, 32, 32, 3) uint8 and ``y``, or the binary version's folder
+    (``cifar-10-batches-bin``: data_batch_1..5.bin, test_batch.bin). Nothing is unpickled."""
+    path = Path(path)
+    if path.suffix == ".npz":
+        return load_array(path)
+    require(path.is_dir(), f"no such file or folder: {path}; give an .npz (x, y) or the cifar-10-batches-bin folder")
+    names = [f"data_batch_{i}.bin" for i in range(1, 6)] if split == "train" else ["test_batch.bin"]
+    missing = [n for n in names if not (path / n).is_file()]
+    require(not missing, f"{path} lacks {missing}; expected CIFAR-10's binary version (cifar-10-batches-bin)")
+    records = np.concatenate([np.fromfile(path / n, dtype=np.uint8) for n in names])
+    require(records.size % 3073 == 0, f"CIFAR-10 binary files in {path} are truncated")
+    records = records.reshape(-1, 3073)
+    return ImageSet(records[:, 1:].reshape(-1, 3, 32, 32).copy(), records[:, 0].astype(np.int64),
+                    ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"])
+
+
+def load_array(path: str | Path, kind: str = "auto") -> ImageSet | np.ndarray:
+    """Images or points from ``.npy`` / ``.npz`` (arrays ``x`` and optional ``y`` in an npz).
+
+    Images: uint8 ``(N, H, W)``, ``(N, H, W, C)`` or ``(N, C, H, W)`` with C in {1, 3}
+    -> :class:`ImageSet`. Points: float ``(N, D)`` -> a float32 array.
+    """
+    path = Path(path)
+    require(path.is_file(), f"no such file: {path}")
+    try:
+        data = np.load(path, allow_pickle=False)
+    except ValueError as e:
+        raise ValueError(f"{path} holds Python objects ({e}); save plain numeric arrays") from None
+    except OSError as e:
+        raise ValueError(f"{path} is not a readable .npy/.npz file ({e})") from None
+    if isinstance(data, np.lib.npyio.NpzFile):
+        require("x" in data.files, f"{path} has arrays {data.files}; name the data 'x' (and labels 'y')")
+        x, y = data["x"], (data["y"] if "y" in data.files else None)
+    else:
+        x, y = data, None
+    if kind == "points" or (kind == "auto" and x.ndim == 2 and x.dtype.kind == "f"):
+        require(x.ndim == 2 and x.dtype.kind in "fiu", f"points must be a numeric (N, D) array, got {x.dtype} {x.shape}")
+        require(np.isfinite(x).all(), f"{path} contains NaN or Inf")
+        return x.astype(np.float32)
+    require(x.dtype == np.uint8, f"images in {path} must be uint8 (0..255), got {x.dtype}; "
+            "convert with (x * 255).round().astype('uint8') if they are floats in [0, 1]")
+    if x.ndim == 3:
+        x = x[:, None]
+    elif x.ndim == 4 and x.shape[-1] in (1, 3) and x.shape[1] not in (1, 3):
+        x = x.transpose(0, 3, 1, 2)
+    require(x.ndim == 4 and x.shape[1] in (1, 3),
+            f"images in {path} have shape {x.shape}; expected (N, H, W), (N, H, W, C) or (N, C, H, W) with C = 1 or 3")
+    labels = None if y is None else np.asarray(y).astype(np.int64).reshape(-1)
+    return ImageSet(np.ascontiguousarray(x), labels)
+
+
+def load_image_folder(root: str | Path, *, image_size: int | None = None, mode: str = "auto",
+                      labels: bool = False, on_error: str = "skip") -> ImageSet:
+    """Every PNG/JPEG (and BMP, GIF, WebP) below ``root``, recursively.
+
+    ``image_size``: resize the shorter side then centre-crop to a square of
+    that size (needed when sizes differ). ``mode``: "L" (grey), "RGB", or
+    "auto" (grey if every image is). ``labels``: the class is the name of the
+    first sub-folder below ``root``. ``on_error``: "skip" unreadable images
+    (and count them in ``skipped``) or "raise".
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    root = Path(root)
+    require(root.is_dir(), f"no such folder: {root}")
+    require(mode in ("auto", "L", "RGB"), f"mode must be 'auto', 'L' or 'RGB', got {mode!r}")
+    require(on_error in ("skip", "raise"), f"on_error must be 'skip' or 'raise', got {on_error!r}")
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    require(len(files) > 0, f"{root} holds no images ({', '.join(IMAGE_SUFFIXES)}); check the path")
+    pictures, names, skipped = [], [], 0
+    for p in files:
+        try:
+            with Image.open(p) as im:
+                im.load()
+                pictures.append(im.copy())
+                names.append(p)
+        except (UnidentifiedImageError, OSError, SyntaxError) as e:
+            if on_error == "raise":
+                raise ValueError(f"cannot read image {p}: {e}; fix or remove it, or pass on_error='skip'") from None
+            skipped += 1
+    require(len(pictures) > 0, f"none of the {len(files)} image files under {root} could be read")
+    if skipped:
+        warnings.warn(f"skipped {skipped} unreadable image(s) under {root}", stacklevel=2)
+    if mode == "auto":
+        mode = "L" if all(im.mode in ("L", "1", "I;16", "I") for im in pictures) else "RGB"
+    arrays = []
+    for im in pictures:
+        im = im.convert(mode)
+        if image_size is not None:
+            w, h = im.size
+            scale = image_size / min(w, h)
+            im = im.resize((max(image_size, round(w * scale)), max(image_size, round(h * scale))), Image.BICUBIC)
+            w, h = im.size
+            left, top = (w - image_size) // 2, (h - image_size) // 2
+            im = im.crop((left, top, left + image_size, top + image_size))
+        arrays.append(np.asarray(im, dtype=np.uint8))
+    sizes = sorted({a.shape[:2] for a in arrays})
+    require(len(sizes) == 1, f"images under {root} have different sizes {sizes[:5]}; pass image_size=... "
+            "to resize and centre-crop them")
+    x = np.stack(arrays)
+    x = x[:, None] if x.ndim == 3 else x.transpose(0, 3, 1, 2)
+    y, classes = None, None
+    if labels:
+        folders = [p.relative_to(root).parts for p in names]
+        require(all(len(parts) >= 2 for parts in folders),
+                f"labels=True takes the class from sub-folders of {root}, but some images lie directly in it")
+        classes = sorted({parts[0] for parts in folders})
+        y = np.array([classes.index(parts[0]) for parts in folders], dtype=np.int64)
+    return ImageSet(np.ascontiguousarray(x), y, classes, skipped)
+
+
+# ---------------------------------------------------------------------------------------
+# Toy point sets
+# ---------------------------------------------------------------------------------------
+def toy_points(name: str, n: int, seed: int = 0) -> np.ndarray:
+    """``"two_moons"``, ``"swiss_roll"``, ``"checkerboard"`` or ``"gaussian_mixture"`` (8 modes on a
+    circle of radius 3): ``(n, 2)`` float32 points within about [-4, 4], reproducible from ``seed``."""
+    require(isinstance(n, int) and n > 0, f"n must be a positive integer, got {n!r}")
+    rng = np.random.default_rng(seed)
+    if name == "two_moons":
+        from sklearn.datasets import make_moons
+        x = make_moons(n, noise=0.05, random_state=seed)[0] * 2 - np.array([1.0, 0.5])
+    elif name == "swiss_roll":
+        from sklearn.datasets import make_swiss_roll
+        x = make_swiss_roll(n, noise=0.5, random_state=seed)[0][:, [0, 2]] / 5
+    elif name == "checkerboard":
+        x1 = rng.uniform(-4, 4, n)
+        x2 = rng.uniform(0, 2, n) - 2 * rng.integers(0, 2, n) + 2 * (np.floor(x1 / 2) % 2)
+        x = np.stack([x1, x2], 1)
+    elif name == "gaussian_mixture":
+        angles = 2 * np.pi * rng.integers(0, 8, n) / 8
+        x = 3 * np.stack([np.cos(angles), np.sin(angles)], 1) + 0.3 * rng.normal(size=(n, 2))
+    else:
+        raise ValueError(f"unknown toy set {name!r}; choose two_moons, swiss_roll, checkerboard or gaussian_mixture")
+    return x.astype(np.float32)
+
+
+# ---------------------------------------------------------------------------------------
+# Batches
+# ---------------------------------------------------------------------------------------
+def batches(data: ImageSet | np.ndarray, batch_size: int, generator: torch.Generator, *,
+            flip: bool = False, with_labels: bool = False):
+    """Endless shuffled batches in the model's range: images through :func:`to_model_range`
+    (with random horizontal flips if asked), points as float32. Reproducible from ``generator``."""
+    require(isinstance(batch_size, int) and batch_size > 0, f"batch_size must be a positive integer, got {batch_size!r}")
+    is_images = isinstance(data, ImageSet)
+    n = len(data)
+    require(n > 0, "no data to draw batches from")
+    if with_labels:
+        require(is_images and data.labels is not None,
+                "class conditioning needs labels; load a labelled set (e.g. labels=True for image folders)")
+    while True:
+        order = torch.randperm(n, generator=generator)
+        for start in range(0, n - batch_size + 1 if n >= batch_size else 1, batch_size):
+            idx = order[start:start + batch_size].numpy()
+            if is_images:
+                x = to_model_range(torch.from_numpy(data.images[idx]))
+                if flip:
+                    mask = torch.rand(len(idx), generator=generator) < 0.5
+                    x = torch.where(mask[:, None, None, None], x.flip(-1), x)
+                yield (x, torch.from_numpy(data.labels[idx])) if with_labels else x
+            else:
+                yield torch.from_numpy(np.asarray(data)[idx])
