@@ -7,7 +7,7 @@
     loss = sl.losses.dsm_loss(model, oracle.sample(64))
 """
 
-from . import data, evaluation, likelihood, losses, networks, samplers
+from . import checkpoints, data, evaluation, likelihood, losses, networks, samplers
 from .losses import VLB, dsm_loss, hybrid_loss, simple_loss, vlb, vlb_term
 from .models import (CONDITIONS, TARGETS, DiffusionModel, Model, Prediction, ProcessAdapter,
                      from_eps, to_eps)
@@ -20,5 +20,5 @@ __all__ = [
     "DDPM", "NCSN", "VPSDE", "SubVPSDE", "VESDE", "NoiseProcess", "process_from_config",
     "Model", "ProcessAdapter", "Prediction", "DiffusionModel", "TARGETS", "CONDITIONS",
     "to_eps", "from_eps", "GaussianMixture", "ExactModel",
-    "samplers", "likelihood", "evaluation", "networks", "data", "losses", "simple_loss", "dsm_loss", "vlb", "vlb_term", "VLB", "hybrid_loss",
+    "samplers", "likelihood", "evaluation", "networks", "data", "checkpoints", "losses", "simple_loss", "dsm_loss", "vlb", "vlb_term", "VLB", "hybrid_loss",
 ]
