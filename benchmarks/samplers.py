@@ -10,6 +10,7 @@ overhead: wall time per NFE when driving a U-Net, divided by one U-Net call.
 
     python benchmarks/samplers.py                 # writes benchmarks/results/samplers.{json,png}
     python benchmarks/samplers.py --quick         # smaller, for a smoke run
+    python benchmarks/samplers.py --overhead-only # re-measure only the overhead section
 """
 
 from __future__ import annotations
@@ -277,9 +278,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer samples and budgets")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    parser.add_argument("--overhead-only", action="store_true",
+                        help="re-measure only the overhead section of an existing samplers.json")
     args = parser.parse_args()
     torch.set_num_threads(2)
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.overhead_only:
+        path = args.out / "samplers.json"
+        saved = json.loads(path.read_text())
+        saved["overhead"] = over = overhead(batch=4, nfe=20)
+        path.write_text(json.dumps(saved, indent=1))
+        report_overhead(over)
+        return
     n, n_ref = (1000, 2000) if args.quick else (4000, 10000)
     budgets = [10, 50] if args.quick else BUDGETS
     results = [evaluate("2-D", sl.GaussianMixture(*mixture_2d_params()), n, n_ref, budgets),
@@ -294,6 +304,10 @@ def main() -> None:
         for budget, s in res["summary"].items():
             print(f"  NFE {budget:5d}: scorelab {s['scorelab_best'][0]} {s['scorelab_best'][1]:.5f} | "
                   f"diffusers {s['diffusers_best'][0]} {s['diffusers_best'][1]:.5f} | ratio {s['ratio']:.3f}")
+    report_overhead(over)
+
+
+def report_overhead(over: dict) -> None:
     print(f"\noverhead against a {over['unet_params_millions']:.1f}M U-Net at batch {over['batch']} "
           f"({over['seconds_per_unet_call'] * 1e3:.0f} ms per call):")
     for k, v in over["samplers"].items():

@@ -20,7 +20,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from ._util import as_time, flat_dim, require
+from ._util import flat_dim, require
 from .data import check_bytes, to_model_range
 from .losses import VLB, vlb
 from .models import DiffusionModel

@@ -16,8 +16,7 @@ channels (Nichol & Dhariwal 2021). Attention runs through torch's
 
 from __future__ import annotations
 
-import math
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import torch

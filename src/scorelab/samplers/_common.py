@@ -13,7 +13,6 @@ makes sample ``k`` the same whatever the batch size (as EDM's code does).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -182,7 +181,3 @@ def finite_or_raise(x: Tensor, where: str) -> None:
     if not bool(torch.isfinite(x).all()):
         raise FloatingPointError(f"{where} produced NaN or Inf; lower the step size, raise the "
                                  "number of steps, or check the model's output")
-
-
-def sqrt_pos(v: float) -> float:
-    return math.sqrt(max(v, 0.0))

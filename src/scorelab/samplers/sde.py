@@ -94,22 +94,12 @@ def euler_maruyama(model: DiffusionModel, shape_or_x: Sequence[int] | Tensor, st
 
     ``x <- x + [f - g^2 score] dt + g sqrt(|dt|) z`` on ``steps`` steps from
     ``t = 1`` to ``t_min``; the last step adds no noise (score_sde's noise
-    removal). ``denoise`` then returns ``E[x0 | x_{t_min}]`` (one more NFE).
+    removal). ``denoise`` then returns ``E[x0 | x_{t_min}]`` (one more NFE). It is
+    :func:`predictor_corrector` with that predictor and no corrector.
     """
-    model, process = resolve(model, process)
-    times = time_grid(process, steps, grid, t_min=t_min)
-    x = initial_noise(process, shape_or_x, noise, model)
-    net = _Counter(model)
-    for i in range(steps):
-        t, t_next = as_time(times[i], x), times[i + 1].item()
-        dt = t_next - times[i].item()
-        x = x + process.reverse_drift(x, t, net.score(x, t)) * dt
-        if i + 1 < steps:
-            x = x + expand_as(process.diffusion(t), x) * math.sqrt(-dt) * randn_like(x, noise)
-        call_back(callback, i + 1, steps, t_next, x, net.nfe)
-    x = _finish(net, x, as_time(times[-1], x), denoise)
-    finite_or_raise(x, "euler_maruyama")
-    return SampleResult(x, net.nfe)
+    return predictor_corrector(model, shape_or_x, steps, predictor="euler_maruyama", corrector="none",
+                               process=process, grid=grid, t_min=t_min, denoise=denoise, noise=noise,
+                               callback=callback)
 
 
 def default_target_snr(process: NoiseProcess) -> float:
@@ -162,11 +152,13 @@ def predictor_corrector(model: DiffusionModel, shape_or_x: Sequence[int] | Tenso
     times = time_grid(process, steps, grid, t_min=t_min)
     x = initial_noise(process, shape_or_x, noise, model)
     net = _Counter(model)
+    uses_scales = corrector != "none" or predictor in ("reverse_diffusion", "ancestral")
     for i in range(steps):
         t_val, t_next_val = times[i].item(), times[i + 1].item()
         t, t_next = as_time(t_val, x), as_time(t_next_val, x)
-        a, a_next = process.signal_scale(t), process.signal_scale(t_next)
-        ratio = a / a_next                                   # forward factor from t_{i+1} to t_i
+        if uses_scales:
+            a, a_next = process.signal_scale(t), process.signal_scale(t_next)
+            ratio = a / a_next                               # forward factor from t_{i+1} to t_i
         last = i + 1 == steps
         if corrector != "none":
             alpha = expand_as(ratio**2, x)
