@@ -7,10 +7,12 @@
     loss = sl.losses.dsm_loss(model, oracle.sample(64))
 """
 
-from . import checkpoints, data, evaluation, likelihood, losses, networks, samplers
+from . import checkpoints, data, evaluation, guidance, likelihood, losses, modelspec, networks, samplers, training
+from .guidance import ClassifierFreeGuidance, Conditional
 from .losses import VLB, dsm_loss, hybrid_loss, simple_loss, vlb, vlb_term
 from .models import (CONDITIONS, TARGETS, DiffusionModel, Model, Prediction, ProcessAdapter,
                      from_eps, to_eps)
+from .modelspec import ModelSpec, load_model
 from .oracle import ExactModel, GaussianMixture
 from .processes import DDPM, NCSN, VESDE, VPSDE, NoiseProcess, SubVPSDE, process_from_config
 
@@ -20,5 +22,6 @@ __all__ = [
     "DDPM", "NCSN", "VPSDE", "SubVPSDE", "VESDE", "NoiseProcess", "process_from_config",
     "Model", "ProcessAdapter", "Prediction", "DiffusionModel", "TARGETS", "CONDITIONS",
     "to_eps", "from_eps", "GaussianMixture", "ExactModel",
+    "Conditional", "ClassifierFreeGuidance", "guidance", "ModelSpec", "load_model", "modelspec", "training",
     "samplers", "likelihood", "evaluation", "networks", "data", "checkpoints", "losses", "simple_loss", "dsm_loss", "vlb", "vlb_term", "VLB", "hybrid_loss",
 ]

@@ -27,7 +27,7 @@ from torch import Tensor
 
 from ._util import require
 
-__all__ = ["Checkpoint", "save_checkpoint", "load_checkpoint", "latest_checkpoint", "list_checkpoints",
+__all__ = ["config_differences", "Checkpoint", "save_checkpoint", "load_checkpoint", "latest_checkpoint", "list_checkpoints",
            "flatten_optimizer_state", "unflatten_optimizer_state", "CheckpointError"]
 
 _NAME = re.compile(r"^step-(\d{8,})$")
@@ -162,11 +162,12 @@ def latest_checkpoint(directory: str | Path) -> Path | None:
     return found[-1] if found else None
 
 
-def _mismatch(saved: Any, expected: Any, prefix: str = "") -> list[str]:
+def config_differences(saved: Any, expected: Any, prefix: str = "") -> list[str]:
+    """Each field where two (nested) configs differ, as ``'a.b: checkpoint has X, this run asks for Y'``."""
     if isinstance(saved, dict) and isinstance(expected, dict):
         out = []
         for key in sorted(set(saved) | set(expected)):
-            out += _mismatch(saved.get(key, "<absent>"), expected.get(key, "<absent>"), f"{prefix}{key}.")
+            out += config_differences(saved.get(key, "<absent>"), expected.get(key, "<absent>"), f"{prefix}{key}.")
         return out
     return [] if saved == expected else [f"{prefix[:-1]}: checkpoint has {saved!r}, this run asks for {expected!r}"]
 
@@ -204,7 +205,7 @@ def load_checkpoint(path: str | Path, expected_config: dict[str, Any] | None = N
             raise CheckpointError(f"{file} does not match its checksum in meta.json: it was truncated or "
                                   "edited; resume from an earlier checkpoint")
     if expected_config is not None:
-        diffs = _mismatch(meta["config"], expected_config)
+        diffs = config_differences(meta["config"], expected_config)
         if diffs:
             raise CheckpointError(f"checkpoint {path} was made with another configuration: " + "; ".join(diffs[:5]))
 

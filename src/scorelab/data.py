@@ -24,7 +24,8 @@ from torch import Tensor
 from ._util import require
 
 __all__ = ["ImageSet", "check_bytes", "to_model_range", "to_uint8", "load_digits", "read_idx", "load_mnist",
-           "load_cifar10", "load_image_folder", "load_array", "toy_points", "batches"]
+           "load_cifar10", "load_image_folder", "load_array", "toy_points", "batches", "load_dataset", "take",
+           "DATASET_HELP"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 
@@ -81,13 +82,27 @@ class ImageSet:
 # ---------------------------------------------------------------------------------------
 # Readers
 # ---------------------------------------------------------------------------------------
-def load_digits() -> ImageSet:
-    """scikit-learn's 8x8 digits (1,797 images, values 0..16 scaled to 0..255): the embedded default."""
+#: Images of the digits set held out as its "test" split (a fixed 10%).
+DIGITS_TEST_SIZE = 180
+
+
+def load_digits(split: str = "all") -> ImageSet:
+    """scikit-learn's 8x8 digits (1,797 images, values 0..16 scaled to 0..255): the embedded default.
+
+    ``split``: "all", or "train" (1,617 images) / "test" (180), a fixed random
+    partition (NumPy seed 0) so held-out numbers are comparable between runs.
+    """
     from sklearn.datasets import load_digits as _load
 
+    require(split in ("all", "train", "test"), f"split must be 'all', 'train' or 'test', got {split!r}")
     d = _load()
     images = np.rint(d.images * (255 / 16)).astype(np.uint8)[:, None]
-    return ImageSet(images, d.target.astype(np.int64), [str(i) for i in range(10)])
+    labels = d.target.astype(np.int64)
+    if split != "all":
+        order = np.random.default_rng(0).permutation(len(images))
+        idx = np.sort(order[:DIGITS_TEST_SIZE] if split == "test" else order[DIGITS_TEST_SIZE:])
+        images, labels = images[idx], labels[idx]
+    return ImageSet(np.ascontiguousarray(images), labels, [str(i) for i in range(10)])
 
 
 _IDX_TYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"),
@@ -279,6 +294,41 @@ def toy_points(name: str, n: int, seed: int = 0) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------
+# Dataset specs: one string names any dataset (the trainer's and the CLI's --data)
+# ---------------------------------------------------------------------------------------
+DATASET_HELP = ("digits | mnist:DIR | fashion-mnist:DIR | cifar10:PATH (.npz or cifar-10-batches-bin) | "
+                "folder:DIR | array:FILE.npz/.npy | points:NAME (two_moons, swiss_roll, checkerboard, "
+                "gaussian_mixture)")
+
+
+def load_dataset(spec: str, split: str = "train", *, image_size: int | None = None, labels: bool = False,
+                 num_points: int = 20000, seed: int = 0) -> ImageSet | np.ndarray:
+    """Load the dataset named by ``spec`` (see :data:`DATASET_HELP`) and ``split``.
+
+    ``image_size`` resizes folder images; ``labels`` takes class labels from a
+    folder's sub-folders; toy point sets draw ``num_points`` points (the test
+    split from another seed).
+    """
+    require(split in ("train", "test"), f"split must be 'train' or 'test', got {split!r}")
+    kind, _, arg = spec.partition(":")
+    if kind == "digits" and not arg:
+        return load_digits(split)
+    require(bool(arg), f"dataset {spec!r} needs a path or name after ':'; the forms are: {DATASET_HELP}")
+    if kind in ("mnist", "fashion-mnist"):
+        return load_mnist(arg, split)
+    if kind == "cifar10":
+        return load_cifar10(arg, split)
+    if kind == "points":
+        return toy_points(arg, num_points, seed=seed if split == "train" else seed + 1)
+    require(split == "train", f"{kind} data has no separate test split; point --data at the held-out files")
+    if kind == "folder":
+        return load_image_folder(arg, image_size=image_size, labels=labels)
+    if kind == "array":
+        return load_array(arg)
+    raise ValueError(f"unknown dataset {spec!r}; the forms are: {DATASET_HELP}")
+
+
+# ---------------------------------------------------------------------------------------
 # Batches
 # ---------------------------------------------------------------------------------------
 def batches(data: ImageSet | np.ndarray, batch_size: int, generator: torch.Generator, *,
@@ -295,12 +345,21 @@ def batches(data: ImageSet | np.ndarray, batch_size: int, generator: torch.Gener
     while True:
         order = torch.randperm(n, generator=generator)
         for start in range(0, n - batch_size + 1 if n >= batch_size else 1, batch_size):
-            idx = order[start:start + batch_size].numpy()
-            if is_images:
-                x = to_model_range(torch.from_numpy(data.images[idx]))
-                if flip:
-                    mask = torch.rand(len(idx), generator=generator) < 0.5
-                    x = torch.where(mask[:, None, None, None], x.flip(-1), x)
-                yield (x, torch.from_numpy(data.labels[idx])) if with_labels else x
-            else:
-                yield torch.from_numpy(np.asarray(data)[idx])
+            x, y = take(data, order[start:start + batch_size].numpy(), generator, flip=flip)
+            yield (x, y) if with_labels else x
+
+
+def take(data: ImageSet | np.ndarray, idx: np.ndarray, generator: torch.Generator | None = None, *,
+         flip: bool = False) -> tuple[Tensor, Tensor | None]:
+    """Examples ``idx`` in the model's range, and their labels (None if the set has none).
+
+    Images go through :func:`to_model_range`, then a random horizontal flip
+    each with probability 1/2 if ``flip``; points become float32.
+    """
+    if not isinstance(data, ImageSet):
+        return torch.from_numpy(np.asarray(data, dtype=np.float32)[idx]), None
+    x = to_model_range(torch.from_numpy(data.images[idx]))
+    if flip:
+        mask = torch.rand(len(idx), generator=generator) < 0.5
+        x = torch.where(mask[:, None, None, None], x.flip(-1), x)
+    return x, (None if data.labels is None else torch.from_numpy(data.labels[idx]))

@@ -23,7 +23,7 @@ from torch import Tensor
 from ._util import flat_dim, require
 from .data import check_bytes, to_model_range
 from .losses import VLB, vlb
-from .models import DiffusionModel
+from .models import DiffusionModel, select_rows
 from .processes import NoiseProcess
 from .samplers._common import model_device_dtype, resolve, time_grid
 from .samplers.ode import _sigma_ode, dopri5, solve_probability_flow
@@ -105,7 +105,7 @@ def ode_log_likelihood(model: DiffusionModel, x: Tensor, *, process: NoiseProces
     def augmented(t: Tensor, state: Tensor, rows: Tensor) -> Tensor:
         xs = state[:, :d].reshape((len(rows),) + shape[1:]).detach().requires_grad_(True)
         with torch.enable_grad():
-            v = process.probability_flow_drift(xs, t, model.predict(xs, t).score)
+            v = process.probability_flow_drift(xs, t, select_rows(model, rows).predict(xs, t).score)
             div = (_divergence_exact(v, xs)[:, None] if eps is None
                    else _divergence_hutchinson(v, xs, eps[:, rows]))
         return torch.cat([v.detach().reshape(len(rows), -1), div.to(state.dtype)], dim=1)

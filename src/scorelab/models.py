@@ -28,7 +28,7 @@ from ._util import TimeLike, as_time, expand_as, require
 from .processes import DDPM, NCSN, VESDE, NoiseProcess
 
 __all__ = ["TARGETS", "CONDITIONS", "Prediction", "DiffusionModel", "Model", "ProcessAdapter",
-           "to_eps", "from_eps", "default_condition"]
+           "to_eps", "from_eps", "default_condition", "select_rows"]
 
 #: Prediction targets a network may be trained for (MATH.md 1).
 TARGETS = ("eps", "score", "x0", "v")
@@ -188,10 +188,20 @@ class Model(nn.Module):
         """What the network receives at time ``t`` (decided here, once)."""
         return noise_condition(self.process, self.condition, t)
 
-    def predict(self, x: Tensor, t: TimeLike) -> Prediction:
-        """One network evaluation at ``(x, t)``, returned as a :class:`Prediction`."""
+    @property
+    def num_classes(self) -> int:
+        """Number of classes of a class-conditional network (``net.config.num_classes``), else 0."""
+        return int(getattr(getattr(self.net, "config", None), "num_classes", 0))
+
+    def predict(self, x: Tensor, t: TimeLike, labels: Tensor | None = None) -> Prediction:
+        """One network evaluation at ``(x, t)``, returned as a :class:`Prediction`.
+
+        ``labels`` ``(N,)`` condition a class-conditional network (-1: no label);
+        samplers reach them through :class:`scorelab.guidance.Conditional`.
+        """
         t = as_time(t, x)
-        out = self.net(x, self.noise_condition(t).to(x.dtype))
+        c = self.noise_condition(t).to(x.dtype)
+        out = self.net(x, c) if labels is None else self.net(x, c, labels)
         frac = None
         expected = list(x.shape)
         if self.learned_variance:
@@ -237,3 +247,18 @@ class ProcessAdapter:
         x_base = expand_as(base.signal_scale(t_base) / a, x) * x
         p = self.model.predict(x_base, t_base)
         return Prediction(x, t, a, s, p.eps, p.variance_frac)
+
+    def select_rows(self, rows: Tensor) -> "ProcessAdapter":
+        """This adapter for a subset of the batch (see :func:`select_rows`)."""
+        return ProcessAdapter(select_rows(self.model, rows), self.process)
+
+
+def select_rows(model: DiffusionModel, rows: Tensor) -> DiffusionModel:
+    """The model for rows ``rows`` of the batch.
+
+    Wrappers that bind per-sample state (labels, in :mod:`scorelab.guidance`)
+    define ``select_rows``; adaptive ODE solvers call this for the samples
+    still moving, so sample k keeps its own state.
+    """
+    select = getattr(model, "select_rows", None)
+    return model if select is None else select(rows)

@@ -25,7 +25,7 @@ from ._util import TimeLike, as_time, expand_as, randn, require
 from .models import Prediction
 from .processes import NoiseProcess
 
-__all__ = ["GaussianMixture", "ExactModel"]
+__all__ = ["ExactClassModel", "GaussianMixture", "ExactModel"]
 
 
 class GaussianMixture:
@@ -184,6 +184,17 @@ class GaussianMixture:
         """Exact ``E[x0 | x_t = x]`` under ``process`` (MATH.md 6)."""
         return self.denoise_at(x, *self._coefs(x, t, process))
 
+    def component(self, k: int) -> "GaussianMixture":
+        """Component ``k`` alone, as a one-component mixture."""
+        require(0 <= k < len(self.weights), f"component {k} out of range 0..{len(self.weights) - 1}")
+        lam = self.eigvals[k]
+        cov = lam if self.eigvecs is None else (self.eigvecs[k] * lam) @ self.eigvecs[k].T
+        return GaussianMixture([1.0], self.means[k:k + 1], cov[None])
+
+    def class_model(self, process: NoiseProcess) -> "ExactClassModel":
+        """The optimal class-conditional model when class k is component k (MATH.md 6)."""
+        return ExactClassModel(self, process)
+
     def model(self, process: NoiseProcess) -> "ExactModel":
         """The exact model of this mixture under ``process``: same interface as a trained one."""
         return ExactModel(self, process)
@@ -213,3 +224,29 @@ class ExactModel:
     def log_prob(self, x: Tensor, t: TimeLike) -> Tensor:
         """Exact ``log p_t(x)``."""
         return self.mixture.marginal_log_prob(x, t, self.process)
+
+
+class ExactClassModel:
+    """Exact class-conditional answers: label k gives component k's score, label -1 (or none) the mixture's.
+
+    Ground truth for class conditioning and classifier-free guidance: with
+    labels ``y``, ``predict(x, t, y)`` is ``eps = -s(t) grad log p_t(x | y)``.
+    """
+
+    def __init__(self, mixture: GaussianMixture, process: NoiseProcess):
+        self.mixture = mixture
+        self.process = process
+        self.num_classes = len(mixture.weights)
+        self.components = [mixture.component(k) for k in range(self.num_classes)]
+
+    def predict(self, x: Tensor, t: TimeLike, labels: Tensor | None = None) -> Prediction:
+        t = as_time(t, x)
+        a, s = self.process.coefficients(t)
+        score = self.mixture.score_at(x, a, s)
+        if labels is not None:
+            labels = labels.to(x.device)
+            for k, comp in enumerate(self.components):
+                rows = labels == k
+                if bool(rows.any()):
+                    score[rows] = comp.score_at(x[rows], a[rows], s[rows]).to(score.dtype)
+        return Prediction(x, t, a, s, -expand_as(s, x) * score)

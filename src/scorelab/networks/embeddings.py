@@ -7,6 +7,11 @@
 * :class:`FourierEmbedding`: random Gaussian Fourier features of the input
   (Tancik et al. 2020), as NCSN++ embeds ``log sigma`` (Song et al. 2021).
 
+* :class:`LabelEmbedding`: a learned vector per class plus one for "no
+  label", added to the noise embedding of class-conditional networks; the
+  null row is what classifier-free guidance's unconditional branch sees
+  (Ho & Salimans 2022).
+
 The :class:`scorelab.models.Model` decides which scalar a network receives
 (time, index, sigma or log sigma); the embedding only turns it into features.
 """
@@ -20,7 +25,11 @@ from torch import Tensor, nn
 
 from .._util import require
 
-__all__ = ["SinusoidalEmbedding", "FourierEmbedding", "make_embedding"]
+__all__ = ["SinusoidalEmbedding", "FourierEmbedding", "LabelEmbedding", "add_label_embedding", "make_embedding",
+           "NO_LABEL"]
+
+#: The label value meaning "no label" (the unconditional branch of classifier-free guidance).
+NO_LABEL = -1
 
 
 class SinusoidalEmbedding(nn.Module):
@@ -61,3 +70,37 @@ def make_embedding(kind: str, dim: int, scale: float | None = None) -> nn.Module
         return FourierEmbedding(dim, 16.0 if scale is None else scale)
     raise ValueError(f"unknown embedding {kind!r}; choose 'sinusoidal' (step index or scaled time) "
                      "or 'fourier' (continuous sigma, e.g. log sigma)")
+
+
+class LabelEmbedding(nn.Module):
+    """A learned ``dim``-vector for each of ``num_classes`` labels, and one for :data:`NO_LABEL` (-1)."""
+
+    def __init__(self, num_classes: int, dim: int):
+        super().__init__()
+        require(num_classes >= 1, f"a label embedding needs at least one class, got {num_classes}")
+        self.num_classes = num_classes
+        self.table = nn.Embedding(num_classes + 1, dim)
+
+    def forward(self, labels: Tensor) -> Tensor:
+        labels = labels.long()
+        if labels.ndim != 1:
+            raise ValueError(f"labels must have shape (N,), got {tuple(labels.shape)}")
+        bad = (labels < NO_LABEL) | (labels >= self.num_classes)
+        if bool(bad.any()):
+            raise ValueError(f"labels must lie in 0..{self.num_classes - 1} (or {NO_LABEL} for no label), "
+                             f"got {labels[bad][0].item()}")
+        return self.table(torch.where(labels == NO_LABEL, self.num_classes, labels))
+
+
+def add_label_embedding(emb: Tensor, label_embed: LabelEmbedding | None, labels: Tensor | None) -> Tensor:
+    """``emb + label_embed(labels)``; no labels means :data:`NO_LABEL` for the whole batch."""
+    if label_embed is None:
+        if labels is not None:
+            raise ValueError("this network is unconditional (num_classes=0) but labels were given; "
+                             "train a class-conditional network or drop the labels")
+        return emb
+    if labels is None:
+        labels = torch.full((emb.shape[0],), NO_LABEL, dtype=torch.long, device=emb.device)
+    if labels.shape[0] != emb.shape[0]:
+        raise ValueError(f"{labels.shape[0]} labels for a batch of {emb.shape[0]}")
+    return emb + label_embed(labels.to(emb.device)).to(emb.dtype)

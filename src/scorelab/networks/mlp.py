@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from .._util import require
-from .embeddings import make_embedding
+from .embeddings import LabelEmbedding, add_label_embedding, make_embedding
 
 __all__ = ["MLPConfig", "MLP"]
 
@@ -24,8 +24,11 @@ class MLPConfig:
     embedding: str = "sinusoidal"
     embedding_dim: int = 64
     embedding_scale: float | None = None
+    num_classes: int = 0
 
     def __post_init__(self) -> None:
+        require(isinstance(self.num_classes, int) and self.num_classes >= 0,
+                f"MLPConfig.num_classes must be 0 (unconditional) or the number of classes, got {self.num_classes!r}")
         for name in ("dim", "hidden", "depth", "embedding_dim"):
             value = getattr(self, name)
             require(isinstance(value, int) and value > 0, f"MLPConfig.{name} must be a positive integer, got {value!r}")
@@ -36,10 +39,10 @@ class MLPConfig:
 
 
 class MLP(nn.Module):
-    """``net(x, c)``: points ``(N, D)`` and a noise condition ``(N,)`` -> ``(N, D)``.
+    """``net(x, c, labels=None)``: points ``(N, D)`` and a noise condition ``(N,)`` -> ``(N, D)``.
 
-    The embedded condition is concatenated to the input and added after every
-    hidden layer (SiLU activations).
+    The embedded condition (plus a label embedding when ``num_classes > 0``) is
+    concatenated to the input and added after every hidden layer (SiLU activations).
     """
 
     def __init__(self, config: MLPConfig | None = None, **kwargs: Any):
@@ -48,14 +51,15 @@ class MLP(nn.Module):
         self.config = config
         self.embed = nn.Sequential(make_embedding(config.embedding, config.embedding_dim, config.embedding_scale),
                                    nn.Linear(config.embedding_dim, config.hidden), nn.SiLU())
+        self.label_embed = LabelEmbedding(config.num_classes, config.hidden) if config.num_classes else None
         self.inp = nn.Linear(config.dim + config.hidden, config.hidden)
         self.layers = nn.ModuleList(nn.Linear(config.hidden, config.hidden) for _ in range(config.depth - 1))
         self.out = nn.Linear(config.hidden, config.dim)
 
-    def forward(self, x: Tensor, c: Tensor) -> Tensor:
+    def forward(self, x: Tensor, c: Tensor, labels: Tensor | None = None) -> Tensor:
         if x.ndim != 2 or x.shape[1] != self.config.dim:
             raise ValueError(f"this MLP takes points of shape (N, {self.config.dim}), got {tuple(x.shape)}")
-        e = self.embed(c.to(x.dtype))
+        e = add_label_embedding(self.embed(c.to(x.dtype)), self.label_embed, labels)
         h = torch.nn.functional.silu(self.inp(torch.cat([x, e], dim=1)))
         for layer in self.layers:
             h = torch.nn.functional.silu(layer(h) + e)

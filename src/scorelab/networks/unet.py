@@ -8,7 +8,9 @@ shortcut when widths differ), single-head self-attention at the chosen
 resolutions, 3x3 stride-2 convolutions down and nearest-neighbour + 3x3
 convolutions up, skip connections concatenated on the way up, and a
 GroupNorm-SiLU-conv head. With ``learned_variance`` the head has twice the
-channels (Nichol & Dhariwal 2021). Attention runs through torch's
+channels (Nichol & Dhariwal 2021). With ``num_classes > 0`` a learned label
+embedding (one extra row for "no label", the null class of classifier-free
+guidance, Ho & Salimans 2022) is added to the noise embedding. Attention runs through torch's
 ``scaled_dot_product_attention``.
 
 ``UNet(UNetConfig.preset("cifar10"))`` is the paper's 35.7M-parameter model.
@@ -24,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._util import require
-from .embeddings import make_embedding
+from .embeddings import LabelEmbedding, add_label_embedding, make_embedding
 
 __all__ = ["UNetConfig", "UNet", "PRESETS"]
 
@@ -44,6 +46,7 @@ class UNetConfig:
     embedding: str = "sinusoidal"
     embedding_scale: float | None = None
     norm_groups: int = 32
+    num_classes: int = 0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "channel_mults", tuple(self.channel_mults))
@@ -60,6 +63,8 @@ class UNetConfig:
         widths = {self.base_channels * m for m in self.channel_mults}
         require(all(w % self.norm_groups == 0 for w in widths),
                 f"every level width {sorted(widths)} must be divisible by norm_groups={self.norm_groups}")
+        require(isinstance(self.num_classes, int) and self.num_classes >= 0,
+                f"UNetConfig.num_classes must be 0 (unconditional) or the number of classes, got {self.num_classes!r}")
         require(0.0 <= self.dropout < 1.0, f"dropout must lie in [0, 1), got {self.dropout}")
         resolutions = {self.image_size // 2**i for i in range(levels)}
         require(set(self.attention_resolutions) <= resolutions,
@@ -126,7 +131,8 @@ class Attention(nn.Module):
 
 
 class UNet(nn.Module):
-    """``net(x, c)``: images ``(N, C, H, W)`` and a noise condition ``(N,)`` -> ``(N, C or 2C, H, W)``."""
+    """``net(x, c, labels=None)``: images ``(N, C, H, W)``, a noise condition ``(N,)`` and, for
+    class-conditional configurations, labels ``(N,)`` (None or -1: no label) -> ``(N, C or 2C, H, W)``."""
 
     def __init__(self, config: UNetConfig | None = None, **kwargs: Any):
         super().__init__()
@@ -136,6 +142,7 @@ class UNet(nn.Module):
         emb_dim = 4 * ch
         self.embed = nn.Sequential(make_embedding(config.embedding, ch, config.embedding_scale),
                                    nn.Linear(ch, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        self.label_embed = LabelEmbedding(config.num_classes, emb_dim) if config.num_classes else None
         self.conv_in = nn.Conv2d(config.in_channels, ch, 3, padding=1)
 
         self.down = nn.ModuleList()
@@ -169,12 +176,12 @@ class UNet(nn.Module):
         out_channels = config.in_channels * (2 if config.learned_variance else 1)
         self.head = nn.Sequential(nn.GroupNorm(groups, c), nn.SiLU(), nn.Conv2d(c, out_channels, 3, padding=1))
 
-    def forward(self, x: Tensor, c: Tensor) -> Tensor:
+    def forward(self, x: Tensor, c: Tensor, labels: Tensor | None = None) -> Tensor:
         cfg = self.config
         if x.ndim != 4 or x.shape[1] != cfg.in_channels or x.shape[2:] != (cfg.image_size, cfg.image_size):
             raise ValueError(f"this U-Net takes images of shape (N, {cfg.in_channels}, {cfg.image_size}, "
                              f"{cfg.image_size}), got {tuple(x.shape)}")
-        emb = self.embed(c.to(x.dtype))
+        emb = add_label_embedding(self.embed(c.to(x.dtype)), self.label_embed, labels)
         h = self.conv_in(x)
         hs = [h]
         for block in self.down:

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from .._util import as_time, require
-from ..models import DiffusionModel
+from ..models import DiffusionModel, select_rows
 from ..processes import NoiseProcess
 from ._common import (Callback, NoiseLike, SampleResult, SigmaView, call_back, finite_or_raise,
                       initial_noise, randn_like, resolve, time_grid)
@@ -109,7 +109,7 @@ def solve_probability_flow(model: DiffusionModel, x: Tensor, t_start: float, t_e
     model, process = resolve(model, process)
 
     def velocity(t: Tensor, x: Tensor, rows: Tensor) -> Tensor:
-        return process.probability_flow_drift(x, t, model.predict(x, t).score)
+        return process.probability_flow_drift(x, t, select_rows(model, rows).predict(x, t).score)
 
     return dopri5(velocity, x, t_start, t_end, rtol=rtol, atol=atol)
 

@@ -1,0 +1,325 @@
+"""``scorelab``: the command line, a thin layer over the library.
+
+    scorelab demo                          train on the 8x8 digits and write a report (minutes, on a CPU)
+    scorelab train --framework ddpm --data digits --out runs/ddpm
+    scorelab sample runs/ddpm --sampler pc --steps 500 --num 64
+    scorelab nll runs/ddpm --data digits --split test --method vlb
+    scorelab interpolate runs/ddpm --data digits --pair 0 1
+    scorelab info runs/ddpm
+
+Every command takes ``--seed``; errors are one line that says what to do.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+__all__ = ["main"]
+
+
+def _key_values(items: Sequence[str] | None, flag: str) -> dict[str, Any]:
+    """``["a=1", "b=x"]`` -> ``{"a": 1, "b": "x"}`` (values parsed as JSON when they can be)."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"{flag} takes KEY=VALUE, got {item!r}")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# Commands
+# ---------------------------------------------------------------------------------------
+def _train(args: argparse.Namespace) -> None:
+    from .training import TrainConfig, train
+
+    options = dict(framework=args.framework, data=args.data, out=args.out, steps=args.steps,
+                   batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr, warmup=args.warmup,
+                   weight_decay=args.weight_decay, grad_clip=args.grad_clip, ema_decay=args.ema_decay,
+                   precision=args.precision, device=args.device, seed=args.seed, network=args.network,
+                   network_options=_key_values(args.network_option, "--network-option"),
+                   process_options=_key_values(args.process_option, "--process-option"),
+                   target=args.target, loss=args.loss, class_conditional=args.class_conditional,
+                   label_dropout=args.label_dropout, flip=args.flip, image_size=args.image_size,
+                   log_every=args.log_every, sample_every=args.sample_every,
+                   checkpoint_every=args.checkpoint_every, keep_last=args.keep_last)
+    config = TrainConfig(**options)
+    result = train(config, resume=args.resume)
+    print(f"trained {result.step} steps in {result.seconds:.0f} s; checkpoint {result.checkpoint}; "
+          f"loss log {result.out / 'loss.csv'}; sample grids in {result.out / 'samples'}")
+
+
+def _load(args: argparse.Namespace):
+    from .modelspec import load_model
+    from .training import resolve_device
+
+    return load_model(args.checkpoint, weights=args.weights, device=resolve_device(args.device))
+
+
+def _guided(model, spec, labels_arg: list[int] | None, guidance: float | None, num: int):
+    """The model to sample from: unconditional, one label per sample, or guided."""
+    import torch
+
+    from .guidance import ClassifierFreeGuidance, Conditional
+
+    if labels_arg is None and guidance is None:
+        return model, None
+    if not spec.classes:
+        raise ValueError("--label/--guidance need a class-conditional model (train with --class-conditional)")
+    device = next(model.parameters()).device
+    labels = (torch.tensor(labels_arg, device=device).repeat(num)[:num] if labels_arg is not None
+              else torch.arange(num, device=device) % len(spec.classes))
+    if guidance is None or guidance == 0:
+        return Conditional(model, labels), labels
+    return ClassifierFreeGuidance(model, labels, guidance), labels
+
+
+def _sample(args: argparse.Namespace) -> None:
+    import numpy as np
+    import torch
+
+    from .data import to_uint8
+    from .imaging import save_grid
+    from .samplers import PerSampleNoise, sample
+    from .training.plots import plot_points
+
+    model, spec, ckpt = _load(args)
+    if args.num < 1:
+        raise ValueError(f"--num must be at least 1, got {args.num}")
+    m, labels = _guided(model, spec, args.label, args.guidance, args.num)
+    options = _key_values(args.option, "--option")
+    out = Path(args.out)
+    chunks = []
+    for start in range(0, args.num, args.batch_size):
+        rows = range(start, min(start + args.batch_size, args.num))
+        mm = m if labels is None else type(m)(model, labels[rows.start:rows.stop],
+                                              *([args.guidance] if hasattr(m, "w") else []))
+        noise = PerSampleNoise([args.seed * 1_000_003 + k for k in rows], next(model.parameters()).device)
+        result = sample(mm, (len(rows),) + tuple(spec.data_shape), args.sampler, args.steps, noise=noise, **options)
+        chunks.append(result.samples.float().cpu())
+    x = torch.cat(chunks)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stem = out.with_suffix("")
+    if len(spec.data_shape) == 1:
+        np.savez(f"{stem}.npz", x=x.numpy(), **({} if labels is None else {"y": labels.cpu().numpy()}))
+        plot_points(x.numpy(), f"{stem}.png", title=f"{args.sampler}, {ckpt.path.name}")
+    else:
+        np.savez(f"{stem}.npz", x=to_uint8(x).numpy(), **({} if labels is None else {"y": labels.cpu().numpy()}))
+        nrow = len(spec.classes) if labels is not None and args.label is None else None
+        save_grid(x.clamp(-1, 1), f"{stem}.png", nrow=nrow)
+    print(f"{args.num} samples ({args.sampler}, {result.nfe} network evaluations each) -> {stem}.png, {stem}.npz")
+
+
+def unconditional(model, spec, num: int):
+    """A class-conditional model asked without labels (its null class); other models as they are."""
+    import torch
+
+    from .guidance import NO_LABEL, Conditional
+
+    if not spec.classes:
+        return model
+    return Conditional(model, torch.full((num,), NO_LABEL, device=next(model.parameters()).device))
+
+
+def _nll(args: argparse.Namespace) -> None:
+    import torch
+
+    from .data import ImageSet, load_dataset
+    from .likelihood import ode_bits_per_dim, vlb_bits_per_dim
+    from .processes import DDPM
+
+    model, spec, _ = _load(args)
+    data = load_dataset(args.data, args.split)
+    if not isinstance(data, ImageSet):
+        raise ValueError("bits/dim is defined for 8-bit images; use scorelab.likelihood.ode_log_likelihood for points")
+    if tuple(data.shape) != tuple(spec.data_shape):
+        raise ValueError(f"the data's images are {data.shape} but the model takes {tuple(spec.data_shape)}")
+    images = torch.from_numpy(data.images[: args.num])
+    device = next(model.parameters()).device
+    gen = torch.Generator().manual_seed(args.seed)
+    values = []
+    if args.method == "vlb" and not isinstance(model.process, DDPM):
+        raise ValueError("--method vlb needs a DDPM model; use --method ode for other processes")
+    for start in range(0, len(images), args.batch_size):
+        batch = images[start:start + args.batch_size].to(device)
+        m = unconditional(model, spec, len(batch))
+        if args.method == "vlb":
+            values.append(vlb_bits_per_dim(m, batch).bits_per_dim.cpu())
+        else:
+            values.append(ode_bits_per_dim(m, batch, generator=gen)[0].cpu())
+    bpd = torch.cat(values).double()
+    print(f"{args.method} bits/dim on {len(bpd)} {args.split} images of {args.data}: "
+          f"{bpd.mean():.4f} +- {bpd.std() / len(bpd) ** 0.5:.4f} (standard error)")
+
+
+def _interpolate(args: argparse.Namespace) -> None:
+    import torch
+
+    from .data import ImageSet, load_dataset, to_model_range
+    from .imaging import save_grid
+    from .likelihood import decode, encode, slerp
+
+    model, spec, _ = _load(args)
+    data = load_dataset(args.data, args.split)
+    if not isinstance(data, ImageSet):
+        raise ValueError("interpolate takes images; pick an image dataset with --data")
+    for i in args.pair:
+        if not 0 <= i < len(data):
+            raise ValueError(f"--pair index {i} is outside the dataset's 0..{len(data) - 1}")
+    device = next(model.parameters()).device
+    x = to_model_range(torch.from_numpy(data.images[list(args.pair)])).to(device)
+    z = encode(unconditional(model, spec, 2), x, method=args.method)
+    alphas = torch.linspace(0, 1, args.frames)
+    zs = slerp(z[0:1], z[1:2], alphas).reshape((args.frames,) + tuple(x.shape[1:]))
+    frames = decode(unconditional(model, spec, args.frames), zs, method=args.method).clamp(-1, 1)
+    path = save_grid(torch.cat([x[:1], frames.to(x.dtype), x[1:]]).cpu(), args.out, nrow=args.frames + 2)
+    print(f"{args.frames} frames between images {args.pair[0]} and {args.pair[1]} ({args.method} latents) -> {path}")
+
+
+def _info(args: argparse.Namespace) -> None:
+    from .networks import count_parameters
+
+    model, spec, ckpt = _load(args)
+    train = ckpt.config.get("train", {})
+    print(f"checkpoint  {ckpt.path}")
+    print(f"step        {ckpt.step}  ({ckpt.extra.get('images_seen', '?')} images seen)")
+    print(f"framework   {train.get('framework', '?')} on {train.get('data', '?')}")
+    print(f"process     {spec.process}")
+    print(f"network     {spec.network.get('kind')} with {count_parameters(model.net):,} parameters; "
+          f"predicts {spec.target}, conditioned on {model.condition}")
+    print(f"data shape  {tuple(spec.data_shape)}; classes: {spec.classes or 'none (unconditional)'}")
+    print(f"weights     model{', EMA' if ckpt.ema is not None else ''}{', optimizer' if ckpt.optimizer else ''}")
+
+
+def _demo(args: argparse.Namespace) -> None:
+    from .demo import run_demo
+
+    report = run_demo(args.out, seed=args.seed, steps=args.steps)
+    print(f"demo finished in {report.seconds:.0f} s; open {report.path}")
+
+
+# ---------------------------------------------------------------------------------------
+# Parser
+# ---------------------------------------------------------------------------------------
+def _parser() -> argparse.ArgumentParser:
+    from .data import DATASET_HELP
+    from .samplers import SAMPLERS
+    from .training import FRAMEWORKS, LOSSES
+
+    p = argparse.ArgumentParser(prog="scorelab", description="Train, sample and evaluate diffusion models "
+                                "(DDPM, NCSN, score SDEs). Start with: scorelab demo")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    d = sub.add_parser("demo", help="train on the 8x8 digits (a few minutes on a CPU) and write a report")
+    d.add_argument("--out", default="demo", help="folder for the report, pictures and checkpoint (default: demo)")
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--steps", type=int, default=None, help="training steps (default: the demo's tuned number)")
+    d.set_defaults(run=_demo)
+
+    t = sub.add_parser("train", help="train a model; --framework picks its paper's defaults",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    t.add_argument("--framework", choices=sorted(FRAMEWORKS), default="ddpm",
+                   help="ddpm: Ho et al. 2020; ncsn: Song & Ermon 2019; vp/subvp/ve: Song et al. 2021")
+    t.add_argument("--data", default="digits", help=DATASET_HELP)
+    t.add_argument("--out", default="runs/scorelab", help="run folder (checkpoints, loss.csv, samples/)")
+    t.add_argument("--steps", type=int, default=10000, help="total optimizer steps")
+    t.add_argument("--batch-size", type=int, default=128)
+    t.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
+    t.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the framework's)")
+    t.add_argument("--warmup", type=int, default=None, help="linear warm-up steps (default: the framework's)")
+    t.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay")
+    t.add_argument("--grad-clip", type=float, default=None, help="clip the gradient norm (default: the framework's)")
+    t.add_argument("--ema-decay", type=float, default=None, help="EMA decay (default: the framework's)")
+    t.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="bf16 = autocast")
+    t.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--network", default="auto", help="auto (by image size), mlp, or a U-Net preset: "
+                   "cifar10 (35.7M), cifar32-small, mnist28, digits8")
+    t.add_argument("--network-option", action="append", metavar="KEY=VALUE",
+                   help="override a network field, e.g. base_channels=64 or dropout=0.1 (repeatable)")
+    t.add_argument("--process-option", action="append", metavar="KEY=VALUE",
+                   help="override a process field, e.g. num_steps=500, sigma_max=20 (repeatable)")
+    t.add_argument("--target", choices=["eps", "score", "x0", "v"], default=None,
+                   help="what the network predicts (default: the framework's)")
+    t.add_argument("--loss", choices=LOSSES, default=None, help="default: the framework's")
+    t.add_argument("--class-conditional", action="store_true", help="condition on labels (for guidance)")
+    t.add_argument("--label-dropout", type=float, default=0.1, help="probability of dropping a label")
+    t.add_argument("--flip", action="store_true", help="random horizontal flips (not for digits or text)")
+    t.add_argument("--image-size", type=int, default=None, help="resize folder images to this square size")
+    t.add_argument("--log-every", type=int, default=10)
+    t.add_argument("--sample-every", type=int, default=1000, help="steps between sample grids")
+    t.add_argument("--checkpoint-every", type=int, default=1000)
+    t.add_argument("--keep-last", type=int, default=3, help="checkpoints to keep")
+    t.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    t.set_defaults(run=_train)
+
+    def model_args(q: argparse.ArgumentParser) -> None:
+        q.add_argument("checkpoint", help="a run folder (its newest checkpoint) or a checkpoint folder")
+        q.add_argument("--weights", choices=["ema", "model"], default="ema")
+        q.add_argument("--device", default="auto")
+        q.add_argument("--seed", type=int, default=0)
+
+    s = sub.add_parser("sample", help="draw samples: a grid PNG and an .npz",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog="samplers:\n" + "\n".join(f"  {k:10s} {v}" for k, v in SAMPLERS.items()))
+    model_args(s)
+    s.add_argument("--sampler", choices=list(SAMPLERS), default="ancestral")
+    s.add_argument("--steps", type=int, default=None, help="sampler steps (default: the sampler's)")
+    s.add_argument("--num", type=int, default=64, help="number of samples")
+    s.add_argument("--batch-size", type=int, default=256)
+    s.add_argument("--label", type=int, nargs="+", default=None, help="class label(s) to draw (cycled)")
+    s.add_argument("--guidance", type=float, default=None,
+                   help="classifier-free guidance strength w (0: conditional; Ho & Salimans 2022)")
+    s.add_argument("--option", action="append", metavar="KEY=VALUE",
+                   help="sampler option, e.g. corrector_steps=2, eta=0.5, rtol=1e-3 (repeatable)")
+    s.add_argument("--out", default="samples.png", help="grid PNG; the .npz goes beside it")
+    s.set_defaults(run=_sample)
+
+    n = sub.add_parser("nll", help="bits/dim on a data split, by DDPM's VLB or the probability-flow ODE")
+    model_args(n)
+    n.add_argument("--data", default="digits", help=DATASET_HELP)
+    n.add_argument("--split", choices=["train", "test"], default="test")
+    n.add_argument("--method", choices=["vlb", "ode"], default="vlb")
+    n.add_argument("--num", type=int, default=256, help="number of images")
+    n.add_argument("--batch-size", type=int, default=128)
+    n.set_defaults(run=_nll)
+
+    i = sub.add_parser("interpolate", help="encode two images, slerp the latents, decode: a strip PNG")
+    model_args(i)
+    i.add_argument("--data", default="digits", help=DATASET_HELP)
+    i.add_argument("--split", choices=["train", "test"], default="test")
+    i.add_argument("--pair", type=int, nargs=2, default=[0, 1], metavar=("I", "J"), help="image indices")
+    i.add_argument("--frames", type=int, default=8)
+    i.add_argument("--method", choices=["ode", "ddim"], default="ddim")
+    i.add_argument("--out", default="interpolation.png")
+    i.set_defaults(run=_interpolate)
+
+    f = sub.add_parser("info", help="what a checkpoint holds")
+    model_args(f)
+    f.set_defaults(run=_info)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        args.run(args)
+    except (ValueError, FileNotFoundError, FloatingPointError) as e:
+        print(f"scorelab {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"scorelab {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

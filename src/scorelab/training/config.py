@@ -1,0 +1,217 @@
+"""Training configuration: one dataclass, and each framework's paper defaults (MATH.md 2-4).
+
+``TrainConfig(framework="ddpm")`` trains like Ho et al. 2020; ``"ncsn"`` like
+Song & Ermon 2019; ``"vp" | "subvp" | "ve"`` like Song et al. 2021. Fields left
+``None`` take the framework's default from :data:`FRAMEWORKS`; every one can
+be overridden. The config is validated once, on creation, and saved in every
+checkpoint.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any
+
+import numpy as np
+
+from .._util import require
+from ..data import ImageSet
+from ..models import TARGETS, default_condition
+from ..modelspec import ModelSpec
+from ..networks import PRESETS, MLPConfig, UNetConfig
+from ..processes import NoiseProcess
+
+__all__ = ["TrainConfig", "FRAMEWORKS", "LOSSES", "Framework", "make_process", "make_model_spec"]
+
+#: Loss names: L_simple (Ho et al. eq. 14), DSM with lambda = s^2 (NCSN, score SDEs),
+#: DSM with the likelihood weighting lambda = g^2, and Nichol & Dhariwal's hybrid loss.
+LOSSES = ("simple", "dsm", "dsm-likelihood", "hybrid")
+
+
+@dataclass(frozen=True)
+class Framework:
+    """A paper's defaults: process, target, loss and optimisation."""
+
+    paper: str
+    process: dict[str, Any]
+    target: str
+    loss: str
+    lr: float
+    warmup: int
+    grad_clip: float | None
+    ema_decay: float
+    embedding: str
+    embedding_scale: float | None
+
+
+#: Defaults of each framework's paper (CIFAR-10 settings; see MATH.md 2-4).
+FRAMEWORKS: dict[str, Framework] = {
+    # Ho et al. 2020, Appendix B: T = 1000, linear betas 1e-4..0.02, L_simple, Adam 2e-4,
+    # 5000 warm-up steps, gradient clipping at 1, EMA 0.9999; the network sees the step index.
+    "ddpm": Framework("Ho et al. 2020", {"name": "ddpm", "num_steps": 1000, "schedule": "linear",
+                                         "beta_start": 1e-4, "beta_end": 0.02},
+                      "eps", "simple", 2e-4, 5000, 1.0, 0.9999, "sinusoidal", None),
+    # Song & Ermon 2019: L = 10 geometric sigmas from 1 to 0.01, DSM with lambda = sigma^2,
+    # the network predicts the score, Adam 1e-3; EMA 0.999 as NCSNv2 (Song & Ermon 2020).
+    "ncsn": Framework("Song & Ermon 2019", {"name": "ncsn", "sigma_max": 1.0, "sigma_min": 0.01, "num_scales": 10},
+                      "score", "dsm", 1e-3, 0, None, 0.999, "sinusoidal", None),
+    # Song et al. 2021 (DDPM++ cont.): beta in [0.1, 20], t ~ U[1e-5, 1], Adam 2e-4, 5000 warm-up,
+    # clipping at 1, EMA 0.9999; the time is embedded as 1000 t (their 999 t).
+    "vp": Framework("Song et al. 2021", {"name": "vp", "beta_min": 0.1, "beta_max": 20.0},
+                    "eps", "dsm", 2e-4, 5000, 1.0, 0.9999, "sinusoidal", 1000.0),
+    "subvp": Framework("Song et al. 2021", {"name": "subvp", "beta_min": 0.1, "beta_max": 20.0},
+                       "eps", "dsm", 2e-4, 5000, 1.0, 0.9999, "sinusoidal", 1000.0),
+    # Song et al. 2021 (NCSN++ cont.): sigma in [0.01, 50], Fourier features of log sigma,
+    # output scaled by 1 / sigma (here: the eps target), EMA 0.999.
+    "ve": Framework("Song et al. 2021", {"name": "ve", "sigma_min": 0.01, "sigma_max": 50.0},
+                    "eps", "dsm", 2e-4, 5000, 1.0, 0.999, "fourier", 16.0),
+}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything a training run needs. ``None`` means "the framework's default"."""
+
+    framework: str = "ddpm"
+    data: str = "digits"
+    out: str = "runs/scorelab"
+    steps: int = 10000
+    batch_size: int = 128
+    grad_accum: int = 1
+    lr: float | None = None
+    warmup: int | None = None
+    weight_decay: float = 0.0
+    grad_clip: float | None = None
+    ema_decay: float | None = None
+    precision: str = "fp32"
+    device: str = "auto"
+    seed: int = 0
+    # model
+    network: str = "auto"
+    network_options: dict[str, Any] = field(default_factory=dict)
+    target: str | None = None
+    loss: str | None = None
+    process_options: dict[str, Any] = field(default_factory=dict)
+    class_conditional: bool = False
+    label_dropout: float = 0.1
+    flip: bool = False
+    image_size: int | None = None
+    # bookkeeping
+    log_every: int = 10
+    sample_every: int = 1000
+    checkpoint_every: int = 1000
+    keep_last: int = 3
+    num_preview: int = 64
+    preview_steps: int = 50
+
+    def __post_init__(self) -> None:
+        require(self.framework in FRAMEWORKS, f"unknown framework {self.framework!r}; choose one of {sorted(FRAMEWORKS)}")
+        for name in ("steps", "batch_size", "grad_accum", "log_every", "sample_every", "checkpoint_every",
+                     "keep_last", "num_preview", "preview_steps"):
+            value = getattr(self, name)
+            require(isinstance(value, int) and value > 0, f"{name} must be a positive integer, got {value!r}")
+        for name in ("lr", "weight_decay", "grad_clip"):
+            value = getattr(self, name)
+            require(value is None or (isinstance(value, (int, float)) and value >= 0),
+                    f"{name} must be a non-negative number, got {value!r}")
+        require(self.lr is None or self.lr > 0, f"lr must be positive, got {self.lr}")
+        require(self.warmup is None or (isinstance(self.warmup, int) and self.warmup >= 0),
+                f"warmup must be a non-negative integer, got {self.warmup!r}")
+        require(self.ema_decay is None or 0.0 <= self.ema_decay < 1.0,
+                f"ema_decay must lie in [0, 1), got {self.ema_decay}")
+        require(self.precision in ("fp32", "bf16"), f"precision must be 'fp32' or 'bf16', got {self.precision!r}")
+        require(self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda", "mps"),
+                f"device must be 'auto', 'cpu', 'cuda[:k]' or 'mps', got {self.device!r}")
+        require(isinstance(self.seed, int) and self.seed >= 0, f"seed must be a non-negative integer, got {self.seed!r}")
+        require(self.target is None or self.target in TARGETS, f"unknown target {self.target!r}; choose one of {TARGETS}")
+        require(self.loss is None or self.loss in LOSSES, f"unknown loss {self.loss!r}; choose one of {LOSSES}")
+        require(0.0 <= self.label_dropout < 1.0, f"label_dropout must lie in [0, 1), got {self.label_dropout}")
+        require(self.network == "auto" or self.network in PRESETS or self.network == "mlp",
+                f"unknown network {self.network!r}; choose 'auto', 'mlp' or a U-Net preset: {sorted(PRESETS)}")
+        if self.resolved("loss") == "hybrid":
+            require(self.framework == "ddpm", "the hybrid loss (learned variances) needs --framework ddpm")
+        object.__setattr__(self, "network_options", dict(self.network_options))
+        object.__setattr__(self, "process_options", dict(self.process_options))
+
+    @property
+    def defaults(self) -> Framework:
+        return FRAMEWORKS[self.framework]
+
+    def resolved(self, name: str) -> Any:
+        """The field's value, or the framework's default when it is None."""
+        value = getattr(self, name)
+        return getattr(FRAMEWORKS[self.framework], name) if value is None else value
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @staticmethod
+    def from_dict(d: dict[str, Any]) -> "TrainConfig":
+        known = {f.name for f in fields(TrainConfig)}
+        unknown = sorted(set(d) - known)
+        require(not unknown, f"unknown training options {unknown}")
+        return TrainConfig(**d)
+
+    def replace(self, **changes: Any) -> "TrainConfig":
+        return replace(self, **changes)
+
+
+def make_process(config: TrainConfig) -> NoiseProcess:
+    """The framework's process with ``process_options`` applied."""
+    from ..processes import process_from_config
+
+    options = {**config.defaults.process, **config.process_options}
+    try:
+        return process_from_config(options)
+    except TypeError as e:
+        raise ValueError(f"process options {config.process_options} do not fit the {config.framework} process: {e}") from None
+
+
+def _auto_preset(shape: tuple[int, ...]) -> str:
+    by_shape = {(1, 8, 8): "digits8", (1, 28, 28): "mnist28", (3, 32, 32): "cifar32-small"}
+    require(shape in by_shape, f"no default network for images of shape {shape}; choose --network "
+            f"from {sorted(PRESETS)} and set image_size/in_channels, or resize the data")
+    return by_shape[shape]
+
+
+def make_model_spec(config: TrainConfig, data: ImageSet | np.ndarray) -> ModelSpec:
+    """The model a run trains: network (sized to the data), process, target and condition."""
+    fw = config.defaults
+    process = make_process(config)
+    loss = config.resolved("loss")
+    learned_variance = loss == "hybrid"
+    classes = None
+    num_classes = 0
+    if config.class_conditional:
+        require(isinstance(data, ImageSet) and data.labels is not None,
+                "class conditioning needs labels: this dataset has none (for a folder, put each class in "
+                "its own sub-folder)")
+        num_classes = int(data.labels.max()) + 1
+        classes = data.classes or [str(k) for k in range(num_classes)]
+    embedding = {"embedding": fw.embedding, "embedding_scale": fw.embedding_scale}
+    if isinstance(data, ImageSet):
+        require(config.network != "mlp", "the MLP is for point data; use a U-Net preset for images")
+        shape = data.shape
+        preset = _auto_preset(shape) if config.network == "auto" else config.network
+        options = {**embedding, "learned_variance": learned_variance, "num_classes": num_classes,
+                   "image_size": shape[1], "in_channels": shape[0], **config.network_options}
+        require(shape[1] == shape[2], f"images must be square for the U-Net, got {shape[1]}x{shape[2]}; "
+                "resize them (image_size)")
+        try:
+            network = {"kind": "unet", **UNetConfig.preset(preset, **options).to_dict()}
+        except TypeError as e:
+            raise ValueError(f"network options {config.network_options} do not fit UNetConfig: {e}") from None
+    else:
+        require(config.network in ("auto", "mlp"), "point data trains an MLP; use --network mlp (or auto)")
+        require(not learned_variance, "the hybrid loss is for images; use 'simple' or 'dsm' on points")
+        shape = (int(np.asarray(data).shape[1]),)
+        try:
+            network = {"kind": "mlp", **MLPConfig(**{"dim": shape[0], **embedding, "num_classes": num_classes,
+                                                     **config.network_options}).to_dict()}
+        except TypeError as e:
+            raise ValueError(f"network options {config.network_options} do not fit MLPConfig: {e}") from None
+    return ModelSpec(network=network, process=process.config(), target=config.resolved("target"),
+                     condition=default_condition(process), learned_variance=learned_variance,
+                     data_shape=tuple(shape), classes=classes)
+
+

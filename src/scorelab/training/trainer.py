@@ -1,0 +1,306 @@
+"""The training loop: AdamW with warm-up, clipping, EMA, bf16, accumulation, exact resume.
+
+The math of one step is :func:`training_loss` (a loss of :mod:`scorelab.losses`
+on a batch); :func:`train` runs the loop around it. A run's folder holds
+
+    config.json               the TrainConfig and the model it trains
+    checkpoints/step-*/       safetensors weights, EMA, optimizer, RNG state (atomic)
+    loss.csv, loss.png        the loss log and its curve
+    samples/step-*.png        sample grids from the EMA weights every ``sample_every`` steps
+
+Reproducible and resumable bit for bit on the same machine: the data order
+of epoch e is a permutation seeded by ``(seed, e)``, the noise of step k by
+``(seed, k)``, and the global RNG (dropout) is saved in every checkpoint, so
+stopping after N steps and resuming equals an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import math
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from .._util import require
+from ..checkpoints import CheckpointError, config_differences, latest_checkpoint, load_checkpoint, save_checkpoint
+from ..data import ImageSet, load_dataset, take
+from ..guidance import Conditional, drop_labels
+from ..losses import dsm_loss, hybrid_loss, simple_loss
+from ..models import Model
+from ..modelspec import ModelSpec
+from .config import TrainConfig, make_model_spec
+from .ema import ema_decay_at, update_ema
+
+__all__ = ["train", "training_loss", "TrainResult", "resolve_device", "step_generator", "batch_indices"]
+
+
+@dataclass
+class TrainResult:
+    """What a finished (or resumed-and-finished) run leaves behind."""
+
+    out: Path
+    step: int
+    checkpoint: Path
+    model: Model            # the EMA weights, in eval mode
+    spec: ModelSpec
+    losses: list[float]     # the loss of every step this call ran
+    seconds: float
+
+
+def resolve_device(name: str) -> torch.device:
+    """``"auto"``: CUDA when available, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda":
+        require(torch.cuda.is_available(), "--device cuda asked for, but torch sees no CUDA GPU; use --device cpu")
+    return device
+
+
+def step_generator(seed: int, step: int, micro: int, device: torch.device) -> torch.Generator:
+    """The generator of micro-batch ``micro`` of step ``step``: a pure function of its arguments."""
+    words = np.random.SeedSequence([seed, step, micro]).generate_state(2, np.uint32)
+    return torch.Generator(device).manual_seed(int(words[0]) << 31 | int(words[1]) >> 1)
+
+
+def batch_indices(n: int, batch_size: int, seed: int, index: int) -> np.ndarray:
+    """The ``index``-th batch of an endless, epoch-wise shuffled stream (epoch e: permutation of ``(seed, e)``)."""
+    per_epoch = n // batch_size
+    epoch, k = divmod(index, per_epoch)
+    order = np.random.default_rng([seed, epoch]).permutation(n)
+    return order[k * batch_size:(k + 1) * batch_size]
+
+
+def training_loss(model: Model, x0: Tensor, loss: str, generator: torch.Generator,
+                  labels: Tensor | None = None) -> Tensor:
+    """The per-example loss of one batch (MATH.md 2-4), averaged over dimensions.
+
+    ``"simple"``: L_simple (Ho et al. eq. 14); ``"dsm"``: denoising score matching
+    with lambda = s^2; ``"dsm-likelihood"``: with lambda = g^2; ``"hybrid"``:
+    L_simple + 0.001 L_vlb (Nichol & Dhariwal). ``labels`` condition a
+    class-conditional model (-1: no label).
+    """
+    m = model if labels is None else Conditional(model, labels)
+    if loss == "simple":
+        return simple_loss(m, x0, generator=generator)
+    if loss == "dsm":
+        return dsm_loss(m, x0, weighting="s2", generator=generator, reduction="mean")
+    if loss == "dsm-likelihood":
+        return dsm_loss(m, x0, weighting="g2", generator=generator, reduction="mean")
+    if loss == "hybrid":
+        return hybrid_loss(m, x0, generator=generator)
+    raise ValueError(f"unknown loss {loss!r}")
+
+
+def _autocast(device: torch.device, precision: str):
+    if precision != "bf16":
+        return nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16)
+
+
+def _rng_state(device: torch.device) -> dict[str, Tensor]:
+    state = {"rng_cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["rng_cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(tensors: dict[str, Tensor], device: torch.device) -> None:
+    if "rng_cpu" in tensors:
+        torch.set_rng_state(tensors["rng_cpu"].to(torch.uint8).cpu())
+    if device.type == "cuda" and "rng_cuda" in tensors:
+        torch.cuda.set_rng_state(tensors["rng_cuda"].to(torch.uint8).cpu(), device)
+
+
+class _LossLog:
+    """``loss.csv`` (and TensorBoard when installed); on resume, rows after the resumed step are dropped."""
+
+    FIELDS = ("step", "loss", "lr", "grad_norm", "images_per_s", "seconds")
+
+    def __init__(self, path: Path, start_step: int):
+        self.path = path
+        rows = []
+        if start_step > 0 and path.is_file():
+            with open(path, newline="") as f:
+                rows = [r for r in csv.DictReader(f) if int(r["step"]) <= start_step]
+        with open(path, "w", newline="") as f:
+            writer = csv.DictWriter(f, self.FIELDS)
+            writer.writeheader()
+            writer.writerows(rows)
+        self.tensorboard = None
+        try:
+            from torch.utils.tensorboard import SummaryWriter  # needs the tensorboard package
+
+            self.tensorboard = SummaryWriter(str(path.parent / "tensorboard"), purge_step=start_step + 1)
+        except ImportError:
+            pass
+
+    def write(self, row: dict[str, float]) -> None:
+        with open(self.path, "a", newline="") as f:
+            csv.DictWriter(f, self.FIELDS).writerow({k: (f"{v:.6g}" if isinstance(v, float) else v)
+                                                      for k, v in row.items()})
+        if self.tensorboard is not None:
+            for key in ("loss", "lr", "grad_norm", "images_per_s"):
+                self.tensorboard.add_scalar(f"train/{key}", row[key], int(row["step"]))
+
+    def close(self) -> None:
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+
+
+def _write_json(path: Path, content: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(content, indent=1, sort_keys=True))
+    tmp.replace(path)
+
+
+def train(config: TrainConfig, *, data: ImageSet | np.ndarray | None = None, resume: bool | str | Path = False,
+          progress: bool = True, preview: Callable[[Model, ModelSpec, int, Path], None] | None = None
+          ) -> TrainResult:
+    """Train ``config`` (data from ``config.data`` unless ``data`` is given); returns the EMA model.
+
+    ``resume=True`` continues from the newest checkpoint in ``config.out`` (or
+    starts afresh when there is none); a path resumes from that checkpoint.
+    ``config.steps`` is the total number of optimizer steps, so resuming a
+    finished run with more steps trains on. ``preview(model, spec, step, out)``
+    draws the sample grids (default :func:`scorelab.training.preview.save_preview`).
+    """
+    from .preview import save_preview
+
+    if preview is None:
+        def preview(m: Model, sp: ModelSpec, k: int, folder: Path) -> None:
+            save_preview(m, sp, k, folder, num=config.num_preview, steps=config.preview_steps, seed=config.seed)
+    device = resolve_device(config.device)
+    if data is None:
+        data = load_dataset(config.data, "train", image_size=config.image_size, labels=config.class_conditional)
+    n = len(data)
+    require(n >= config.batch_size, f"the dataset has {n} examples, fewer than batch_size={config.batch_size}; "
+            "lower --batch-size")
+    spec = make_model_spec(config, data)
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt_dir = out / "checkpoints"
+
+    torch.manual_seed(config.seed)                     # weights' initialisation and dropout
+    model = spec.build().to(device)
+    net = model.net
+    ema = copy.deepcopy(net).requires_grad_(False).eval()
+    fw = config.defaults
+    lr, warmup = config.resolved("lr"), config.resolved("warmup")
+    grad_clip, ema_decay = config.resolved("grad_clip"), config.resolved("ema_decay")
+    loss_name = config.resolved("loss")
+    optimizer = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=config.weight_decay)
+
+    start = 0
+    resume_from = None
+    if resume:
+        resume_from = latest_checkpoint(ckpt_dir) if resume is True else Path(resume)
+        if resume is True and resume_from is None and progress:
+            print(f"no checkpoint in {ckpt_dir} yet: starting from step 0")
+    if resume_from is not None:
+        ckpt = load_checkpoint(resume_from, map_location="cpu")
+        diffs = config_differences(ckpt.config.get("model"), spec.to_dict())
+        if diffs:
+            raise CheckpointError(f"cannot resume from {ckpt.path}: it trains another model: " + "; ".join(diffs[:5]))
+        net.load_state_dict(ckpt.model)
+        ema.load_state_dict(ckpt.ema)
+        optimizer.load_state_dict(ckpt.optimizer)
+        _set_rng_state(ckpt.tensors, device)
+        start = ckpt.step
+        require(start <= config.steps, f"the checkpoint is at step {start}, past steps={config.steps}; "
+                "raise --steps to train further")
+    _write_json(out / "config.json", {"train": config.to_dict(), "model": spec.to_dict(), "paper": fw.paper})
+
+    log = _LossLog(out / "loss.csv", start)
+    labels_on = spec.classes is not None
+    losses: list[float] = []
+    window: list[float] = []
+    t_start = time.perf_counter()
+    t_window = t_start
+    last_ckpt = resume_from
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=config.steps, initial=start, unit="step", dynamic_ncols=True,
+                   desc=f"train {config.framework}")
+    net.train()
+    step = start
+    try:
+        for step in range(start + 1, config.steps + 1):
+            lr_now = lr * min(1.0, step / warmup) if warmup > 0 else lr
+            for group in optimizer.param_groups:
+                group["lr"] = lr_now
+            optimizer.zero_grad(set_to_none=True)
+            total = 0.0
+            for micro in range(config.grad_accum):
+                gen = step_generator(config.seed, step, micro, device)
+                idx = batch_indices(n, config.batch_size, config.seed, (step - 1) * config.grad_accum + micro)
+                flip_gen = gen if device.type == "cpu" else step_generator(config.seed, step, micro, torch.device("cpu"))
+                x0, y = take(data, idx, flip_gen, flip=config.flip)
+                x0 = x0.to(device)
+                if labels_on:
+                    y = drop_labels(y.to(device), config.label_dropout, gen)
+                with _autocast(device, config.precision):
+                    loss = training_loss(model, x0, loss_name, gen, y if labels_on else None).mean()
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(
+                        f"the loss became {loss.item()} at step {step}; lower the learning rate (now {lr_now:g}) "
+                        f"or clip gradients (--grad-clip); resume from {last_ckpt or 'the start'}")
+                (loss / config.grad_accum).backward()
+                total += loss.item() / config.grad_accum
+            grad_norm = torch.nn.utils.clip_grad_norm_(net.parameters(), grad_clip if grad_clip else math.inf)
+            optimizer.step()
+            update_ema(ema, net, ema_decay_at(ema_decay, step))
+            losses.append(total)
+            window.append(total)
+
+            if step % config.log_every == 0 or step == config.steps:
+                now = time.perf_counter()
+                ips = len(window) * config.batch_size * config.grad_accum / max(now - t_window, 1e-9)
+                log.write({"step": step, "loss": float(np.mean(window)), "lr": lr_now,
+                           "grad_norm": float(grad_norm), "images_per_s": ips, "seconds": now - t_start})
+                if bar is not None:
+                    bar.set_postfix(loss=f"{np.mean(window):.4f}", img_s=f"{ips:.0f}")
+                window, t_window = [], now
+            if bar is not None:
+                bar.update(1)
+            if step % config.checkpoint_every == 0 or step == config.steps:
+                last_ckpt = save_checkpoint(
+                    ckpt_dir, step, model=net.state_dict(), ema=ema.state_dict(), optimizer=optimizer.state_dict(),
+                    tensors=_rng_state(device), config={"model": spec.to_dict(), "train": config.to_dict()},
+                    extra={"images_seen": step * config.batch_size * config.grad_accum}, keep_last=config.keep_last)
+            if step % config.sample_every == 0 or step == config.steps:
+                with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                    preview(_eval_model(spec, ema, device), spec, step, out)   # leaves the RNG as it was
+                net.train()
+    finally:
+        if bar is not None:
+            bar.close()
+        log.close()
+    if last_ckpt is None:                                        # resumed at the final step: nothing ran
+        last_ckpt = resume_from
+    from .plots import plot_loss_curve
+
+    plot_loss_curve(out / "loss.csv", out / "loss.png", title=f"{config.framework} on {config.data}")
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        final = _eval_model(spec, ema, device)
+    return TrainResult(out, step if config.steps > start else start, Path(last_ckpt), final, spec, losses,
+                       time.perf_counter() - t_start)
+
+
+def _eval_model(spec: ModelSpec, weights: nn.Module, device: torch.device) -> Model:
+    """A fresh Model around a copy of ``weights`` (the EMA network), in eval mode."""
+    model = spec.build()
+    model.net.load_state_dict(weights.state_dict())
+    return model.to(device).eval()
+

@@ -1,0 +1,84 @@
+"""``scorelab`` end to end on a tiny configuration, and its one-line errors."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from scorelab.cli import main
+
+TINY = ["--network-option", "base_channels=16", "--network-option", "norm_groups=8",
+        "--network-option", "num_res_blocks=1", "--network-option", "attention_resolutions=[]"]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "run"
+    code = main(["train", "--data", "digits", "--out", str(out), "--steps", "4", "--batch-size", "16",
+                 "--warmup", "0", "--lr", "1e-3", "--class-conditional", "--process-option", "num_steps=50",
+                 "--sample-every", "2", "--checkpoint-every", "2", "--log-every", "1", *TINY])
+    assert code == 0
+    return out
+
+
+def test_train_writes_a_complete_run(run):
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-00000002", "step-00000004"]
+    assert (run / "samples" / "step-00000004.png").is_file() and (run / "loss.png").is_file()
+    config = json.loads((run / "config.json").read_text())
+    assert config["model"]["process"] == {"name": "ddpm", "num_steps": 50, "schedule": "linear",
+                                          "beta_start": 1e-4, "beta_end": 0.02}
+    assert (run / "loss.csv").read_text().count("\n") == 5
+
+
+@pytest.mark.parametrize("sampler", ["ancestral", "ddim", "pc", "ode", "heun", "dpm++2m", "langevin", "em"])
+def test_sample_writes_grid_and_arrays(run, tmp_path, sampler):
+    out = tmp_path / f"{sampler}.png"
+    args = ["sample", str(run), "--sampler", sampler, "--num", "6", "--out", str(out), "--guidance", "1.5"]
+    if sampler not in ("ode",):
+        args += ["--steps", "3"]
+    if sampler == "ode":
+        args += ["--option", "rtol=0.01", "--option", "atol=0.01"]
+    assert main(args) == 0
+    arrays = np.load(tmp_path / f"{sampler}.npz")
+    assert arrays["x"].shape == (6, 1, 8, 8) and arrays["x"].dtype == np.uint8
+    assert arrays["y"].tolist() == [0, 1, 2, 3, 4, 5]
+    assert Image.open(out).size[0] > 8
+
+
+def test_same_seed_same_samples_at_any_batch_size(run, tmp_path):
+    for name, bs in (("a", "6"), ("b", "4")):
+        assert main(["sample", str(run), "--steps", "3", "--num", "6", "--batch-size", bs, "--seed", "7",
+                     "--out", str(tmp_path / f"{name}.png")]) == 0
+    assert np.array_equal(np.load(tmp_path / "a.npz")["x"], np.load(tmp_path / "b.npz")["x"])
+
+
+def test_nll_interpolate_info(run, tmp_path, capsys):
+    assert main(["nll", str(run), "--num", "4", "--method", "vlb"]) == 0
+    bpd = float(capsys.readouterr().out.split("test images of digits:")[1].split()[0])
+    assert 0 < bpd < 20
+    assert main(["interpolate", str(run), "--pair", "0", "5", "--frames", "4", "--out", str(tmp_path / "i.png")]) == 0
+    assert Image.open(tmp_path / "i.png").size[0] > Image.open(tmp_path / "i.png").size[1] * 5
+    assert main(["info", str(run)]) == 0
+    info = capsys.readouterr().out
+    assert "step        4" in info and "classes" in info
+
+
+@pytest.mark.parametrize("args, message", [
+    (["sample", "/no/such/run"], "does not exist"),
+    (["train", "--framework", "ddpm", "--data", "mnist:/no/such/folder", "--steps", "1"], "no such folder"),
+    (["train", "--data", "points:spiral", "--steps", "1"], "unknown toy set"),
+    (["train", "--network-option", "nonsense", "--steps", "1"], "KEY=VALUE"),
+])
+def test_errors_are_one_clear_line(args, message, capsys):
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err and "Traceback" not in err
+
+
+def test_guidance_needs_a_class_conditional_model(tmp_path, capsys):
+    out = tmp_path / "uncond"
+    assert main(["train", "--out", str(out), "--steps", "1", "--batch-size", "8", "--process-option", "num_steps=20",
+                 *TINY]) == 0
+    assert main(["sample", str(out), "--guidance", "2", "--num", "2", "--steps", "2", "--out", str(tmp_path / "x.png")]) == 2
+    assert "class-conditional" in capsys.readouterr().err
