@@ -91,6 +91,28 @@ def test_cifar10_binary_batches(tmp_path):
         D.load_cifar10(tmp_path, "train")
 
 
+class _Exploit:
+    def __reduce__(self):
+        import os
+        return (os.system, ("echo pwned",))
+
+
+def test_cifar10_python_batches_load_arrays_and_refuse_code(tmp_path):
+    import pickle
+
+    rng = np.random.default_rng(3)
+    data = rng.integers(0, 256, (5, 3072), dtype=np.uint8)
+    batch = {b"batch_label": b"testing batch 1 of 1", b"labels": [3, 1, 4, 1, 5], b"data": data,
+             b"filenames": [b"a.png"] * 5}
+    (tmp_path / "test_batch").write_bytes(pickle.dumps(batch, protocol=2))   # CIFAR's protocol
+    s = D.load_cifar10(tmp_path, "test")
+    assert s.labels.tolist() == [3, 1, 4, 1, 5] and np.array_equal(s.images.reshape(5, -1), data)
+    assert s.classes[3] == "cat"
+    (tmp_path / "test_batch").write_bytes(pickle.dumps({b"data": _Exploit(), b"labels": []}, protocol=2))
+    with pytest.raises(ValueError, match="refusing to load posix.system|refusing to load os.system"):
+        D.load_cifar10(tmp_path, "test")
+
+
 def test_arrays_of_images_and_points(tmp_path):
     rng = np.random.default_rng(2)
     hwc = rng.integers(0, 256, (4, 6, 6, 3), dtype=np.uint8)

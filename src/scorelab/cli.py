@@ -88,6 +88,7 @@ def _sample(args: argparse.Namespace) -> None:
 
     from .data import to_uint8
     from .imaging import save_grid
+    from .models import select_rows
     from .samplers import PerSampleNoise, sample
     from .training.plots import plot_points
 
@@ -100,8 +101,7 @@ def _sample(args: argparse.Namespace) -> None:
     chunks = []
     for start in range(0, args.num, args.batch_size):
         rows = range(start, min(start + args.batch_size, args.num))
-        mm = m if labels is None else type(m)(model, labels[rows.start:rows.stop],
-                                              *([args.guidance] if hasattr(m, "w") else []))
+        mm = select_rows(m, torch.arange(rows.start, rows.stop))
         noise = PerSampleNoise([args.seed * 1_000_003 + k for k in rows], next(model.parameters()).device)
         result = sample(mm, (len(rows),) + tuple(spec.data_shape), args.sampler, args.steps, noise=noise, **options)
         chunks.append(result.samples.float().cpu())

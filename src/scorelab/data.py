@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import gzip
 import math
+import pickle
 import struct
 import warnings
 from dataclasses import dataclass
@@ -155,21 +156,69 @@ def load_mnist(root: str | Path, split: str = "train") -> ImageSet:
     return ImageSet(images[:, None].copy(), labels.astype(np.int64), [str(i) for i in range(10)])
 
 
+CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+class _ArrayOnlyUnpickler(pickle.Unpickler):
+    """Unpickles plain containers and NumPy arrays, and refuses every other class or function.
+
+    CIFAR-10's "python version" is a pickle; a pickle can run any code while
+    it loads, so only what such a batch holds is allowed (the same idea as
+    ``torch.load(weights_only=True)``).
+    """
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name}: a CIFAR-10 batch holds only arrays "
+                                         "and lists; this file is not one (or was tampered with)")
+        return super().find_class(module, name)
+
+
+def _read_cifar_python_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        with open(path, "rb") as f:
+            batch = _ArrayOnlyUnpickler(f, encoding="bytes").load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as e:
+        raise ValueError(f"{path} is not a readable CIFAR-10 python batch ({e})") from None
+    require(isinstance(batch, dict) and b"data" in batch and b"labels" in batch,
+            f"{path} does not hold CIFAR-10's data and labels")
+    data, labels = np.asarray(batch[b"data"]), np.asarray(batch[b"labels"], dtype=np.int64)
+    require(data.dtype == np.uint8 and data.ndim == 2 and data.shape[1] == 3072 and len(labels) == len(data),
+            f"{path} holds data {data.dtype} {data.shape} and {len(labels)} labels; expected uint8 (N, 3072)")
+    return data.reshape(-1, 3, 32, 32), labels
+
+
 def load_cifar10(path: str | Path, split: str = "train") -> ImageSet:
-    """CIFAR-10 from an ``.npz`` with ``x`` (N, 32, 32, 3) uint8 and ``y``, or the binary version's folder
-    (``cifar-10-batches-bin``: data_batch_1..5.bin, test_batch.bin). Nothing is unpickled."""
+    """CIFAR-10 from any of its standard forms.
+
+    * an ``.npz`` with ``x`` (N, 32, 32, 3) uint8 and ``y``;
+    * the binary version's folder ``cifar-10-batches-bin`` (data_batch_1..5.bin, test_batch.bin);
+    * the python version's folder ``cifar-10-batches-py`` (data_batch_1..5, test_batch), read with an
+      unpickler that admits only arrays and lists (any other content is refused).
+    """
+    require(split in ("train", "test"), f"split must be 'train' or 'test', got {split!r}")
     path = Path(path)
     if path.suffix == ".npz":
         return load_array(path)
-    require(path.is_dir(), f"no such file or folder: {path}; give an .npz (x, y) or the cifar-10-batches-bin folder")
-    names = [f"data_batch_{i}.bin" for i in range(1, 6)] if split == "train" else ["test_batch.bin"]
-    missing = [n for n in names if not (path / n).is_file()]
-    require(not missing, f"{path} lacks {missing}; expected CIFAR-10's binary version (cifar-10-batches-bin)")
-    records = np.concatenate([np.fromfile(path / n, dtype=np.uint8) for n in names])
-    require(records.size % 3073 == 0, f"CIFAR-10 binary files in {path} are truncated")
-    records = records.reshape(-1, 3073)
-    return ImageSet(records[:, 1:].reshape(-1, 3, 32, 32).copy(), records[:, 0].astype(np.int64),
-                    ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"])
+    require(path.is_dir(), f"no such file or folder: {path}; give an .npz (x, y) or the cifar-10-batches-bin "
+            "or cifar-10-batches-py folder")
+    stems = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
+    if all((path / f"{n}.bin").is_file() for n in stems):
+        records = np.concatenate([np.fromfile(path / f"{n}.bin", dtype=np.uint8) for n in stems])
+        require(records.size % 3073 == 0, f"CIFAR-10 binary files in {path} are truncated")
+        records = records.reshape(-1, 3073)
+        return ImageSet(records[:, 1:].reshape(-1, 3, 32, 32).copy(), records[:, 0].astype(np.int64),
+                        list(CIFAR10_CLASSES))
+    if all((path / n).is_file() for n in stems):
+        parts = [_read_cifar_python_batch(path / n) for n in stems]
+        return ImageSet(np.ascontiguousarray(np.concatenate([p[0] for p in parts])),
+                        np.concatenate([p[1] for p in parts]), list(CIFAR10_CLASSES))
+    missing = [n for n in stems if not (path / f"{n}.bin").is_file() and not (path / n).is_file()]
+    raise ValueError(f"{path} lacks {missing}; expected CIFAR-10's binary version (data_batch_1.bin ...) or "
+                     "python version (data_batch_1 ...)")
 
 
 def load_array(path: str | Path, kind: str = "auto") -> ImageSet | np.ndarray:

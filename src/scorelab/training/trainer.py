@@ -201,6 +201,7 @@ def train(config: TrainConfig, *, data: ImageSet | np.ndarray | None = None, res
     optimizer = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=config.weight_decay)
 
     start = 0
+    seconds_before = 0.0                                # training time of the run before this call
     resume_from = None
     if resume:
         resume_from = latest_checkpoint(ckpt_dir) if resume is True else Path(resume)
@@ -216,6 +217,7 @@ def train(config: TrainConfig, *, data: ImageSet | np.ndarray | None = None, res
         optimizer.load_state_dict(ckpt.optimizer)
         _set_rng_state(ckpt.tensors, device)
         start = ckpt.step
+        seconds_before = float(ckpt.extra.get("seconds", 0.0))
         require(start <= config.steps, f"the checkpoint is at step {start}, past steps={config.steps}; "
                 "raise --steps to train further")
     _write_json(out / "config.json", {"train": config.to_dict(), "model": spec.to_dict(), "paper": fw.paper})
@@ -268,7 +270,8 @@ def train(config: TrainConfig, *, data: ImageSet | np.ndarray | None = None, res
                 now = time.perf_counter()
                 ips = len(window) * config.batch_size * config.grad_accum / max(now - t_window, 1e-9)
                 log.write({"step": step, "loss": float(np.mean(window)), "lr": lr_now,
-                           "grad_norm": float(grad_norm), "images_per_s": ips, "seconds": now - t_start})
+                           "grad_norm": float(grad_norm), "images_per_s": ips,
+                           "seconds": seconds_before + now - t_start})
                 if bar is not None:
                     bar.set_postfix(loss=f"{np.mean(window):.4f}", img_s=f"{ips:.0f}")
                 window, t_window = [], now
@@ -278,7 +281,8 @@ def train(config: TrainConfig, *, data: ImageSet | np.ndarray | None = None, res
                 last_ckpt = save_checkpoint(
                     ckpt_dir, step, model=net.state_dict(), ema=ema.state_dict(), optimizer=optimizer.state_dict(),
                     tensors=_rng_state(device), config={"model": spec.to_dict(), "train": config.to_dict()},
-                    extra={"images_seen": step * config.batch_size * config.grad_accum}, keep_last=config.keep_last)
+                    extra={"images_seen": step * config.batch_size * config.grad_accum,
+                           "seconds": seconds_before + time.perf_counter() - t_start}, keep_last=config.keep_last)
             if step % config.sample_every == 0 or step == config.steps:
                 with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
                     preview(_eval_model(spec, ema, device), spec, step, out)   # leaves the RNG as it was
