@@ -43,6 +43,8 @@ DEMO_SAMPLERS: dict[str, tuple[str, int | None, dict[str, Any]]] = {
 }
 #: Classifier-free guidance strength w of the demo's class grids (Ho & Salimans 2022).
 DEMO_GUIDANCE = 1.0
+#: Middle VLB terms drawn per held-out image for the demo's bits/dim estimate.
+VLB_TERMS = 100
 #: Training steps of the demo (batch 128): tuned to finish in a few minutes on 2 CPU cores.
 DEMO_STEPS = 600
 
@@ -168,9 +170,10 @@ def run_demo(out: str | Path = "demo", *, seed: int = 0, steps: int | None = Non
     save_grid(strip.reshape(-1, 1, 8, 8).clamp(-1, 1), out / "forward_noising.png", nrow=len(times))
 
     t = time.perf_counter()
-    bpd, bpd_se = vlb_bits_per_dim_estimate(model.eval(), real, 50, torch.Generator().manual_seed(seed))
+    unlabelled = Conditional(model, torch.full((len(real),), NO_LABEL))      # p(x): the null class
+    bpd, bpd_se = vlb_bits_per_dim_estimate(unlabelled, real, VLB_TERMS, torch.Generator().manual_seed(seed))
     timings["bits_per_dim"] = time.perf_counter() - t
-    numbers["test_bits_per_dim_vlb"] = {"value": bpd, "stderr": bpd_se, "images": len(real), "terms_sampled": 50}
+    numbers["test_bits_per_dim_vlb"] = {"value": bpd, "stderr": bpd_se, "images": len(real), "terms_sampled": VLB_TERMS}
     numbers["seconds"] = {k: round(v, 1) for k, v in timings.items()}
     seconds = time.perf_counter() - t0
     numbers["seconds"]["total"] = round(seconds, 1)
