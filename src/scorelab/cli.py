@@ -199,6 +199,14 @@ def _info(args: argparse.Namespace) -> None:
     print(f"weights     model{', EMA' if ckpt.ema is not None else ''}{', optimizer' if ckpt.optimizer else ''}")
 
 
+def _download(args: argparse.Namespace) -> None:
+    from .download import download_dataset
+
+    folder = download_dataset(args.dataset, args.root, base_url=args.base_url)
+    spec = {"mnist": "mnist", "fashion-mnist": "fashion-mnist", "cifar10": "cifar10"}[args.dataset]
+    print(f"{args.dataset} is in {folder}; train on it with --data {spec}:{folder}")
+
+
 def _demo(args: argparse.Namespace) -> None:
     from .demo import run_demo
 
@@ -301,6 +309,12 @@ def _parser() -> argparse.ArgumentParser:
     i.add_argument("--method", choices=["ode", "ddim"], default="ddim")
     i.add_argument("--out", default="interpolation.png")
     i.set_defaults(run=_interpolate)
+
+    w = sub.add_parser("download", help="fetch MNIST, Fashion-MNIST or CIFAR-10 (checked against published MD5s)")
+    w.add_argument("dataset", choices=["mnist", "fashion-mnist", "cifar10"])
+    w.add_argument("--root", default="data", help="folder to write to")
+    w.add_argument("--base-url", default=None, help="a mirror to fetch from instead of the default source")
+    w.set_defaults(run=_download)
 
     f = sub.add_parser("info", help="what a checkpoint holds")
     model_args(f)
