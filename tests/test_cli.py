@@ -82,3 +82,11 @@ def test_guidance_needs_a_class_conditional_model(tmp_path, capsys):
                  *TINY]) == 0
     assert main(["sample", str(out), "--guidance", "2", "--num", "2", "--steps", "2", "--out", str(tmp_path / "x.png")]) == 2
     assert "class-conditional" in capsys.readouterr().err
+
+
+def test_sampler_options_are_checked(run, tmp_path, capsys):
+    assert main(["sample", str(run), "--option", "eta=0.5", "--steps", "2", "--out", str(tmp_path / "x.png")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "takes no option ['eta']" in err and "clip_x0" in err and "\n" not in err
+    assert main(["sample", str(run), "--sampler", "ddim", "--option", "eta=0.5", "--steps", "2", "--num", "2",
+                 "--out", str(tmp_path / "y.png")]) == 0

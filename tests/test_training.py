@@ -84,6 +84,8 @@ def test_stopping_and_resuming_equals_an_uninterrupted_run(tmp_path, digits32):
 
 def test_resuming_another_model_is_refused(tmp_path, digits32):
     train(tiny_config(tmp_path, steps=2), data=digits32, progress=False)
+    with pytest.raises(ValueError, match="--resume"):          # a fresh run never mixes with an old one
+        train(tiny_config(tmp_path, steps=4), data=digits32, progress=False)
     other = tiny_config(tmp_path, steps=4, network_options={**TINY, "base_channels": 24})
     with pytest.raises(CheckpointError, match="base_channels"):
         train(other, data=digits32, resume=True, progress=False)

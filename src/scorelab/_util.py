@@ -75,10 +75,15 @@ def mean_except_batch(x: Tensor) -> Tensor:
 
 def randn(shape: Sequence[int], generator: torch.Generator | None = None, *,
           device: torch.device | str | None = None, dtype: torch.dtype = torch.float32) -> Tensor:
-    """Standard normal noise drawn from ``generator`` (randomness is always an argument)."""
-    if generator is not None and device is None:
-        device = generator.device
-    return torch.randn(tuple(shape), generator=generator, device=device, dtype=dtype)
+    """Standard normal noise drawn from ``generator`` (randomness is always an argument).
+
+    The draw happens on the generator's device and is then moved to ``device``, so a CPU
+    generator serves CUDA data and gives the same numbers whichever device the data is on.
+    """
+    if generator is None:
+        return torch.randn(tuple(shape), device=device, dtype=dtype)
+    x = torch.randn(tuple(shape), generator=generator, device=generator.device, dtype=dtype)
+    return x if device is None else x.to(device)
 
 
 def require(condition: bool, message: str) -> None:

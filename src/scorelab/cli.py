@@ -144,7 +144,7 @@ def _nll(args: argparse.Namespace) -> None:
         raise ValueError(f"the data's images are {data.shape} but the model takes {tuple(spec.data_shape)}")
     images = torch.from_numpy(data.images[: args.num])
     device = next(model.parameters()).device
-    gen = torch.Generator().manual_seed(args.seed)
+    gen = torch.Generator(device).manual_seed(args.seed)
     values = []
     if args.method == "vlb" and not isinstance(model.process, DDPM):
         raise ValueError("--method vlb needs a DDPM model; use --method ode for other processes")
@@ -152,7 +152,7 @@ def _nll(args: argparse.Namespace) -> None:
         batch = images[start:start + args.batch_size].to(device)
         m = unconditional(model, spec, len(batch))
         if args.method == "vlb":
-            values.append(vlb_bits_per_dim(m, batch).bits_per_dim.cpu())
+            values.append(vlb_bits_per_dim(m, batch, generator=gen).bits_per_dim.cpu())
         else:
             values.append(ode_bits_per_dim(m, batch, generator=gen)[0].cpu())
     bpd = torch.cat(values).double()

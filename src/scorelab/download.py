@@ -12,6 +12,7 @@ pickles, no paths outside the folder).
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
 import shutil
 import tarfile
@@ -50,10 +51,10 @@ def _md5(path: Path) -> str:
 
 def _fetch(url: str, target: Path, md5: str, progress: bool) -> None:
     tmp = target.with_name(f".{target.name}.part-{os.getpid()}")
+    bar = None
     try:
         with urllib.request.urlopen(url, timeout=60) as response, open(tmp, "wb") as f:
             total = int(response.headers.get("Content-Length") or 0) or None
-            bar = None
             if progress:
                 from tqdm.auto import tqdm
 
@@ -62,12 +63,13 @@ def _fetch(url: str, target: Path, md5: str, progress: bool) -> None:
                 f.write(chunk)
                 if bar is not None:
                     bar.update(len(chunk))
-            if bar is not None:
-                bar.close()
-    except OSError as e:
+    except (OSError, http.client.HTTPException) as e:
         tmp.unlink(missing_ok=True)
         raise ValueError(f"could not download {url} ({e}); check the connection, or fetch the file by hand "
                          f"into {target.parent}") from None
+    finally:
+        if bar is not None:
+            bar.close()
     got = _md5(tmp)
     if got != md5:
         tmp.unlink(missing_ok=True)

@@ -174,7 +174,8 @@ def vlb_bits_per_dim_sampled(model: DiffusionModel, images: Tensor, num_terms: i
     Returns (bits/dim per image, standard error per image from the drawn steps).
     """
     require(isinstance(num_terms, int) and num_terms >= 2, f"num_terms must be an integer >= 2, got {num_terms!r}")
-    x0 = to_model_range(images).to(model_device_dtype(model)[1])
+    device, dtype = model_device_dtype(model)
+    x0 = to_model_range(images.cpu()).to(device=device, dtype=dtype)
     process = model.process
     require(isinstance(process, DDPM), f"the VLB is DDPM's; this model's process is {type(process).__name__}")
     T, d = process.num_steps, flat_dim(x0)
@@ -182,7 +183,7 @@ def vlb_bits_per_dim_sampled(model: DiffusionModel, images: Tensor, num_terms: i
     middle = torch.empty(num_terms, x0.shape[0], dtype=torch.float64, device=x0.device)
     for k in range(num_terms):
         steps = torch.randint(2, T + 1, (x0.shape[0],), generator=generator,
-                              device=generator.device if generator is not None else "cpu").to(x0.device)
+                              device=generator.device if generator is not None else x0.device).to(x0.device)
         middle[k] = vlb_term(model, x0, steps, variance=variance, generator=generator).double()
     nats_to_bpd = 1.0 / (d * math.log(2))
     bpd = (ends + (T - 1) * middle.mean(0)) * nats_to_bpd

@@ -79,12 +79,17 @@ def randn_like(x: Tensor, noise: NoiseLike) -> Tensor:
 
 
 def model_device_dtype(model: object) -> tuple[torch.device, torch.dtype]:
-    """Device and dtype of a model's parameters (a wrapped model's, for adapters), else CPU float32."""
-    for candidate in (model, getattr(model, "model", None)):
+    """Device and dtype of a model's parameters (the innermost model's, through wrappers such as
+    adapters and guidance), else CPU float32."""
+    candidate = model
+    for _ in range(8):
+        if candidate is None:
+            break
         params = getattr(candidate, "parameters", None)
         first = next(params(), None) if callable(params) else None
         if first is not None:
             return first.device, first.dtype
+        candidate = getattr(candidate, "model", None)
     return torch.device("cpu"), torch.float32
 
 

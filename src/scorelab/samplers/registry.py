@@ -14,6 +14,7 @@ from the model's own (MATH.md 4, Song et al. 2021, Table 1):
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, Sequence
 
 from .._util import require
@@ -46,19 +47,35 @@ def sde_process(process: NoiseProcess) -> NoiseProcess:
     return process
 
 
+def _function(sampler: str, process: NoiseProcess):
+    return {"ancestral": ddpm_ancestral if isinstance(process, DDPM) else ddim, "ddim": ddim,
+            "pc": predictor_corrector, "em": euler_maruyama, "ode": ode_rk45, "heun": ode_heun,
+            "dpm++2m": dpm_solver_pp_2m, "langevin": annealed_langevin}[sampler]
+
+
+def _check_options(sampler: str, options: dict[str, Any], process: NoiseProcess) -> None:
+    """Refuse options the chosen sampler does not take, naming the ones it does."""
+    fixed = {"self", "model", "shape_or_x", "steps", "noise", "process", "steps_per_level"}
+    accepted = [p for p in inspect.signature(_function(sampler, process)).parameters if p not in fixed]
+    unknown = sorted(set(options) - set(accepted))
+    require(not unknown, f"sampler {sampler!r} takes no option {unknown}; it takes {accepted}")
+
+
 def sample(model: DiffusionModel, shape: Sequence[int], sampler: str = "ancestral", steps: int | None = None, *,
            noise: NoiseLike = None, **options: Any) -> SampleResult:
     """Draw ``shape`` samples with the named sampler (see :data:`SAMPLERS`); ``options`` go to it."""
     require(sampler in SAMPLERS, f"unknown sampler {sampler!r}; choose one of {list(SAMPLERS)}")
     require(steps is None or (isinstance(steps, int) and steps > 0), f"steps must be a positive integer, got {steps!r}")
     process = model.process
+    _check_options(sampler, options, process)
     kw: dict[str, Any] = dict(noise=noise, **options)
     if steps is not None and sampler not in ("ode", "langevin"):
         kw["steps"] = steps
     if sampler == "ancestral":
         if isinstance(process, DDPM):
             return ddpm_ancestral(model, shape, **kw)
-        return ddim(model, shape, eta=1.0, **kw)
+        kw.setdefault("eta", 1.0)
+        return ddim(model, shape, **kw)
     if sampler == "ddim":
         return ddim(model, shape, **kw)
     if sampler in ("pc", "em"):

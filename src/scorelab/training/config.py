@@ -186,7 +186,10 @@ def make_model_spec(config: TrainConfig, data: ImageSet | np.ndarray) -> ModelSp
         require(isinstance(data, ImageSet) and data.labels is not None,
                 "class conditioning needs labels: this dataset has none (for a folder, put each class in "
                 "its own sub-folder)")
-        num_classes = int(data.labels.max()) + 1
+        num_classes = len(data.classes) if data.classes else int(data.labels.max()) + 1
+        require(int(data.labels.min()) >= 0 and int(data.labels.max()) < num_classes,
+                f"labels must lie in 0..{num_classes - 1} for class conditioning, got "
+                f"{int(data.labels.min())}..{int(data.labels.max())}")
         classes = data.classes or [str(k) for k in range(num_classes)]
     embedding = {"embedding": fw.embedding, "embedding_scale": fw.embedding_scale}
     if isinstance(data, ImageSet):

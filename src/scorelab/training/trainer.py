@@ -11,7 +11,10 @@ on a batch); :func:`train` runs the loop around it. A run's folder holds
 Reproducible and resumable bit for bit on the same machine: the data order
 of epoch e is a permutation seeded by ``(seed, e)``, the noise of step k by
 ``(seed, k)``, and the global RNG (dropout) is saved in every checkpoint, so
-stopping after N steps and resuming equals an uninterrupted run.
+stopping after N steps and resuming equals an uninterrupted run (weights,
+EMA, per-step losses). ``loss.csv`` keeps the rows written before the stop;
+when the stop is not at a multiple of ``log_every`` it has one extra row
+there, and the next row averages only the steps after it.
 """
 
 from __future__ import annotations
@@ -205,8 +208,14 @@ def train(config: TrainConfig, *, data: ImageSet | np.ndarray | None = None, res
     resume_from = None
     if resume:
         resume_from = latest_checkpoint(ckpt_dir) if resume is True else Path(resume)
+        if resume_from is not None and (resume_from / "checkpoints").is_dir():     # a run folder
+            resume_from = latest_checkpoint(resume_from / "checkpoints")
         if resume is True and resume_from is None and progress:
             print(f"no checkpoint in {ckpt_dir} yet: starting from step 0")
+    else:
+        existing = latest_checkpoint(ckpt_dir)
+        require(existing is None, f"{out} already holds a run (checkpoint {existing.name if existing else ''}); "
+                "pass --resume to continue it, or choose another --out")
     if resume_from is not None:
         ckpt = load_checkpoint(resume_from, map_location="cpu")
         diffs = config_differences(ckpt.config.get("model"), spec.to_dict())
