@@ -25,6 +25,9 @@ def test_guided_eps_is_the_papers_combination_of_exact_scores(mixture_2d):
         cond = (mixture_2d if k < 0 else mixture_2d.component(k)).model(process).predict(x[i:i + 1], t[i:i + 1]).eps
         uncond = mixture_2d.model(process).predict(x[i:i + 1], t[i:i + 1]).eps
         torch.testing.assert_close(got[i:i + 1], (1 + w) * cond - w * uncond, rtol=1e-10, atol=1e-12)
+    # Without labels the model answers with the whole mixture's score (the null class).
+    torch.testing.assert_close(sl.guidance.unconditional(model, 6).predict(x, t).eps,
+                               mixture_2d.model(process).predict(x, t).eps)
     # w = 0 is plain conditional sampling.
     torch.testing.assert_close(sl.ClassifierFreeGuidance(model, labels, 0.0).predict(x, t).eps,
                                sl.Conditional(model, labels).predict(x, t).eps)

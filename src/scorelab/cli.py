@@ -68,7 +68,7 @@ def _guided(model, spec, labels_arg: list[int] | None, guidance: float | None, n
     """The model to sample from: unconditional, one label per sample, or guided."""
     import torch
 
-    from .guidance import ClassifierFreeGuidance, Conditional
+    from .guidance import guided
 
     if labels_arg is None and guidance is None:
         return model, None
@@ -77,9 +77,7 @@ def _guided(model, spec, labels_arg: list[int] | None, guidance: float | None, n
     device = next(model.parameters()).device
     labels = (torch.tensor(labels_arg, device=device).repeat(num)[:num] if labels_arg is not None
               else torch.arange(num, device=device) % len(spec.classes))
-    if guidance is None or guidance == 0:
-        return Conditional(model, labels), labels
-    return ClassifierFreeGuidance(model, labels, guidance), labels
+    return guided(model, labels, guidance or 0.0), labels
 
 
 def _sample(args: argparse.Namespace) -> None:
@@ -118,20 +116,10 @@ def _sample(args: argparse.Namespace) -> None:
     print(f"{args.num} samples ({args.sampler}, {result.nfe} network evaluations each) -> {stem}.png, {stem}.npz")
 
 
-def unconditional(model, spec, num: int):
-    """A class-conditional model asked without labels (its null class); other models as they are."""
-    import torch
-
-    from .guidance import NO_LABEL, Conditional
-
-    if not spec.classes:
-        return model
-    return Conditional(model, torch.full((num,), NO_LABEL, device=next(model.parameters()).device))
-
-
 def _nll(args: argparse.Namespace) -> None:
     import torch
 
+    from .guidance import unconditional
     from .data import ImageSet, load_dataset
     from .likelihood import ode_bits_per_dim, vlb_bits_per_dim
     from .processes import DDPM
@@ -150,7 +138,7 @@ def _nll(args: argparse.Namespace) -> None:
         raise ValueError("--method vlb needs a DDPM model; use --method ode for other processes")
     for start in range(0, len(images), args.batch_size):
         batch = images[start:start + args.batch_size].to(device)
-        m = unconditional(model, spec, len(batch))
+        m = unconditional(model, len(batch))
         if args.method == "vlb":
             values.append(vlb_bits_per_dim(m, batch, generator=gen).bits_per_dim.cpu())
         else:
@@ -165,6 +153,7 @@ def _interpolate(args: argparse.Namespace) -> None:
 
     from .data import ImageSet, load_dataset, to_model_range
     from .imaging import save_grid
+    from .guidance import unconditional
     from .likelihood import decode, encode, slerp
 
     model, spec, _ = _load(args)
@@ -176,10 +165,10 @@ def _interpolate(args: argparse.Namespace) -> None:
             raise ValueError(f"--pair index {i} is outside the dataset's 0..{len(data) - 1}")
     device = next(model.parameters()).device
     x = to_model_range(torch.from_numpy(data.images[list(args.pair)])).to(device)
-    z = encode(unconditional(model, spec, 2), x, method=args.method)
+    z = encode(unconditional(model, 2), x, method=args.method)
     alphas = torch.linspace(0, 1, args.frames)
     zs = slerp(z[0:1], z[1:2], alphas).reshape((args.frames,) + tuple(x.shape[1:]))
-    frames = decode(unconditional(model, spec, args.frames), zs, method=args.method).clamp(-1, 1)
+    frames = decode(unconditional(model, args.frames), zs, method=args.method).clamp(-1, 1)
     path = save_grid(torch.cat([x[:1], frames.to(x.dtype), x[1:]]).cpu(), args.out, nrow=args.frames + 2)
     print(f"{args.frames} frames between images {args.pair[0]} and {args.pair[1]} ({args.method} latents) -> {path}")
 

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from .data import load_digits, to_model_range, to_uint8
-from .guidance import NO_LABEL, ClassifierFreeGuidance, Conditional
+from .guidance import guided, unconditional
 from .imaging import save_grid
 from .likelihood import vlb_bits_per_dim_sampled
 from .models import Model
@@ -69,9 +69,7 @@ def demo_config(out: str | Path, seed: int = 0, steps: int | None = None) -> Tra
 
 def demo_model(model: Model, labels: torch.Tensor | None, num: int, guidance: float = DEMO_GUIDANCE):
     """The demo's sampling model for ``num`` samples: guided toward ``labels``, or with no label (None)."""
-    if labels is None:
-        return Conditional(model, torch.full((num,), NO_LABEL))
-    return ClassifierFreeGuidance(model, labels, guidance) if guidance > 0 else Conditional(model, labels)
+    return unconditional(model, num) if labels is None else guided(model, labels, guidance)
 
 
 def draw(model: Model, sampler: str, num: int, seed: int, labels: torch.Tensor | None,
@@ -150,8 +148,8 @@ def run_demo(out: str | Path = "demo", *, seed: int = 0, steps: int | None = Non
     save_grid(strip.reshape(-1, 1, 8, 8).clamp(-1, 1), out / "forward_noising.png", nrow=len(times))
 
     t = time.perf_counter()
-    unlabelled = Conditional(model, torch.full((len(real),), NO_LABEL))      # p(x): the null class
-    per_image, per_image_se = vlb_bits_per_dim_sampled(unlabelled, torch.from_numpy(test.images), VLB_TERMS,
+    per_image, per_image_se = vlb_bits_per_dim_sampled(unconditional(model, len(real)),   # p(x): the null class
+                                                       torch.from_numpy(test.images), VLB_TERMS,
                                                        generator=torch.Generator().manual_seed(seed))
     bpd = float(per_image.mean())
     bpd_se = float(per_image.std() / len(per_image) ** 0.5)   # the spread over images includes the drawn steps

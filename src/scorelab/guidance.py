@@ -27,7 +27,7 @@ from ._util import TimeLike, as_time, require
 from .models import DiffusionModel, Prediction, select_rows
 from .networks.embeddings import NO_LABEL
 
-__all__ = ["Conditional", "ClassifierFreeGuidance", "select_rows", "drop_labels", "NO_LABEL"]
+__all__ = ["Conditional", "ClassifierFreeGuidance", "unconditional", "guided", "select_rows", "drop_labels", "NO_LABEL"]
 
 
 def _check_labels(model: DiffusionModel, labels: Tensor) -> Tensor:
@@ -100,3 +100,15 @@ def drop_labels(labels: Tensor, p: float, generator: torch.Generator | None = No
     u = torch.rand(labels.shape, generator=generator,
                    device=generator.device if generator is not None else labels.device).to(labels.device)
     return torch.where(u < p, torch.full_like(labels, NO_LABEL), labels)
+
+
+def unconditional(model: DiffusionModel, num: int) -> DiffusionModel:
+    """``model`` asked without labels (the null class) for ``num`` samples; unconditional models as they are."""
+    if getattr(model, "num_classes", 0) == 0:
+        return model
+    return Conditional(model, torch.full((num,), NO_LABEL))
+
+
+def guided(model: DiffusionModel, labels: Tensor, w: float = 0.0) -> DiffusionModel:
+    """Sample toward ``labels``: plain conditional for ``w = 0``, classifier-free guidance for ``w > 0``."""
+    return ClassifierFreeGuidance(model, labels, w) if w > 0 else Conditional(model, labels)
