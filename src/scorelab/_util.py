@@ -9,6 +9,8 @@ Schedules are computed in float64 and cast only where they meet ``x``.
 from __future__ import annotations
 
 import math
+import os
+from pathlib import Path
 from typing import Sequence
 
 import torch
@@ -100,3 +102,16 @@ def require_positive_int(name: str, value: int) -> None:
 def require_positive(name: str, value: float) -> None:
     require(isinstance(value, (int, float)) and math.isfinite(value) and value > 0,
             f"{name} must be a positive finite number, got {value!r}")
+
+
+def atomic_write(path: str | Path, data: str | bytes) -> Path:
+    """Write ``data`` to ``path`` through a temporary sibling and a rename: never half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data.encode() if isinstance(data, str) else data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return path

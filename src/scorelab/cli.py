@@ -5,6 +5,7 @@
     scorelab sample runs/ddpm --sampler pc --steps 500 --num 64
     scorelab nll runs/ddpm --data digits --split test --method vlb
     scorelab interpolate runs/ddpm --data digits --pair 0 1
+    scorelab evaluate runs/ddpm --samplers ddim,dpm++2m --nfe 10,20,50 --num-samples 1000
     scorelab info runs/ddpm
 
 Every command takes ``--seed``; errors are one line that says what to do.
@@ -38,23 +39,54 @@ def _key_values(items: Sequence[str] | None, flag: str) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------
 # Commands
 # ---------------------------------------------------------------------------------------
+def _train_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The TrainConfig fields the ``train`` flags give."""
+    return dict(framework=args.framework, data=args.data, out=args.out, steps=args.steps,
+                batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr, warmup=args.warmup,
+                weight_decay=args.weight_decay, grad_clip=args.grad_clip, ema_decay=args.ema_decay,
+                precision=args.precision, device=args.device, seed=args.seed, network=args.network,
+                network_options=_key_values(args.network_option, "--network-option"),
+                process_options=_key_values(args.process_option, "--process-option"),
+                target=args.target, loss=args.loss, class_conditional=args.class_conditional,
+                label_dropout=args.label_dropout, flip=args.flip, image_size=args.image_size,
+                log_every=args.log_every, sample_every=args.sample_every,
+                checkpoint_every=args.checkpoint_every, keep_last=args.keep_last,
+                num_preview=args.num_preview, preview_steps=args.preview_steps)
+
+
 def _train(args: argparse.Namespace) -> None:
     from .training import TrainConfig, train
 
-    options = dict(framework=args.framework, data=args.data, out=args.out, steps=args.steps,
-                   batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr, warmup=args.warmup,
-                   weight_decay=args.weight_decay, grad_clip=args.grad_clip, ema_decay=args.ema_decay,
-                   precision=args.precision, device=args.device, seed=args.seed, network=args.network,
-                   network_options=_key_values(args.network_option, "--network-option"),
-                   process_options=_key_values(args.process_option, "--process-option"),
-                   target=args.target, loss=args.loss, class_conditional=args.class_conditional,
-                   label_dropout=args.label_dropout, flip=args.flip, image_size=args.image_size,
-                   log_every=args.log_every, sample_every=args.sample_every,
-                   checkpoint_every=args.checkpoint_every, keep_last=args.keep_last)
-    config = TrainConfig(**options)
+    options = _train_options(args)
+    if args.config:
+        # The file gives the recipe; a flag typed on the command line (not left at its default) wins.
+        defaults = _train_options(args.train_defaults)
+        recipe = _read_config(args.config)
+        given = {k: v for k, v in options.items() if v != defaults[k]}
+        options = {**recipe, **given}
+        for key in ("network_options", "process_options"):  # KEY=VALUE flags add to the recipe's
+            if key in given and isinstance(recipe.get(key), dict):
+                options[key] = {**recipe[key], **given[key]}
+        config = TrainConfig.from_dict(options)
+    else:
+        config = TrainConfig(**options)
     result = train(config, resume=args.resume)
     print(f"trained {result.step} steps in {result.seconds:.0f} s; checkpoint {result.checkpoint}; "
           f"loss log {result.out / 'loss.csv'}; sample grids in {result.out / 'samples'}")
+
+
+def _read_config(path: str) -> dict[str, Any]:
+    """A JSON training recipe: keys are TrainConfig's fields (``_comment`` keys are ignored)."""
+    try:
+        with open(path) as f:
+            d = json.load(f)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"config file {path} does not exist; pass a JSON file of training options") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"config file {path} is not valid JSON ({e}); fix it or pass the options as flags") from None
+    if not isinstance(d, dict):
+        raise ValueError(f"config file {path} must hold a JSON object of training options")
+    return {k: v for k, v in d.items() if not k.startswith("_")}
 
 
 def _load(args: argparse.Namespace):
@@ -189,11 +221,37 @@ def _info(args: argparse.Namespace) -> None:
 
 
 def _download(args: argparse.Namespace) -> None:
-    from .download import download_dataset
+    from .download import download_dataset, download_inception
 
+    if args.dataset == "inception":
+        path = download_inception(args.root, base_url=args.base_url)
+        print(f"Inception-v3 FID weights are in {path}; use them with: scorelab evaluate RUN --features domain,"
+              f"inception --inception-weights {path}")
+        return
     folder = download_dataset(args.dataset, args.root, base_url=args.base_url)
     spec = {"mnist": "mnist", "fashion-mnist": "fashion-mnist", "cifar10": "cifar10"}[args.dataset]
     print(f"{args.dataset} is in {folder}; train on it with --data {spec}:{folder}")
+
+
+def _csv(text: str, cast=str) -> tuple:
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    try:
+        return tuple(cast(t) for t in items)
+    except ValueError:
+        raise ValueError(f"expected a comma-separated list, got {text!r}") from None
+
+
+def _evaluate(args: argparse.Namespace) -> None:
+    from .evaluation import EvalConfig, evaluate
+    from .training import resolve_device
+
+    config = EvalConfig(samplers=_csv(args.samplers), nfe=_csv(args.nfe, int), num_samples=args.num_samples,
+                        batch_size=args.batch_size, seed=args.seed, data=args.data, features=_csv(args.features),
+                        inception_weights=args.inception_weights,
+                        bpd=() if args.bpd == "none" else _csv(args.bpd), bpd_images=args.bpd_images,
+                        vlb_terms=args.vlb_terms, ode_rtol=args.ode_rtol, guidance=args.guidance)
+    result = evaluate(args.checkpoint, args.out, config, device=resolve_device(args.device))
+    print(f"evaluated {len(config.samplers) * len(config.nfe)} cells -> {result.report}")
 
 
 def _demo(args: argparse.Namespace) -> None:
@@ -255,8 +313,14 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--sample-every", type=int, default=1000, help="steps between sample grids")
     t.add_argument("--checkpoint-every", type=int, default=1000)
     t.add_argument("--keep-last", type=int, default=3, help="checkpoints to keep")
+    t.add_argument("--num-preview", type=int, default=64, help="images in each sample grid")
+    t.add_argument("--preview-steps", type=int, default=50, help="DDIM steps for the sample grids")
+    t.add_argument("--config", default=None, metavar="FILE.json",
+                   help="a training recipe (TrainConfig's fields as JSON, e.g. configs/fashion-mnist.json); "
+                   "flags given on the command line override it")
     t.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
     t.set_defaults(run=_train)
+    t.set_defaults(train_defaults=t.parse_args([]))
 
     def model_args(q: argparse.ArgumentParser) -> None:
         q.add_argument("checkpoint", help="a run folder (its newest checkpoint) or a checkpoint folder")
@@ -300,10 +364,34 @@ def _parser() -> argparse.ArgumentParser:
     i.set_defaults(run=_interpolate)
 
     w = sub.add_parser("download", help="fetch MNIST, Fashion-MNIST or CIFAR-10 (checked against published MD5s)")
-    w.add_argument("dataset", choices=["mnist", "fashion-mnist", "cifar10"])
+    w.add_argument("dataset", choices=["mnist", "fashion-mnist", "cifar10", "inception"],
+                   help="a data set, or 'inception': pytorch-fid's Inception-v3 weights for FID")
     w.add_argument("--root", default="data", help="folder to write to")
     w.add_argument("--base-url", default=None, help="a mirror to fetch from instead of the default source")
     w.set_defaults(run=_download)
+
+    e = sub.add_parser("evaluate", help="FID, KID, precision/recall and bits/dim for each sampler and NFE budget",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    model_args(e)
+    e.add_argument("--data", default=None, help="reference data (default: the data set the model was trained on); "
+                   + DATASET_HELP)
+    e.add_argument("--samplers", default="ddim,dpm++2m,ancestral", help="comma-separated sampler names")
+    e.add_argument("--nfe", default="10,20,50,100", help="comma-separated budgets of network evaluations")
+    e.add_argument("--num-samples", type=int, default=1000, help="samples per (sampler, NFE) cell")
+    e.add_argument("--batch-size", type=int, default=250)
+    e.add_argument("--features", default="domain",
+                   help="feature spaces: domain (an in-domain classifier, offline) and/or inception")
+    e.add_argument("--inception-weights", default=None, metavar="PATH",
+                   help="pt_inception-2015-12-05-6726825d.pth (get it with: scorelab download inception)")
+    e.add_argument("--bpd", default="vlb,ode", help="bits/dim methods on the test split: vlb, ode, or none")
+    e.add_argument("--bpd-images", type=int, default=100, help="test images for bits/dim")
+    e.add_argument("--vlb-terms", type=int, default=100, help="VLB middle terms sampled per image")
+    e.add_argument("--ode-rtol", type=float, default=1e-3, help="RK45 tolerance of the ODE likelihood")
+    e.add_argument("--guidance", type=float, default=None,
+                   help="class-conditional models: guide sample k toward class k %% K with this w "
+                   "(default: unconditional samples)")
+    e.add_argument("--out", default="evaluation", help="folder for report.md, metrics.json, plots and samples")
+    e.set_defaults(run=_evaluate)
 
     f = sub.add_parser("info", help="what a checkpoint holds")
     model_args(f)

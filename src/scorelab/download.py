@@ -18,10 +18,11 @@ import shutil
 import tarfile
 import urllib.request
 from pathlib import Path
+from typing import Callable
 
 from ._util import require
 
-__all__ = ["DATASETS", "download_dataset"]
+__all__ = ["DATASETS", "download_dataset", "download_inception"]
 
 #: name -> (base URL, {file name: MD5}); the MD5s are the datasets' published ones.
 DATASETS: dict[str, tuple[str, dict[str, str]]] = {
@@ -49,7 +50,14 @@ def _md5(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _fetch(url: str, target: Path, md5: str, progress: bool) -> None:
+def _md5_check(md5: str) -> Callable[[Path], str | None]:
+    def check(path: Path) -> str | None:
+        got = _md5(path)
+        return None if got == md5 else f"arrived with MD5 {got}, not the published {md5}"
+    return check
+
+
+def _fetch(url: str, target: Path, check: Callable[[Path], str | None], progress: bool) -> None:
     tmp = target.with_name(f".{target.name}.part-{os.getpid()}")
     bar = None
     try:
@@ -70,11 +78,10 @@ def _fetch(url: str, target: Path, md5: str, progress: bool) -> None:
     finally:
         if bar is not None:
             bar.close()
-    got = _md5(tmp)
-    if got != md5:
+    problem = check(tmp)
+    if problem:
         tmp.unlink(missing_ok=True)
-        raise ValueError(f"{url} arrived with MD5 {got}, not the published {md5}: a damaged or altered "
-                         "download; try again or another mirror (base_url)")
+        raise ValueError(f"{url} {problem}: a damaged or altered download; try again or another mirror (base_url)")
     tmp.replace(target)
 
 
@@ -95,7 +102,7 @@ def download_dataset(name: str, root: str | Path, *, base_url: str | None = None
         target = root / filename
         if target.is_file() and _md5(target) == md5:
             continue
-        _fetch(base + filename, target, md5, progress)
+        _fetch(base + filename, target, _md5_check(md5), progress)
     if name != "cifar10":
         return root
     folder = root / "cifar-10-batches-bin"
@@ -111,3 +118,31 @@ def download_dataset(name: str, root: str | Path, *, base_url: str | None = None
     missing = [m for m in _CIFAR_MEMBERS if not (folder / m).is_file()]
     require(not missing, f"the CIFAR-10 archive lacks {missing}")
     return folder
+
+
+def download_inception(root: str | Path, *, base_url: str | None = None, progress: bool = True) -> Path:
+    """Download pytorch-fid's Inception-v3 weights (the TF 2015-12-05 graph) into ``root``; returns the file.
+
+    The file is accepted when its SHA-256 starts with the hash in its name
+    (torch.hub's convention) and it loads as the FID network.
+    """
+    from .evaluation.inception import INCEPTION_FILENAME, INCEPTION_SHA256_PREFIX, INCEPTION_URL, \
+        check_inception_file, load_inception
+
+    def check(path: Path) -> str | None:
+        if not check_inception_file(path):
+            return f"arrived with a SHA-256 that does not start with {INCEPTION_SHA256_PREFIX}"
+        try:
+            load_inception(path)
+        except (ValueError, FileNotFoundError) as e:
+            return f"does not load as the FID Inception network ({e})"
+        return None
+
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    target = root / INCEPTION_FILENAME
+    if target.is_file() and check(target) is None:
+        return target
+    url = INCEPTION_URL if base_url is None else base_url.rstrip("/") + "/" + INCEPTION_FILENAME
+    _fetch(url, target, check, progress)
+    return target

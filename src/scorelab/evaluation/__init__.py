@@ -1,5 +1,11 @@
-"""Evaluation: distances between sample sets (and, later, FID, KID, precision/recall)."""
+"""Evaluation: distances between sample sets; FID, KID, precision/recall and IS on features; the evaluate run."""
 
+from .classifier import DomainFeatures, fit_domain_classifier
 from .distances import energy_distance, sliced_wasserstein
+from .metrics import (FeatureStats, feature_stats, fid_from_features, frechet_distance, inception_score,
+                      kernel_inception_distance, precision_recall)
+from .run import EvalConfig, EvalResult, evaluate, steps_for_nfe
 
-__all__ = ["energy_distance", "sliced_wasserstein"]
+__all__ = ["EvalConfig", "EvalResult", "evaluate", "steps_for_nfe", "DomainFeatures", "fit_domain_classifier",
+           "energy_distance", "sliced_wasserstein", "FeatureStats", "feature_stats", "frechet_distance",
+           "fid_from_features", "kernel_inception_distance", "precision_recall", "inception_score"]

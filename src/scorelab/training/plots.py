@@ -10,7 +10,7 @@ import numpy as np
 __all__ = ["plot_loss_curve", "plot_points"]
 
 
-def _pyplot():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
@@ -27,7 +27,7 @@ def plot_loss_curve(csv_path: str | Path, png_path: str | Path, *, title: str = 
         return None
     steps = np.array([int(r["step"]) for r in rows])
     loss = np.array([float(r["loss"]) for r in rows])
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.plot(steps, loss, lw=0.8, alpha=0.5, label="loss (per log interval)")
     k = max(1, len(loss) // 20)
@@ -50,7 +50,7 @@ def plot_loss_curve(csv_path: str | Path, png_path: str | Path, *, title: str = 
 def plot_points(samples: np.ndarray, png_path: str | Path, *, reference: np.ndarray | None = None,
                 title: str = "") -> Path:
     """Scatter 2-D samples (and reference data in grey) to ``png_path``."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(4, 4))
     if reference is not None:
         ax.scatter(reference[:, 0], reference[:, 1], s=2, c="0.7", label="data")

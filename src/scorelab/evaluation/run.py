@@ -1,0 +1,380 @@
+"""``scorelab evaluate``: every sampler at every NFE budget, scored against the test split.
+
+For each (sampler, NFE) cell the runner draws ``num_samples`` samples once
+(sample k seeded by ``(seed, k)``, so cells are reproducible and independent of
+the batch size), stores them as uint8 and scores them on every feature space:
+
+* ``domain``: the in-domain classifier (:mod:`.classifier`): FID, KID,
+  precision/recall, the classifier's mean confidence and the class histogram;
+* ``inception``: the FID Inception-v3 (:mod:`.inception`, weights file given by
+  the user): FID, KID, precision/recall and the Inception Score.
+
+A ``data`` row scores as many real training images the same way, the floor
+that finite samples allow. Bits/dim on the test split come from DDPM's VLB and
+the probability-flow ODE. Every cell is written atomically to ``cells/`` with a
+key of the checkpoint and settings, so a rerun reuses what is done.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .._util import atomic_write, require
+from ..data import ImageSet, load_dataset, to_uint8
+from ..guidance import guided, unconditional
+from ..models import Model
+from ..processes import DDPM
+from ..samplers import SAMPLERS, PerSampleNoise, sample
+from .classifier import fit_domain_classifier
+from .metrics import FeatureStats, feature_stats, fid_from_features, inception_score, kernel_inception_distance, \
+    precision_recall
+
+__all__ = ["EvalConfig", "EvalResult", "evaluate", "steps_for_nfe", "FEATURES", "BPD_METHODS"]
+
+FEATURES = ("domain", "inception")
+BPD_METHODS = ("vlb", "ode")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """What ``scorelab evaluate`` measures. ``data=None``: the data set the checkpoint was trained on."""
+
+    samplers: tuple[str, ...] = ("ddim", "dpm++2m", "ancestral")
+    nfe: tuple[int, ...] = (10, 20, 50, 100)
+    num_samples: int = 1000
+    batch_size: int = 250
+    seed: int = 0
+    data: str | None = None
+    features: tuple[str, ...] = ("domain",)
+    inception_weights: str | None = None
+    bpd: tuple[str, ...] = ("vlb", "ode")
+    bpd_images: int = 100
+    vlb_terms: int = 100
+    ode_rtol: float = 1e-3
+    guidance: float | None = None
+    kid_subsets: int = 100
+    kid_subset_size: int = 1000
+    pr_k: int = 3
+    grid_size: int = 64
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "samplers", tuple(self.samplers))
+        object.__setattr__(self, "nfe", tuple(int(n) for n in self.nfe))
+        object.__setattr__(self, "features", tuple(self.features))
+        object.__setattr__(self, "bpd", tuple(self.bpd))
+        unknown = [s for s in self.samplers if s not in SAMPLERS]
+        require(not unknown, f"unknown sampler(s) {unknown}; choose from {list(SAMPLERS)}")
+        require("ode" not in self.samplers, "'ode' is adaptive (its NFE follows rtol, not a budget); evaluate "
+                "fixed budgets with heun, dpm++2m or ddim, and the ODE's likelihood with --bpd ode")
+        require(len(self.samplers) > 0 and len(self.nfe) > 0, "give at least one sampler and one NFE budget")
+        require(all(n >= 1 for n in self.nfe), f"NFE budgets must be positive integers, got {list(self.nfe)}")
+        require(self.num_samples >= max(2, self.pr_k + 1),
+                f"num_samples must be at least {max(2, self.pr_k + 1)}, got {self.num_samples}")
+        require(self.batch_size >= 1, f"batch_size must be a positive integer, got {self.batch_size}")
+        bad = [f for f in self.features if f not in FEATURES]
+        require(not bad and self.features, f"unknown feature space(s) {bad}; choose from {list(FEATURES)}")
+        bad = [b for b in self.bpd if b not in BPD_METHODS]
+        require(not bad, f"unknown bits/dim method(s) {bad}; choose from {list(BPD_METHODS)} (or none)")
+        require(self.bpd_images >= 2, f"bpd_images must be at least 2, got {self.bpd_images}")
+        require(self.vlb_terms >= 2, f"vlb_terms must be at least 2, got {self.vlb_terms}")
+        require("inception" not in self.features or self.inception_weights,
+                "the inception features need the weights file: pass --inception-weights PATH (get it with "
+                "`scorelab download inception`), or use --features domain")
+
+    def sampling_key(self) -> dict[str, Any]:
+        """The settings a cell's samples depend on (besides the checkpoint, sampler and NFE)."""
+        return {"num_samples": self.num_samples, "seed": self.seed, "guidance": self.guidance}
+
+
+@dataclass
+class EvalResult:
+    out: Path
+    report: Path
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------------------
+# NFE budgets
+# ---------------------------------------------------------------------------------------
+class _Constant(torch.nn.Module):
+    """A stand-in network (a constant prediction) for counting a sampler's calls."""
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        return torch.full_like(x, 0.5)
+
+
+def _nfe_of(process, sampler: str, steps: int) -> int:
+    probe = Model(_Constant(), process)
+    return sample(probe, (1, 1), sampler, steps, noise=torch.Generator().manual_seed(0)).nfe
+
+
+def steps_for_nfe(process, sampler: str, nfe: int) -> int:
+    """The most steps of ``sampler`` whose network evaluations do not exceed ``nfe``.
+
+    Found by running the sampler on a constant network over one 1-D point and
+    counting its calls (e.g. Heun's ``2 steps - 1``, PC's ``2 steps + 1``).
+    """
+    a = _nfe_of(process, sampler, 3) - _nfe_of(process, sampler, 2)
+    require(a >= 1, f"the sampler {sampler!r} does not spend network calls per step")
+    b = _nfe_of(process, sampler, 2) - 2 * a
+    steps = (nfe - b) // a
+    require(steps >= 1, f"{sampler} needs at least {a + b} network calls; {nfe} is too few")
+    while steps > 1 and _nfe_of(process, sampler, steps) > nfe:
+        steps -= 1
+    return int(steps)
+
+
+# ---------------------------------------------------------------------------------------
+# Feature spaces
+# ---------------------------------------------------------------------------------------
+Extractor = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+
+@dataclass
+class _Space:
+    name: str
+    extract: Extractor
+    test_features: np.ndarray        # the whole test split: FID's statistics and KID's reference
+    reference: FeatureStats
+    info: dict[str, Any]
+
+
+def _inception_extractor(weights: str, device: torch.device) -> Extractor:
+    from .inception import inception_features, load_inception
+
+    net = load_inception(weights, device=device)
+
+    def extract(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        f, p = inception_features(net, torch.from_numpy(images).float() / 255.0)
+        return f.numpy(), p.numpy()
+    return extract
+
+
+def _score(space: _Space, images: np.ndarray, config: EvalConfig) -> dict[str, Any]:
+    """Every metric of one sample set in one feature space."""
+    feats, probs = space.extract(images)
+    out: dict[str, Any] = {"fid": fid_from_features(space.reference, feats)}
+    out["kid"], out["kid_std"] = kernel_inception_distance(space.test_features, feats, num_subsets=config.kid_subsets,
+                                                           subset_size=config.kid_subset_size, seed=config.seed)
+    # Precision/recall compare sets of equal size (Kynkaanniemi et al.): the first m test images.
+    m = min(len(feats), len(space.test_features))
+    out["precision"], out["recall"] = precision_recall(space.test_features[:m], feats[:m], k=config.pr_k)
+    if space.name == "domain":
+        out["confidence"] = float(probs.max(1).mean())
+        out["class_histogram"] = (np.bincount(probs.argmax(1), minlength=probs.shape[1]) / len(probs)).tolist()
+    else:
+        out["inception_score"], out["inception_score_std"] = inception_score(probs, splits=min(10, len(probs)))
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# Sampling
+# ---------------------------------------------------------------------------------------
+def _sampling_model(model: Model, rows: torch.Tensor, num_classes: int, guidance: float | None):
+    """Unconditional samples (a class-conditional network with no label), or guided toward labels k % K."""
+    if not num_classes:
+        return model
+    if guidance is None:
+        return unconditional(model, len(rows))
+    return guided(model, (rows % num_classes).to(next(model.parameters()).device), guidance)
+
+
+def draw_samples(model: Model, shape: tuple[int, ...], sampler: str, steps: int, config: EvalConfig,
+                 progress: bool = True) -> tuple[np.ndarray, int]:
+    """``config.num_samples`` samples as uint8, sample k from the seed ``seed * 1_000_003 + k``."""
+    device = next(model.parameters()).device
+    chunks, nfe = [], 0
+    for start in tqdm(range(0, config.num_samples, config.batch_size), desc=f"{sampler} ({steps} steps)",
+                      disable=not progress, leave=False):
+        rows = torch.arange(start, min(start + config.batch_size, config.num_samples))
+        m = _sampling_model(model, rows, model.num_classes, config.guidance)
+        noise = PerSampleNoise([config.seed * 1_000_003 + int(k) for k in rows], device)
+        with torch.no_grad():
+            res = sample(m, (len(rows),) + tuple(shape), sampler, steps, noise=noise)
+        chunks.append(to_uint8(res.samples.clamp(-1, 1)).cpu().numpy())
+        nfe = res.nfe
+    return np.concatenate(chunks), nfe
+
+
+# ---------------------------------------------------------------------------------------
+# Cells on disk
+# ---------------------------------------------------------------------------------------
+def _key(d: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _read_cell(path: Path, key: str) -> dict[str, Any] | None:
+    try:
+        cell = json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+    return cell if cell.get("key") == key else None
+
+
+def _read_samples(path: Path, key: str) -> tuple[np.ndarray, dict[str, Any]] | None:
+    """Samples of an earlier run with the same key, or None (absent, damaged or made otherwise)."""
+    meta = _read_cell(path.with_suffix(".json"), key)
+    if meta is None or not path.exists():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            return f["x"], meta
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def _write_samples(path: Path, x: np.ndarray, meta: dict[str, Any]) -> None:
+    import io
+
+    buf = io.BytesIO()
+    np.savez(buf, x=x)
+    atomic_write(path, buf.getvalue())
+    atomic_write(path.with_suffix(".json"), json.dumps(meta, indent=1))
+
+
+# ---------------------------------------------------------------------------------------
+# Bits/dim
+# ---------------------------------------------------------------------------------------
+def _bits_per_dim(model: Model, method: str, images: np.ndarray, config: EvalConfig) -> dict[str, Any]:
+    from ..likelihood import ode_bits_per_dim, vlb_bits_per_dim_sampled
+
+    m = unconditional(model, len(images)) if model.num_classes else model
+    x = torch.from_numpy(images)
+    g = torch.Generator().manual_seed(config.seed)
+    t0 = time.perf_counter()
+    if method == "vlb":
+        per_image, _ = vlb_bits_per_dim_sampled(m, x, config.vlb_terms, generator=g)
+        detail = f"{config.vlb_terms} of the T - 1 middle terms sampled per image"
+    else:
+        per_image, _ = ode_bits_per_dim(m, x, generator=g, rtol=config.ode_rtol, atol=config.ode_rtol)
+        detail = f"RK45, rtol = atol = {config.ode_rtol}, one dequantization and one Rademacher probe per image"
+    per_image = per_image.double().cpu()
+    return {"bits_per_dim": float(per_image.mean()), "stderr": float(per_image.std() / math.sqrt(len(per_image))),
+            "images": len(images), "detail": detail, "seconds": time.perf_counter() - t0}
+
+
+# ---------------------------------------------------------------------------------------
+# The run
+# ---------------------------------------------------------------------------------------
+def _splits(spec: str) -> tuple[ImageSet, ImageSet]:
+    train, test = load_dataset(spec, "train"), load_dataset(spec, "test")
+    require(isinstance(train, ImageSet) and isinstance(test, ImageSet),
+            f"evaluate scores image models; {spec!r} is not an image data set")
+    return train, test
+
+
+def evaluate(checkpoint: str | Path, out: str | Path, config: EvalConfig = EvalConfig(), *,
+             device: str | torch.device = "cpu", progress: bool = True) -> EvalResult:
+    """Sample every (sampler, NFE) cell, score it, and write ``out/metrics.json``, ``report.md`` and plots."""
+    from ..modelspec import load_model
+    from .report import write_report
+
+    t_start = time.perf_counter()
+    device = torch.device(device)
+    model, spec, ckpt = load_model(checkpoint, device=device)
+    require(len(spec.data_shape) == 3, "evaluate scores image models; this checkpoint models points")
+    data_spec = config.data or ckpt.config.get("train", {}).get("data")
+    require(bool(data_spec), "the checkpoint does not name its data set; pass --data")
+    train_set, test_set = _splits(data_spec)
+    require(tuple(test_set.shape) == tuple(spec.data_shape),
+            f"the data's images are {test_set.shape} but the model makes {tuple(spec.data_shape)}; pass the "
+            "data set the model was trained on (--data)")
+    require(config.guidance is None or model.num_classes > 0,
+            "--guidance needs a class-conditional model (train with --class-conditional)")
+    out = Path(out)
+    (out / "cells").mkdir(parents=True, exist_ok=True)
+    files = json.loads((ckpt.path / "meta.json").read_text()).get("files", {})
+    model_id = {"weights_sha256": files.get("ema.safetensors", files.get("model.safetensors")), "step": ckpt.step}
+
+    order = np.random.default_rng(config.seed).permutation(len(test_set))
+    test_images = test_set.images[order]
+    spaces: list[_Space] = []
+    info: dict[str, Any] = {"data": data_spec, "test_images": len(test_set), "checkpoint": str(ckpt.path),
+                            "step": ckpt.step, "config": asdict(config)}
+    for name in config.features:
+        if name == "domain":
+            clf = fit_domain_classifier(train_set, test_set, seed=config.seed, progress=progress)
+            clf.net.to(device)
+            extract: Extractor = clf
+            space_info = {"classifier_test_accuracy": clf.accuracy, "classifier_key": clf.key,
+                          "classes": clf.classes}
+        else:
+            extract = _inception_extractor(config.inception_weights, device)   # type: ignore[arg-type]
+            space_info = {"weights": str(config.inception_weights)}
+        feats, _ = extract(test_images)
+        spaces.append(_Space(name, extract, feats, feature_stats(feats), space_info))
+        info[name] = space_info
+
+    rows: list[dict[str, Any]] = []
+    score_key = {"features": list(config.features), "kid": [config.kid_subsets, config.kid_subset_size],
+                 "pr_k": config.pr_k, "data": data_spec, "inception": config.inception_weights,
+                 "classifier": info.get("domain", {}).get("classifier_key")}
+
+    def scored(cell_id: str, images: np.ndarray, base: dict[str, Any]) -> dict[str, Any]:
+        path = out / "cells" / f"{cell_id}.scores.json"
+        key = _key({**base.get("sample_key", {}), **score_key})
+        done = _read_cell(path, key)
+        if done is not None:
+            return done
+        row = {**{k: v for k, v in base.items() if k != "sample_key"}, "key": key,
+               **{s.name: _score(s, images, config) for s in spaces}}
+        atomic_write(path, json.dumps(row, indent=1))
+        return row
+
+    # The floor: as many real training images as samples, scored the same way.
+    rng = np.random.default_rng(config.seed + 1)
+    real = train_set.images[rng.choice(len(train_set), min(config.num_samples, len(train_set)), replace=False)]
+    rows.append(scored("data", real, {"sampler": "data", "nfe": 0, "steps": 0,
+                                      "sample_key": {"real": len(real), "seed": config.seed}}))
+
+    cells = [(s, n) for s in config.samplers for n in config.nfe]
+    bar = tqdm(cells, desc="evaluate", disable=not progress)
+    grids: dict[tuple[str, int], np.ndarray] = {}
+    for sampler, nfe in bar:
+        bar.set_postfix_str(f"{sampler} @ {nfe} NFE")
+        steps = steps_for_nfe(model.process, sampler, nfe)
+        cell_id = f"{sampler}-nfe{nfe:04d}"
+        sample_key = _key({**model_id, **config.sampling_key(), "sampler": sampler, "steps": steps})
+        found = _read_samples(out / "cells" / f"{cell_id}.npz", sample_key)
+        if found is None:
+            t0 = time.perf_counter()
+            images, used = draw_samples(model, tuple(spec.data_shape), sampler, steps, config, progress)
+            meta = {"key": sample_key, "nfe": used, "steps": steps, "seconds": time.perf_counter() - t0}
+            _write_samples(out / "cells" / f"{cell_id}.npz", images, meta)
+        else:
+            images, meta = found
+        grids[(sampler, nfe)] = images[:config.grid_size]
+        rows.append(scored(cell_id, images, {"sampler": sampler, "nfe_budget": nfe, "nfe": meta["nfe"],
+                                             "steps": steps, "sample_seconds": meta["seconds"],
+                                             "sample_key": {"samples": sample_key}}))
+
+    bpd: dict[str, Any] = {}
+    bpd_images = test_images[:config.bpd_images]
+    for method in config.bpd:
+        if method == "vlb" and not isinstance(model.process, DDPM):
+            bpd[method] = {"skipped": "the VLB is DDPM's; this model's process is " + type(model.process).__name__}
+            continue
+        key = _key({**model_id, "method": method, "images": len(bpd_images), "seed": config.seed,
+                    "terms": config.vlb_terms, "rtol": config.ode_rtol, "data": data_spec})
+        path = out / "cells" / f"bpd-{method}.json"
+        done = _read_cell(path, key)
+        if done is None:
+            done = {"key": key, **_bits_per_dim(model, method, bpd_images, config)}
+            atomic_write(path, json.dumps(done, indent=1))
+        bpd[method] = done
+
+    info["seconds"] = time.perf_counter() - t_start
+    metrics = {"info": info, "rows": rows, "bits_per_dim": bpd}
+    atomic_write(out / "metrics.json", json.dumps(metrics, indent=1))
+    report = write_report(out, metrics, grids, real[:config.grid_size])
+    return EvalResult(out, report, metrics)
