@@ -29,11 +29,15 @@ from .._util import require
 from ..checkpoints import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
 from ..data import ImageSet, to_model_range
 
-__all__ = ["DomainClassifier", "DomainFeatures", "fit_domain_classifier", "cache_dir", "RECIPE"]
+__all__ = ["DomainClassifier", "DomainFeatures", "fit_domain_classifier", "cache_dir", "RECIPE", "STATED_ACCURACY"]
 
 #: The training recipe; part of the cache key, so changing it retrains.
 RECIPE = {"version": 1, "width": 32, "feature_dim": 128, "batch_size": 128, "lr": 1e-3,
           "epochs": 2, "min_steps": 500, "max_steps": 2000}
+
+
+#: Test-split accuracy the recipe reaches (measured: digits 98.3%, Fashion-MNIST 89.0%); tests hold it to these.
+STATED_ACCURACY = {"digits": 0.95, "fashion-mnist": 0.88}
 
 
 def cache_dir() -> Path:
@@ -84,7 +88,7 @@ class DomainFeatures:
         for start in range(0, len(images), batch_size):
             h = self.net.features(to_model_range(images[start:start + batch_size]).to(device))
             feats.append(h.double().cpu() / self.scale)
-            probs.append(self.net.head(h).softmax(1).double().cpu())
+            probs.append(self.net.head(h).double().softmax(1).cpu())
         return torch.cat(feats).numpy(), torch.cat(probs).numpy()
 
 
