@@ -118,7 +118,7 @@ def _sample(args: argparse.Namespace) -> None:
 
     from .data import to_uint8
     from .imaging import save_grid
-    from .models import select_rows
+    from .models import ClipDenoised, select_rows
     from .samplers import PerSampleNoise, sample
     from .training.plots import plot_points
 
@@ -126,6 +126,8 @@ def _sample(args: argparse.Namespace) -> None:
     if args.num < 1:
         raise ValueError(f"--num must be at least 1, got {args.num}")
     m, labels = _guided(model, spec, args.label, args.guidance, args.num)
+    if args.clip_denoised and len(spec.data_shape) == 3:
+        m = ClipDenoised(m)
     options = _key_values(args.option, "--option")
     out = Path(args.out)
     chunks = []
@@ -249,7 +251,8 @@ def _evaluate(args: argparse.Namespace) -> None:
                         batch_size=args.batch_size, seed=args.seed, data=args.data, features=_csv(args.features),
                         inception_weights=args.inception_weights,
                         bpd=() if args.bpd == "none" else _csv(args.bpd), bpd_images=args.bpd_images,
-                        vlb_terms=args.vlb_terms, ode_rtol=args.ode_rtol, guidance=args.guidance)
+                        vlb_terms=args.vlb_terms, ode_rtol=args.ode_rtol, guidance=args.guidance,
+                        clip_denoised=args.clip_denoised)
     result = evaluate(args.checkpoint, args.out, config, device=resolve_device(args.device))
     print(f"evaluated {len(config.samplers) * len(config.nfe)} cells -> {result.report}")
 
@@ -341,6 +344,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="classifier-free guidance strength w (0: conditional; Ho & Salimans 2022)")
     s.add_argument("--option", action="append", metavar="KEY=VALUE",
                    help="sampler option, e.g. corrector_steps=2, eta=0.5, rtol=1e-3 (repeatable)")
+    s.add_argument("--clip-denoised", action=argparse.BooleanOptionalAction, default=True,
+                   help="images: clip the denoised estimate to [-1, 1] at every step (Ho et al.'s code)")
     s.add_argument("--out", default="samples.png", help="grid PNG; the .npz goes beside it")
     s.set_defaults(run=_sample)
 
@@ -390,6 +395,8 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--guidance", type=float, default=None,
                    help="class-conditional models: guide sample k toward class k %% K with this w "
                    "(default: unconditional samples)")
+    e.add_argument("--clip-denoised", action=argparse.BooleanOptionalAction, default=True,
+                   help="clip the denoised estimate to [-1, 1] at every step (Ho et al.'s code, diffusers' default)")
     e.add_argument("--out", default="evaluation", help="folder for report.md, metrics.json, plots and samples")
     e.set_defaults(run=_evaluate)
 

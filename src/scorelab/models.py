@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from ._util import TimeLike, as_time, expand_as, require
 from .processes import DDPM, NCSN, VESDE, NoiseProcess
 
-__all__ = ["TARGETS", "CONDITIONS", "Prediction", "DiffusionModel", "Model", "ProcessAdapter",
+__all__ = ["TARGETS", "CONDITIONS", "Prediction", "DiffusionModel", "Model", "ProcessAdapter", "ClipDenoised",
            "to_eps", "from_eps", "default_condition", "select_rows"]
 
 #: Prediction targets a network may be trained for (MATH.md 1).
@@ -251,6 +251,35 @@ class ProcessAdapter:
     def select_rows(self, rows: Tensor) -> "ProcessAdapter":
         """This adapter for a subset of the batch (see :func:`select_rows`)."""
         return ProcessAdapter(select_rows(self.model, rows), self.process)
+
+
+class ClipDenoised:
+    """``model`` with its denoised estimate clipped to the data range (images: [-1, 1]).
+
+    ``x0 = clamp((x - s eps) / a, low, high)`` and the answer is re-expressed as
+    ``eps = (x - a x0) / s`` (MATH.md 1), so every sampler (DDPM, DDIM, the SDE
+    and ODE solvers) sees the same clipped prediction. This is the static
+    thresholding of Ho et al.'s sampling code (``clip_denoised=True``) and
+    diffusers' ``clip_sample``: it keeps an imperfect image model's trajectories
+    inside the data range. At ``s = 0`` the answer is left as is.
+    """
+
+    def __init__(self, model: DiffusionModel, low: float = -1.0, high: float = 1.0):
+        require(low < high, f"clip range must have low < high, got [{low}, {high}]")
+        self.model, self.low, self.high = model, low, high
+        self.process = model.process
+        self.learned_variance = getattr(model, "learned_variance", False)
+
+    def predict(self, x: Tensor, t: TimeLike) -> Prediction:
+        p = self.model.predict(x, t)
+        a, s = expand_as(p.a, x), expand_as(p.s, x)
+        x0 = p.x0.clamp(self.low, self.high)
+        eps = torch.where(s > 0, (x - a.to(x.dtype) * x0) / s.clamp(min=1e-30).to(x.dtype), p.eps)
+        return Prediction(p.x, p.t, p.a, p.s, eps.to(p.eps.dtype), p.variance_frac)
+
+    def select_rows(self, rows: Tensor) -> "ClipDenoised":
+        """This wrapper for a subset of the batch (see :func:`select_rows`)."""
+        return ClipDenoised(select_rows(self.model, rows), self.low, self.high)
 
 
 def select_rows(model: DiffusionModel, rows: Tensor) -> DiffusionModel:

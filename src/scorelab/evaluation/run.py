@@ -2,7 +2,9 @@
 
 For each (sampler, NFE) cell the runner draws ``num_samples`` samples once
 (sample k seeded by ``(seed, k)``, so cells are reproducible and independent of
-the batch size), stores them as uint8 and scores them on every feature space:
+the batch size; the denoised estimate clipped to [-1, 1] at every step unless
+``clip_denoised=False``, :class:`scorelab.models.ClipDenoised`), stores them
+as uint8 and scores them on every feature space:
 
 * ``domain``: the in-domain classifier (:mod:`.classifier`): FID, KID,
   precision/recall, the classifier's mean confidence and the class histogram;
@@ -32,7 +34,7 @@ from tqdm.auto import tqdm
 from .._util import atomic_write, require
 from ..data import ImageSet, load_dataset, to_uint8
 from ..guidance import guided, unconditional
-from ..models import Model
+from ..models import ClipDenoised, Model
 from ..processes import DDPM
 from ..samplers import SAMPLERS, PerSampleNoise, sample
 from .classifier import fit_domain_classifier
@@ -62,6 +64,7 @@ class EvalConfig:
     vlb_terms: int = 100
     ode_rtol: float = 1e-3
     guidance: float | None = None
+    clip_denoised: bool = True
     kid_subsets: int = 100
     kid_subset_size: int = 1000
     pr_k: int = 3
@@ -93,7 +96,8 @@ class EvalConfig:
 
     def sampling_key(self) -> dict[str, Any]:
         """The settings a cell's samples depend on (besides the checkpoint, sampler and NFE)."""
-        return {"num_samples": self.num_samples, "seed": self.seed, "guidance": self.guidance}
+        return {"num_samples": self.num_samples, "seed": self.seed, "guidance": self.guidance,
+                "clip_denoised": self.clip_denoised}
 
 
 @dataclass
@@ -198,6 +202,7 @@ def draw_samples(model: Model, shape: tuple[int, ...], sampler: str, steps: int,
                       disable=not progress, leave=False):
         rows = torch.arange(start, min(start + config.batch_size, config.num_samples))
         m = _sampling_model(model, rows, model.num_classes, config.guidance)
+        m = ClipDenoised(m) if config.clip_denoised else m
         noise = PerSampleNoise([config.seed * 1_000_003 + int(k) for k in rows], device)
         with torch.no_grad():
             res = sample(m, (len(rows),) + tuple(shape), sampler, steps, noise=noise)
@@ -256,7 +261,8 @@ def _bits_per_dim(model: Model, method: str, images: np.ndarray, config: EvalCon
         per_image, _ = vlb_bits_per_dim_sampled(m, x, config.vlb_terms, generator=g)
         detail = f"{config.vlb_terms} of the T - 1 middle terms sampled per image"
     else:
-        per_image, _ = ode_bits_per_dim(m, x, generator=g, rtol=config.ode_rtol, atol=config.ode_rtol)
+        per_image, _ = ode_bits_per_dim(m, x.to(next(model.parameters()).device), generator=g,
+                                        rtol=config.ode_rtol, atol=config.ode_rtol)
         detail = f"RK45, rtol = atol = {config.ode_rtol}, one dequantization and one Rademacher probe per image"
     per_image = per_image.double().cpu()
     return {"bits_per_dim": float(per_image.mean()), "stderr": float(per_image.std() / math.sqrt(len(per_image))),
