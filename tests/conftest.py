@@ -1,10 +1,12 @@
+import os
+
 import numpy as np
 import pytest
 import torch
 
 import scorelab as sl
 
-torch.set_num_threads(2)
+torch.set_num_threads(int(os.environ.get("SCORELAB_TEST_THREADS", "2")))
 
 
 def random_spd(rng: np.random.Generator, d: int, low: float, high: float) -> np.ndarray:

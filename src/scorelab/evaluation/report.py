@@ -67,15 +67,15 @@ def plot_grids(grids: dict[tuple[str, int], np.ndarray], real: np.ndarray, path:
     budgets = sorted({n for _, n in grids})
     fig, axes = plt.subplots(len(samplers), len(budgets) + 1, figsize=(2.2 * (len(budgets) + 1), 2.4 * len(samplers)),
                              squeeze=False)
-    grey = real.shape[1] == 1
+    shown = {"cmap": "gray" if real.shape[1] == 1 else None, "vmin": 0, "vmax": 255, "interpolation": "nearest"}
     for i, sampler in enumerate(samplers):
-        axes[i, 0].imshow(_picture(real).squeeze(), cmap="gray" if grey else None, vmin=0, vmax=255)
+        axes[i, 0].imshow(_picture(real).squeeze(), **shown)
         axes[i, 0].set_title("real (train)" if i == 0 else "", fontsize=9)
         axes[i, 0].set_ylabel(sampler, fontsize=10)
         for j, nfe in enumerate(budgets):
             ax = axes[i, j + 1]
             if (sampler, nfe) in grids:
-                ax.imshow(_picture(grids[(sampler, nfe)]).squeeze(), cmap="gray" if grey else None, vmin=0, vmax=255)
+                ax.imshow(_picture(grids[(sampler, nfe)]).squeeze(), **shown)
             ax.set_title(f"{nfe} NFE" if i == 0 else "", fontsize=9)
     for ax in axes.flat:
         ax.set_xticks([])
