@@ -121,3 +121,57 @@ def test_mlp_on_a_mixture_reaches_its_exact_entropy(tmp_path, mixture_2d):
     nll = -sl.likelihood.ode_log_likelihood(model, x.float(), divergence="exact").log_prob.double()
     entropy = -mixture_2d.log_prob(x).double()
     assert abs(nll.mean() - entropy.mean()) < 0.1, (nll.mean(), entropy.mean())
+
+
+def _nan_at(monkeypatch, bad_steps):
+    """Make the training loss NaN at the given (1-based) steps."""
+    import scorelab.training.trainer as trainer
+
+    real, calls = trainer.training_loss, {"n": 0}
+
+    def loss(*args, **kwargs):
+        calls["n"] += 1
+        value = real(*args, **kwargs)
+        return value * float("nan") if calls["n"] in bad_steps else value
+    monkeypatch.setattr(trainer, "training_loss", loss)
+
+
+def test_a_nan_loss_stops_naming_the_step_and_the_last_good_checkpoint(tmp_path, digits32, monkeypatch):
+    _nan_at(monkeypatch, {5})
+    config = tiny_config(tmp_path, steps=8, checkpoint_every=2)
+    with pytest.raises(FloatingPointError, match=r"at step 5; .*step-00000004"):
+        train(config, data=digits32, progress=False)
+    model, _, ckpt = sl.load_model(tmp_path)                 # the last good checkpoint is intact
+    assert ckpt.step == 4 and all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_on_nan_skip_skips_the_batch_and_trains_on(tmp_path, digits32, monkeypatch):
+    config = tiny_config(tmp_path / "clean", steps=4, checkpoint_every=3)
+    train(config, data=digits32, progress=False)
+    _nan_at(monkeypatch, {4})
+    skipping = tiny_config(tmp_path / "skip", steps=4, checkpoint_every=3, on_nan="skip")
+    result = train(skipping, data=digits32, progress=False)
+    _, _, before = sl.load_model(tmp_path / "clean" / "checkpoints" / "step-00000003", weights="model")
+    _, _, after = sl.load_model(tmp_path / "skip", weights="model")
+    assert after.step == 4 and after.extra["skipped_batches"] == 1 and len(result.losses) == 3
+    for key, value in before.model.items():                  # step 4 changed nothing
+        assert torch.equal(value, after.model[key]), key
+    _nan_at(monkeypatch, set(range(1, 100)))
+    with pytest.raises(FloatingPointError, match="after 19 skipped batches"):
+        train(tiny_config(tmp_path / "all", steps=30, on_nan="skip"), data=digits32, progress=False)
+
+
+def test_an_unwritable_or_full_output_folder_is_refused_before_training(tmp_path, digits32, monkeypatch):
+    import shutil
+
+    import scorelab.training.trainer as trainer
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    with pytest.raises(ValueError, match="cannot write to the run folder .*choose a writable --out"):
+        train(tiny_config(blocker / "run", steps=2), data=digits32, progress=False)
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(trainer.shutil, "disk_usage", lambda p: usage._replace(free=1000))
+    with pytest.raises(ValueError, match="MiB free but the checkpoints need"):
+        train(tiny_config(tmp_path / "run", steps=2), data=digits32, progress=False)
+    assert not (tmp_path / "run" / "checkpoints").exists()

@@ -50,7 +50,7 @@ def _train_options(args: argparse.Namespace) -> dict[str, Any]:
                 target=args.target, loss=args.loss, class_conditional=args.class_conditional,
                 label_dropout=args.label_dropout, flip=args.flip, image_size=args.image_size,
                 log_every=args.log_every, sample_every=args.sample_every,
-                checkpoint_every=args.checkpoint_every, keep_last=args.keep_last,
+                checkpoint_every=args.checkpoint_every, keep_last=args.keep_last, on_nan=args.on_nan,
                 num_preview=args.num_preview, preview_steps=args.preview_steps)
 
 
@@ -267,14 +267,21 @@ def _demo(args: argparse.Namespace) -> None:
 # ---------------------------------------------------------------------------------------
 # Parser
 # ---------------------------------------------------------------------------------------
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error: what was wrong, and where the help is."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message}; see {self.prog} --help\n")
+
+
 def _parser() -> argparse.ArgumentParser:
     from .data import DATASET_HELP
     from .samplers import SAMPLERS
     from .training import FRAMEWORKS, LOSSES
 
-    p = argparse.ArgumentParser(prog="scorelab", description="Train, sample and evaluate diffusion models "
+    p = _Parser(prog="scorelab", description="Train, sample and evaluate diffusion models "
                                 "(DDPM, NCSN, score SDEs). Start with: scorelab demo")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
     d = sub.add_parser("demo", help="train on the 8x8 digits (a few minutes on a CPU) and write a report")
     d.add_argument("--out", default="demo", help="folder for the report, pictures and checkpoint (default: demo)")
@@ -316,6 +323,9 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--sample-every", type=int, default=1000, help="steps between sample grids")
     t.add_argument("--checkpoint-every", type=int, default=1000)
     t.add_argument("--keep-last", type=int, default=3, help="checkpoints to keep")
+    t.add_argument("--on-nan", choices=["stop", "skip"], default="stop",
+                   help="a NaN/Inf loss or gradient: stop (naming the step and the last good checkpoint) or skip "
+                   "the batch (stops anyway after 20 in a row)")
     t.add_argument("--num-preview", type=int, default=64, help="images in each sample grid")
     t.add_argument("--preview-steps", type=int, default=50, help="DDIM steps for the sample grids")
     t.add_argument("--config", default=None, metavar="FILE.json",
@@ -393,8 +403,8 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--vlb-terms", type=int, default=100, help="VLB middle terms sampled per image")
     e.add_argument("--ode-rtol", type=float, default=1e-3, help="RK45 tolerance of the ODE likelihood")
     e.add_argument("--guidance", type=float, default=None,
-                   help="class-conditional models: guide sample k toward class k %% K with this w "
-                   "(default: unconditional samples)")
+                   help="class-conditional models: guide sample k toward class k %% K with this w; "
+                   "unset: unconditional samples")
     e.add_argument("--clip-denoised", action=argparse.BooleanOptionalAction, default=True,
                    help="clip the denoised estimate to [-1, 1] at every step (Ho et al.'s code, diffusers' default)")
     e.add_argument("--out", default="evaluation", help="folder for report.md, metrics.json, plots and samples")

@@ -362,6 +362,8 @@ def load_dataset(spec: str, split: str = "train", *, image_size: int | None = No
     kind, _, arg = spec.partition(":")
     if kind == "digits" and not arg:
         return load_digits(split)
+    require(kind in ("mnist", "fashion-mnist", "cifar10", "points", "folder", "array"),
+            f"unknown dataset {spec!r}; the forms are: {DATASET_HELP}")
     require(bool(arg), f"dataset {spec!r} needs a path or name after ':'; the forms are: {DATASET_HELP}")
     if kind in ("mnist", "fashion-mnist"):
         return load_mnist(arg, split)

@@ -62,7 +62,8 @@ class UNetConfig:
                 "resize the data or use fewer channel_mults")
         widths = {self.base_channels * m for m in self.channel_mults}
         require(all(w % self.norm_groups == 0 for w in widths),
-                f"every level width {sorted(widths)} must be divisible by norm_groups={self.norm_groups}")
+                f"every level width {sorted(widths)} must be divisible by norm_groups={self.norm_groups}; "
+                "make base_channels a multiple of norm_groups, or set norm_groups")
         require(isinstance(self.num_classes, int) and self.num_classes >= 0,
                 f"UNetConfig.num_classes must be 0 (unconditional) or the number of classes, got {self.num_classes!r}")
         require(0.0 <= self.dropout < 1.0, f"dropout must lie in [0, 1), got {self.dropout}")

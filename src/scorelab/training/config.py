@@ -101,6 +101,7 @@ class TrainConfig:
     sample_every: int = 1000
     checkpoint_every: int = 1000
     keep_last: int = 3
+    on_nan: str = "stop"
     num_preview: int = 64
     preview_steps: int = 50
 
@@ -119,6 +120,7 @@ class TrainConfig:
                 f"warmup must be a non-negative integer, got {self.warmup!r}")
         require(self.ema_decay is None or 0.0 <= self.ema_decay < 1.0,
                 f"ema_decay must lie in [0, 1), got {self.ema_decay}")
+        require(self.on_nan in ("stop", "skip"), f"on_nan must be 'stop' or 'skip', got {self.on_nan!r}")
         require(self.precision in ("fp32", "bf16"), f"precision must be 'fp32' or 'bf16', got {self.precision!r}")
         require(self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda", "mps"),
                 f"device must be 'auto', 'cpu', 'cuda[:k]' or 'mps', got {self.device!r}")
@@ -149,7 +151,7 @@ class TrainConfig:
     def from_dict(d: dict[str, Any]) -> "TrainConfig":
         known = {f.name for f in fields(TrainConfig)}
         unknown = sorted(set(d) - known)
-        require(not unknown, f"unknown training options {unknown}")
+        require(not unknown, f"unknown training options {unknown}; the options are {sorted(known)}")
         return TrainConfig(**d)
 
     def replace(self, **changes: Any) -> "TrainConfig":

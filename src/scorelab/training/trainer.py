@@ -23,6 +23,8 @@ import copy
 import csv
 import json
 import math
+import os
+import shutil
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -63,9 +65,16 @@ def resolve_device(name: str) -> torch.device:
     """``"auto"``: CUDA when available, else the CPU."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:K or mps") from None
     if device.type == "cuda":
-        require(torch.cuda.is_available(), "--device cuda asked for, but torch sees no CUDA GPU; use --device cpu")
+        require(torch.cuda.is_available(), f"--device {name} asked for, but torch sees no CUDA GPU; use --device cpu")
+        require(device.index is None or device.index < torch.cuda.device_count(),
+                f"--device {name} asked for, but there are {torch.cuda.device_count()} CUDA GPUs; use cuda:0..")
+    if device.type == "mps":
+        require(torch.backends.mps.is_available(), "--device mps asked for, but MPS is not available; use --device cpu")
     return device
 
 
@@ -166,6 +175,24 @@ def _write_json(path: Path, content: dict) -> None:
     tmp.replace(path)
 
 
+#: Batches skipped in a row (``on_nan="skip"``) after which the run stops anyway.
+MAX_SKIPS_IN_A_ROW = 20
+
+
+def check_output_dir(out: Path, need_bytes: int) -> None:
+    """Refuse, before any training, a run folder that cannot be written or lacks room for checkpoints."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"\0" * 4096)
+        probe.unlink()
+    except OSError as e:
+        raise ValueError(f"cannot write to the run folder {out} ({e.strerror or e}); choose a writable --out") from None
+    free = shutil.disk_usage(out).free
+    require(free >= need_bytes, f"{out} has {free / 2**20:.0f} MiB free but the checkpoints need about "
+            f"{need_bytes / 2**20:.0f} MiB; free some space, lower --keep-last, or choose another --out")
+
+
 def train(config: TrainConfig, *, data: ImageSet | np.ndarray | None = None, resume: bool | str | Path = False,
           progress: bool = True, preview: Callable[[Model, ModelSpec, int, Path], None] | None = None
           ) -> TrainResult:
@@ -190,7 +217,6 @@ def train(config: TrainConfig, *, data: ImageSet | np.ndarray | None = None, res
             "lower --batch-size")
     spec = make_model_spec(config, data)
     out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
     ckpt_dir = out / "checkpoints"
 
     torch.manual_seed(config.seed)                     # weights' initialisation and dropout
@@ -202,6 +228,9 @@ def train(config: TrainConfig, *, data: ImageSet | np.ndarray | None = None, res
     grad_clip, ema_decay = config.resolved("grad_clip"), config.resolved("ema_decay")
     loss_name = config.resolved("loss")
     optimizer = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=config.weight_decay)
+    # A checkpoint holds weights, EMA and Adam's two moments; keep_last of them plus the one being written.
+    param_bytes = sum(p.numel() * p.element_size() for p in net.parameters())
+    check_output_dir(out, 4 * param_bytes * (config.keep_last + 1) + (1 << 20))
 
     start = 0
     seconds_before = 0.0                                # training time of the run before this call
@@ -220,7 +249,8 @@ def train(config: TrainConfig, *, data: ImageSet | np.ndarray | None = None, res
         ckpt = load_checkpoint(resume_from, map_location="cpu")
         diffs = config_differences(ckpt.config.get("model"), spec.to_dict())
         if diffs:
-            raise CheckpointError(f"cannot resume from {ckpt.path}: it trains another model: " + "; ".join(diffs[:5]))
+            raise CheckpointError(f"cannot resume from {ckpt.path}: it trains another model ({'; '.join(diffs[:5])}); "
+                                  f"resume with the settings in {out / 'config.json'}, or start anew in another --out")
         net.load_state_dict(ckpt.model)
         ema.load_state_dict(ckpt.ema)
         optimizer.load_state_dict(ckpt.optimizer)
@@ -246,6 +276,8 @@ def train(config: TrainConfig, *, data: ImageSet | np.ndarray | None = None, res
                    desc=f"train {config.framework}")
     net.train()
     step = start
+    skips_in_a_row = 0
+    skipped = int(ckpt.extra.get("skipped_batches", 0)) if resume_from is not None else 0
     try:
         for step in range(start + 1, config.steps + 1):
             lr_now = lr * min(1.0, step / warmup) if warmup > 0 else lr
@@ -264,18 +296,31 @@ def train(config: TrainConfig, *, data: ImageSet | np.ndarray | None = None, res
                 with _autocast(device, config.precision):
                     loss = training_loss(model, x0, loss_name, gen, y if labels_on else None).mean()
                 if not torch.isfinite(loss):
-                    raise FloatingPointError(
-                        f"the loss became {loss.item()} at step {step}; lower the learning rate (now {lr_now:g}) "
-                        f"or clip gradients (--grad-clip); resume from {last_ckpt or 'the start'}")
+                    break
                 (loss / config.grad_accum).backward()
                 total += loss.item() / config.grad_accum
             grad_norm = torch.nn.utils.clip_grad_norm_(net.parameters(), grad_clip if grad_clip else math.inf)
-            optimizer.step()
-            update_ema(ema, net, ema_decay_at(ema_decay, step))
-            losses.append(total)
-            window.append(total)
+            if not (torch.isfinite(loss) and torch.isfinite(grad_norm)):
+                what = f"the loss became {loss.item()}" if not torch.isfinite(loss) else \
+                    f"the gradient norm became {grad_norm.item()}"
+                if config.on_nan == "stop" or skips_in_a_row + 1 >= MAX_SKIPS_IN_A_ROW:
+                    raise FloatingPointError(
+                        f"{what} at step {step}{f' after {skips_in_a_row} skipped batches' if skips_in_a_row else ''}"
+                        f"; lower the learning rate (now {lr_now:g}) or clip gradients (--grad-clip); the last "
+                        f"good checkpoint is {last_ckpt or 'none (resume starts afresh)'}")
+                optimizer.zero_grad(set_to_none=True)     # skip this batch: no update, no EMA step
+                skips_in_a_row += 1
+                skipped += 1
+                (bar.write if bar is not None else print)(f"step {step}: {what}; batch skipped (--on-nan skip)")
+            else:
+                skips_in_a_row = 0
+                optimizer.step()
+                update_ema(ema, net, ema_decay_at(ema_decay, step))
+            if skips_in_a_row == 0:
+                losses.append(total)
+                window.append(total)
 
-            if step % config.log_every == 0 or step == config.steps:
+            if (step % config.log_every == 0 or step == config.steps) and window:
                 now = time.perf_counter()
                 ips = len(window) * config.batch_size * config.grad_accum / max(now - t_window, 1e-9)
                 log.write({"step": step, "loss": float(np.mean(window)), "lr": lr_now,
@@ -290,7 +335,7 @@ def train(config: TrainConfig, *, data: ImageSet | np.ndarray | None = None, res
                 last_ckpt = save_checkpoint(
                     ckpt_dir, step, model=net.state_dict(), ema=ema.state_dict(), optimizer=optimizer.state_dict(),
                     tensors=_rng_state(device), config={"model": spec.to_dict(), "train": config.to_dict()},
-                    extra={"images_seen": step * config.batch_size * config.grad_accum,
+                    extra={"images_seen": step * config.batch_size * config.grad_accum, "skipped_batches": skipped,
                            "seconds": seconds_before + time.perf_counter() - t_start}, keep_last=config.keep_last)
             if step % config.sample_every == 0 or step == config.steps:
                 with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):

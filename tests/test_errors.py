@@ -1,0 +1,146 @@
+"""Bad input gets one line that says what is wrong and what to do (exit code 2): the table in docs/errors.md.
+
+Each case is a command line run against a scratch folder holding a tiny trained run and broken files. The
+test checks the exit code, that stderr is one line holding the expected words, and that docs/errors.md lists
+that exact line. ``python tests/test_errors.py`` prints the table anew (paths shown as ``<dir>``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from scorelab.cli import main
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "errors.md"
+TINY = ["--network-option", "base_channels=16", "--network-option", "norm_groups=8",
+        "--network-option", "num_res_blocks=1", "--network-option", "attention_resolutions=[]"]
+FAST = ["--steps", "2", "--batch-size", "16", "--sample-every", "100", "--process-option", "num_steps=50", *TINY]
+
+# (what is wrong, command line with {d} for the scratch folder, words the error must hold)
+CASES: list[tuple[str, str, str]] = [
+    ("unknown command", "fly", "invalid choice: 'fly'"),
+    ("unknown framework", "train --framework ddim --out {d}/x", "invalid choice: 'ddim'"),
+    ("data folder that does not exist", "train --data folder:{d}/nowhere --out {d}/x", "no such folder"),
+    ("data folder with no images", "train --data folder:{d}/empty --out {d}/x", "holds no images"),
+    ("data folder whose images are all corrupt", "train --data folder:{d}/corrupt --out {d}/x",
+     "could be read"),
+    ("MNIST folder without the idx files", "train --data mnist:{d}/empty --out {d}/x", "idx"),
+    ("array file that is not an array file", "train --data array:{d}/notes.npz --out {d}/x", "array"),
+    ("images stored as floats", "train --data array:{d}/float.npy --out {d}/x", "uint8"),
+    ("unknown data set form", "train --data imagenet --out {d}/x", "unknown dataset"),
+    ("zero training steps", "train --steps 0 --out {d}/x", "steps must be a positive integer"),
+    ("batch larger than the data set", "train --batch-size 4096 --out {d}/x", "fewer than batch_size"),
+    ("negative learning rate", "train --lr -1 --out {d}/x", "lr must be"),
+    ("EMA decay outside [0, 1)", "train --ema-decay 1.5 --out {d}/x", "ema_decay must lie in [0, 1)"),
+    ("network option without '='", "train --network-option base_channels --out {d}/x", "KEY=VALUE"),
+    ("network width the group norm cannot divide", "train --network-option base_channels=20 --out {d}/x",
+     "divisible by norm_groups"),
+    ("unknown network option", "train --network-option depth=3 --out {d}/x", "do not fit UNetConfig"),
+    ("process option that breaks the process", "train --framework ve --process-option sigma_min=80 --out {d}/x",
+     "sigma_min"),
+    ("config file that does not exist", "train --config {d}/none.json --out {d}/x", "does not exist"),
+    ("config file that is not JSON", "train --config {d}/broken.json --out {d}/x", "not valid JSON"),
+    ("config file with an unknown field", "train --config {d}/unknown.json --out {d}/x", "unknown training options"),
+    ("class conditioning on point data", "train --data points:two_moons --class-conditional --out {d}/x",
+     "needs labels"),
+    ("a device that is not there", "train --device cuda --out {d}/x", "no CUDA GPU"),
+    ("a device name torch does not know", "train --device tpu --out {d}/x", "device must be"),
+    ("a fresh run into a folder that holds one", "train --out {d}/run " + " ".join(FAST), "--resume"),
+    ("resuming with another model", "train --out {d}/run --resume --steps 4 --batch-size 16 "
+     "--process-option num_steps=100 " + " ".join(TINY), "trains another model"),
+    ("a run folder that cannot be written", "train --out {d}/a-file/run", "cannot write to the run folder"),
+    ("a checkpoint that does not exist", "sample {d}/nowhere", "no checkpoint"),
+    ("a truncated weights file", "sample {d}/truncated", "checksum"),
+    ("an edited checkpoint description", "sample {d}/edited", "checksum"),
+    ("zero samples", "sample {d}/run --num 0", "--num must be at least 1"),
+    ("an option the sampler does not take", "sample {d}/run --sampler ddim --option snr=0.1", "takes no option"),
+    ("a label asked of an unconditional model", "sample {d}/run --label 3", "class-conditional model"),
+    ("bits/dim on data of another shape", "nll {d}/run --data fashion-mnist:{shared}/fashion-mnist",
+     "but the model takes"),
+    ("an adaptive sampler given an NFE budget", "evaluate {d}/run --samplers ode --out {d}/e", "adaptive"),
+    ("Inception features without the weights", "evaluate {d}/run --features inception --out {d}/e",
+     "--inception-weights"),
+    ("an Inception weights file that is not there",
+     "evaluate {d}/run --features inception --inception-weights {d}/w.pth --out {d}/e --nfe 2 --num-samples 8",
+     "scorelab download inception"),
+    ("NFE budgets that are not numbers", "evaluate {d}/run --nfe ten --out {d}/e", "comma-separated"),
+]
+
+
+def _setup(d: Path) -> None:
+    for name in ("empty", "corrupt"):
+        (d / name).mkdir(parents=True, exist_ok=True)
+    (d / "corrupt" / "a.png").write_bytes(b"not a png")
+    (d / "notes.npz").write_text("hello")
+    np.save(d / "float.npy", np.random.default_rng(0).random((4, 1, 8, 8)))
+    (d / "broken.json").write_text("{steps: 3")
+    (d / "unknown.json").write_text(json.dumps({"steps": 3, "depth": 4}))
+    (d / "a-file").write_text("x")
+    assert _run(f"train --out {d}/run " + " ".join(FAST), d)[0] == 0
+    ckpt = next((d / "run" / "checkpoints").iterdir())
+    for name in ("truncated", "edited"):
+        shutil.copytree(ckpt, d / name)
+    weights = d / "truncated" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])
+    meta = json.loads((d / "edited" / "meta.json").read_text())
+    meta["files"]["model.safetensors"] = "0" * 64
+    (d / "edited" / "meta.json").write_text(json.dumps(meta))
+
+
+def _cell(text: str) -> str:
+    """``text`` as a Markdown table cell in a code span."""
+    return "`` " + text.replace("|", "\\|") + " ``"
+
+
+def _run(line: str, d: Path) -> tuple[int, str]:
+    shared = Path(__file__).resolve().parents[2] / "shared" / "data"
+    args = line.format(d=d, shared=shared).split()
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        try:
+            code = main(args)
+        except SystemExit as e:                   # argparse exits
+            code = int(e.code or 0)
+    text = err.getvalue().strip().splitlines()
+    text = [t for t in text if t.startswith("scorelab")]   # progress bars are not errors
+    return code, "\n".join(text).replace(str(d), "<dir>").replace(str(shared), "<shared>")
+
+
+@pytest.fixture(scope="module")
+def scratch(tmp_path_factory):
+    d = tmp_path_factory.mktemp("errors")
+    _setup(d)
+    return d
+
+
+def test_at_least_25_bad_inputs_are_listed():
+    assert len(CASES) >= 25
+
+
+@pytest.mark.parametrize("what, line, words", CASES, ids=[c[0] for c in CASES])
+def test_bad_input_gets_one_clear_line(scratch, what, line, words):
+    code, message = _run(line, scratch)
+    assert code == 2, (what, code, message)
+    assert message.count("\n") == 0 and message.startswith("scorelab"), message
+    assert words in message, message
+    assert _cell(message) in DOC.read_text(), f"docs/errors.md does not list: {message}"
+
+
+if __name__ == "__main__":
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        _setup(Path(tmp))
+        print("| what is wrong | command | error |\n|---|---|---|")
+        for what, line, _ in CASES:
+            code, message = _run(line, Path(tmp))
+            command = _cell("scorelab " + line.format(d="<dir>", shared="<shared>"))
+            print(f"| {what} | {command} | {_cell(message)} |", file=sys.stdout)
