@@ -62,7 +62,7 @@ class EvalConfig:
     bpd: tuple[str, ...] = ("vlb", "ode")
     bpd_images: int = 100
     vlb_terms: int = 100
-    ode_rtol: float = 1e-3
+    ode_rtol: float = 1e-5
     guidance: float | None = None
     clip_denoised: bool = True
     kid_subsets: int = 100
