@@ -7,7 +7,7 @@ data uses the same network. Its penultimate layer (128 features) gives a
 per-data-set FID, KID and precision/recall (scaled to unit RMS on the training
 split); its softmax gives the classifier's
 confidence on samples and their class histogram. Its test accuracy is reported
-beside every figure: features of a 90%-accurate classifier see less than
+beside every figure: features of an 88%-accurate classifier see less than
 Inception's, and numbers are comparable only between runs on the same data set
 (the FID of Heusel et al. 2017, computed on other features).
 """
@@ -32,12 +32,12 @@ from ..data import ImageSet, to_model_range
 __all__ = ["DomainClassifier", "DomainFeatures", "fit_domain_classifier", "cache_dir", "RECIPE", "STATED_ACCURACY"]
 
 #: The training recipe; part of the cache key, so changing it retrains.
-RECIPE = {"version": 1, "width": 32, "feature_dim": 128, "batch_size": 128, "lr": 1e-3,
+RECIPE = {"version": 2, "width": 16, "feature_dim": 128, "batch_size": 128, "lr": 1e-3,
           "epochs": 2, "min_steps": 500, "max_steps": 2000}
 
 
-#: Test-split accuracy the recipe reaches (measured: digits 98.3%, Fashion-MNIST 89.0%); tests hold it to these.
-STATED_ACCURACY = {"digits": 0.95, "fashion-mnist": 0.88}
+#: Test-split accuracy the recipe reaches (measured: digits 98.9%, Fashion-MNIST 88.2%); tests hold it to these.
+STATED_ACCURACY = {"digits": 0.95, "fashion-mnist": 0.87}
 
 
 def cache_dir() -> Path:
