@@ -366,7 +366,7 @@ def evaluate(checkpoint: str | Path, out: str | Path, config: EvalConfig = EvalC
 
     bpd: dict[str, Any] = {}
     bpd_images = test_images[:config.bpd_images]
-    for method in config.bpd:
+    for method in tqdm(config.bpd, desc="bits/dim (VLB, ODE)", disable=not progress):
         if method == "vlb" and not isinstance(model.process, DDPM):
             bpd[method] = {"skipped": "the VLB is DDPM's; this model's process is " + type(model.process).__name__}
             continue
