@@ -150,7 +150,6 @@ class _Space:
     extract: Extractor
     test_features: np.ndarray        # the whole test split: FID's statistics and KID's reference
     reference: FeatureStats
-    info: dict[str, Any]
 
 
 def _inception_extractor(weights: str, device: torch.device) -> Extractor:
@@ -318,7 +317,7 @@ def evaluate(checkpoint: str | Path, out: str | Path, config: EvalConfig = EvalC
             extract = _inception_extractor(config.inception_weights, device)   # type: ignore[arg-type]
             space_info = {"weights": str(config.inception_weights)}
         feats, _ = extract(test_images)
-        spaces.append(_Space(name, extract, feats, feature_stats(feats), space_info))
+        spaces.append(_Space(name, extract, feats, feature_stats(feats)))
         info[name] = space_info
 
     rows: list[dict[str, Any]] = []

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .._util import require
+from .._util import atomic_write, require
 from ..checkpoints import CheckpointError, config_differences, latest_checkpoint, load_checkpoint, save_checkpoint
 from ..data import ImageSet, load_dataset, take
 from ..guidance import Conditional, drop_labels
@@ -169,12 +169,6 @@ class _LossLog:
             self.tensorboard.close()
 
 
-def _write_json(path: Path, content: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(content, indent=1, sort_keys=True))
-    tmp.replace(path)
-
-
 #: Batches skipped in a row (``on_nan="skip"``) after which the run stops anyway.
 MAX_SKIPS_IN_A_ROW = 20
 
@@ -259,7 +253,8 @@ def train(config: TrainConfig, *, data: ImageSet | np.ndarray | None = None, res
         seconds_before = float(ckpt.extra.get("seconds", 0.0))
         require(start <= config.steps, f"the checkpoint is at step {start}, past steps={config.steps}; "
                 "raise --steps to train further")
-    _write_json(out / "config.json", {"train": config.to_dict(), "model": spec.to_dict(), "paper": fw.paper})
+    atomic_write(out / "config.json", json.dumps({"train": config.to_dict(), "model": spec.to_dict(),
+                                                  "paper": fw.paper}, indent=1, sort_keys=True))
 
     log = _LossLog(out / "loss.csv", start)
     labels_on = spec.classes is not None
