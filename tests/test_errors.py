@@ -60,7 +60,7 @@ CASES: list[tuple[str, str, str]] = [
     ("a checkpoint that does not exist", "sample {d}/nowhere", "no checkpoint"),
     ("a truncated weights file", "sample {d}/truncated", "checksum"),
     ("an edited checkpoint description", "sample {d}/edited", "checksum"),
-    ("zero samples", "sample {d}/run --num 0", "--num must be at least 1"),
+    ("zero samples", "sample {d}/run --num-samples 0", "--num-samples must be at least 1"),
     ("an option the sampler does not take", "sample {d}/run --sampler ddim --option snr=0.1", "takes no option"),
     ("a label asked of an unconditional model", "sample {d}/run --label 3", "class-conditional model"),
     ("bits/dim on data of another shape", "nll {d}/run --data fashion-mnist:{shared}/fashion-mnist",

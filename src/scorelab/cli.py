@@ -55,6 +55,7 @@ def _train_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _train(args: argparse.Namespace) -> None:
+    from .distributed import session
     from .training import TrainConfig, train
 
     options = _train_options(args)
@@ -70,9 +71,12 @@ def _train(args: argparse.Namespace) -> None:
         config = TrainConfig.from_dict(options)
     else:
         config = TrainConfig(**options)
-    result = train(config, resume=args.resume)
-    print(f"trained {result.step} steps in {result.seconds:.0f} s; checkpoint {result.checkpoint}; "
-          f"loss log {result.out / 'loss.csv'}; sample grids in {result.out / 'samples'}")
+    with session(config.device) as (ranks, _):
+        result = train(config, resume=args.resume, ranks=ranks)
+    if ranks.main:
+        print(f"trained {result.step} steps in {result.seconds:.0f} s"
+              f"{f' on {ranks.world_size} processes' if ranks.distributed else ''}; checkpoint {result.checkpoint}; "
+              f"loss log {result.out / 'loss.csv'}; sample grids in {result.out / 'samples'}")
 
 
 def _read_config(path: str) -> dict[str, Any]:
@@ -89,11 +93,11 @@ def _read_config(path: str) -> dict[str, Any]:
     return {k: v for k, v in d.items() if not k.startswith("_")}
 
 
-def _load(args: argparse.Namespace):
+def _load(args: argparse.Namespace, device=None):
     from .modelspec import load_model
     from .training import resolve_device
 
-    return load_model(args.checkpoint, weights=args.weights, device=resolve_device(args.device))
+    return load_model(args.checkpoint, weights=args.weights, device=device or resolve_device(args.device))
 
 
 def _guided(model, spec, labels_arg: list[int] | None, guidance: float | None, num: int):
@@ -113,31 +117,36 @@ def _guided(model, spec, labels_arg: list[int] | None, guidance: float | None, n
 
 
 def _sample(args: argparse.Namespace) -> None:
+    from .distributed import session
+
+    if args.num < 1:
+        raise ValueError(f"--num-samples must be at least 1, got {args.num}")
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
+    with session(args.device) as (ranks, device):
+        _sample_on(args, ranks, device)
+
+
+def _sample_on(args: argparse.Namespace, ranks, device) -> None:
+    """``scorelab sample`` on this rank: its chunks of samples; rank 0 gathers and writes them."""
     import numpy as np
-    import torch
 
     from .data import to_uint8
     from .imaging import save_grid
     from .models import ClipDenoised, select_rows
-    from .samplers import PerSampleNoise, sample
+    from .samplers import sample_many
     from .training.plots import plot_points
 
-    model, spec, ckpt = _load(args)
-    if args.num < 1:
-        raise ValueError(f"--num must be at least 1, got {args.num}")
+    model, spec, ckpt = _load(args, device)
     m, labels = _guided(model, spec, args.label, args.guidance, args.num)
     if args.clip_denoised and len(spec.data_shape) == 3:
         m = ClipDenoised(m)
     options = _key_values(args.option, "--option")
     out = Path(args.out)
-    chunks = []
-    for start in range(0, args.num, args.batch_size):
-        rows = range(start, min(start + args.batch_size, args.num))
-        mm = select_rows(m, torch.arange(rows.start, rows.stop))
-        noise = PerSampleNoise([args.seed * 1_000_003 + k for k in rows], next(model.parameters()).device)
-        result = sample(mm, (len(rows),) + tuple(spec.data_shape), args.sampler, args.steps, noise=noise, **options)
-        chunks.append(result.samples.float().cpu())
-    x = torch.cat(chunks)
+    x, nfe = sample_many(lambda rows: select_rows(m, rows), spec.data_shape, args.num, args.sampler, args.steps,
+                         seed=args.seed, batch_size=args.batch_size, ranks=ranks, progress=True, **options)
+    if x is None:                                            # not rank 0
+        return
     out.parent.mkdir(parents=True, exist_ok=True)
     stem = out.with_suffix("")
     if len(spec.data_shape) == 1:
@@ -147,7 +156,8 @@ def _sample(args: argparse.Namespace) -> None:
         np.savez(f"{stem}.npz", x=to_uint8(x).numpy(), **({} if labels is None else {"y": labels.cpu().numpy()}))
         nrow = len(spec.classes) if labels is not None and args.label is None else None
         save_grid(x.clamp(-1, 1), f"{stem}.png", nrow=nrow)
-    print(f"{args.num} samples ({args.sampler}, {result.nfe} network evaluations each) -> {stem}.png, {stem}.npz")
+    print(f"{args.num} samples ({args.sampler}, {nfe} network evaluations each"
+          f"{f', {ranks.world_size} processes' if ranks.distributed else ''}) -> {stem}.png, {stem}.npz")
 
 
 def _nll(args: argparse.Namespace) -> None:
@@ -244,8 +254,8 @@ def _csv(text: str, cast=str) -> tuple:
 
 
 def _evaluate(args: argparse.Namespace) -> None:
+    from .distributed import session
     from .evaluation import EvalConfig, evaluate
-    from .training import resolve_device
 
     config = EvalConfig(samplers=_csv(args.samplers), nfe=_csv(args.nfe, int), num_samples=args.num_samples,
                         batch_size=args.batch_size, seed=args.seed, data=args.data, features=_csv(args.features),
@@ -253,8 +263,10 @@ def _evaluate(args: argparse.Namespace) -> None:
                         bpd=() if args.bpd == "none" else _csv(args.bpd), bpd_images=args.bpd_images,
                         vlb_terms=args.vlb_terms, ode_rtol=args.ode_rtol, guidance=args.guidance,
                         clip_denoised=args.clip_denoised)
-    result = evaluate(args.checkpoint, args.out, config, device=resolve_device(args.device))
-    print(f"evaluated {len(config.samplers) * len(config.nfe)} cells -> {result.report}")
+    with session(args.device) as (ranks, device):
+        result = evaluate(args.checkpoint, args.out, config, device=device, ranks=ranks)
+    if result is not None:
+        print(f"evaluated {len(config.samplers) * len(config.nfe)} cells -> {result.report}")
 
 
 def _demo(args: argparse.Namespace) -> None:
@@ -347,7 +359,8 @@ def _parser() -> argparse.ArgumentParser:
     model_args(s)
     s.add_argument("--sampler", choices=list(SAMPLERS), default="ancestral")
     s.add_argument("--steps", type=int, default=None, help="sampler steps (default: the sampler's)")
-    s.add_argument("--num", type=int, default=64, help="number of samples")
+    s.add_argument("--num-samples", "--num", dest="num", type=int, default=64,
+                   help="number of samples (under torchrun write --num-samples: torchrun reads --num as its own)")
     s.add_argument("--batch-size", type=int, default=256)
     s.add_argument("--label", type=int, nargs="+", default=None, help="class label(s) to draw (cycled)")
     s.add_argument("--guidance", type=float, default=None,

@@ -401,16 +401,22 @@ def batches(data: ImageSet | np.ndarray, batch_size: int, generator: torch.Gener
 
 
 def take(data: ImageSet | np.ndarray, idx: np.ndarray, generator: torch.Generator | None = None, *,
-         flip: bool = False) -> tuple[Tensor, Tensor | None]:
+         flip: bool = False, rows: slice | None = None) -> tuple[Tensor, Tensor | None]:
     """Examples ``idx`` in the model's range, and their labels (None if the set has none).
 
     Images go through :func:`to_model_range`, then a random horizontal flip
-    each with probability 1/2 if ``flip``; points become float32.
+    each with probability 1/2 if ``flip``; points become float32. ``rows``
+    keeps only those positions of ``idx`` (a rank's share of a global batch);
+    the flips are drawn for all of ``idx``, so the share equals those rows of
+    the whole batch.
     """
+    mask = torch.rand(len(idx), generator=generator) < 0.5 if flip and isinstance(data, ImageSet) else None
+    if rows is not None:
+        idx = idx[rows]
+        mask = None if mask is None else mask[rows]
     if not isinstance(data, ImageSet):
         return torch.from_numpy(np.asarray(data, dtype=np.float32)[idx]), None
     x = to_model_range(torch.from_numpy(data.images[idx]))
-    if flip:
-        mask = torch.rand(len(idx), generator=generator) < 0.5
+    if mask is not None:
         x = torch.where(mask[:, None, None, None], x.flip(-1), x)
     return x, (None if data.labels is None else torch.from_numpy(data.labels[idx]))

@@ -77,7 +77,7 @@ def draw(model: Model, sampler: str, num: int, seed: int, labels: torch.Tensor |
     """``num`` demo samples from the named demo sampler, sample k seeded by ``(seed, k)``."""
     name, steps, options = DEMO_SAMPLERS[sampler]
     device = next(model.parameters()).device
-    noise = PerSampleNoise([seed * 1_000_003 + k for k in range(num)], device)
+    noise = PerSampleNoise.for_rows(seed, range(num), device)
     return sample(demo_model(model, labels, num, guidance), (num, 1, 8, 8), name, steps, noise=noise, **options)
 
 

@@ -92,13 +92,20 @@ class ClassifierFreeGuidance:
         return ClassifierFreeGuidance(self.model, self.labels[rows.to(self.labels.device)], self.w)
 
 
-def drop_labels(labels: Tensor, p: float, generator: torch.Generator | None = None) -> Tensor:
-    """Replace each label by :data:`NO_LABEL` with probability ``p`` (label dropout for guidance training)."""
+def drop_labels(labels: Tensor, p: float, generator: torch.Generator | None = None, *,
+                share: tuple[int, slice] | None = None) -> Tensor:
+    """Replace each label by :data:`NO_LABEL` with probability ``p`` (label dropout for guidance training).
+
+    ``share = (total, rows)``: ``labels`` are rows ``rows`` of a batch of
+    ``total``; the draws are made for the whole batch and sliced, so each
+    rank's share equals those rows of one process's result.
+    """
     require(0.0 <= p <= 1.0, f"label dropout must lie in [0, 1], got {p}")
     if p == 0.0:
         return labels
-    u = torch.rand(labels.shape, generator=generator,
-                   device=generator.device if generator is not None else labels.device).to(labels.device)
+    total, rows = share if share is not None else (len(labels), slice(None))
+    u = torch.rand((total,), generator=generator,
+                   device=generator.device if generator is not None else labels.device)[rows].to(labels.device)
     return torch.where(u < p, torch.full_like(labels, NO_LABEL), labels)
 
 

@@ -191,7 +191,8 @@ class Model(nn.Module):
     @property
     def num_classes(self) -> int:
         """Number of classes of a class-conditional network (``net.config.num_classes``), else 0."""
-        return int(getattr(getattr(self.net, "config", None), "num_classes", 0))
+        net = getattr(self.net, "module", self.net)           # through a DistributedDataParallel wrapper
+        return int(getattr(getattr(net, "config", None), "num_classes", 0))
 
     def predict(self, x: Tensor, t: TimeLike, labels: Tensor | None = None) -> Prediction:
         """One network evaluation at ``(x, t)``, returned as a :class:`Prediction`.

@@ -36,7 +36,8 @@ from ..data import ImageSet, load_dataset, to_uint8
 from ..guidance import guided, unconditional
 from ..models import ClipDenoised, Model
 from ..processes import DDPM
-from ..samplers import SAMPLERS, PerSampleNoise, sample
+from ..distributed import Ranks, broadcast_flag, chunk_ranges, gather_chunks
+from ..samplers import SAMPLERS, sample, sample_many
 from .classifier import fit_domain_classifier
 from .metrics import FeatureStats, feature_stats, fid_from_features, inception_score, kernel_inception_distance, \
     precision_recall
@@ -193,21 +194,17 @@ def _sampling_model(model: Model, rows: torch.Tensor, num_classes: int, guidance
 
 
 def draw_samples(model: Model, shape: tuple[int, ...], sampler: str, steps: int, config: EvalConfig,
-                 progress: bool = True) -> tuple[np.ndarray, int]:
-    """``config.num_samples`` samples as uint8, sample k from the seed ``seed * 1_000_003 + k``."""
-    device = next(model.parameters()).device
-    chunks, nfe = [], 0
-    for start in tqdm(range(0, config.num_samples, config.batch_size), desc=f"{sampler} ({steps} steps)",
-                      disable=not progress, leave=False):
-        rows = torch.arange(start, min(start + config.batch_size, config.num_samples))
+                 progress: bool = True, ranks: Ranks = Ranks()) -> tuple[np.ndarray | None, int]:
+    """``config.num_samples`` samples as uint8 (on rank 0; None on the others), sample k seeded by
+    ``(seed, k)`` (:func:`scorelab.samplers.sample_many`)."""
+    def model_for_rows(rows: torch.Tensor):
         m = _sampling_model(model, rows, model.num_classes, config.guidance)
-        m = ClipDenoised(m) if config.clip_denoised else m
-        noise = PerSampleNoise([config.seed * 1_000_003 + int(k) for k in rows], device)
-        with torch.no_grad():
-            res = sample(m, (len(rows),) + tuple(shape), sampler, steps, noise=noise)
-        chunks.append(to_uint8(res.samples.clamp(-1, 1)).cpu().numpy())
-        nfe = res.nfe
-    return np.concatenate(chunks), nfe
+        return ClipDenoised(m) if config.clip_denoised else m
+
+    x, nfe = sample_many(model_for_rows, shape, config.num_samples, sampler, steps, seed=config.seed,
+                         batch_size=config.batch_size, ranks=ranks, progress=progress,
+                         desc=f"{sampler} ({steps} steps)", transform=lambda x: to_uint8(x.clamp(-1, 1)))
+    return (None if x is None else x.numpy()), nfe
 
 
 # ---------------------------------------------------------------------------------------
@@ -249,21 +246,33 @@ def _write_samples(path: Path, x: np.ndarray, meta: dict[str, Any]) -> None:
 # ---------------------------------------------------------------------------------------
 # Bits/dim
 # ---------------------------------------------------------------------------------------
-def _bits_per_dim(model: Model, method: str, images: np.ndarray, config: EvalConfig) -> dict[str, Any]:
+def _bits_per_dim(model: Model, method: str, images: np.ndarray, config: EvalConfig,
+                  ranks: Ranks = Ranks()) -> dict[str, Any] | None:
+    """Per-image bits/dim in chunks of ``batch_size`` (chunk j seeded ``seed + j``, drawn by rank j mod W);
+    the summary on rank 0, None on the others."""
     from ..likelihood import ode_bits_per_dim, vlb_bits_per_dim_sampled
 
-    m = unconditional(model, len(images)) if model.num_classes else model
-    x = torch.from_numpy(images)
-    g = torch.Generator().manual_seed(config.seed)
     t0 = time.perf_counter()
-    if method == "vlb":
-        per_image, _ = vlb_bits_per_dim_sampled(m, x, config.vlb_terms, generator=g)
-        detail = f"{config.vlb_terms} of the T - 1 middle terms sampled per image"
-    else:
-        per_image, _ = ode_bits_per_dim(m, x.to(next(model.parameters()).device), generator=g,
-                                        rtol=config.ode_rtol, atol=config.ode_rtol)
-        detail = f"RK45, rtol = atol = {config.ode_rtol}, one dequantization and one Rademacher probe per image"
-    per_image = per_image.double().cpu()
+    device = next(model.parameters()).device
+    values = []
+    for j, rows in enumerate(range(0, len(images), config.batch_size)):
+        chunk = range(rows, min(rows + config.batch_size, len(images)))
+        if chunk not in chunk_ranges(len(images), config.batch_size, ranks):
+            continue
+        x = torch.from_numpy(images[chunk.start:chunk.stop])
+        m = unconditional(model, len(x)) if model.num_classes else model
+        g = torch.Generator().manual_seed(config.seed + j)
+        if method == "vlb":
+            per_image, _ = vlb_bits_per_dim_sampled(m, x, config.vlb_terms, generator=g)
+        else:
+            per_image, _ = ode_bits_per_dim(m, x.to(device), generator=g, rtol=config.ode_rtol, atol=config.ode_rtol)
+        values.append(per_image.double().cpu())
+    local = torch.cat(values) if values else torch.zeros(0, dtype=torch.float64)
+    per_image = gather_chunks(local, len(images), config.batch_size, ranks)
+    if per_image is None:
+        return None
+    detail = (f"{config.vlb_terms} of the T - 1 middle terms sampled per image" if method == "vlb" else
+              f"RK45, rtol = atol = {config.ode_rtol}, one dequantization and one Rademacher probe per image")
     return {"bits_per_dim": float(per_image.mean()), "stderr": float(per_image.std() / math.sqrt(len(per_image))),
             "images": len(images), "detail": detail, "seconds": time.perf_counter() - t0}
 
@@ -279,8 +288,14 @@ def _splits(spec: str) -> tuple[ImageSet, ImageSet]:
 
 
 def evaluate(checkpoint: str | Path, out: str | Path, config: EvalConfig = EvalConfig(), *,
-             device: str | torch.device = "cpu", progress: bool = True) -> EvalResult:
-    """Sample every (sampler, NFE) cell, score it, and write ``out/metrics.json``, ``report.md`` and plots."""
+             device: str | torch.device = "cpu", progress: bool = True, ranks: Ranks = Ranks()
+             ) -> EvalResult | None:
+    """Sample every (sampler, NFE) cell, score it, and write ``out/metrics.json``, ``report.md`` and plots.
+
+    In a torchrun job every rank calls this: the samples and bits/dim are
+    shared out over the ranks and gathered; rank 0 alone scores, writes and
+    returns the result (the others return None).
+    """
     from ..modelspec import load_model
     from .report import write_report
 
@@ -297,7 +312,9 @@ def evaluate(checkpoint: str | Path, out: str | Path, config: EvalConfig = EvalC
     require(config.guidance is None or model.num_classes > 0,
             "--guidance needs a class-conditional model (train with --class-conditional)")
     out = Path(out)
-    (out / "cells").mkdir(parents=True, exist_ok=True)
+    progress = progress and ranks.main
+    if ranks.main:
+        (out / "cells").mkdir(parents=True, exist_ok=True)
     files = json.loads((ckpt.path / "meta.json").read_text()).get("files", {})
     model_id = {"weights_sha256": files.get("ema.safetensors", files.get("model.safetensors")), "step": ckpt.step}
 
@@ -306,7 +323,7 @@ def evaluate(checkpoint: str | Path, out: str | Path, config: EvalConfig = EvalC
     spaces: list[_Space] = []
     info: dict[str, Any] = {"data": data_spec, "test_images": len(test_set), "checkpoint": str(ckpt.path),
                             "step": ckpt.step, "config": asdict(config)}
-    for name in config.features:
+    for name in config.features if ranks.main else ():          # scoring is rank 0's
         if name == "domain":
             clf = fit_domain_classifier(train_set, test_set, seed=config.seed, progress=progress)
             clf.net.to(device)
@@ -339,8 +356,9 @@ def evaluate(checkpoint: str | Path, out: str | Path, config: EvalConfig = EvalC
     # The floor: as many real training images as samples, scored the same way.
     rng = np.random.default_rng(config.seed + 1)
     real = train_set.images[rng.choice(len(train_set), min(config.num_samples, len(train_set)), replace=False)]
-    rows.append(scored("data", real, {"sampler": "data", "nfe": 0, "steps": 0,
-                                      "sample_key": {"real": len(real), "seed": config.seed}}))
+    if ranks.main:
+        rows.append(scored("data", real, {"sampler": "data", "nfe": 0, "steps": 0,
+                                          "sample_key": {"real": len(real), "seed": config.seed}}))
 
     cells = [(s, n) for s in config.samplers for n in config.nfe]
     bar = tqdm(cells, desc="evaluate", disable=not progress)
@@ -350,11 +368,14 @@ def evaluate(checkpoint: str | Path, out: str | Path, config: EvalConfig = EvalC
         steps = steps_for_nfe(model.process, sampler, nfe)
         cell_id = f"{sampler}-nfe{nfe:04d}"
         sample_key = _key({**model_id, **config.sampling_key(), "sampler": sampler, "steps": steps})
-        found = _read_samples(out / "cells" / f"{cell_id}.npz", sample_key)
-        if found is None:
+        found = _read_samples(out / "cells" / f"{cell_id}.npz", sample_key) if ranks.main else None
+        if broadcast_flag(found is None, ranks):             # rank 0 decides; all ranks draw
             t0 = time.perf_counter()
-            images, used = draw_samples(model, tuple(spec.data_shape), sampler, steps, config, progress)
-            meta = {"key": sample_key, "nfe": used, "steps": steps, "seconds": time.perf_counter() - t0}
+            images, used = draw_samples(model, tuple(spec.data_shape), sampler, steps, config, progress, ranks)
+            meta = {"key": sample_key, "nfe": used, "steps": steps, "seconds": time.perf_counter() - t0,
+                    "processes": ranks.world_size}
+            if not ranks.main:
+                continue
             _write_samples(out / "cells" / f"{cell_id}.npz", images, meta)
         else:
             images, meta = found
@@ -372,12 +393,17 @@ def evaluate(checkpoint: str | Path, out: str | Path, config: EvalConfig = EvalC
         key = _key({**model_id, "method": method, "images": len(bpd_images), "seed": config.seed,
                     "terms": config.vlb_terms, "rtol": config.ode_rtol, "data": data_spec})
         path = out / "cells" / f"bpd-{method}.json"
-        done = _read_cell(path, key)
-        if done is None:
-            done = {"key": key, **_bits_per_dim(model, method, bpd_images, config)}
+        done = _read_cell(path, key) if ranks.main else None
+        if broadcast_flag(done is None, ranks):
+            value = _bits_per_dim(model, method, bpd_images, config, ranks)
+            if value is None:                                # another rank's share is done
+                continue
+            done = {"key": key, **value}
             atomic_write(path, json.dumps(done, indent=1))
         bpd[method] = done
 
+    if not ranks.main:
+        return None
     info["seconds"] = time.perf_counter() - t_start
     metrics = {"info": info, "rows": rows, "bits_per_dim": bpd}
     atomic_write(out / "metrics.json", json.dumps(metrics, indent=1))

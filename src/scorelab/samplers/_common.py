@@ -57,6 +57,16 @@ class PerSampleNoise:
         self.seeds = [int(s) for s in seeds]
         self.generators = [torch.Generator(device).manual_seed(s) for s in self.seeds]
 
+    #: Sample k of a job seeded ``seed`` is drawn from ``seed * SEED_STRIDE + k``.
+    SEED_STRIDE = 1_000_003
+
+    @classmethod
+    def for_rows(cls, seed: int, rows: Sequence[int] | Tensor, device: torch.device | str = "cpu"
+                 ) -> "PerSampleNoise":
+        """The noise of samples ``rows`` of a job seeded ``seed``: sample k's own seed ignores batching
+        and the number of processes (``seed * 1_000_003 + k``)."""
+        return cls([int(seed) * cls.SEED_STRIDE + int(k) for k in rows], device)
+
     def __len__(self) -> int:
         return len(self.generators)
 

@@ -8,6 +8,13 @@ on a batch); :func:`train` runs the loop around it. A run's folder holds
     loss.csv, loss.png        the loss log and its curve
     samples/step-*.png        sample grids from the EMA weights every ``sample_every`` steps
 
+Distributed (``torchrun``, see :mod:`scorelab.distributed`): ``batch_size``
+is the global batch; every rank draws the whole step's randomness from
+``(seed, step)`` and trains on its rows under DistributedDataParallel, so W
+ranks take the step one process takes, up to float summation order. Rank 0
+alone logs, previews and writes checkpoints; each rank's RNG (dropout) is
+seeded by ``(seed, rank)`` and saved in the checkpoint.
+
 Reproducible and resumable bit for bit on the same machine: the data order
 of epoch e is a permutation seeded by ``(seed, e)``, the noise of step k by
 ``(seed, k)``, and the global RNG (dropout) is saved in every checkpoint, so
@@ -35,9 +42,11 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .._util import atomic_write, require
+from .._util import atomic_write, randn, require
 from ..checkpoints import CheckpointError, config_differences, latest_checkpoint, load_checkpoint, save_checkpoint
 from ..data import ImageSet, load_dataset, take
+from ..distributed import Ranks, all_mean, barrier, rank_device
+from ..distributed import current as current_ranks
 from ..guidance import Conditional, drop_labels
 from ..losses import dsm_loss, hybrid_loss, simple_loss
 from ..models import Model
@@ -92,24 +101,26 @@ def batch_indices(n: int, batch_size: int, seed: int, index: int) -> np.ndarray:
     return order[k * batch_size:(k + 1) * batch_size]
 
 
-def training_loss(model: Model, x0: Tensor, loss: str, generator: torch.Generator,
-                  labels: Tensor | None = None) -> Tensor:
+def training_loss(model: Model, x0: Tensor, loss: str, generator: torch.Generator | None = None,
+                  labels: Tensor | None = None, *, t: Tensor | None = None, noise: Tensor | None = None
+                  ) -> Tensor:
     """The per-example loss of one batch (MATH.md 2-4), averaged over dimensions.
 
     ``"simple"``: L_simple (Ho et al. eq. 14); ``"dsm"``: denoising score matching
     with lambda = s^2; ``"dsm-likelihood"``: with lambda = g^2; ``"hybrid"``:
     L_simple + 0.001 L_vlb (Nichol & Dhariwal). ``labels`` condition a
-    class-conditional model (-1: no label).
+    class-conditional model (-1: no label). ``t`` and ``noise`` (drawn from
+    ``generator`` when not given) are the times and ``eps`` of the batch.
     """
     m = model if labels is None else Conditional(model, labels)
     if loss == "simple":
-        return simple_loss(m, x0, generator=generator)
+        return simple_loss(m, x0, t=t, noise=noise, generator=generator)
     if loss == "dsm":
-        return dsm_loss(m, x0, weighting="s2", generator=generator, reduction="mean")
+        return dsm_loss(m, x0, weighting="s2", t=t, noise=noise, generator=generator, reduction="mean")
     if loss == "dsm-likelihood":
-        return dsm_loss(m, x0, weighting="g2", generator=generator, reduction="mean")
+        return dsm_loss(m, x0, weighting="g2", t=t, noise=noise, generator=generator, reduction="mean")
     if loss == "hybrid":
-        return hybrid_loss(m, x0, generator=generator)
+        return hybrid_loss(m, x0, t=t, noise=noise, generator=generator)
     raise ValueError(f"unknown loss {loss!r}")
 
 
@@ -119,18 +130,40 @@ def _autocast(device: torch.device, precision: str):
     return torch.autocast(device.type, dtype=torch.bfloat16)
 
 
-def _rng_state(device: torch.device) -> dict[str, Tensor]:
-    state = {"rng_cpu": torch.get_rng_state()}
+def _rng_key(kind: str, rank: int) -> str:
+    """The checkpoint tensor of rank ``rank``'s RNG: ``rng_cpu`` for rank 0 (and one process), ``rng_cpu.r3``."""
+    return f"rng_{kind}" if rank == 0 else f"rng_{kind}.r{rank}"
+
+
+def _rng_state(device: torch.device, ranks: Ranks) -> dict[str, Tensor]:
+    """Every rank's global RNG state (dropout), gathered on rank 0 (a collective: all ranks call it)."""
+    from ..distributed import gather_same
+
+    state = {"cpu": torch.get_rng_state()}
     if device.type == "cuda":
-        state["rng_cuda"] = torch.cuda.get_rng_state(device)
-    return state
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    out = {}
+    for kind, value in state.items():
+        for rank, v in enumerate(gather_same(value, ranks) or []):
+            out[_rng_key(kind, rank)] = v
+    return out
 
 
-def _set_rng_state(tensors: dict[str, Tensor], device: torch.device) -> None:
-    if "rng_cpu" in tensors:
-        torch.set_rng_state(tensors["rng_cpu"].to(torch.uint8).cpu())
-    if device.type == "cuda" and "rng_cuda" in tensors:
-        torch.cuda.set_rng_state(tensors["rng_cuda"].to(torch.uint8).cpu(), device)
+def _set_rng_state(tensors: dict[str, Tensor], device: torch.device, ranks: Ranks, seed: int, step: int) -> None:
+    """Restore this rank's RNG; a rank the checkpoint has no state for (more ranks now) is seeded afresh."""
+    key = _rng_key("cpu", ranks.rank)
+    if key not in tensors:
+        _seed_rank(seed, ranks.rank, step)
+        return
+    torch.set_rng_state(tensors[key].to(torch.uint8).cpu())
+    if device.type == "cuda" and _rng_key("cuda", ranks.rank) in tensors:
+        torch.cuda.set_rng_state(tensors[_rng_key("cuda", ranks.rank)].to(torch.uint8).cpu(), device)
+
+
+def _seed_rank(seed: int, rank: int, step: int = 0) -> None:
+    """Seed the global RNG (dropout) of rank ``rank`` of a multi-process run from ``(seed, rank, step)``."""
+    words = np.random.SeedSequence([seed, rank, step, 0x5EED]).generate_state(2, np.uint32)
+    torch.manual_seed(int(words[0]) << 31 | int(words[1]) >> 1)
 
 
 class _LossLog:
@@ -188,8 +221,8 @@ def check_output_dir(out: Path, need_bytes: int) -> None:
 
 
 def train(config: TrainConfig, *, data: ImageSet | np.ndarray | None = None, resume: bool | str | Path = False,
-          progress: bool = True, preview: Callable[[Model, ModelSpec, int, Path], None] | None = None
-          ) -> TrainResult:
+          progress: bool = True, preview: Callable[[Model, ModelSpec, int, Path], None] | None = None,
+          ranks: Ranks | None = None) -> TrainResult:
     """Train ``config`` (data from ``config.data`` unless ``data`` is given); returns the EMA model.
 
     ``resume=True`` continues from the newest checkpoint in ``config.out`` (or
@@ -197,13 +230,18 @@ def train(config: TrainConfig, *, data: ImageSet | np.ndarray | None = None, res
     ``config.steps`` is the total number of optimizer steps, so resuming a
     finished run with more steps trains on. ``preview(model, spec, step, out)``
     draws the sample grids (default :func:`scorelab.training.preview.save_preview`).
+    ``ranks``: this process's place in a torchrun job (default: the initialised
+    process group, else one process); every rank calls ``train`` alike.
     """
     from .preview import save_preview
 
     if preview is None:
         def preview(m: Model, sp: ModelSpec, k: int, folder: Path) -> None:
             save_preview(m, sp, k, folder, num=config.num_preview, steps=config.preview_steps, seed=config.seed)
-    device = resolve_device(config.device)
+    ranks = current_ranks() if ranks is None else ranks
+    device = rank_device(config.device, ranks)
+    rows = ranks.rows(config.batch_size)                  # this rank's share of each global batch
+    progress = progress and ranks.main
     if data is None:
         data = load_dataset(config.data, "train", image_size=config.image_size, labels=config.class_conditional)
     n = len(data)
@@ -215,6 +253,8 @@ def train(config: TrainConfig, *, data: ImageSet | np.ndarray | None = None, res
 
     torch.manual_seed(config.seed)                     # weights' initialisation and dropout
     model = spec.build().to(device)
+    if ranks.distributed:                              # each rank its own dropout masks
+        _seed_rank(config.seed, ranks.rank)
     net = model.net
     ema = copy.deepcopy(net).requires_grad_(False).eval()
     fw = config.defaults
@@ -224,7 +264,9 @@ def train(config: TrainConfig, *, data: ImageSet | np.ndarray | None = None, res
     optimizer = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=config.weight_decay)
     # A checkpoint holds weights, EMA and Adam's two moments; keep_last of them plus the one being written.
     param_bytes = sum(p.numel() * p.element_size() for p in net.parameters())
-    check_output_dir(out, 4 * param_bytes * (config.keep_last + 1) + (1 << 20))
+    if ranks.main:
+        check_output_dir(out, 4 * param_bytes * (config.keep_last + 1) + (1 << 20))
+    barrier(ranks)
 
     start = 0
     seconds_before = 0.0                                # training time of the run before this call
@@ -248,15 +290,33 @@ def train(config: TrainConfig, *, data: ImageSet | np.ndarray | None = None, res
         net.load_state_dict(ckpt.model)
         ema.load_state_dict(ckpt.ema)
         optimizer.load_state_dict(ckpt.optimizer)
-        _set_rng_state(ckpt.tensors, device)
+        _set_rng_state(ckpt.tensors, device, ranks, config.seed, ckpt.step)
         start = ckpt.step
         seconds_before = float(ckpt.extra.get("seconds", 0.0))
         require(start <= config.steps, f"the checkpoint is at step {start}, past steps={config.steps}; "
                 "raise --steps to train further")
-    atomic_write(out / "config.json", json.dumps({"train": config.to_dict(), "model": spec.to_dict(),
-                                                  "paper": fw.paper}, indent=1, sort_keys=True))
+    if ranks.distributed:
+        require(int(all_mean(torch.tensor(float(start)), ranks).item()) == start,
+                f"rank {ranks.rank} resumes at step {start} but another rank does not (it sees other checkpoints "
+                f"in {ckpt_dir}); put --out on a file system every node shares")
+        import warnings
 
-    log = _LossLog(out / "loss.csv", start)
+        from torch.nn.parallel import DistributedDataParallel
+
+        # 1x1 convolutions' gradients carry arbitrary strides on size-1 dimensions, which DDP reports needlessly.
+        warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
+
+        train_net: nn.Module = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda"
+                                                       else None, gradient_as_bucket_view=True)
+        train_model = Model(train_net, model.process, model.target, model.condition, model.learned_variance)
+    else:
+        train_net, train_model = net, model
+    if ranks.main:
+        atomic_write(out / "config.json", json.dumps({"train": config.to_dict(), "model": spec.to_dict(),
+                                                      "paper": fw.paper, "world_size": ranks.world_size},
+                                                     indent=1, sort_keys=True))
+
+    log = _LossLog(out / "loss.csv", start) if ranks.main else None
     labels_on = spec.classes is not None
     losses: list[float] = []
     window: list[float] = []
@@ -281,18 +341,25 @@ def train(config: TrainConfig, *, data: ImageSet | np.ndarray | None = None, res
             optimizer.zero_grad(set_to_none=True)
             total = 0.0
             for micro in range(config.grad_accum):
+                # The whole global batch's randomness, in a fixed order; this rank keeps its rows.
                 gen = step_generator(config.seed, step, micro, device)
                 idx = batch_indices(n, config.batch_size, config.seed, (step - 1) * config.grad_accum + micro)
                 flip_gen = gen if device.type == "cpu" else step_generator(config.seed, step, micro, torch.device("cpu"))
-                x0, y = take(data, idx, flip_gen, flip=config.flip)
+                x0, y = take(data, idx, flip_gen, flip=config.flip, rows=rows)
                 x0 = x0.to(device)
                 if labels_on:
-                    y = drop_labels(y.to(device), config.label_dropout, gen)
-                with _autocast(device, config.precision):
-                    loss = training_loss(model, x0, loss_name, gen, y if labels_on else None).mean()
-                if not torch.isfinite(loss):
-                    break
-                (loss / config.grad_accum).backward()
+                    y = drop_labels(y.to(device), config.label_dropout, gen, share=(config.batch_size, rows))
+                t = model.process.sample_train_times(config.batch_size, gen, device=device)[rows]
+                noise = randn((config.batch_size,) + tuple(x0.shape[1:]), gen, device=device, dtype=x0.dtype)[rows]
+                last = micro == config.grad_accum - 1
+                with nullcontext() if last or not ranks.distributed else train_net.no_sync():
+                    with _autocast(device, config.precision):
+                        local = training_loss(train_model, x0, loss_name, gen, y if labels_on else None,
+                                              t=t, noise=noise).mean()
+                    loss = all_mean(local, ranks)          # the global batch's loss, the same on every rank
+                    if not torch.isfinite(loss):
+                        break
+                    (local / config.grad_accum).backward()
                 total += loss.item() / config.grad_accum
             grad_norm = torch.nn.utils.clip_grad_norm_(net.parameters(), grad_clip if grad_clip else math.inf)
             if not (torch.isfinite(loss) and torch.isfinite(grad_norm)):
@@ -306,7 +373,8 @@ def train(config: TrainConfig, *, data: ImageSet | np.ndarray | None = None, res
                 optimizer.zero_grad(set_to_none=True)     # skip this batch: no update, no EMA step
                 skips_in_a_row += 1
                 skipped += 1
-                (bar.write if bar is not None else print)(f"step {step}: {what}; batch skipped (--on-nan skip)")
+                if ranks.main:
+                    (bar.write if bar is not None else print)(f"step {step}: {what}; batch skipped (--on-nan skip)")
             else:
                 skips_in_a_row = 0
                 optimizer.step()
@@ -315,7 +383,7 @@ def train(config: TrainConfig, *, data: ImageSet | np.ndarray | None = None, res
                 losses.append(total)
                 window.append(total)
 
-            if (step % config.log_every == 0 or step == config.steps) and window:
+            if (step % config.log_every == 0 or step == config.steps) and window and log is not None:
                 now = time.perf_counter()
                 ips = len(window) * config.batch_size * config.grad_accum / max(now - t_window, 1e-9)
                 log.write({"step": step, "loss": float(np.mean(window)), "lr": lr_now,
@@ -327,24 +395,34 @@ def train(config: TrainConfig, *, data: ImageSet | np.ndarray | None = None, res
             if bar is not None:
                 bar.update(1)
             if step % config.checkpoint_every == 0 or step == config.steps:
-                last_ckpt = save_checkpoint(
-                    ckpt_dir, step, model=net.state_dict(), ema=ema.state_dict(), optimizer=optimizer.state_dict(),
-                    tensors=_rng_state(device), config={"model": spec.to_dict(), "train": config.to_dict()},
-                    extra={"images_seen": step * config.batch_size * config.grad_accum, "skipped_batches": skipped,
-                           "seconds": seconds_before + time.perf_counter() - t_start}, keep_last=config.keep_last)
-            if step % config.sample_every == 0 or step == config.steps:
+                rng = _rng_state(device, ranks)                   # every rank's, gathered on rank 0
+                if ranks.main:
+                    last_ckpt = save_checkpoint(
+                        ckpt_dir, step, model=net.state_dict(), ema=ema.state_dict(),
+                        optimizer=optimizer.state_dict(), tensors=rng,
+                        config={"model": spec.to_dict(), "train": config.to_dict()},
+                        extra={"images_seen": step * config.batch_size * config.grad_accum,
+                               "skipped_batches": skipped, "world_size": ranks.world_size,
+                               "seconds": seconds_before + time.perf_counter() - t_start},
+                        keep_last=config.keep_last)
+                else:
+                    last_ckpt = ckpt_dir / f"step-{step:08d}"       # the one rank 0 writes
+            if ranks.main and (step % config.sample_every == 0 or step == config.steps):
                 with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
                     preview(_eval_model(spec, ema, device), spec, step, out)   # leaves the RNG as it was
                 net.train()
     finally:
         if bar is not None:
             bar.close()
-        log.close()
+        if log is not None:
+            log.close()
     if last_ckpt is None:                                        # resumed at the final step: nothing ran
         last_ckpt = resume_from
     from .plots import plot_loss_curve
 
-    plot_loss_curve(out / "loss.csv", out / "loss.png", title=f"{config.framework} on {config.data}")
+    if ranks.main:
+        plot_loss_curve(out / "loss.csv", out / "loss.png", title=f"{config.framework} on {config.data}")
+    barrier(ranks)                                               # rank 0's checkpoint is on disk for all
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         final = _eval_model(spec, ema, device)
     return TrainResult(out, step if config.steps > start else start, Path(last_ckpt), final, spec, losses,

@@ -1,0 +1,199 @@
+"""Running on several processes: ``torchrun`` launches, each process is a *rank*.
+
+scorelab follows the usual torch.distributed recipe (DistributedDataParallel;
+NCCL on GPUs, gloo on CPUs) with one rule that makes results independent of
+the number of ranks: **every random draw is made for the whole job and each
+rank keeps its share**.
+
+* Training: the global batch of a step (its indices, flips, label dropout,
+  times and noise) is drawn from ``(seed, step)`` on every rank, and rank r
+  trains on rows ``[r B/W, (r+1) B/W)``. DDP averages the gradients, so K
+  ranks take the same step as one process with the same global batch, up to
+  the order of float sums.
+* Sampling: sample k is seeded by ``(seed, k)`` (:meth:`PerSampleNoise.for_rows`),
+  the samples are cut into chunks of ``batch_size`` and chunk j is drawn by
+  rank ``j mod W``; rank 0 gathers them. Chunks do not depend on W, so the
+  images are bit-identical on 1, 2 or 8 ranks of the same machine.
+
+A :class:`Ranks` says who this process is; functions take it as an argument
+(``Ranks()`` is the single process), so nothing depends on hidden state.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from ._util import require
+
+__all__ = ["Ranks", "launched", "start", "session", "current", "rank_device", "broadcast_flag", "all_mean",
+           "gather_chunks", "gather_same", "chunk_ranges", "barrier"]
+
+#: How long a rank waits for the others at a collective (rank 0 alone writes reports and scores samples).
+TIMEOUT = datetime.timedelta(minutes=int(os.environ.get("SCORELAB_DIST_TIMEOUT_MIN", "60")))
+
+
+@dataclass(frozen=True)
+class Ranks:
+    """This process's place in the job: ``rank`` of ``world_size``, ``local_rank`` on its machine."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        """Rank 0: the one that logs, writes checkpoints and reports."""
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    def rows(self, total: int) -> slice:
+        """This rank's contiguous share of a global batch of ``total`` rows (``total`` divisible by W)."""
+        require(total % self.world_size == 0, f"the global batch of {total} does not split evenly over "
+                f"{self.world_size} processes; pick a batch size divisible by the number of processes")
+        per = total // self.world_size
+        return slice(self.rank * per, (self.rank + 1) * per)
+
+
+def launched() -> bool:
+    """True in a process started by ``torchrun`` (or any launcher that sets the env:// variables)."""
+    return all(k in os.environ for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"))
+
+
+def current() -> Ranks:
+    """The Ranks of the initialised process group, or the single process."""
+    if not (dist.is_available() and dist.is_initialized()):
+        require(not launched() or int(os.environ["WORLD_SIZE"]) == 1,
+                "this process was launched by torchrun but has not joined the process group; call "
+                "scorelab.distributed.start() (or use `with scorelab.distributed.session():`) first")
+        return Ranks()
+    return Ranks(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", dist.get_rank())))
+
+
+def rank_device(name: str, ranks: Ranks) -> torch.device:
+    """The device of this rank: ``cuda`` (or ``auto`` on a GPU machine) means ``cuda:LOCAL_RANK``."""
+    from .training.trainer import resolve_device
+
+    device = resolve_device(name)
+    if ranks.distributed and device.type == "cuda":
+        require(device.index is None or name == "auto",
+                f"--device {name} names one GPU, but under torchrun each process takes cuda:LOCAL_RANK; "
+                "pass --device cuda (or auto) and choose GPUs with CUDA_VISIBLE_DEVICES")
+        require(ranks.local_rank < torch.cuda.device_count(),
+                f"local rank {ranks.local_rank} has no GPU: this machine has {torch.cuda.device_count()}; "
+                "start at most that many processes per node (--nproc-per-node)")
+        device = torch.device("cuda", ranks.local_rank)
+        torch.cuda.set_device(device)
+    return device
+
+
+def start(device: str = "auto") -> tuple[Ranks, torch.device]:
+    """Join the process group when launched by torchrun (NCCL for CUDA, else gloo); returns (ranks, device).
+
+    Outside torchrun this is the single process on ``device``.
+    """
+    if not launched() or int(os.environ["WORLD_SIZE"]) == 1:
+        ranks = Ranks()
+        return ranks, rank_device(device, ranks)
+    ranks = Ranks(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0)))
+    dev = rank_device(device, ranks)
+    if not dist.is_initialized():
+        backend = "nccl" if dev.type == "cuda" else "gloo"
+        dist.init_process_group(backend, timeout=TIMEOUT,
+                                **({"device_id": dev} if dev.type == "cuda" else {}))
+    return ranks, dev
+
+
+@contextmanager
+def session(device: str = "auto") -> Iterator[tuple[Ranks, torch.device]]:
+    """``with session(args.device) as (ranks, device):`` joins the group and leaves it after."""
+    ranks, dev = start(device)
+    try:
+        yield ranks, dev
+    finally:
+        if ranks.distributed and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _comm_device() -> torch.device:
+    """Where collective tensors live: the current GPU for NCCL, the CPU for gloo."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def barrier(ranks: Ranks) -> None:
+    if ranks.distributed:
+        dist.barrier()
+
+
+def broadcast_flag(flag: bool, ranks: Ranks) -> bool:
+    """Rank 0's ``flag`` on every rank (so that all ranks take the same branch)."""
+    if not ranks.distributed:
+        return flag
+    t = torch.tensor([int(flag)], device=_comm_device())
+    dist.broadcast(t, src=0)
+    return bool(t.item())
+
+
+def all_mean(x: Tensor, ranks: Ranks) -> Tensor:
+    """The mean of ``x`` over the ranks (``x`` itself for the single process); detached."""
+    if not ranks.distributed:
+        return x.detach()
+    y = x.detach().to(_comm_device(), torch.float64).clone()
+    dist.all_reduce(y)
+    return (y / ranks.world_size).to(x.device, x.dtype)
+
+
+def chunk_ranges(num: int, batch_size: int, ranks: Ranks) -> list[range]:
+    """This rank's chunks of ``range(num)``: chunk j = ``[j b, (j+1) b)`` goes to rank ``j mod W``."""
+    require(num >= 1 and batch_size >= 1, f"need num >= 1 and batch_size >= 1, got {num} and {batch_size}")
+    starts = range(0, num, batch_size)
+    return [range(s, min(s + batch_size, num)) for j, s in enumerate(starts) if j % ranks.world_size == ranks.rank]
+
+
+def gather_chunks(local: Tensor, num: int, batch_size: int, ranks: Ranks) -> Tensor | None:
+    """Rank 0 gets all ``num`` rows in order from the ranks' :func:`chunk_ranges` rows (concatenated in
+    ``local``); other ranks get None. The single process gets ``local``."""
+    if not ranks.distributed:
+        return local
+    counts = [sum(len(r) for r in chunk_ranges(num, batch_size, Ranks(k, ranks.world_size))) for k in
+              range(ranks.world_size)]
+    require(len(local) == counts[ranks.rank], f"rank {ranks.rank} holds {len(local)} rows, expected "
+            f"{counts[ranks.rank]}")
+    device = _comm_device()
+    width = max(counts)
+    padded = torch.zeros((width,) + tuple(local.shape[1:]), dtype=local.dtype, device=device)
+    padded[:len(local)] = local.to(device)
+    parts = [torch.empty_like(padded) for _ in range(ranks.world_size)] if ranks.main else None
+    dist.gather(padded, parts, dst=0)
+    if not ranks.main:
+        return None
+    out = torch.empty((num,) + tuple(local.shape[1:]), dtype=local.dtype)
+    for k, part in enumerate(parts):                       # type: ignore[arg-type]
+        at = 0
+        for r in chunk_ranges(num, batch_size, Ranks(k, ranks.world_size)):
+            out[r.start:r.stop] = part[at:at + len(r)].cpu()
+            at += len(r)
+    return out
+
+
+def gather_same(x: Tensor, ranks: Ranks) -> list[Tensor] | None:
+    """Every rank's ``x`` (same shape and dtype on all), in rank order, on rank 0; None on the others."""
+    if not ranks.distributed:
+        return [x]
+    device = _comm_device()
+    y = x.to(device)
+    parts = [torch.empty_like(y) for _ in range(ranks.world_size)] if ranks.main else None
+    dist.gather(y, parts, dst=0)
+    return [p.cpu() for p in parts] if parts is not None else None

@@ -1,0 +1,122 @@
+"""torchrun with two gloo processes on the CPU (issue 6): training equals one process with the same global
+batch, and a sample job over 2 ranks gives the same images as over 1.
+
+The reference runs are the ordinary single-process code paths; the two-rank runs are real ``torchrun``
+launches of the CLI, so the process group, DDP, the rank-0-only writes and the gathers are all exercised.
+"""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from scorelab.checkpoints import latest_checkpoint
+from scorelab.cli import main
+
+pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="needs torch.distributed")
+
+# Class labels with dropout, flips and gradient accumulation: every per-example draw is sharded.
+TRAIN = ["train", "--framework", "ddpm", "--data", "digits", "--batch-size", "32", "--grad-accum", "2",
+         "--lr", "2e-3", "--warmup", "1", "--network", "digits8", "--network-option", "num_res_blocks=1",
+         "--network-option", "base_channels=16", "--network-option", "norm_groups=8",
+         "--class-conditional", "--label-dropout", "0.3", "--flip", "--device", "cpu", "--seed", "3",
+         "--log-every", "1", "--sample-every", "1000", "--checkpoint-every", "3", "--keep-last", "3"]
+SAMPLE = ["--sampler", "ancestral", "--steps", "8", "--num-samples", "11", "--batch-size", "3", "--seed", "4",
+          "--label", "2", "7", "--guidance", "1.5"]
+
+
+def _torchrun(args: list[str], nproc: int = 2) -> None:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           "-m", "scorelab.cli", *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+
+def _state(run: Path, step: int) -> dict[str, torch.Tensor]:
+    ckpt = run / "checkpoints" / f"step-{step:08d}"
+    out = {}
+    for part in ("model", "ema", "optimizer"):
+        out.update({f"{part}/{k}": v for k, v in load_file(ckpt / f"{part}.safetensors").items()})
+    return out
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ddp")
+    torch.manual_seed(0)
+    assert main([*TRAIN, "--steps", "6", "--out", str(root / "one")]) == 0
+    _torchrun([*TRAIN, "--steps", "3", "--out", str(root / "two")])
+    _torchrun([*TRAIN, "--steps", "6", "--out", str(root / "two"), "--resume"])
+    return root
+
+
+def _relative_gap(a: dict, b: dict, start: dict, prefix: str) -> float:
+    """|| b - a || / || a - start || over the tensors under ``prefix``: the gap relative to what training moved."""
+    keys = [k for k in a if k.startswith(prefix)]
+    gap = torch.cat([(b[k] - a[k]).flatten() for k in keys]).norm()
+    moved = torch.cat([(a[k] - start[k]).flatten() for k in keys]).norm()
+    return float(gap / moved)
+
+
+def test_two_gloo_ranks_train_like_one_process_with_the_same_global_batch(runs):
+    one, two, start = _state(runs / "one", 6), _state(runs / "two", 6), _state(runs / "one", 3)
+    assert one.keys() == two.keys()
+    for k in one:
+        if one[k].is_floating_point():
+            # Only the order of float sums differs (DDP's all-reduce); measured max |diff| 8e-6.
+            torch.testing.assert_close(two[k], one[k], rtol=1e-3, atol=1e-4, msg=k)
+    # Measured 2.5e-5 for weights and EMA; a rank training on the wrong rows or noise gives O(1).
+    assert _relative_gap(one, two, start, "model/") < 1e-3
+    assert _relative_gap(one, two, start, "ema/") < 1e-3
+    # The logged loss is the global batch's (all-reduced), row for row.
+    rows = [np.loadtxt(r / "loss.csv", delimiter=",", skiprows=1) for r in (runs / "one", runs / "two")]
+    np.testing.assert_allclose(rows[1][:, 1:4], rows[0][:, 1:4], rtol=1e-5)
+    # Rank 0 alone wrote: one loss log, one set of checkpoints.
+    assert latest_checkpoint(runs / "two" / "checkpoints").name == "step-00000006"
+
+
+def test_a_two_rank_checkpoint_resumes_on_one_process(runs, tmp_path):
+    """The checkpoint holds every rank's RNG; one process resumes from it (rank 0's) and trains on alike."""
+    shutil.copytree(runs / "two" / "checkpoints" / "step-00000003", tmp_path / "checkpoints" / "step-00000003")
+    assert main([*TRAIN, "--steps", "6", "--out", str(tmp_path), "--resume"]) == 0
+    one, resumed = _state(runs / "one", 6), _state(tmp_path, 6)
+    for k in one:
+        if one[k].is_floating_point():
+            torch.testing.assert_close(resumed[k], one[k], rtol=1e-3, atol=1e-4, msg=k)
+    assert _relative_gap(one, resumed, _state(runs / "one", 3), "model/") < 1e-3
+    rng = load_file(runs / "two" / "checkpoints" / "step-00000006" / "state.safetensors")
+    assert {"rng_cpu", "rng_cpu.r1"} <= rng.keys() and not torch.equal(rng["rng_cpu"], rng["rng_cpu.r1"])
+
+
+def test_sampling_over_two_ranks_gives_the_images_of_one(runs, tmp_path):
+    ckpt = str(runs / "one")
+    assert main(["sample", ckpt, *SAMPLE, "--out", str(tmp_path / "one.png")]) == 0
+    _torchrun(["sample", ckpt, *SAMPLE, "--out", str(tmp_path / "two.png")])
+    with np.load(tmp_path / "one.npz") as a, np.load(tmp_path / "two.npz") as b:
+        assert a["x"].shape == (11, 1, 8, 8)
+        np.testing.assert_array_equal(b["x"], a["x"])     # per-sample seeds, the same chunks: bit-identical
+        np.testing.assert_array_equal(b["y"], a["y"])
+
+
+def test_work_is_shared_out_by_chunks_and_bad_splits_are_refused(monkeypatch):
+    from scorelab.distributed import Ranks, chunk_ranges, current
+
+    # 11 samples in chunks of 3 over 2 ranks: chunks 0 and 2 to rank 0, 1 and 3 to rank 1; all rows once.
+    shares = [chunk_ranges(11, 3, Ranks(r, 2)) for r in range(2)]
+    assert shares == [[range(0, 3), range(6, 9)], [range(3, 6), range(9, 11)]]
+    assert chunk_ranges(2, 3, Ranks(1, 2)) == []                          # more ranks than chunks
+    assert Ranks(1, 4).rows(32) == slice(8, 16)
+    with pytest.raises(ValueError, match="does not split evenly over 3 processes"):
+        Ranks(0, 3).rows(32)
+    # A torchrun-launched process that never joined the group would train alone on the whole job.
+    for key, value in {"RANK": "1", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "1"}.items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(ValueError, match="has not joined the process group"):
+        current()
