@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -26,17 +27,30 @@ TRAIN = ["train", "--framework", "ddpm", "--data", "digits", "--batch-size", "32
          "--lr", "2e-3", "--warmup", "1", "--network", "digits8", "--network-option", "num_res_blocks=1",
          "--network-option", "base_channels=16", "--network-option", "norm_groups=8",
          "--class-conditional", "--label-dropout", "0.3", "--flip", "--device", "cpu", "--seed", "3",
-         "--log-every", "1", "--sample-every", "1000", "--checkpoint-every", "3", "--keep-last", "3"]
+         "--log-every", "1", "--sample-every", "1000", "--checkpoint-every", "3", "--keep-last", "3",
+         "--num-preview", "4", "--preview-steps", "2"]
 SAMPLE = ["--sampler", "ancestral", "--steps", "8", "--num-samples", "11", "--batch-size", "3", "--seed", "4",
           "--label", "2", "7", "--guidance", "1.5"]
 
 
-def _torchrun(args: list[str], nproc: int = 2) -> None:
+def _torchrun(args: list[str], nproc: int = 2, **env_vars: str) -> None:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
            "-m", "scorelab.cli", *args]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **env_vars}
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+
+@contextmanager
+def one_thread():
+    """The in-process reference runs with the workers' one thread: float sums (and so the last bit of a
+    uint8 pixel) can depend on the thread count."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _state(run: Path, step: int) -> dict[str, torch.Tensor]:
@@ -50,8 +64,8 @@ def _state(run: Path, step: int) -> dict[str, torch.Tensor]:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("ddp")
-    torch.manual_seed(0)
-    assert main([*TRAIN, "--steps", "6", "--out", str(root / "one")]) == 0
+    with one_thread():
+        assert main([*TRAIN, "--steps", "6", "--out", str(root / "one")]) == 0
     _torchrun([*TRAIN, "--steps", "3", "--out", str(root / "two")])
     _torchrun([*TRAIN, "--steps", "6", "--out", str(root / "two"), "--resume"])
     return root
@@ -85,7 +99,8 @@ def test_two_gloo_ranks_train_like_one_process_with_the_same_global_batch(runs):
 def test_a_two_rank_checkpoint_resumes_on_one_process(runs, tmp_path):
     """The checkpoint holds every rank's RNG; one process resumes from it (rank 0's) and trains on alike."""
     shutil.copytree(runs / "two" / "checkpoints" / "step-00000003", tmp_path / "checkpoints" / "step-00000003")
-    assert main([*TRAIN, "--steps", "6", "--out", str(tmp_path), "--resume"]) == 0
+    with one_thread():
+        assert main([*TRAIN, "--steps", "6", "--out", str(tmp_path), "--resume"]) == 0
     one, resumed = _state(runs / "one", 6), _state(tmp_path, 6)
     for k in one:
         if one[k].is_floating_point():
@@ -97,13 +112,34 @@ def test_a_two_rank_checkpoint_resumes_on_one_process(runs, tmp_path):
 
 def test_sampling_over_two_ranks_gives_the_images_of_one(runs, tmp_path):
     ckpt = str(runs / "one")
-    assert main(["sample", ckpt, *SAMPLE, "--out", str(tmp_path / "one.png")]) == 0
+    with one_thread():
+        assert main(["sample", ckpt, *SAMPLE, "--out", str(tmp_path / "one.png")]) == 0
     _torchrun(["sample", ckpt, *SAMPLE, "--out", str(tmp_path / "two.png")])
     with np.load(tmp_path / "one.npz") as a, np.load(tmp_path / "two.npz") as b:
         assert a["x"].shape == (11, 1, 8, 8)
         np.testing.assert_array_equal(b["x"], a["x"])     # per-sample seeds, the same chunks: bit-identical
         np.testing.assert_array_equal(b["y"], a["y"])
 
+
+
+def test_evaluate_over_two_ranks_writes_the_report_of_one(runs, tmp_path, monkeypatch):
+    """Sample cells and bits/dim images are shared out (uneven chunks) and gathered; rank 0 scores alike."""
+    import json
+
+    monkeypatch.setenv("SCORELAB_CACHE", str(tmp_path / "cache"))
+    args = ["evaluate", str(runs / "one"), "--samplers", "ddim,heun", "--nfe", "5", "--num-samples", "7",
+            "--batch-size", "3", "--bpd", "vlb", "--bpd-images", "7", "--vlb-terms", "3", "--seed", "1"]
+    with one_thread():
+        assert main([*args, "--out", str(tmp_path / "one")]) == 0
+    _torchrun([*args, "--out", str(tmp_path / "two")], SCORELAB_CACHE=str(tmp_path / "cache"))
+    for cell in ("ddim-nfe0005", "heun-nfe0005"):
+        with np.load(tmp_path / "one" / "cells" / f"{cell}.npz") as a, \
+                np.load(tmp_path / "two" / "cells" / f"{cell}.npz") as b:
+            np.testing.assert_array_equal(b["x"], a["x"])
+    one, two = (json.loads((tmp_path / r / "metrics.json").read_text()) for r in ("one", "two"))
+    assert [r["domain"]["fid"] for r in two["rows"]] == [r["domain"]["fid"] for r in one["rows"]]
+    assert two["bits_per_dim"]["vlb"]["bits_per_dim"] == one["bits_per_dim"]["vlb"]["bits_per_dim"]
+    assert (tmp_path / "two" / "report.md").is_file()
 
 def test_work_is_shared_out_by_chunks_and_bad_splits_are_refused(monkeypatch):
     from scorelab.distributed import Ranks, chunk_ranges, current

@@ -430,15 +430,26 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+#: The commands that share their work over the processes of a ``torchrun`` job.
+DISTRIBUTED_COMMANDS = ("train", "sample", "evaluate")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    import os
+
     args = _parser().parse_args(argv)
+    world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
+    who = f"scorelab {args.command}" + (f" (rank {rank})" if world > 1 and rank > 0 else "")
     try:
+        if world > 1 and args.command not in DISTRIBUTED_COMMANDS:
+            raise ValueError(f"{args.command} runs on one process; launch it without torchrun (torchrun serves "
+                             f"{', '.join(DISTRIBUTED_COMMANDS)})")
         args.run(args)
     except (ValueError, FileNotFoundError, FloatingPointError) as e:
-        print(f"scorelab {args.command}: error: {e}", file=sys.stderr)
+        print(f"{who}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"scorelab {args.command}: interrupted", file=sys.stderr)
+        print(f"{who}: interrupted", file=sys.stderr)
         return 130
     return 0
 
