@@ -124,6 +124,7 @@ def test_sampling_over_two_ranks_gives_the_images_of_one(runs, tmp_path):
 
 def test_evaluate_over_two_ranks_writes_the_report_of_one(runs, tmp_path, monkeypatch):
     """Sample cells and bits/dim images are shared out (uneven chunks) and gathered; rank 0 scores alike."""
+    # --bpd-images 7 in chunks of 3: chunks 0 and 2 on rank 0, chunk 1 on rank 1.
     import json
 
     monkeypatch.setenv("SCORELAB_CACHE", str(tmp_path / "cache"))
@@ -131,6 +132,10 @@ def test_evaluate_over_two_ranks_writes_the_report_of_one(runs, tmp_path, monkey
             "--batch-size", "3", "--bpd", "vlb", "--bpd-images", "7", "--vlb-terms", "3", "--seed", "1"]
     with one_thread():
         assert main([*args, "--out", str(tmp_path / "one")]) == 0
+    # One cell is already done (a rerun): rank 0 reuses it and the other rank must skip it, not draw it.
+    (tmp_path / "two" / "cells").mkdir(parents=True)
+    for name in ("ddim-nfe0005.npz", "ddim-nfe0005.json"):
+        shutil.copy(tmp_path / "one" / "cells" / name, tmp_path / "two" / "cells" / name)
     _torchrun([*args, "--out", str(tmp_path / "two")], SCORELAB_CACHE=str(tmp_path / "cache"))
     for cell in ("ddim-nfe0005", "heun-nfe0005"):
         with np.load(tmp_path / "one" / "cells" / f"{cell}.npz") as a, \

@@ -22,6 +22,7 @@ A :class:`Ranks` says who this process is; functions take it as an argument
 from __future__ import annotations
 
 import datetime
+import inspect
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -33,7 +34,8 @@ from torch import Tensor
 
 from ._util import require
 
-__all__ = ["Ranks", "launched", "start", "session", "current", "rank_device", "broadcast_flag", "all_mean",
+__all__ = ["Ranks", "launched", "start", "session", "current", "rank_device", "broadcast_flag", "all_equal",
+           "all_mean",
            "gather_chunks", "gather_same", "chunk_ranges", "barrier"]
 
 #: How long a rank waits for the others at a collective (rank 0 alone writes reports and scores samples).
@@ -77,7 +79,7 @@ def current() -> Ranks:
                 "this process was launched by torchrun but has not joined the process group; call "
                 "scorelab.distributed.start() (or use `with scorelab.distributed.session():`) first")
         return Ranks()
-    return Ranks(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", dist.get_rank())))
+    return Ranks(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
 
 
 def rank_device(name: str, ranks: Ranks) -> torch.device:
@@ -102,26 +104,30 @@ def start(device: str = "auto") -> tuple[Ranks, torch.device]:
 
     Outside torchrun this is the single process on ``device``.
     """
-    if not launched() or int(os.environ["WORLD_SIZE"]) == 1:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    require(world == 1 or launched(), f"WORLD_SIZE={world} is set but not RANK, MASTER_ADDR and MASTER_PORT; "
+            "launch with torchrun, which sets them all")
+    if world == 1:
         ranks = Ranks()
         return ranks, rank_device(device, ranks)
     ranks = Ranks(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0)))
     dev = rank_device(device, ranks)
     if not dist.is_initialized():
         backend = "nccl" if dev.type == "cuda" else "gloo"
-        dist.init_process_group(backend, timeout=TIMEOUT,
-                                **({"device_id": dev} if dev.type == "cuda" else {}))
+        bind = dev.type == "cuda" and "device_id" in inspect.signature(dist.init_process_group).parameters
+        dist.init_process_group(backend, timeout=TIMEOUT, **({"device_id": dev} if bind else {}))
     return ranks, dev
 
 
 @contextmanager
 def session(device: str = "auto") -> Iterator[tuple[Ranks, torch.device]]:
-    """``with session(args.device) as (ranks, device):`` joins the group and leaves it after."""
+    """``with session(args.device) as (ranks, device):`` joins the group and leaves it after (if it joined)."""
+    joined = dist.is_available() and dist.is_initialized()
     ranks, dev = start(device)
     try:
         yield ranks, dev
     finally:
-        if ranks.distributed and dist.is_initialized():
+        if ranks.distributed and not joined and dist.is_initialized():
             dist.destroy_process_group()
 
 
@@ -146,6 +152,15 @@ def broadcast_flag(flag: bool, ranks: Ranks) -> bool:
     return bool(t.item())
 
 
+def all_equal(value: int, ranks: Ranks) -> bool:
+    """Whether every rank holds the same ``value`` (the same answer on all ranks)."""
+    if not ranks.distributed:
+        return True
+    t = torch.tensor([value, -value], dtype=torch.int64, device=_comm_device())
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return int(t[0]) == -int(t[1])
+
+
 def all_mean(x: Tensor, ranks: Ranks) -> Tensor:
     """The mean of ``x`` over the ranks (``x`` itself for the single process); detached."""
     if not ranks.distributed:
@@ -164,27 +179,34 @@ def chunk_ranges(num: int, batch_size: int, ranks: Ranks) -> list[range]:
 
 def gather_chunks(local: Tensor, num: int, batch_size: int, ranks: Ranks) -> Tensor | None:
     """Rank 0 gets all ``num`` rows in order from the ranks' :func:`chunk_ranges` rows (concatenated in
-    ``local``); other ranks get None. The single process gets ``local``."""
+    ``local``); other ranks get None. The single process gets ``local``.
+
+    Gathered one round of W chunks at a time, so a GPU holds at most W chunks
+    of the gather at once; rank 0 assembles the result on the CPU.
+    """
     if not ranks.distributed:
         return local
-    counts = [sum(len(r) for r in chunk_ranges(num, batch_size, Ranks(k, ranks.world_size))) for k in
-              range(ranks.world_size)]
-    require(len(local) == counts[ranks.rank], f"rank {ranks.rank} holds {len(local)} rows, expected "
-            f"{counts[ranks.rank]}")
+    mine = chunk_ranges(num, batch_size, ranks)
+    require(len(local) == sum(len(r) for r in mine),
+            f"rank {ranks.rank} holds {len(local)} rows, expected {sum(len(r) for r in mine)}")
     device = _comm_device()
-    width = max(counts)
-    padded = torch.zeros((width,) + tuple(local.shape[1:]), dtype=local.dtype, device=device)
-    padded[:len(local)] = local.to(device)
-    parts = [torch.empty_like(padded) for _ in range(ranks.world_size)] if ranks.main else None
-    dist.gather(padded, parts, dst=0)
-    if not ranks.main:
-        return None
-    out = torch.empty((num,) + tuple(local.shape[1:]), dtype=local.dtype)
-    for k, part in enumerate(parts):                       # type: ignore[arg-type]
-        at = 0
-        for r in chunk_ranges(num, batch_size, Ranks(k, ranks.world_size)):
-            out[r.start:r.stop] = part[at:at + len(r)].cpu()
-            at += len(r)
+    rest = tuple(local.shape[1:])
+    out = torch.empty((num,) + rest, dtype=local.dtype) if ranks.main else None
+    num_chunks = -(-num // batch_size)
+    at = 0
+    for k in range(-(-num_chunks // ranks.world_size)):         # round k: chunk k W + r from rank r
+        send = torch.zeros((batch_size,) + rest, dtype=local.dtype, device=device)
+        if k < len(mine):
+            send[:len(mine[k])] = local[at:at + len(mine[k])].to(device)
+            at += len(mine[k])
+        parts = [torch.empty_like(send) for _ in range(ranks.world_size)] if ranks.main else None
+        dist.gather(send, parts, dst=0)
+        if out is not None and parts is not None:
+            for r, part in enumerate(parts):
+                j = k * ranks.world_size + r
+                if j < num_chunks:
+                    lo, hi = j * batch_size, min((j + 1) * batch_size, num)
+                    out[lo:hi] = part[:hi - lo].cpu()
     return out
 
 

@@ -374,9 +374,11 @@ def evaluate(checkpoint: str | Path, out: str | Path, config: EvalConfig = EvalC
             images, used = draw_samples(model, tuple(spec.data_shape), sampler, steps, config, progress, ranks)
             meta = {"key": sample_key, "nfe": used, "steps": steps, "seconds": time.perf_counter() - t0,
                     "processes": ranks.world_size}
-            if not ranks.main:
+            if not ranks.main:                               # rank 0 alone scores
                 continue
             _write_samples(out / "cells" / f"{cell_id}.npz", images, meta)
+        elif not ranks.main:                                 # found on rank 0; nothing to do here
+            continue
         else:
             images, meta = found
         grids[(sampler, nfe)] = images[:config.grid_size]
@@ -391,7 +393,8 @@ def evaluate(checkpoint: str | Path, out: str | Path, config: EvalConfig = EvalC
             bpd[method] = {"skipped": "the VLB is DDPM's; this model's process is " + type(model.process).__name__}
             continue
         key = _key({**model_id, "method": method, "images": len(bpd_images), "seed": config.seed,
-                    "terms": config.vlb_terms, "rtol": config.ode_rtol, "data": data_spec})
+                    "terms": config.vlb_terms, "rtol": config.ode_rtol, "data": data_spec,
+                    **({"chunk": config.batch_size} if len(bpd_images) > config.batch_size else {})})
         path = out / "cells" / f"bpd-{method}.json"
         done = _read_cell(path, key) if ranks.main else None
         if broadcast_flag(done is None, ranks):

@@ -45,7 +45,7 @@ from torch import Tensor, nn
 from .._util import atomic_write, randn, require
 from ..checkpoints import CheckpointError, config_differences, latest_checkpoint, load_checkpoint, save_checkpoint
 from ..data import ImageSet, load_dataset, take
-from ..distributed import Ranks, all_mean, barrier, rank_device
+from ..distributed import Ranks, all_equal, all_mean, barrier, rank_device
 from ..distributed import current as current_ranks
 from ..guidance import Conditional, drop_labels
 from ..losses import dsm_loss, hybrid_loss, simple_loss
@@ -153,7 +153,8 @@ def _set_rng_state(tensors: dict[str, Tensor], device: torch.device, ranks: Rank
     """Restore this rank's RNG; a rank the checkpoint has no state for (more ranks now) is seeded afresh."""
     key = _rng_key("cpu", ranks.rank)
     if key not in tensors:
-        _seed_rank(seed, ranks.rank, step)
+        if ranks.distributed:
+            _seed_rank(seed, ranks.rank, step)
         return
     torch.set_rng_state(tensors[key].to(torch.uint8).cpu())
     if device.type == "cuda" and _rng_key("cuda", ranks.rank) in tensors:
@@ -296,9 +297,8 @@ def train(config: TrainConfig, *, data: ImageSet | np.ndarray | None = None, res
         require(start <= config.steps, f"the checkpoint is at step {start}, past steps={config.steps}; "
                 "raise --steps to train further")
     if ranks.distributed:
-        require(int(all_mean(torch.tensor(float(start)), ranks).item()) == start,
-                f"rank {ranks.rank} resumes at step {start} but another rank does not (it sees other checkpoints "
-                f"in {ckpt_dir}); put --out on a file system every node shares")
+        require(all_equal(start, ranks), f"rank {ranks.rank} resumes at step {start} but not every rank does "
+                f"(they see other checkpoints in {ckpt_dir}); put --out on a file system every node shares")
         import warnings
 
         from torch.nn.parallel import DistributedDataParallel
@@ -351,6 +351,8 @@ def train(config: TrainConfig, *, data: ImageSet | np.ndarray | None = None, res
                     y = drop_labels(y.to(device), config.label_dropout, gen, share=(config.batch_size, rows))
                 t = model.process.sample_train_times(config.batch_size, gen, device=device)[rows]
                 noise = randn((config.batch_size,) + tuple(x0.shape[1:]), gen, device=device, dtype=x0.dtype)[rows]
+                if ranks.distributed:                  # let the rest of the global batch's noise go
+                    t, noise = t.clone(), noise.clone()
                 last = micro == config.grad_accum - 1
                 with nullcontext() if last or not ranks.distributed else train_net.no_sync():
                     with _autocast(device, config.precision):
