@@ -31,9 +31,10 @@ def recognised(clf, path):
 
 
 def test_demo_draws_recognisable_digits(tmp_path, judge):
-    report = run_demo(tmp_path, seed=0, progress=False)
-    share, classes, n = recognised(judge, tmp_path / "samples_ancestral_500.npz")
-    assert n == 500 and share >= 0.9 and classes == set(range(10)), share
+    # The demo as shipped, with 200 rather than 500 guided samples in the tally (45 s less of the suite).
+    report = run_demo(tmp_path, seed=0, progress=False, num_eval=200)
+    share, classes, n = recognised(judge, tmp_path / "samples_ancestral_200.npz")
+    assert n == 200 and share >= 0.9 and classes == set(range(10)), share
     for name in DEMO_SAMPLERS:                         # ancestral, predictor-corrector, probability-flow ODE
         share, classes, n = recognised(judge, tmp_path / f"samples_{name}.npz")
         assert n == 100 and share >= 0.9 and classes == set(range(10)), (name, share)
