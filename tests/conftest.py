@@ -6,7 +6,21 @@ import torch
 
 import scorelab as sl
 
-torch.set_num_threads(int(os.environ.get("SCORELAB_TEST_THREADS", "2")))
+# Two threads in all: one process with two, or under pytest-xdist's two workers one each.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+torch.set_num_threads(int(os.environ.get("SCORELAB_TEST_THREADS", max(1, 2 // _WORKERS))))
+
+
+#: The slowest files start first, so that two workers finish together (longest first).
+_SLOW_FIRST = ("test_demo", "test_crash", "test_evaluation", "test_distributed", "test_training")
+
+
+def pytest_collection_modifyitems(items):
+    def rank(item) -> int:
+        name = item.module.__name__.rsplit(".", 1)[-1] if item.module is not None else ""
+        return _SLOW_FIRST.index(name) if name in _SLOW_FIRST else len(_SLOW_FIRST)
+
+    items.sort(key=rank)                                  # stable: the order within a file is kept
 
 
 def random_spd(rng: np.random.Generator, d: int, low: float, high: float) -> np.ndarray:
