@@ -2,11 +2,12 @@
 
     scorelab demo                          train on the 8x8 digits and write a report (minutes, on a CPU)
     scorelab train --framework ddpm --data digits --out runs/ddpm
-    scorelab sample runs/ddpm --sampler pc --steps 500 --num 64
+    scorelab sample runs/ddpm --sampler pc --steps 500 --num-samples 64
     scorelab nll runs/ddpm --data digits --split test --method vlb
     scorelab interpolate runs/ddpm --data digits --pair 0 1
     scorelab evaluate runs/ddpm --samplers ddim,dpm++2m --nfe 10,20,50 --num-samples 1000
     scorelab info runs/ddpm
+    torchrun --standalone --nproc-per-node 8 -m scorelab.cli train ...   (train, sample, evaluate: several processes)
 
 Every command takes ``--seed``; errors are one line that says what to do.
 """
