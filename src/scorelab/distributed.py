@@ -38,8 +38,13 @@ __all__ = ["Ranks", "launched", "start", "session", "current", "rank_device", "b
            "all_mean",
            "gather_chunks", "gather_same", "chunk_ranges", "barrier"]
 
-#: How long a rank waits for the others at a collective (rank 0 alone writes reports and scores samples).
-TIMEOUT = datetime.timedelta(minutes=int(os.environ.get("SCORELAB_DIST_TIMEOUT_MIN", "60")))
+def timeout() -> datetime.timedelta:
+    """How long a rank waits for the others at a collective (rank 0 alone scores samples in ``evaluate``):
+    ``$SCORELAB_DIST_TIMEOUT_MIN`` minutes, 60 by default."""
+    text = os.environ.get("SCORELAB_DIST_TIMEOUT_MIN", "60")
+    require(text.isdigit() and int(text) > 0, f"SCORELAB_DIST_TIMEOUT_MIN={text!r} must be a positive number "
+            "of minutes")
+    return datetime.timedelta(minutes=int(text))
 
 
 @dataclass(frozen=True)
@@ -115,7 +120,7 @@ def start(device: str = "auto") -> tuple[Ranks, torch.device]:
     if not dist.is_initialized():
         backend = "nccl" if dev.type == "cuda" else "gloo"
         bind = dev.type == "cuda" and "device_id" in inspect.signature(dist.init_process_group).parameters
-        dist.init_process_group(backend, timeout=TIMEOUT, **({"device_id": dev} if bind else {}))
+        dist.init_process_group(backend, timeout=timeout(), **({"device_id": dev} if bind else {}))
     return ranks, dev
 
 
