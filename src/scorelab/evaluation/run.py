@@ -255,13 +255,10 @@ def _bits_per_dim(model: Model, method: str, images: np.ndarray, config: EvalCon
     t0 = time.perf_counter()
     device = next(model.parameters()).device
     values = []
-    for j, rows in enumerate(range(0, len(images), config.batch_size)):
-        chunk = range(rows, min(rows + config.batch_size, len(images)))
-        if chunk not in chunk_ranges(len(images), config.batch_size, ranks):
-            continue
+    for chunk in chunk_ranges(len(images), config.batch_size, ranks):
         x = torch.from_numpy(images[chunk.start:chunk.stop])
         m = unconditional(model, len(x)) if model.num_classes else model
-        g = torch.Generator().manual_seed(config.seed + j)
+        g = torch.Generator().manual_seed(config.seed + chunk.start // config.batch_size)
         if method == "vlb":
             per_image, _ = vlb_bits_per_dim_sampled(m, x, config.vlb_terms, generator=g)
         else:
