@@ -104,7 +104,7 @@ def test_learned_variance_channels(mixture_2d):
 ], ids=lambda p: type(p).__name__)
 def test_a_model_answers_in_another_process_by_matching_noise_levels(mixture_2d, base, view):
     """Adapting the exact model of one process to another gives the other's exact model (MATH.md 1)."""
-    model = sl.Model(OracleNet(mixture_2d, base, "eps", sl.models.default_condition(base)), base)
+    model = sl.Model(OracleNet(mixture_2d, base, "eps", base.default_condition), base)
     adapted = model.in_process(view)
     g = torch.Generator().manual_seed(2)
     t = torch.linspace(0.02, 0.98, 9, dtype=torch.float64)

@@ -10,17 +10,19 @@
 from . import checkpoints, data, evaluation, guidance, likelihood, losses, modelspec, networks, samplers, training
 from .guidance import ClassifierFreeGuidance, Conditional
 from .losses import VLB, dsm_loss, hybrid_loss, simple_loss, vlb, vlb_term
-from .models import (CONDITIONS, TARGETS, DiffusionModel, Model, Prediction, ProcessAdapter,
+from .models import (CONDITIONS, TARGETS, DiffusionModel, Model, Prediction, ProcessAdapter, ScorePrediction,
                      from_eps, to_eps)
 from .modelspec import ModelSpec, load_model
 from .oracle import ExactModel, GaussianMixture
-from .processes import DDPM, NCSN, VESDE, VPSDE, NoiseProcess, SubVPSDE, process_from_config
+from .processes import DDPM, NCSN, SDE, VESDE, VPSDE, NoiseProcess, SubVPSDE, process_from_config
+from .general_sde import GeneralSDE, named_sde, register_sde
 
 __version__ = "0.1.0"
 
 __all__ = [
     "DDPM", "NCSN", "VPSDE", "SubVPSDE", "VESDE", "NoiseProcess", "process_from_config",
-    "Model", "ProcessAdapter", "Prediction", "DiffusionModel", "TARGETS", "CONDITIONS",
+    "SDE", "GeneralSDE", "named_sde", "register_sde",
+    "Model", "ProcessAdapter", "Prediction", "ScorePrediction", "DiffusionModel", "TARGETS", "CONDITIONS",
     "to_eps", "from_eps", "GaussianMixture", "ExactModel",
     "Conditional", "ClassifierFreeGuidance", "guidance", "ModelSpec", "load_model", "modelspec", "training",
     "samplers", "likelihood", "evaluation", "networks", "data", "checkpoints", "losses", "simple_loss", "dsm_loss", "vlb", "vlb_term", "VLB", "hybrid_loss",

@@ -88,6 +88,32 @@ def randn(shape: Sequence[int], generator: torch.Generator | None = None, *,
     return x if device is None else x.to(device)
 
 
+class BatchNoise:
+    """Standard normals for ``rows`` of a batch of ``batch_size``: every draw is made for the whole
+    batch from ``generator`` and these rows are kept, so the numbers a row gets do not depend on how
+    the batch is split over processes (torchrun ranks)."""
+
+    def __init__(self, generator: torch.Generator | None, batch_size: int, rows: slice | Tensor = slice(None)):
+        self.generator, self.batch_size, self.rows = generator, batch_size, rows
+
+    def randn(self, shape: Sequence[int], *, device: torch.device | str | None = None,
+              dtype: torch.dtype = torch.float32) -> Tensor:
+        full = randn((self.batch_size,) + tuple(shape[1:]), self.generator, device=device, dtype=dtype)
+        return full[self.rows]
+
+
+#: Where a function's randomness comes from: a generator (or the global RNG), or :class:`BatchNoise`.
+Randomness = torch.Generator | BatchNoise | None
+
+
+def normal(shape: Sequence[int], source: Randomness = None, *, device: torch.device | str | None = None,
+           dtype: torch.dtype = torch.float32) -> Tensor:
+    """Standard normal noise of ``shape`` from a generator or from :class:`BatchNoise`."""
+    if isinstance(source, BatchNoise):
+        return source.randn(shape, device=device, dtype=dtype)
+    return randn(shape, source, device=device, dtype=dtype)
+
+
 def require(condition: bool, message: str) -> None:
     """Raise ``ValueError(message)`` unless ``condition``: checks at the API's edge."""
     if not condition:

@@ -140,7 +140,7 @@ def _sample_on(args: argparse.Namespace, ranks, device) -> None:
 
     model, spec, ckpt = _load(args, device)
     m, labels = _guided(model, spec, args.label, args.guidance, args.num)
-    if args.clip_denoised and len(spec.data_shape) == 3:
+    if args.clip_denoised and len(spec.data_shape) == 3 and model.process.affine:   # a general SDE has no x0
         m = ClipDenoised(m)
     options = _key_values(args.option, "--option")
     out = Path(args.out)

@@ -15,6 +15,12 @@ conditioned as ``s -> 0``); the process decides how times are drawn
 output becomes eps, so the objective does not depend on the network's
 target. :func:`vlb` and :func:`hybrid_loss` are DDPM's variational bound and
 Nichol & Dhariwal's hybrid objective.
+
+Score matching without a Gaussian kernel (MATH.md 7): :func:`score_matching_loss`
+is Hyvarinen's exact objective ``tr(grad_x s) + ||s||^2 / 2`` and
+:func:`sliced_score_matching_loss` its sliced form (Song, Garg, Shi & Ermon
+2019), both on ``x_t ~ p_t`` drawn in closed form for an affine process or
+simulated for a general SDE, where denoising score matching does not apply.
 """
 
 from __future__ import annotations
@@ -26,11 +32,12 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from ._util import as_time, expand_as, flat_dim, mean_except_batch, require, sum_except_batch
+from ._util import (Randomness, as_time, expand_as, flat_dim, mean_except_batch, normal, require,
+                    sum_except_batch)
 from .models import DiffusionModel, Prediction
 from .processes import DDPM
 
-__all__ = ["dsm_loss", "simple_loss", "normal_kl", "discretized_gaussian_log_likelihood",
+__all__ = ["dsm_loss", "simple_loss", "score_matching_loss", "sliced_score_matching_loss", "PROJECTIONS", "normal_kl", "discretized_gaussian_log_likelihood",
            "prior_kl", "vlb_term", "vlb", "VLB", "hybrid_loss", "bits_per_dim"]
 
 _REDUCTIONS = ("sum", "mean")
@@ -73,6 +80,9 @@ def dsm_loss(model: DiffusionModel, x0: Tensor, *, weighting: str = "s2",
     """
     require(weighting in ("s2", "g2"), f"unknown weighting {weighting!r}; choose 's2' (lambda = s^2) "
             "or 'g2' (likelihood weighting, lambda = g^2)")
+    require(model.process.affine, f"denoising score matching regresses on the Gaussian kernel q(x_t | x0) of an "
+            f"affine process, and {type(model.process).__name__}'s drift is not affine; train it with "
+            "sliced_score_matching_loss (--loss ssm-vr) or score_matching_loss")
     pred, noise = _noisy_prediction(model, x0, t, noise, generator)
     sq = (pred.eps - noise) ** 2
     if weighting == "g2":
@@ -92,6 +102,121 @@ def simple_loss(model: DiffusionModel, x0: Tensor, *, t: Tensor | float | None =
     """
     return dsm_loss(model, x0, weighting="s2", t=t, noise=noise, generator=generator,
                     reduction=reduction)
+
+
+# ---------------------------------------------------------------------------------------
+# Score matching on x_t ~ p_t, for any SDE (MATH.md 7)
+# ---------------------------------------------------------------------------------------
+#: Distributions of the sliced score matching projections v (each with E[v v^T] = I).
+PROJECTIONS = ("rademacher", "gaussian", "sphere")
+_WEIGHTINGS = ("s2", "g2", "none")
+
+
+def _score_at_marginal(model: DiffusionModel, x0: Tensor, t: Tensor | float | None, noise: Tensor | None,
+                       generator: Randomness, weighting: str, steps: int
+                       ) -> tuple[Tensor, Tensor, Tensor]:
+    """Draw ``t`` (unless given) and ``x_t ~ p_t(x_t | x0)``; return ``(x_t, score(x_t, t), lambda(t))``
+    with ``x_t`` a leaf that requires grad and the score built under autograd."""
+    _check_batch(x0)
+    require(weighting in _WEIGHTINGS, f"unknown weighting {weighting!r}; choose 's2' (lambda = s^2, or "
+            "int_0^t g^2 for a general SDE), 'g2' (lambda = g^2) or 'none'")
+    process = model.process
+    if t is None:
+        require(generator is None or isinstance(generator, torch.Generator),
+                "pass the times t along with BatchNoise randomness")
+        t = process.sample_train_times(x0.shape[0], generator, device=x0.device)
+    t = as_time(t, x0)
+    with torch.no_grad():
+        x_t = process.sample_marginal(x0, t, generator, noise=noise, steps=steps)
+    x_t = x_t.detach().requires_grad_(True)
+    lam = {"s2": process.score_weight, "g2": lambda u: process.diffusion(u) ** 2,
+           "none": torch.ones_like}[weighting](t)
+    with torch.enable_grad():
+        score = model.predict(x_t, t).score
+    return x_t, score, lam
+
+
+def _finish_sm(value: Tensor, lam: Tensor, num_dims: int, reduction: str, create_graph: bool) -> Tensor:
+    require(reduction in _REDUCTIONS, f"unknown reduction {reduction!r}; choose 'sum' or 'mean'")
+    value = lam.to(value.dtype) * (value if reduction == "sum" else value / num_dims)
+    return value if create_graph else value.detach()
+
+
+def score_matching_loss(model: DiffusionModel, x0: Tensor, *, t: Tensor | float | None = None,
+                        noise: Tensor | None = None, generator: Randomness = None, weighting: str = "s2",
+                        reduction: str = "sum", max_dims: int = 128, steps: int = 100) -> Tensor:
+    """Hyvarinen's exact score matching, per example (Hyvarinen 2005; MATH.md 7).
+
+    ``lambda(t) [tr(grad_x s_theta(x_t, t)) + ||s_theta(x_t, t)||^2 / 2]`` with
+    ``x_t ~ p_t``: in closed form for an affine process (``noise`` is its eps),
+    simulated with ``steps`` Euler-Maruyama steps for a general SDE. Its
+    expectation is ``E ||s_theta - grad log p_t||^2 / 2`` minus a constant, so it
+    needs no Gaussian kernel; the trace takes one backward pass per dimension,
+    so ``D > max_dims`` is refused (use :func:`sliced_score_matching_loss`).
+    ``weighting``: ``"s2"`` (:meth:`SDE.score_weight`: ``s(t)^2``, NCSN's
+    sigma^2), ``"g2"`` or ``"none"``; ``reduction="mean"`` divides by D.
+    """
+    d = flat_dim(x0)
+    require(d <= max_dims, f"exact score matching takes one backward pass per dimension, and the data has {d} "
+            f"(max_dims={max_dims}); use sliced_score_matching_loss (--loss ssm-vr), or raise max_dims")
+    create_graph = torch.is_grad_enabled()
+    x_t, score, lam = _score_at_marginal(model, x0, t, noise, generator, weighting, steps)
+    with torch.enable_grad():
+        flat = score.reshape(score.shape[0], -1)
+        trace = torch.zeros_like(flat[:, 0])
+        for k in range(d):
+            (g,) = torch.autograd.grad(flat[:, k].sum(), x_t, create_graph=create_graph, retain_graph=True)
+            trace = trace + g.reshape(g.shape[0], -1)[:, k]
+        value = trace + 0.5 * (flat**2).sum(1)
+    return _finish_sm(value, lam, d, reduction, create_graph)
+
+
+def _projection(shape: tuple[int, ...], distribution: str, generator: Randomness, like: Tensor) -> Tensor:
+    """One projection ``v`` per example with ``E[v v^T] = I``: Rademacher, Gaussian or uniform on the
+    sphere of radius ``sqrt(D)`` (Song et al. 2019)."""
+    z = normal(shape, generator, device=like.device, dtype=like.dtype)
+    if distribution == "rademacher":
+        return torch.where(z >= 0, 1.0, -1.0).to(z.dtype)
+    if distribution == "sphere":
+        return z * (math.sqrt(flat_dim(z)) / expand_as(z.reshape(z.shape[0], -1).norm(dim=1), z))
+    return z
+
+
+def sliced_score_matching_loss(model: DiffusionModel, x0: Tensor, *, projections: int = 1,
+                               distribution: str = "rademacher", variance_reduced: bool = True,
+                               t: Tensor | float | None = None, noise: Tensor | None = None,
+                               generator: Randomness = None, weighting: str = "s2", reduction: str = "sum",
+                               steps: int = 100) -> Tensor:
+    """Sliced score matching, per example (Song, Garg, Shi & Ermon 2019; MATH.md 7).
+
+    SSM: ``lambda(t) mean_j [v_j^T (grad_x s) v_j + (v_j^T s)^2 / 2]``; SSM-VR
+    (``variance_reduced``, their eq. 8): ``mean_j v_j^T (grad_x s) v_j + ||s||^2 / 2``,
+    with ``projections`` draws of ``v`` (``distribution``: ``"rademacher"``,
+    ``"gaussian"`` or ``"sphere"``). Each ``v^T (grad_x s) v`` is one
+    Hessian-vector product (one backward pass), never a full Jacobian, so the
+    cost does not grow with D. ``x_t`` and ``lambda`` are as in
+    :func:`score_matching_loss`: NCSN's code perturbs and weights by sigma^2
+    the same way; a general SDE simulates ``x_t``. Over ``v`` its mean is
+    Hyvarinen's objective.
+    """
+    require(isinstance(projections, int) and not isinstance(projections, bool) and projections >= 1,
+            f"projections must be a positive integer, got {projections!r}")
+    require(distribution in PROJECTIONS, f"unknown projection distribution {distribution!r}; choose one of "
+            f"{PROJECTIONS}")
+    create_graph = torch.is_grad_enabled()
+    x_t, score, lam = _score_at_marginal(model, x0, t, noise, generator, weighting, steps)
+    with torch.enable_grad():
+        total = torch.zeros(score.shape[0], dtype=score.dtype, device=score.device)
+        for _ in range(projections):
+            v = _projection(tuple(x_t.shape), distribution, generator, score)
+            (jv,) = torch.autograd.grad((score * v).sum(), x_t, create_graph=create_graph, retain_graph=True)
+            total = total + sum_except_batch(jv * v)
+            if not variance_reduced:
+                total = total + 0.5 * sum_except_batch(score * v) ** 2
+        value = total / projections
+        if variance_reduced:
+            value = value + 0.5 * sum_except_batch(score**2)
+    return _finish_sm(value, lam, flat_dim(x0), reduction, create_graph)
 
 
 # ---------------------------------------------------------------------------------------

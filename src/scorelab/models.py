@@ -25,10 +25,10 @@ import torch
 from torch import Tensor, nn
 
 from ._util import TimeLike, as_time, expand_as, require
-from .processes import DDPM, NCSN, VESDE, NoiseProcess
+from .processes import DDPM, SDE
 
-__all__ = ["TARGETS", "CONDITIONS", "Prediction", "DiffusionModel", "Model", "ProcessAdapter", "ClipDenoised",
-           "to_eps", "from_eps", "default_condition", "select_rows"]
+__all__ = ["TARGETS", "CONDITIONS", "Prediction", "ScorePrediction", "DiffusionModel", "Model", "ProcessAdapter",
+           "ClipDenoised", "to_eps", "from_eps", "select_rows"]
 
 #: Prediction targets a network may be trained for (MATH.md 1).
 TARGETS = ("eps", "score", "x0", "v")
@@ -107,47 +107,42 @@ class Prediction:
         return from_eps(self.eps, name, self.x, self.a, self.s)
 
 
+_NO_KERNEL = ("a general SDE has no Gaussian kernel a(t) x0 + s(t) eps, so its model gives only the score; "
+              "{what} exists for affine processes (VP, sub-VP, VE, DDPM, NCSN)")
+
+
+@dataclass(frozen=True)
+class ScorePrediction:
+    """What a model says under a general SDE (MATH.md 7): the score alone.
+
+    Without ``a(t), s(t)`` there is no eps, x0 (Tweedie) or v; asking for them
+    is an error that says so. Samplers that need only the score (Euler-Maruyama,
+    predictor-corrector, the probability-flow ODE) use this as they use :class:`Prediction`.
+    """
+
+    x: Tensor
+    t: Tensor
+    score: Tensor
+    variance_frac: Tensor | None = None
+
+    def target(self, name: str) -> Tensor:
+        _check_target(name)
+        if name == "score":
+            return self.score
+        raise ValueError(_NO_KERNEL.format(what=f"the {name} prediction"))
+
+    eps = property(lambda self: self.target("eps"))
+    x0 = property(lambda self: self.target("x0"))
+    v = property(lambda self: self.target("v"))
+
+
 @runtime_checkable
 class DiffusionModel(Protocol):
     """Anything with a ``process`` and ``predict(x, t) -> Prediction``: trained or exact."""
 
-    process: NoiseProcess
+    process: SDE
 
     def predict(self, x: Tensor, t: TimeLike) -> Prediction: ...
-
-
-def default_condition(process: NoiseProcess) -> str:
-    """The noise condition each framework's reference code feeds its network.
-
-    DDPM: the 0-based step index (Ho et al.); NCSN: the 0-based level index
-    (Song & Ermon); VP, sub-VP: the time ``t``; VE: ``log sigma`` (score_sde's
-    NCSN++ embeds log sigma).
-    """
-    if isinstance(process, (DDPM, NCSN)):
-        return "index"
-    if isinstance(process, VESDE):
-        return "log_sigma"
-    return "time"
-
-
-def noise_condition(process: NoiseProcess, condition: str, t: Tensor) -> Tensor:
-    """The value a network is conditioned on at time ``t`` (float64, shape ``(N,)``).
-
-    ``"index"`` is DDPM's 0-based step ``N t - 1`` or NCSN's 0-based level
-    ``(L - 1)(1 - t)``; it is fractional between grid points (adapted models).
-    """
-    if condition == "time":
-        return t
-    if condition == "sigma":
-        return process.sigma(t)
-    if condition == "log_sigma":
-        return torch.log(process.sigma(t))
-    if isinstance(process, DDPM):
-        return t * process.num_steps - 1
-    if isinstance(process, NCSN):
-        return (process.num_scales - 1) * (1 - t)
-    raise ValueError(f"condition 'index' needs a discrete process (DDPM or NCSN), not "
-                     f"{type(process).__name__}; use 'time', 'sigma' or 'log_sigma'")
 
 
 class Model(nn.Module):
@@ -159,23 +154,31 @@ class Model(nn.Module):
         process: the noise process the network is trained under.
         target: what the network predicts: ``"eps"``, ``"score"``, ``"x0"`` or ``"v"``.
         condition: what the network is told about the noise level; default
-            :func:`default_condition` of the process.
+            the process's ``default_condition``: DDPM's and NCSN's 0-based index
+            (Ho et al., Song & Ermon), ``t`` for VP, sub-VP and general SDEs, ``log sigma``
+            for VE (score_sde's NCSN++).
         learned_variance: the network's output has twice the channels
             (dimension 1); the second half is Nichol & Dhariwal's ``v`` in
             [-1, 1], mapped to ``variance_frac = (v + 1) / 2``.
     """
 
-    def __init__(self, net: nn.Module, process: NoiseProcess, target: str = "eps",
+    def __init__(self, net: nn.Module, process: SDE, target: str = "eps",
                  condition: str | None = None, learned_variance: bool = False):
         super().__init__()
         _check_target(target)
-        condition = condition or default_condition(process)
+        require(target == "score" or process.affine,
+                f"the {target!r} target needs a(t) and s(t) (x_t = a x0 + s eps), which "
+                f"{type(process).__name__} does not have: its drift is not affine; use target='score' "
+                "and train it with sliced score matching")
+        condition = condition or process.default_condition
         require(condition in CONDITIONS,
                 f"unknown noise condition {condition!r}; choose one of {CONDITIONS}")
         if condition == "index":
-            require(isinstance(process, (DDPM, NCSN)),
+            require(condition in process.conditions,
                     f"condition 'index' needs a DDPM or NCSN process, not {type(process).__name__}; "
                     "use 'time', 'sigma' or 'log_sigma'")
+        require(condition in process.conditions, f"the noise condition {condition!r} needs a noise level "
+                f"sigma(t), which {type(process).__name__} does not have; use {list(process.conditions)}")
         require(not learned_variance or isinstance(process, DDPM),
                 "learned_variance interpolates DDPM's beta_t and beta_tilde_t; use it with a DDPM process")
         self.net = net
@@ -186,7 +189,7 @@ class Model(nn.Module):
 
     def noise_condition(self, t: Tensor) -> Tensor:
         """What the network receives at time ``t`` (decided here, once)."""
-        return noise_condition(self.process, self.condition, t)
+        return self.process.noise_condition(self.condition, t)
 
     @property
     def num_classes(self) -> int:
@@ -214,13 +217,15 @@ class Model(nn.Module):
         if self.learned_variance:
             out, var_out = out.chunk(2, dim=1)
             frac = (var_out + 1) / 2
+        if not self.process.affine:
+            return ScorePrediction(x, t, out, frac)
         a, s = self.process.coefficients(t)
         return Prediction(x, t, a, s, to_eps(out, self.target, x, a, s), frac)
 
     def forward(self, x: Tensor, t: TimeLike) -> Prediction:
         return self.predict(x, t)
 
-    def in_process(self, process: NoiseProcess) -> "ProcessAdapter":
+    def in_process(self, process: SDE) -> "ProcessAdapter":
         """This model answering in another process's time (see :class:`ProcessAdapter`)."""
         return ProcessAdapter(self, process)
 
@@ -236,7 +241,7 @@ class ProcessAdapter:
     base process's range of sigma the nearest end is used.
     """
 
-    def __init__(self, model: DiffusionModel, process: NoiseProcess):
+    def __init__(self, model: DiffusionModel, process: SDE):
         self.model = model
         self.process = process
 

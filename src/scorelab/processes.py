@@ -27,10 +27,12 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
-from ._util import (TimeLike, as_time, expand_as, flat_dim, randn, require,
+import numpy as np
+
+from ._util import (Randomness, TimeLike, as_time, expand_as, flat_dim, normal, randn, require,
                     require_positive, require_positive_int, sum_except_batch)
 
-__all__ = ["NoiseProcess", "VPSDE", "SubVPSDE", "VESDE", "DDPM", "NCSN", "process_from_config"]
+__all__ = ["SDE", "NoiseProcess", "VPSDE", "SubVPSDE", "VESDE", "DDPM", "NCSN", "process_from_config"]
 
 
 def _interp(x: Tensor, xp: Tensor, fp: Tensor) -> Tensor:
@@ -44,19 +46,208 @@ def _interp(x: Tensor, xp: Tensor, fp: Tensor) -> Tensor:
     return y0 + (y1 - y0) * (x - x0) / (x1 - x0)
 
 
-class NoiseProcess(ABC):
-    """The forward process ``x_t = a(t) x0 + s(t) eps`` and its SDE (MATH.md sections 1 and 4).
+_NOT_AFFINE = ("needs the Gaussian marginal x_t = a(t) x0 + s(t) eps of an affine process, and {name}'s "
+               "drift is not affine; on a general SDE use the samplers 'em', 'pc' or 'ode', the score target "
+               "and the (sliced) score matching losses")
 
-    Subclasses give ``a(t)`` (:meth:`signal_scale`), ``s(t)`` (:meth:`noise_std`),
-    the drift ``f`` and diffusion ``g`` and the prior; everything else (sampling
-    ``q(x_t | x0)``, the reverse-SDE and probability-flow drifts, the
-    conditional score) is derived here once.
+
+class SDE(ABC):
+    """A forward SDE ``dx = f(x, t) dt + g(t) dw`` on ``t in [0, 1]`` (MATH.md 4).
+
+    Subclasses give the drift ``f``, the diffusion ``g``, the prior at ``t = 1``
+    and :meth:`config`; the reverse-time and probability-flow drifts, the
+    Euler-Maruyama simulation of the forward marginals and the noise
+    conditions a network may receive are derived here once, so any drift
+    (affine or not) can be simulated, sampled and given a likelihood.
+    :class:`NoiseProcess` is the affine special case, which adds the marginal
+    ``x_t = a(t) x0 + s(t) eps`` and all that follows from it.
     """
 
     #: Smallest time samplers integrate down to (``eps_t`` in MATH.md 1).
     t_min: float = 1e-3
     #: Smallest time continuous training draws (MATH.md 1: ``t ~ U[1e-5, 1]``).
     train_t_min: float = 1e-5
+    #: Whether ``q(x_t | x0)`` is the Gaussian ``N(a(t) x0, s(t)^2 I)`` (an affine drift).
+    affine: bool = False
+    #: The noise conditions a network under this process may receive; the first is the default.
+    conditions: tuple[str, ...] = ("time",)
+    #: The corrector's Langevin signal-to-noise ratio ``r`` (MATH.md 4; Song et al.: 0.01 for VP).
+    langevin_snr: float = 0.01
+
+    # ---- what each SDE defines -------------------------------------------------------
+    @abstractmethod
+    def drift(self, x: Tensor, t: TimeLike) -> Tensor:
+        """f(x, t) of the forward SDE (MATH.md 4)."""
+
+    @abstractmethod
+    def diffusion(self, t: TimeLike) -> Tensor:
+        """g(t), the diffusion coefficient of the forward SDE (MATH.md 4)."""
+
+    @abstractmethod
+    def prior_sample(self, shape: Sequence[int], generator: torch.Generator | None = None, *,
+                     device: torch.device | str | None = None,
+                     dtype: torch.dtype = torch.float32) -> Tensor:
+        """Draw ``x_1`` from the prior ``p_1``."""
+
+    @abstractmethod
+    def prior_log_prob(self, x: Tensor) -> Tensor:
+        """Per-example log-density of the prior ``p_1``, in nats."""
+
+    @abstractmethod
+    def config(self) -> dict[str, Any]:
+        """Constructor arguments plus the name: enough to rebuild the process."""
+
+    # ---- derived once, for every SDE -------------------------------------------------
+    def reverse_drift(self, x: Tensor, t: TimeLike, score: Tensor) -> Tensor:
+        """Drift of the reverse-time SDE, ``f(x, t) - g(t)^2 score`` (MATH.md 4)."""
+        t = as_time(t, x)
+        return self.drift(x, t) - expand_as(self.diffusion(t) ** 2, x) * score
+
+    def probability_flow_drift(self, x: Tensor, t: TimeLike, score: Tensor) -> Tensor:
+        """Velocity of the probability-flow ODE, ``f(x, t) - g(t)^2 score / 2`` (MATH.md 4)."""
+        t = as_time(t, x)
+        return self.drift(x, t) - 0.5 * expand_as(self.diffusion(t) ** 2, x) * score
+
+    def discretize(self, x: Tensor, t: Tensor, t_next: Tensor) -> tuple[Tensor, Tensor]:
+        """The forward step from ``t_next`` up to ``t > t_next`` as ``x_t = x + f_i + G_i z``: ``(f_i, G_i^2)``.
+
+        Euler-Maruyama here, ``f_i = f(x, t) dt``, ``G_i^2 = g(t)^2 dt`` (score_sde's
+        default); affine processes override it with their exact transition. The
+        reverse-diffusion predictor steps ``x <- x - f_i + G_i^2 score + G_i z`` (MATH.md 4).
+        """
+        dt = t - t_next
+        return expand_as(dt, x) * self.drift(x, t), self.diffusion(t) ** 2 * dt
+
+    def langevin_alpha(self, t: Tensor, t_next: Tensor) -> Tensor:
+        """score_sde's ``alpha_i`` of the Langevin corrector's step ``e = 2 alpha (r ||z|| / ||score||)^2``:
+        1 for a general SDE."""
+        return torch.ones_like(as_time(t))
+
+    def simulate(self, x0: Tensor, t: TimeLike, steps: int = 100, generator: Randomness = None) -> Tensor:
+        """Draw ``x_t`` given ``x0`` by Euler-Maruyama on the forward SDE (MATH.md 4).
+
+        Row ``k`` takes ``steps`` steps of ``t_k / steps`` from 0 to its own ``t_k``
+        (vectorised over rows with different ``t``): ``x <- x + f(x, u) h + g(u) sqrt(h) z``.
+        Weak error O(1/steps). ``generator`` is a ``torch.Generator`` or a
+        :class:`~scorelab._util.BatchNoise` (rows of a bigger batch's draws).
+        """
+        require_positive_int("steps", steps)
+        t = as_time(t, x0).to(x0.device)
+        require(bool(((t >= 0) & (t <= 1)).all()), "simulate's times must lie in [0, 1]")
+        h = t / steps
+        sqrt_h = expand_as(h.sqrt(), x0)
+        x, u = x0, torch.zeros_like(t)
+        for _ in range(steps):
+            z = normal(x0.shape, generator, device=x0.device, dtype=x0.dtype)
+            x = x + expand_as(h, x) * self.drift(x, u) + expand_as(self.diffusion(u), x) * sqrt_h * z
+            u = u + h
+        return x
+
+    def sample_marginal(self, x0: Tensor, t: TimeLike, generator: Randomness = None, *,
+                        noise: Tensor | None = None, steps: int = 100) -> Tensor:
+        """Draw ``x_t ~ p_t(x_t | x0)``: simulated here (``steps`` Euler-Maruyama steps), in closed form
+        for an affine process (where ``noise`` is its eps)."""
+        require(noise is None, f"{type(self).__name__} has no closed-form marginal to put eps (noise) in: its "
+                "x_t is simulated from the generator; pass noise only for affine processes")
+        return self.simulate(x0, t, steps, generator)
+
+    def score_weight(self, t: TimeLike) -> Tensor:
+        """The score-matching weight ``lambda(t)`` that keeps every time's loss of order one (MATH.md 3-4).
+
+        ``s(t)^2`` for affine processes; here ``int_0^t g(u)^2 du``, the variance the
+        diffusion alone adds by time ``t`` (``s^2`` to first order), by Gauss-Legendre quadrature.
+        """
+        t = as_time(t)
+        nodes, weights = _GAUSS_LEGENDRE
+        u = 0.5 * t[..., None] * (nodes.to(t.device) + 1)             # nodes mapped to [0, t]
+        g2 = self.diffusion(u.reshape(-1)).reshape(u.shape) ** 2
+        return 0.5 * t * (g2 * weights.to(t.device)).sum(-1)
+
+    def sample_train_times(self, n: int, generator: torch.Generator | None = None,
+                           device: torch.device | str | None = None) -> Tensor:
+        """Times at which training corrupts data: ``U[train_t_min, 1]`` for continuous processes."""
+        u = torch.rand(n, generator=generator, device=device or _gen_device(generator),
+                       dtype=torch.float64)
+        return self.train_t_min + (1.0 - self.train_t_min) * u
+
+    def sampling_sde(self) -> "SDE":
+        """The SDE whose reverse the SDE samplers integrate: this one (NCSN and a linear DDPM: their
+        VE and VP SDEs)."""
+        return self
+
+    @property
+    def default_condition(self) -> str:
+        """The noise condition this framework's reference code feeds its network (first of ``conditions``)."""
+        return self.conditions[0]
+
+    def noise_condition(self, condition: str, t: Tensor) -> Tensor:
+        """The value a network is told at time ``t`` (float64, ``(N,)``): ``t``, ``sigma(t)``,
+        ``log sigma(t)`` or the discrete index of the time."""
+        require(condition in self.conditions, f"the noise condition {condition!r} does not fit "
+                f"{type(self).__name__}; it takes {list(self.conditions)}")
+        if condition == "time":
+            return t
+        if condition == "sigma":
+            return self.sigma(t)
+        if condition == "log_sigma":
+            return torch.log(self.sigma(t))
+        return self.index_of_time(t)
+
+    def index_of_time(self, t: Tensor) -> Tensor:
+        """The 0-based discrete index at time ``t`` (DDPM's step, NCSN's level)."""
+        raise ValueError(f"condition 'index' needs a discrete process (DDPM or NCSN), not "
+                         f"{type(self).__name__}; use 'time', 'sigma' or 'log_sigma'")
+
+    # ---- what only an affine process has (NoiseProcess overrides them) ------------------
+    def _not_affine(self, what: str):
+        return ValueError(f"{what} " + _NOT_AFFINE.format(name=type(self).__name__))
+
+    def signal_scale(self, t: TimeLike) -> Tensor:
+        """a(t), the marginal signal scale (affine processes only)."""
+        raise self._not_affine("a(t)")
+
+    def noise_std(self, t: TimeLike) -> Tensor:
+        """s(t), the marginal noise standard deviation (affine processes only)."""
+        raise self._not_affine("s(t)")
+
+    def coefficients(self, t: TimeLike) -> tuple[Tensor, Tensor]:
+        """``(a(t), s(t))`` (affine processes only)."""
+        raise self._not_affine("(a(t), s(t))")
+
+    def sigma(self, t: TimeLike) -> Tensor:
+        """The noise level ``s(t) / a(t)`` (affine processes only)."""
+        raise self._not_affine("sigma(t)")
+
+    def time_of_sigma(self, sigma: TimeLike) -> Tensor:
+        """The time of a noise level (affine processes only)."""
+        raise self._not_affine("time_of_sigma")
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.config().items() if k != "name")
+        return f"{type(self).__name__}({args})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, SDE) and self.config() == other.config()
+
+    def __hash__(self) -> int:
+        return hash(tuple(sorted(map(str, self.config().items()))))
+
+
+#: 16-point Gauss-Legendre nodes and weights on [-1, 1] (exact for polynomials of degree 31).
+_GAUSS_LEGENDRE = tuple(torch.as_tensor(a, dtype=torch.float64) for a in np.polynomial.legendre.leggauss(16))
+
+
+class NoiseProcess(SDE):
+    """The affine SDE: the forward process ``x_t = a(t) x0 + s(t) eps`` (MATH.md sections 1 and 4).
+
+    Subclasses give ``a(t)`` (:meth:`signal_scale`), ``s(t)`` (:meth:`noise_std`),
+    the linear drift's coefficient, the diffusion ``g`` and the prior's scale;
+    everything else (sampling ``q(x_t | x0)``, the exact discretization, the
+    conditional score) is derived here once.
+    """
+
+    affine = True
+    conditions = ("time", "sigma", "log_sigma")
     #: Standard deviation of the prior ``N(0, prior_std^2 I)`` at ``t = 1``.
     prior_std: float = 1.0
 
@@ -74,16 +265,8 @@ class NoiseProcess(ABC):
         """c(t) with the drift ``f(x, t) = c(t) x`` (MATH.md 4; every process here is linear)."""
 
     @abstractmethod
-    def diffusion(self, t: TimeLike) -> Tensor:
-        """g(t), the diffusion coefficient of the forward SDE (MATH.md 4)."""
-
-    @abstractmethod
     def time_of_sigma(self, sigma: TimeLike) -> Tensor:
         """The time at which :meth:`sigma` equals ``sigma`` (inverse of ``s/a``)."""
-
-    @abstractmethod
-    def config(self) -> dict[str, Any]:
-        """Constructor arguments plus the class name: enough to rebuild the process."""
 
     # ---- derived once, for every process ----------------------------------------------
     def coefficients(self, t: TimeLike) -> tuple[Tensor, Tensor]:
@@ -118,18 +301,30 @@ class NoiseProcess(ABC):
         return -(x_t - a * x0) / s**2
 
     def drift(self, x: Tensor, t: TimeLike) -> Tensor:
-        """f(x, t) of the forward SDE (MATH.md 4)."""
+        """f(x, t) = c(t) x of the forward SDE (MATH.md 4)."""
         return expand_as(self.drift_coef(as_time(t, x)), x) * x
 
-    def reverse_drift(self, x: Tensor, t: TimeLike, score: Tensor) -> Tensor:
-        """Drift of the reverse-time SDE, ``f(x, t) - g(t)^2 score`` (MATH.md 4)."""
-        t = as_time(t, x)
-        return self.drift(x, t) - expand_as(self.diffusion(t) ** 2, x) * score
+    def discretize(self, x: Tensor, t: Tensor, t_next: Tensor) -> tuple[Tensor, Tensor]:
+        """The exact transition ``x_t = r x_{t_next} + G z`` between grid times, as ``(f_i, G_i^2)``:
+        ``r = a(t) / a(t_next)``, ``f_i = (r - 1) x``, ``G_i^2 = s(t)^2 - r^2 s(t_next)^2`` (for VP
+        DDPM's beta_i, for VE NCSN's ``sigma_i^2 - sigma_{i-1}^2``; MATH.md 4)."""
+        ratio = self.signal_scale(t) / self.signal_scale(t_next)
+        return expand_as(ratio - 1, x) * x, self.noise_std(t) ** 2 - ratio**2 * self.noise_std(t_next) ** 2
 
-    def probability_flow_drift(self, x: Tensor, t: TimeLike, score: Tensor) -> Tensor:
-        """Velocity of the probability-flow ODE, ``f(x, t) - g(t)^2 score / 2`` (MATH.md 4)."""
-        t = as_time(t, x)
-        return self.drift(x, t) - 0.5 * expand_as(self.diffusion(t) ** 2, x) * score
+    def langevin_alpha(self, t: Tensor, t_next: Tensor) -> Tensor:
+        """``alpha = (a(t) / a(t_next))^2``: 1 for VE, score_sde's ``1 - beta_i`` for VP (MATH.md 4)."""
+        return (self.signal_scale(t) / self.signal_scale(t_next)) ** 2
+
+    def sample_marginal(self, x0: Tensor, t: TimeLike, generator: Randomness = None, *,
+                        noise: Tensor | None = None, steps: int = 100) -> Tensor:
+        """``x_t = a(t) x0 + s(t) eps`` in closed form (``noise``: eps, else drawn; ``steps`` unused)."""
+        if noise is None:
+            noise = normal(x0.shape, generator, device=x0.device, dtype=x0.dtype)
+        return self.perturb(x0, t, noise=noise)[0]
+
+    def score_weight(self, t: TimeLike) -> Tensor:
+        """``lambda(t) = s(t)^2`` (NCSN's sigma^2; MATH.md 3-4)."""
+        return self.noise_std(t) ** 2
 
     def prior_sample(self, shape: Sequence[int], generator: torch.Generator | None = None, *,
                      device: torch.device | str | None = None,
@@ -143,22 +338,6 @@ class NoiseProcess(ABC):
         var = self.prior_std**2
         return -0.5 * sum_except_batch(x**2) / var - 0.5 * d * math.log(2 * math.pi * var)
 
-    def sample_train_times(self, n: int, generator: torch.Generator | None = None,
-                           device: torch.device | str | None = None) -> Tensor:
-        """Times at which training corrupts data: ``U[train_t_min, 1]`` for continuous processes."""
-        u = torch.rand(n, generator=generator, device=device or _gen_device(generator),
-                       dtype=torch.float64)
-        return self.train_t_min + (1.0 - self.train_t_min) * u
-
-    def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in self.config().items() if k != "name")
-        return f"{type(self).__name__}({args})"
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, NoiseProcess) and self.config() == other.config()
-
-    def __hash__(self) -> int:
-        return hash(tuple(sorted(self.config().items())))
 
 
 def _gen_device(generator: torch.Generator | None) -> torch.device | None:
@@ -317,6 +496,15 @@ class DDPM(_VarPreserving):
         self.beta_tildes = bt
 
     t_min = property(lambda self: 1.0 / self.num_steps)  # step 1
+    conditions = ("index", "time", "sigma", "log_sigma")
+
+    def index_of_time(self, t: Tensor) -> Tensor:
+        """DDPM's 0-based step ``N t - 1`` (Ho et al. feed it to the network; fractional between steps)."""
+        return t * self.num_steps - 1
+
+    def sampling_sde(self) -> NoiseProcess:
+        """The VP SDE this chain discretizes (linear schedule); a cosine chain is its own SDE."""
+        return self.continuous() if self.schedule == "linear" else self
 
     # ---- step <-> time --------------------------------------------------------------
     def step_to_time(self, step: int | Tensor) -> Tensor:
@@ -457,6 +645,8 @@ class VESDE(NoiseProcess):
     """
 
     t_min = 1e-5
+    conditions = ("log_sigma", "time", "sigma")
+    langevin_snr = 0.16
 
     def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0):
         require_positive("sigma_min", sigma_min)
@@ -504,6 +694,14 @@ class NCSN(VESDE):
     """
 
     t_min = 0.0  # level L, sigma_min
+    conditions = ("index", "time", "sigma", "log_sigma")
+
+    def index_of_time(self, t: Tensor) -> Tensor:
+        """NCSN's 0-based level ``(L - 1)(1 - t)`` (Song & Ermon feed it to the network)."""
+        return (self.num_scales - 1) * (1 - t)
+
+    def sampling_sde(self) -> VESDE:
+        return self.continuous()
 
     def __init__(self, sigma_max: float = 1.0, sigma_min: float = 0.01, num_scales: int = 10):
         super().__init__(sigma_min=sigma_min, sigma_max=sigma_max)
@@ -542,9 +740,14 @@ _PROCESSES: dict[str, type[NoiseProcess]] = {
     "ddpm": DDPM, "ncsn": NCSN, "vp": VPSDE, "subvp": SubVPSDE, "ve": VESDE}
 
 
-def process_from_config(config: dict[str, Any]) -> NoiseProcess:
-    """Rebuild a process from :meth:`NoiseProcess.config` (as saved beside a checkpoint)."""
+def process_from_config(config: dict[str, Any]) -> SDE:
+    """Rebuild a process from :meth:`SDE.config` (as saved beside a checkpoint)."""
     config = dict(config)
     name = config.pop("name", None)
-    require(name in _PROCESSES, f"unknown process {name!r}; choose one of {sorted(_PROCESSES)}")
+    if name == "general":                               # a named SDE with a non-affine drift
+        from .general_sde import named_sde
+
+        require("drift" in config, "a general SDE's config names its drift: {'name': 'general', 'drift': NAME}")
+        return named_sde(config.pop("drift"), **config)
+    require(name in _PROCESSES, f"unknown process {name!r}; choose one of {sorted(_PROCESSES) + ['general']}")
     return _PROCESSES[name](**config)

@@ -199,7 +199,7 @@ def draw_samples(model: Model, shape: tuple[int, ...], sampler: str, steps: int,
     ``(seed, k)`` (:func:`scorelab.samplers.sample_many`)."""
     def model_for_rows(rows: torch.Tensor):
         m = _sampling_model(model, rows, model.num_classes, config.guidance)
-        return ClipDenoised(m) if config.clip_denoised else m
+        return ClipDenoised(m) if config.clip_denoised and model.process.affine else m
 
     x, nfe = sample_many(model_for_rows, shape, config.num_samples, sampler, steps, seed=config.seed,
                          batch_size=config.batch_size, ranks=ranks, progress=progress,

@@ -21,7 +21,7 @@ from torch import Tensor
 
 from .._util import as_time, require
 from ..models import DiffusionModel, Prediction, ProcessAdapter
-from ..processes import NoiseProcess
+from ..processes import SDE, NoiseProcess
 
 __all__ = ["SampleResult", "PerSampleNoise", "Callback", "StepInfo", "time_grid", "resolve",
            "randn_like", "initial_noise"]
@@ -103,20 +103,23 @@ def model_device_dtype(model: object) -> tuple[torch.device, torch.dtype]:
     return torch.device("cpu"), torch.float32
 
 
-def initial_noise(process: NoiseProcess, shape_or_x: Sequence[int] | Tensor, noise: NoiseLike,
+def initial_noise(process: SDE, shape_or_x: Sequence[int] | Tensor, noise: NoiseLike,
                   model: object = None) -> Tensor:
-    """``x_T``: given as a tensor, or drawn from the prior ``N(0, prior_std^2 I)`` on the
-    model's device and in its dtype."""
+    """``x_T``: given as a tensor, or drawn from the process's prior on the model's device and in
+    its dtype (sample k from its own generator with :class:`PerSampleNoise`)."""
     if isinstance(shape_or_x, Tensor):
         return shape_or_x
     shape = tuple(shape_or_x)
     require(len(shape) >= 2, f"shape must include the batch, e.g. (16, 2) or (16, 1, 8, 8); got {shape}")
     device, dtype = model_device_dtype(model)
-    x = torch.empty(shape, dtype=dtype, device=device)
-    return process.prior_std * randn_like(x, noise)
+    if isinstance(noise, PerSampleNoise):
+        require(shape[0] == len(noise), f"batch of {shape[0]} but PerSampleNoise has {len(noise)} seeds")
+        return torch.cat([process.prior_sample((1,) + shape[1:], g, device=g.device, dtype=dtype)
+                          for g in noise.generators]).to(device)
+    return process.prior_sample(shape, noise, device=device, dtype=dtype)
 
 
-def resolve(model: DiffusionModel, process: NoiseProcess | None) -> tuple[DiffusionModel, NoiseProcess]:
+def resolve(model: DiffusionModel, process: SDE | None) -> tuple[DiffusionModel, SDE]:
     """The model as seen by ``process`` (adapted by noise level when it is not the model's own)."""
     if process is None or process == model.process:
         return model, model.process

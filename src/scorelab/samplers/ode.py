@@ -22,7 +22,7 @@ from torch import Tensor
 
 from .._util import as_time, require
 from ..models import DiffusionModel, select_rows
-from ..processes import NoiseProcess
+from ..processes import SDE, NoiseProcess
 from ._common import (Callback, NoiseLike, SampleResult, SigmaView, call_back, finite_or_raise,
                       initial_noise, randn_like, resolve, time_grid)
 
@@ -103,7 +103,7 @@ def dopri5(fun: Callable[[Tensor, Tensor, Tensor], Tensor], y0: Tensor, t0: floa
 
 
 def solve_probability_flow(model: DiffusionModel, x: Tensor, t_start: float, t_end: float, *,
-                           process: NoiseProcess | None = None, rtol: float = 1e-5,
+                           process: SDE | None = None, rtol: float = 1e-5,
                            atol: float = 1e-5) -> tuple[Tensor, int]:
     """Carry ``x`` from ``t_start`` to ``t_end`` along ``dx/dt = f - g^2 score / 2`` (MATH.md 4)."""
     model, process = resolve(model, process)
@@ -116,18 +116,19 @@ def solve_probability_flow(model: DiffusionModel, x: Tensor, t_start: float, t_e
 
 @torch.no_grad()
 def ode_rk45(model: DiffusionModel, shape_or_x: Sequence[int] | Tensor, *, rtol: float = 1e-5,
-             atol: float = 1e-5, process: NoiseProcess | None = None, t_min: float | None = None,
-             denoise: bool = True, noise: NoiseLike = None) -> SampleResult:
+             atol: float = 1e-5, process: SDE | None = None, t_min: float | None = None,
+             denoise: bool | None = None, noise: NoiseLike = None) -> SampleResult:
     """Sample by solving the probability-flow ODE from ``t = 1`` to ``t_min`` with adaptive RK45.
 
-    ``denoise`` returns ``E[x0 | x_{t_min}]`` (one more evaluation). NFE is
-    the number of batched network calls.
+    Needs only ``f``, ``g`` and the score, so it runs on any SDE. ``denoise``
+    returns ``E[x0 | x_{t_min}]`` (one more evaluation; default: for affine
+    processes, never for a general SDE). NFE is the number of batched network calls.
     """
     model, process = resolve(model, process)
     t_min = process.t_min if t_min is None else t_min
     x = initial_noise(process, shape_or_x, noise, model)
     x, nfe = solve_probability_flow(model, x, 1.0, t_min, process=process, rtol=rtol, atol=atol)
-    if denoise:
+    if process.affine if denoise is None else denoise:
         x = model.predict(x, as_time(t_min, x)).x0
         nfe += 1
     finite_or_raise(x, "ode_rk45")

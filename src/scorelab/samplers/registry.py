@@ -9,7 +9,12 @@ from the model's own (MATH.md 4, Song et al. 2021, Table 1):
   model's VP SDE, an NCSN model's VE SDE, or the SDE it was trained with.
 * ``langevin``: annealed Langevin dynamics on an NCSN ladder (the model's,
   or an NCSN with the model's sigma range and ``steps`` levels).
-* ``ode`` (adaptive RK45), ``heun``, ``dpm++2m``, ``ddim``: any process.
+* ``ode`` (adaptive RK45), ``heun``, ``dpm++2m``, ``ddim``: any affine process.
+* ``ld``: Langevin dynamics on the single least-noise score (Song & Ermon's
+  starting point, which annealing improves on).
+
+On a general SDE (a non-affine drift, MATH.md 7) only ``em``, ``pc``, ``ode`` and
+``ld`` run: they need ``f``, ``g`` and the score, never ``a(t), s(t)``.
 """
 
 from __future__ import annotations
@@ -19,11 +24,11 @@ from typing import Any, Sequence
 
 from .._util import require
 from ..models import DiffusionModel
-from ..processes import DDPM, NCSN, NoiseProcess
+from ..processes import DDPM, NCSN, SDE
 from ._common import NoiseLike, SampleResult
 from .ancestral import ddim, ddpm_ancestral
 from .ode import dpm_solver_pp_2m, ode_heun, ode_rk45
-from .sde import annealed_langevin, euler_maruyama, predictor_corrector
+from .sde import annealed_langevin, euler_maruyama, langevin_dynamics, predictor_corrector
 
 __all__ = ["SAMPLERS", "sample", "sde_process"]
 
@@ -37,23 +42,24 @@ SAMPLERS: dict[str, str] = {
     "heun": "EDM's Heun sampler (Karras et al. 2022); steps (default 18, 2 NFE each)",
     "dpm++2m": "DPM-Solver++(2M) (Lu et al. 2022); steps (default 20)",
     "langevin": "annealed Langevin dynamics (Song & Ermon 2019); steps = steps per level (default 100)",
+    "ld": "Langevin dynamics on one score, the least-noise one (MATH.md 3); steps (default 1000), step_size",
 }
+#: The samplers that need only f, g and the score, so run on every SDE (MATH.md 7).
+ANY_SDE = ("em", "pc", "ode", "ld")
 
 
-def sde_process(process: NoiseProcess) -> NoiseProcess:
+def sde_process(process: SDE) -> SDE:
     """The continuous SDE a discrete process discretizes (DDPM -> VP, NCSN -> VE), else itself."""
-    if isinstance(process, NCSN) or (isinstance(process, DDPM) and process.schedule == "linear"):
-        return process.continuous()
-    return process
+    return process.sampling_sde()
 
 
-def _function(sampler: str, process: NoiseProcess):
+def _function(sampler: str, process: SDE):
     return {"ancestral": ddpm_ancestral if isinstance(process, DDPM) else ddim, "ddim": ddim,
             "pc": predictor_corrector, "em": euler_maruyama, "ode": ode_rk45, "heun": ode_heun,
-            "dpm++2m": dpm_solver_pp_2m, "langevin": annealed_langevin}[sampler]
+            "dpm++2m": dpm_solver_pp_2m, "langevin": annealed_langevin, "ld": langevin_dynamics}[sampler]
 
 
-def _check_options(sampler: str, options: dict[str, Any], process: NoiseProcess) -> None:
+def _check_options(sampler: str, options: dict[str, Any], process: SDE) -> None:
     """Refuse options the chosen sampler does not take, naming the ones it does."""
     fixed = {"self", "model", "shape_or_x", "steps", "noise", "process", "steps_per_level"}
     accepted = [p for p in inspect.signature(_function(sampler, process)).parameters if p not in fixed]
@@ -67,6 +73,9 @@ def sample(model: DiffusionModel, shape: Sequence[int], sampler: str = "ancestra
     require(sampler in SAMPLERS, f"unknown sampler {sampler!r}; choose one of {list(SAMPLERS)}")
     require(steps is None or (isinstance(steps, int) and steps > 0), f"steps must be a positive integer, got {steps!r}")
     process = model.process
+    require(process.affine or sampler in ANY_SDE,
+            f"sampler {sampler!r} needs a(t) and s(t) of an affine process, and {type(process).__name__}'s drift is "
+            f"not affine; on a general SDE use one of {list(ANY_SDE)}")
     _check_options(sampler, options, process)
     kw: dict[str, Any] = dict(noise=noise, **options)
     if steps is not None and sampler not in ("ode", "langevin"):
@@ -85,6 +94,8 @@ def sample(model: DiffusionModel, shape: Sequence[int], sampler: str = "ancestra
         return predictor_corrector(model, shape, process=sde, **kw)
     if sampler == "ode":
         return ode_rk45(model, shape, **kw)
+    if sampler == "ld":
+        return langevin_dynamics(model, shape, **kw)
     if sampler == "heun":
         return ode_heun(model, shape, **kw)
     if sampler == "dpm++2m":

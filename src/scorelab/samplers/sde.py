@@ -15,11 +15,12 @@ from torch import Tensor
 
 from .._util import as_time, expand_as, require
 from ..models import DiffusionModel
-from ..processes import NCSN, VESDE, NoiseProcess
+from ..processes import NCSN, SDE
 from ._common import (Callback, NoiseLike, SampleResult, call_back, finite_or_raise, initial_noise,
                       randn_like, resolve, time_grid)
 
-__all__ = ["annealed_langevin", "euler_maruyama", "predictor_corrector", "PREDICTORS", "CORRECTORS"]
+__all__ = ["langevin_dynamics", "annealed_langevin", "euler_maruyama", "predictor_corrector", "PREDICTORS",
+           "CORRECTORS"]
 
 PREDICTORS = ("reverse_diffusion", "euler_maruyama", "ancestral", "none")
 CORRECTORS = ("langevin", "annealed_langevin", "none")
@@ -45,9 +46,37 @@ def _norm(v: Tensor) -> Tensor:
 
 
 @torch.no_grad()
+def langevin_dynamics(model: DiffusionModel, shape_or_x: Sequence[int] | Tensor, steps: int = 1000,
+                      step_size: float = 1e-3, *, t: float | None = None, process: SDE | None = None,
+                      noise: NoiseLike = None, callback: Callback | None = None) -> SampleResult:
+    """Langevin dynamics on one score (the survey's starting point; MATH.md 3).
+
+    ``x_i = x_{i-1} + (gamma / 2) grad log p(x_{i-1}) + sqrt(gamma) w_i`` for ``steps``
+    steps of size ``gamma = step_size``, with the model's score at the single time
+    ``t`` (default ``t_min``, the least noise it knows), from ``x`` or a prior draw.
+    It samples ``p`` as ``gamma -> 0`` and ``steps -> oo``, but between modes
+    separated by low density it mixes too slowly to get their weights right:
+    the failure annealed Langevin (:func:`annealed_langevin`) mends.
+    """
+    require(isinstance(steps, int) and steps >= 1, f"steps must be a positive integer, got {steps!r}")
+    require(step_size > 0, f"step_size must be positive, got {step_size}")
+    model, process = resolve(model, process)
+    t = process.t_min if t is None else t
+    require(0 <= t <= 1, f"t must lie in [0, 1], got {t}")
+    x = initial_noise(process, shape_or_x, noise, model)
+    net = _Counter(model)
+    tt = as_time(t, x)
+    for i in range(steps):
+        x = x + 0.5 * step_size * net.score(x, tt) + math.sqrt(step_size) * randn_like(x, noise)
+        call_back(callback, i + 1, steps, t, x, net.nfe)
+    finite_or_raise(x, "langevin_dynamics")
+    return SampleResult(x, net.nfe)
+
+
+@torch.no_grad()
 def annealed_langevin(model: DiffusionModel, shape_or_x: Sequence[int] | Tensor, *,
                       epsilon: float = 2e-5, steps_per_level: int = 100, final_denoise: bool = True,
-                      process: NoiseProcess | None = None, noise: NoiseLike = None,
+                      process: SDE | None = None, noise: NoiseLike = None,
                       callback: Callback | None = None) -> SampleResult:
     """Annealed Langevin dynamics (Song & Ermon 2019, Algorithm 1; MATH.md 3).
 
@@ -80,21 +109,23 @@ def annealed_langevin(model: DiffusionModel, shape_or_x: Sequence[int] | Tensor,
     return SampleResult(x, net.nfe)
 
 
-def _finish(net: _Counter, x: Tensor, t: Tensor, denoise: bool) -> Tensor:
-    """Return x at t_min, or with ``denoise`` its Tweedie estimate E[x0 | x] (one more evaluation)."""
-    return net.x0(x, t) if denoise else x
+def _finish(net: _Counter, x: Tensor, t: Tensor, denoise: bool | None, process: SDE) -> Tensor:
+    """Return x at t_min, or with ``denoise`` its Tweedie estimate E[x0 | x] (one more evaluation).
+    ``denoise=None``: denoise where the process has a Gaussian kernel (affine), not for a general SDE."""
+    return net.x0(x, t) if (process.affine if denoise is None else denoise) else x
 
 
 @torch.no_grad()
 def euler_maruyama(model: DiffusionModel, shape_or_x: Sequence[int] | Tensor, steps: int = 1000, *,
-                   process: NoiseProcess | None = None, grid: str = "time", t_min: float | None = None,
-                   denoise: bool = True, noise: NoiseLike = None,
+                   process: SDE | None = None, grid: str = "time", t_min: float | None = None,
+                   denoise: bool | None = None, noise: NoiseLike = None,
                    callback: Callback | None = None) -> SampleResult:
     """Euler-Maruyama on the reverse-time SDE (the survey's Algorithm 3; MATH.md 4).
 
     ``x <- x + [f - g^2 score] dt + g sqrt(|dt|) z`` on ``steps`` steps from
     ``t = 1`` to ``t_min``; the last step adds no noise (score_sde's noise
-    removal). ``denoise`` then returns ``E[x0 | x_{t_min}]`` (one more NFE). It is
+    removal). ``denoise`` then returns ``E[x0 | x_{t_min}]`` (one more NFE; by
+    default for affine processes, never for a general SDE, which has no Tweedie formula). It is
     :func:`predictor_corrector` with that predictor and no corrector.
     """
     return predictor_corrector(model, shape_or_x, steps, predictor="euler_maruyama", corrector="none",
@@ -102,17 +133,12 @@ def euler_maruyama(model: DiffusionModel, shape_or_x: Sequence[int] | Tensor, st
                                callback=callback)
 
 
-def default_target_snr(process: NoiseProcess) -> float:
-    """Song et al.'s corrector signal-to-noise ratio: 0.16 for VE (and NCSN), 0.01 for VP-type processes."""
-    return 0.16 if isinstance(process, VESDE) else 0.01
-
-
 @torch.no_grad()
 def predictor_corrector(model: DiffusionModel, shape_or_x: Sequence[int] | Tensor, steps: int = 1000, *,
                         predictor: str = "reverse_diffusion", corrector: str = "langevin",
                         corrector_steps: int = 1, target_snr: float | None = None,
-                        snr_norm: str = "sample", process: NoiseProcess | None = None, grid: str = "time",
-                        t_min: float | None = None, denoise: bool = True, noise: NoiseLike = None,
+                        snr_norm: str = "sample", process: SDE | None = None, grid: str = "time",
+                        t_min: float | None = None, denoise: bool | None = None, noise: NoiseLike = None,
                         callback: Callback | None = None) -> SampleResult:
     """Predictor-corrector sampling (Song et al. 2021, Algorithms 2-3; MATH.md 4).
 
@@ -120,24 +146,28 @@ def predictor_corrector(model: DiffusionModel, shape_or_x: Sequence[int] | Tenso
     then a predictor step to ``t_{i+1}``. Predictors:
 
     * ``"reverse_diffusion"``: ``x <- x - f_i + G_i^2 score + G_i z`` with the
-      process's exact discretization ``x_{i} = r x_{i+1} + G z`` between grid
-      times, ``r = a(t_i) / a(t_{i+1})``, ``G^2 = s(t_i)^2 - r^2 s(t_{i+1})^2``,
-      ``f_i = (r - 1) x`` (for VP this is DDPM's beta_i, for VE NCSN's
-      ``sigma_i^2 - sigma_{i-1}^2``);
+      process's discretization ``x_t = x + f_i + G_i z`` (:meth:`SDE.discretize`): the
+      exact ``x_{i} = r x_{i+1} + G z`` of an affine process, ``r = a(t_i) / a(t_{i+1})``,
+      ``G^2 = s(t_i)^2 - r^2 s(t_{i+1})^2``, ``f_i = (r - 1) x`` (for VP this is DDPM's
+      beta_i, for VE NCSN's ``sigma_i^2 - sigma_{i-1}^2``); Euler-Maruyama's for a general SDE;
     * ``"euler_maruyama"``: one Euler-Maruyama step;
     * ``"ancestral"``: a draw from the forward posterior (DDIM with eta = 1);
     * ``"none"``: corrector only.
 
     Correctors: ``"langevin"``, ``x <- x + e score + sqrt(2 e) z`` with
     ``e = 2 alpha (r ||z|| / ||score||)^2``, ``r`` the target signal-to-noise
-    ratio and ``alpha = r^2 = a(t_i)^2 / a(t_{i+1})^2`` (1 for VE; score_sde's
+    ratio (default the process's ``langevin_snr``: 0.16 for VE, 0.01 otherwise) and
+    ``alpha = a(t_i)^2 / a(t_{i+1})^2`` (1 for VE and general SDEs; score_sde's
     ``1 - beta_i`` for VP); ``"annealed_langevin"``, ``e = 2 alpha (r s(t))^2``;
     ``"none"``. ``snr_norm="sample"`` takes the norms per sample, so sample k
     does not depend on its batch; ``"batch"`` averages them over the batch as
     score_sde does. In high dimension the two agree; in a few dimensions the
     per-sample rule is unstable (a sample where the score nearly vanishes takes
     a huge step): use ``"batch"`` or the annealed corrector there. The last
-    predictor step adds no noise; ``denoise`` then returns ``E[x0 | x_{t_min}]``.
+    predictor step adds no noise; ``denoise`` then returns ``E[x0 | x_{t_min}]``
+    (default: for affine processes). On a general SDE the reverse-diffusion and
+    Euler-Maruyama predictors and the Langevin corrector work; the ancestral
+    predictor and annealed corrector need ``a(t), s(t)``.
     """
     require(predictor in PREDICTORS, f"unknown predictor {predictor!r}; choose one of {PREDICTORS}")
     require(corrector in CORRECTORS, f"unknown corrector {corrector!r}; choose one of {CORRECTORS}")
@@ -147,21 +177,17 @@ def predictor_corrector(model: DiffusionModel, shape_or_x: Sequence[int] | Tenso
     require(isinstance(corrector_steps, int) and corrector_steps >= 0,
             f"corrector_steps must be a non-negative integer, got {corrector_steps!r}")
     model, process = resolve(model, process)
-    target_snr = default_target_snr(process) if target_snr is None else target_snr
+    target_snr = process.langevin_snr if target_snr is None else target_snr
     require(target_snr > 0, f"target_snr must be positive, got {target_snr}")
     times = time_grid(process, steps, grid, t_min=t_min)
     x = initial_noise(process, shape_or_x, noise, model)
     net = _Counter(model)
-    uses_scales = corrector != "none" or predictor in ("reverse_diffusion", "ancestral")
     for i in range(steps):
         t_val, t_next_val = times[i].item(), times[i + 1].item()
         t, t_next = as_time(t_val, x), as_time(t_next_val, x)
-        if uses_scales:
-            a, a_next = process.signal_scale(t), process.signal_scale(t_next)
-            ratio = a / a_next                               # forward factor from t_{i+1} to t_i
         last = i + 1 == steps
         if corrector != "none":
-            alpha = expand_as(ratio**2, x)
+            alpha = expand_as(process.langevin_alpha(t, t_next), x)
             for _ in range(corrector_steps):
                 score = net.score(x, t)
                 z = randn_like(x, noise)
@@ -181,11 +207,12 @@ def predictor_corrector(model: DiffusionModel, shape_or_x: Sequence[int] | Tenso
             if not last:
                 x = x + expand_as(process.diffusion(t), x) * math.sqrt(-dt) * randn_like(x, noise)
         elif predictor == "reverse_diffusion":
-            g2 = process.noise_std(t) ** 2 - ratio**2 * process.noise_std(t_next) ** 2
-            x = x - expand_as(ratio - 1, x) * x + expand_as(g2, x) * net.score(x, t)
+            f, g2 = process.discretize(x, t, t_next)
+            x = x - f + expand_as(g2, x) * net.score(x, t)
             if not last:
                 x = x + expand_as(g2.clamp(min=0).sqrt(), x) * randn_like(x, noise)
         else:  # ancestral: the forward posterior in y = x / a coordinates
+            a, a_next = process.signal_scale(t), process.signal_scale(t_next)
             sigma, sigma_next = process.sigma(t), process.sigma(t_next)
             y = x / expand_as(a, x)
             score = net.score(x, t)
@@ -196,6 +223,6 @@ def predictor_corrector(model: DiffusionModel, shape_or_x: Sequence[int] | Tenso
                 y = y + expand_as(std, x) * randn_like(x, noise)
             x = expand_as(a_next, x) * y
         call_back(callback, i + 1, steps, t_next_val, x, net.nfe)
-    x = _finish(net, x, as_time(times[-1], x), denoise)
+    x = _finish(net, x, as_time(times[-1], x), denoise, process)
     finite_or_raise(x, "predictor_corrector")
     return SampleResult(x, net.nfe)

@@ -1,7 +1,9 @@
 """Training configuration: one dataclass, and each framework's paper defaults (MATH.md 2-4).
 
 ``TrainConfig(framework="ddpm")`` trains like Ho et al. 2020; ``"ncsn"`` like
-Song & Ermon 2019; ``"vp" | "subvp" | "ve"`` like Song et al. 2021. Fields left
+Song & Ermon 2019; ``"vp" | "subvp" | "ve"`` like Song et al. 2021; ``"sde"`` a
+named SDE with a non-affine drift (``process_options={"drift": "double_well"}``)
+by sliced score matching on simulated paths (MATH.md 7). Fields left
 ``None`` take the framework's default from :data:`FRAMEWORKS`; every one can
 be overridden. The config is validated once, on creation, and saved in every
 checkpoint.
@@ -16,16 +18,19 @@ import numpy as np
 
 from .._util import require
 from ..data import ImageSet
-from ..models import TARGETS, default_condition
+from ..models import TARGETS
 from ..modelspec import ModelSpec
 from ..networks import PRESETS, MLPConfig, UNetConfig
-from ..processes import NoiseProcess
+from ..processes import SDE
 
-__all__ = ["TrainConfig", "FRAMEWORKS", "LOSSES", "Framework", "make_process", "make_model_spec"]
+__all__ = ["TrainConfig", "FRAMEWORKS", "LOSSES", "KERNEL_LOSSES", "Framework", "make_process", "make_model_spec"]
 
 #: Loss names: L_simple (Ho et al. eq. 14), DSM with lambda = s^2 (NCSN, score SDEs),
-#: DSM with the likelihood weighting lambda = g^2, and Nichol & Dhariwal's hybrid loss.
-LOSSES = ("simple", "dsm", "dsm-likelihood", "hybrid")
+#: DSM with the likelihood weighting lambda = g^2, Nichol & Dhariwal's hybrid loss, and
+#: exact and sliced score matching (Hyvarinen 2005; Song et al. 2019), which need no Gaussian kernel.
+LOSSES = ("simple", "dsm", "dsm-likelihood", "hybrid", "sm", "ssm", "ssm-vr")
+#: The losses that regress on the Gaussian kernel q(x_t | x0) (affine processes only).
+KERNEL_LOSSES = ("simple", "dsm", "dsm-likelihood", "hybrid")
 
 
 @dataclass(frozen=True)
@@ -65,6 +70,11 @@ FRAMEWORKS: dict[str, Framework] = {
     # output scaled by 1 / sigma (here: the eps target), EMA 0.999.
     "ve": Framework("Song et al. 2021", {"name": "ve", "sigma_min": 0.01, "sigma_max": 50.0},
                     "eps", "dsm", 2e-4, 5000, 1.0, 0.999, "fourier", 16.0),
+    # A Langevin SDE with a non-affine drift (MATH.md 7; the survey's SDE section): no Gaussian kernel,
+    # so the score is learned by sliced score matching (SSM-VR, Song et al. 2019) on simulated x_t;
+    # the time is embedded as 1000 t as for VP. Adam 1e-3 without warm-up, as NCSN.
+    "sde": Framework("Song et al. 2021, Song et al. 2019", {"name": "general", "drift": "tanh"},
+                     "score", "ssm-vr", 1e-3, 0, 1.0, 0.999, "sinusoidal", 1000.0),
 }
 
 
@@ -132,6 +142,12 @@ class TrainConfig:
                 f"unknown network {self.network!r}; choose 'auto', 'mlp' or a U-Net preset: {sorted(PRESETS)}")
         if self.resolved("loss") == "hybrid":
             require(self.framework == "ddpm", "the hybrid loss (learned variances) needs --framework ddpm")
+        if self.framework == "sde":
+            require(self.resolved("loss") not in KERNEL_LOSSES,
+                    f"the loss {self.resolved('loss')!r} regresses on the Gaussian kernel of an affine process, and "
+                    "the sde framework's drift is not affine; use --loss ssm-vr, ssm or sm")
+            require(self.resolved("target") == "score", f"the sde framework's drift is not affine, so there is no "
+                    f"{self.resolved('target')} target (it needs a(t), s(t)); use --target score")
         object.__setattr__(self, "network_options", dict(self.network_options))
         object.__setattr__(self, "process_options", dict(self.process_options))
 
@@ -158,7 +174,7 @@ class TrainConfig:
         return replace(self, **changes)
 
 
-def make_process(config: TrainConfig) -> NoiseProcess:
+def make_process(config: TrainConfig) -> SDE:
     """The framework's process with ``process_options`` applied."""
     from ..processes import process_from_config
 
@@ -182,6 +198,10 @@ def make_model_spec(config: TrainConfig, data: ImageSet | np.ndarray) -> ModelSp
     process = make_process(config)
     loss = config.resolved("loss")
     learned_variance = loss == "hybrid"
+    if loss == "sm":
+        dims = int(np.prod(data.shape)) if isinstance(data, ImageSet) else int(np.asarray(data).shape[1])
+        require(dims <= 128, f"exact score matching (--loss sm) takes one backward pass per dimension and the "
+                f"data has {dims}; use --loss ssm-vr")
     classes = None
     num_classes = 0
     if config.class_conditional:
@@ -216,7 +236,7 @@ def make_model_spec(config: TrainConfig, data: ImageSet | np.ndarray) -> ModelSp
         except TypeError as e:
             raise ValueError(f"network options {config.network_options} do not fit MLPConfig: {e}") from None
     return ModelSpec(network=network, process=process.config(), target=config.resolved("target"),
-                     condition=default_condition(process), learned_variance=learned_variance,
+                     condition=process.default_condition, learned_variance=learned_variance,
                      data_shape=tuple(shape), classes=classes)
 
 

@@ -11,7 +11,7 @@ from ..imaging import save_grid
 from ..models import Model
 from ..processes import DDPM
 from ..modelspec import ModelSpec
-from ..samplers import ddim
+from ..samplers import ddim, euler_maruyama
 from .plots import plot_points
 
 __all__ = ["save_preview"]
@@ -20,7 +20,8 @@ __all__ = ["save_preview"]
 @torch.no_grad()
 def save_preview(model: Model, spec: ModelSpec, step: int, out: Path, *, num: int = 64, steps: int = 50,
                  seed: int = 0) -> Path:
-    """``out/samples/step-XXXXXXXX.png``: ``num`` DDIM samples (eta = 0, ``steps`` steps; MATH.md 5).
+    """``out/samples/step-XXXXXXXX.png``: ``num`` DDIM samples (eta = 0, ``steps`` steps; MATH.md 5),
+    or Euler-Maruyama ones on a general SDE.
 
     Class-conditional models draw class ``k mod num_classes`` in position k.
     """
@@ -31,7 +32,11 @@ def save_preview(model: Model, spec: ModelSpec, step: int, out: Path, *, num: in
         m = Conditional(model, torch.arange(num, device=device) % len(spec.classes))
     if isinstance(model.process, DDPM):
         steps = min(steps, model.process.num_steps)
-    x = ddim(m, shape, steps, noise=torch.Generator(device).manual_seed(seed)).samples
+    noise = torch.Generator(device).manual_seed(seed)
+    if model.process.affine:
+        x = ddim(m, shape, steps, noise=noise).samples
+    else:                                          # a general SDE: Euler-Maruyama from the same noise (MATH.md 7)
+        x = euler_maruyama(m, shape, steps, noise=noise).samples
     path = Path(out) / "samples" / f"step-{step:08d}.png"
     if len(spec.data_shape) == 1:
         return plot_points(x.float().cpu().numpy(), path, title=f"step {step}")

@@ -42,13 +42,13 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .._util import atomic_write, randn, require
+from .._util import BatchNoise, Randomness, atomic_write, randn, require
 from ..checkpoints import CheckpointError, config_differences, latest_checkpoint, load_checkpoint, save_checkpoint
 from ..data import ImageSet, load_dataset, take
 from ..distributed import Ranks, all_equal, all_mean, barrier, rank_device
 from ..distributed import current as current_ranks
 from ..guidance import Conditional, drop_labels
-from ..losses import dsm_loss, hybrid_loss, simple_loss
+from ..losses import dsm_loss, hybrid_loss, score_matching_loss, simple_loss, sliced_score_matching_loss
 from ..models import Model
 from ..modelspec import ModelSpec
 from .config import TrainConfig, make_model_spec
@@ -101,27 +101,46 @@ def batch_indices(n: int, batch_size: int, seed: int, index: int) -> np.ndarray:
     return order[k * batch_size:(k + 1) * batch_size]
 
 
-def training_loss(model: Model, x0: Tensor, loss: str, generator: torch.Generator | None = None,
+def _dsm(weighting: str, reduction: str = "mean"):
+    return lambda m, x0, gen, t, noise: dsm_loss(m, x0, weighting=weighting, t=t, noise=noise, generator=gen,
+                                                 reduction=reduction)
+
+
+def _sliced(variance_reduced: bool):
+    return lambda m, x0, gen, t, noise: sliced_score_matching_loss(
+        m, x0, variance_reduced=variance_reduced, t=t, noise=noise, generator=gen, reduction="mean")
+
+
+#: Each training loss by name: ``(model, x0, randomness, t, noise) -> per-example loss`` (MATH.md 2-4, 7).
+LOSS_FUNCTIONS = {
+    "simple": lambda m, x0, gen, t, noise: simple_loss(m, x0, t=t, noise=noise, generator=gen),
+    "dsm": _dsm("s2"),
+    "dsm-likelihood": _dsm("g2"),
+    "hybrid": lambda m, x0, gen, t, noise: hybrid_loss(m, x0, t=t, noise=noise, generator=gen),
+    "sm": lambda m, x0, gen, t, noise: score_matching_loss(m, x0, t=t, noise=noise, generator=gen,
+                                                           reduction="mean"),
+    "ssm": _sliced(False),
+    "ssm-vr": _sliced(True),
+}
+
+
+def training_loss(model: Model, x0: Tensor, loss: str, generator: Randomness = None,
                   labels: Tensor | None = None, *, t: Tensor | None = None, noise: Tensor | None = None
                   ) -> Tensor:
-    """The per-example loss of one batch (MATH.md 2-4), averaged over dimensions.
+    """The per-example loss of one batch (MATH.md 2-4, 7), averaged over dimensions.
 
     ``"simple"``: L_simple (Ho et al. eq. 14); ``"dsm"``: denoising score matching
     with lambda = s^2; ``"dsm-likelihood"``: with lambda = g^2; ``"hybrid"``:
-    L_simple + 0.001 L_vlb (Nichol & Dhariwal). ``labels`` condition a
-    class-conditional model (-1: no label). ``t`` and ``noise`` (drawn from
-    ``generator`` when not given) are the times and ``eps`` of the batch.
+    L_simple + 0.001 L_vlb (Nichol & Dhariwal); ``"sm"``, ``"ssm"``, ``"ssm-vr"``:
+    exact and sliced score matching (one Rademacher projection) on ``x_t ~ p_t``,
+    weighted by ``lambda(t)`` (s^2, or int g^2 on a general SDE). ``labels`` condition
+    a class-conditional model (-1: no label). ``t`` and ``noise`` (drawn from
+    ``generator`` when not given) are the times and ``eps`` of the batch; a general
+    SDE has no eps and simulates ``x_t`` from ``generator`` instead.
     """
+    require(loss in LOSS_FUNCTIONS, f"unknown loss {loss!r}; choose one of {sorted(LOSS_FUNCTIONS)}")
     m = model if labels is None else Conditional(model, labels)
-    if loss == "simple":
-        return simple_loss(m, x0, t=t, noise=noise, generator=generator)
-    if loss == "dsm":
-        return dsm_loss(m, x0, weighting="s2", t=t, noise=noise, generator=generator, reduction="mean")
-    if loss == "dsm-likelihood":
-        return dsm_loss(m, x0, weighting="g2", t=t, noise=noise, generator=generator, reduction="mean")
-    if loss == "hybrid":
-        return hybrid_loss(m, x0, t=t, noise=noise, generator=generator)
-    raise ValueError(f"unknown loss {loss!r}")
+    return LOSS_FUNCTIONS[loss](m, x0, generator, t, noise if model.process.affine else None)
 
 
 def _autocast(device: torch.device, precision: str):
@@ -356,8 +375,8 @@ def train(config: TrainConfig, *, data: ImageSet | np.ndarray | None = None, res
                 last = micro == config.grad_accum - 1
                 with nullcontext() if last or not ranks.distributed else train_net.no_sync():
                     with _autocast(device, config.precision):
-                        local = training_loss(train_model, x0, loss_name, gen, y if labels_on else None,
-                                              t=t, noise=noise).mean()
+                        local = training_loss(train_model, x0, loss_name, BatchNoise(gen, config.batch_size, rows),
+                                              y if labels_on else None, t=t, noise=noise).mean()
                     loss = all_mean(local, ranks)          # the global batch's loss, the same on every rank
                     if not torch.isfinite(loss):
                         break
