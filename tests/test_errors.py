@@ -57,11 +57,20 @@ CASES: list[tuple[str, str, str]] = [
     ("resuming with another model", "train --out {d}/run --resume --steps 4 --batch-size 16 "
      "--process-option num_steps=100 " + " ".join(TINY), "trains another model"),
     ("a run folder that cannot be written", "train --out {d}/a-file/run", "cannot write to the run folder"),
+    ("a denoising loss on an SDE whose drift is not affine", "train --framework sde --loss dsm --out {d}/x",
+     "use --loss ssm-vr"),
+    ("an eps target on an SDE whose drift is not affine", "train --framework sde --target eps --out {d}/x",
+     "use --target score"),
+    ("an SDE drift that is not registered", "train --framework sde --process-option drift=spiral --out {d}/x",
+     "unknown SDE drift 'spiral'"),
+    ("exact score matching on too many dimensions", "train --data array:{d}/big-points.npy --loss sm --framework vp "
+     "--out {d}/x", "--loss ssm-vr"),
     ("a checkpoint that does not exist", "sample {d}/nowhere", "no checkpoint"),
     ("a truncated weights file", "sample {d}/truncated", "checksum"),
     ("an edited checkpoint description", "sample {d}/edited", "checksum"),
     ("zero samples", "sample {d}/run --num-samples 0", "--num-samples must be at least 1"),
     ("an option the sampler does not take", "sample {d}/run --sampler ddim --option snr=0.1", "takes no option"),
+    ("a sampler that needs a(t), s(t) on a non-affine SDE", "sample {d}/sde --sampler heun", "use one of"),
     ("a label asked of an unconditional model", "sample {d}/run --label 3", "class-conditional model"),
     ("bits/dim on data of another shape", "nll {d}/run --data fashion-mnist:{shared}/fashion-mnist",
      "but the model takes"),
@@ -84,7 +93,10 @@ def _setup(d: Path) -> None:
     (d / "broken.json").write_text("{steps: 3")
     (d / "unknown.json").write_text(json.dumps({"steps": 3, "depth": 4}))
     (d / "a-file").write_text("x")
+    np.save(d / "big-points.npy", np.random.default_rng(0).normal(size=(256, 200)).astype(np.float32))
     assert _run(f"train --out {d}/run " + " ".join(FAST), d)[0] == 0
+    assert _run(f"train --framework sde --data points:two_moons --out {d}/sde --steps 2 --batch-size 16 "
+                "--sample-every 100", d)[0] == 0
     ckpt = next((d / "run" / "checkpoints").iterdir())
     for name in ("truncated", "edited"):
         shutil.copytree(ckpt, d / name)

@@ -113,13 +113,13 @@ _WEIGHTINGS = ("s2", "g2", "none")
 
 
 def _score_at_marginal(model: DiffusionModel, x0: Tensor, t: Tensor | float | None, noise: Tensor | None,
-                       generator: Randomness, weighting: str, steps: int
+                       generator: Randomness, weighting: str, steps: int | None
                        ) -> tuple[Tensor, Tensor, Tensor]:
     """Draw ``t`` (unless given) and ``x_t ~ p_t(x_t | x0)``; return ``(x_t, score(x_t, t), lambda(t))``
     with ``x_t`` a leaf that requires grad and the score built under autograd."""
     _check_batch(x0)
     require(weighting in _WEIGHTINGS, f"unknown weighting {weighting!r}; choose 's2' (lambda = s^2, or "
-            "int_0^t g^2 for a general SDE), 'g2' (lambda = g^2) or 'none'")
+            "1 - exp(-int_0^t g^2) for a general SDE), 'g2' (lambda = g^2) or 'none'")
     process = model.process
     if t is None:
         require(generator is None or isinstance(generator, torch.Generator),
@@ -144,12 +144,13 @@ def _finish_sm(value: Tensor, lam: Tensor, num_dims: int, reduction: str, create
 
 def score_matching_loss(model: DiffusionModel, x0: Tensor, *, t: Tensor | float | None = None,
                         noise: Tensor | None = None, generator: Randomness = None, weighting: str = "s2",
-                        reduction: str = "sum", max_dims: int = 128, steps: int = 100) -> Tensor:
+                        reduction: str = "sum", max_dims: int = 128, steps: int | None = None) -> Tensor:
     """Hyvarinen's exact score matching, per example (Hyvarinen 2005; MATH.md 7).
 
     ``lambda(t) [tr(grad_x s_theta(x_t, t)) + ||s_theta(x_t, t)||^2 / 2]`` with
     ``x_t ~ p_t``: in closed form for an affine process (``noise`` is its eps),
-    simulated with ``steps`` Euler-Maruyama steps for a general SDE. Its
+    simulated with ``steps`` Euler-Maruyama steps for a general SDE (default
+    its ``simulate_steps``). Its
     expectation is ``E ||s_theta - grad log p_t||^2 / 2`` minus a constant, so it
     needs no Gaussian kernel; the trace takes one backward pass per dimension,
     so ``D > max_dims`` is refused (use :func:`sliced_score_matching_loss`).
@@ -186,7 +187,7 @@ def sliced_score_matching_loss(model: DiffusionModel, x0: Tensor, *, projections
                                distribution: str = "rademacher", variance_reduced: bool = True,
                                t: Tensor | float | None = None, noise: Tensor | None = None,
                                generator: Randomness = None, weighting: str = "s2", reduction: str = "sum",
-                               steps: int = 100) -> Tensor:
+                               steps: int | None = None) -> Tensor:
     """Sliced score matching, per example (Song, Garg, Shi & Ermon 2019; MATH.md 7).
 
     SSM: ``lambda(t) mean_j [v_j^T (grad_x s) v_j + (v_j^T s)^2 / 2]``; SSM-VR

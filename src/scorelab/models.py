@@ -152,7 +152,10 @@ class Model(nn.Module):
         net: any module taking ``(x, c)`` with ``c`` of shape ``(N,)`` and
             returning ``x``'s shape (twice the channels with ``learned_variance``).
         process: the noise process the network is trained under.
-        target: what the network predicts: ``"eps"``, ``"score"``, ``"x0"`` or ``"v"``.
+        target: what the network predicts: ``"eps"``, ``"score"``, ``"x0"`` or ``"v"``. On a
+            general SDE only ``"score"``, with the output scaled as score_sde's
+            ``scale_by_sigma``: ``score = out / sqrt(lambda(t))``, ``lambda(t) = 1 - exp(-int_0^t g^2)``
+            (:meth:`SDE.score_weight`), so the network's output stays of order one as ``t -> 0``.
         condition: what the network is told about the noise level; default
             the process's ``default_condition``: DDPM's and NCSN's 0-based index
             (Ho et al., Song & Ermon), ``t`` for VP, sub-VP and general SDEs, ``log sigma``
@@ -218,9 +221,21 @@ class Model(nn.Module):
             out, var_out = out.chunk(2, dim=1)
             frac = (var_out + 1) / 2
         if not self.process.affine:
-            return ScorePrediction(x, t, out, frac)
+            return ScorePrediction(x, t, self._general_score(x, t, out), frac)
         a, s = self.process.coefficients(t)
         return Prediction(x, t, a, s, to_eps(out, self.target, x, a, s), frac)
+
+    def _general_score(self, x: Tensor, t: Tensor, out: Tensor) -> Tensor:
+        """The score under a general SDE (MATH.md 7): ``2 f(x, t) / g(t)^2 + out / sqrt(lambda(t))``.
+
+        The first term is the score at which the probability flow stands still (the
+        stationary density's score for a Langevin SDE); the network gives the rest,
+        scaled like eps, so its output stays of order one at every ``t`` and near
+        equilibrium it learns the small residual that moves the flow.
+        """
+        process = self.process
+        skip = 2 * process.drift(x, t) / expand_as(process.diffusion(t) ** 2, x)
+        return skip + out / expand_as(process.score_weight(t).clamp(min=1e-12).sqrt(), out)
 
     def forward(self, x: Tensor, t: TimeLike) -> Prediction:
         return self.predict(x, t)

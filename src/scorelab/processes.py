@@ -73,6 +73,8 @@ class SDE(ABC):
     conditions: tuple[str, ...] = ("time",)
     #: The corrector's Langevin signal-to-noise ratio ``r`` (MATH.md 4; Song et al.: 0.01 for VP).
     langevin_snr: float = 0.01
+    #: Euler-Maruyama steps :meth:`simulate` takes from 0 to t unless told (MATH.md 7).
+    simulate_steps: int = 200
 
     # ---- what each SDE defines -------------------------------------------------------
     @abstractmethod
@@ -123,14 +125,15 @@ class SDE(ABC):
         1 for a general SDE."""
         return torch.ones_like(as_time(t))
 
-    def simulate(self, x0: Tensor, t: TimeLike, steps: int = 100, generator: Randomness = None) -> Tensor:
+    def simulate(self, x0: Tensor, t: TimeLike, steps: int | None = None, generator: Randomness = None) -> Tensor:
         """Draw ``x_t`` given ``x0`` by Euler-Maruyama on the forward SDE (MATH.md 4).
 
         Row ``k`` takes ``steps`` steps of ``t_k / steps`` from 0 to its own ``t_k``
         (vectorised over rows with different ``t``): ``x <- x + f(x, u) h + g(u) sqrt(h) z``.
-        Weak error O(1/steps). ``generator`` is a ``torch.Generator`` or a
-        :class:`~scorelab._util.BatchNoise` (rows of a bigger batch's draws).
+        Weak error O(1/steps); default :attr:`simulate_steps`. ``generator`` is a
+        ``torch.Generator`` or a :class:`~scorelab._util.BatchNoise` (rows of a bigger batch's draws).
         """
+        steps = self.simulate_steps if steps is None else steps
         require_positive_int("steps", steps)
         t = as_time(t, x0).to(x0.device)
         require(bool(((t >= 0) & (t <= 1)).all()), "simulate's times must lie in [0, 1]")
@@ -144,7 +147,7 @@ class SDE(ABC):
         return x
 
     def sample_marginal(self, x0: Tensor, t: TimeLike, generator: Randomness = None, *,
-                        noise: Tensor | None = None, steps: int = 100) -> Tensor:
+                        noise: Tensor | None = None, steps: int | None = None) -> Tensor:
         """Draw ``x_t ~ p_t(x_t | x0)``: simulated here (``steps`` Euler-Maruyama steps), in closed form
         for an affine process (where ``noise`` is its eps)."""
         require(noise is None, f"{type(self).__name__} has no closed-form marginal to put eps (noise) in: its "
@@ -152,16 +155,17 @@ class SDE(ABC):
         return self.simulate(x0, t, steps, generator)
 
     def score_weight(self, t: TimeLike) -> Tensor:
-        """The score-matching weight ``lambda(t)`` that keeps every time's loss of order one (MATH.md 3-4).
+        """The score-matching weight ``lambda(t)`` that keeps every time's loss of order one (MATH.md 3-4, 7).
 
-        ``s(t)^2`` for affine processes; here ``int_0^t g(u)^2 du``, the variance the
-        diffusion alone adds by time ``t`` (``s^2`` to first order), by Gauss-Legendre quadrature.
+        ``s(t)^2`` for affine processes; here ``1 - exp(-int_0^t g(u)^2 du)``, the ``s(t)^2``
+        that a VP SDE with this diffusion would have (so a general SDE whose drift is VP's
+        weighs like VP), by 16-point Gauss-Legendre quadrature.
         """
         t = as_time(t)
         nodes, weights = _GAUSS_LEGENDRE
         u = 0.5 * t[..., None] * (nodes.to(t.device) + 1)             # nodes mapped to [0, t]
         g2 = self.diffusion(u.reshape(-1)).reshape(u.shape) ** 2
-        return 0.5 * t * (g2 * weights.to(t.device)).sum(-1)
+        return -torch.expm1(-0.5 * t * (g2 * weights.to(t.device)).sum(-1))
 
     def sample_train_times(self, n: int, generator: torch.Generator | None = None,
                            device: torch.device | str | None = None) -> Tensor:
@@ -316,7 +320,7 @@ class NoiseProcess(SDE):
         return (self.signal_scale(t) / self.signal_scale(t_next)) ** 2
 
     def sample_marginal(self, x0: Tensor, t: TimeLike, generator: Randomness = None, *,
-                        noise: Tensor | None = None, steps: int = 100) -> Tensor:
+                        noise: Tensor | None = None, steps: int | None = None) -> Tensor:
         """``x_t = a(t) x0 + s(t) eps`` in closed form (``noise``: eps, else drawn; ``steps`` unused)."""
         if noise is None:
             noise = normal(x0.shape, generator, device=x0.device, dtype=x0.dtype)

@@ -133,7 +133,7 @@ def training_loss(model: Model, x0: Tensor, loss: str, generator: Randomness = N
     with lambda = s^2; ``"dsm-likelihood"``: with lambda = g^2; ``"hybrid"``:
     L_simple + 0.001 L_vlb (Nichol & Dhariwal); ``"sm"``, ``"ssm"``, ``"ssm-vr"``:
     exact and sliced score matching (one Rademacher projection) on ``x_t ~ p_t``,
-    weighted by ``lambda(t)`` (s^2, or int g^2 on a general SDE). ``labels`` condition
+    weighted by ``lambda(t)`` (s^2, or 1 - exp(-int g^2) on a general SDE). ``labels`` condition
     a class-conditional model (-1: no label). ``t`` and ``noise`` (drawn from
     ``generator`` when not given) are the times and ``eps`` of the batch; a general
     SDE has no eps and simulates ``x_t`` from ``generator`` instead.
