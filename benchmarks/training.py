@@ -43,6 +43,7 @@ import argparse
 import datetime
 import json
 import os
+import math
 import platform
 import statistics
 import time
@@ -132,15 +133,16 @@ def run(batch: int, warmup: int, steps: int, seed: int, bf16_warmup: int, bf16_s
         seconds = time.perf_counter() - t0
         return seconds, float(loss)
 
-    pairs = [(name, p) for p in PRECISIONS for name in impls]
+    measured = [p for p in PRECISIONS if count[p][1] > 0]          # --bf16-steps 0 turns bf16 off
+    pairs = [(name, p) for p in measured for name in impls]
     times: dict[tuple[str, str], list[float]] = {pair: [] for pair in pairs}
     losses: dict[tuple[str, str], list[float]] = {pair: [] for pair in pairs}
     for name, p in pairs:
         for k in range(count[p][0]):
             s, loss = one(name, p, k)
             print(f"  warm-up {name:9s} {p}: {s:6.2f} s  (loss {loss:.4f})", flush=True)
-    for r in range(max(steps, bf16_steps)):
-        for p in PRECISIONS:
+    for r in range(max(count[p][1] for p in measured) if measured else 0):
+        for p in measured:
             if r >= count[p][1]:
                 continue
             order = list(impls) if r % 2 == 0 else list(impls)[::-1]
@@ -148,22 +150,28 @@ def run(batch: int, warmup: int, steps: int, seed: int, bf16_warmup: int, bf16_s
                 s, loss = one(name, p, count[p][0] + r)
                 times[name, p].append(s)
                 losses[name, p].append(loss)
-                print(f"  round {r + 1}/{steps} {name:9s} {p}: {s:6.2f} s  (loss {loss:.4f})", flush=True)
+                print(f"  round {r + 1}/{count[p][1]} {name:9s} {p}: {s:6.2f} s  (loss {loss:.4f})", flush=True)
+    return {"parameters": {"scorelab": n_ours, "diffusers": n_peer}, **summarize(times, losses, batch)}
 
+
+def summarize(times: dict[tuple[str, str], list[float]], losses: dict[tuple[str, str], list[float]],
+              batch: int) -> dict:
+    """Median speed per (implementation, precision) that was timed, and the ratios between those present."""
     results: dict = {}
     for (name, p), ts in times.items():
-        med = statistics.median(ts)
-        bad = [x for x in losses[name, p] if not torch.isfinite(torch.tensor(x))]
+        bad = [x for x in losses[name, p] if not math.isfinite(x)]
         assert not bad, f"{name} {p}: non-finite loss {bad}"
+        med = statistics.median(ts)
         results.setdefault(name, {})[p] = {
             "seconds_per_step": ts, "median_seconds_per_step": med, "images_per_s": batch / med,
             "min_seconds_per_step": min(ts), "losses": losses[name, p]}
-    for name in impls:
-        r = results[name]
-        r["bf16_over_fp32_speedup"] = r["bf16"]["images_per_s"] / r["fp32"]["images_per_s"]
-    ratios = {p: results["scorelab"][p]["images_per_s"] / results["diffusers"][p]["images_per_s"] for p in PRECISIONS}
-    return {"parameters": {"scorelab": n_ours, "diffusers": n_peer}, "results": results,
-            "scorelab_over_diffusers_images_per_s": ratios}
+    for r in results.values():
+        if "bf16" in r and "fp32" in r:
+            r["bf16_over_fp32_speedup"] = r["bf16"]["images_per_s"] / r["fp32"]["images_per_s"]
+    precisions = {p for (_, p) in times}
+    ratios = {p: results["scorelab"][p]["images_per_s"] / results["diffusers"][p]["images_per_s"]
+              for p in PRECISIONS if p in precisions and {"scorelab", "diffusers"} <= results.keys()}
+    return {"results": results, "scorelab_over_diffusers_images_per_s": ratios}
 
 
 def cpu_meta() -> dict:
@@ -232,11 +240,13 @@ def main() -> None:
     print(f"\n{'':10s} {'precision':9s} {'median s/step':>13s} {'images/s':>9s}")
     for name, r in res["results"].items():
         for p in PRECISIONS:
-            print(f"{name:10s} {p:9s} {r[p]['median_seconds_per_step']:13.3f} {r[p]['images_per_s']:9.2f}")
+            if p in r:
+                print(f"{name:10s} {p:9s} {r[p]['median_seconds_per_step']:13.3f} {r[p]['images_per_s']:9.2f}")
     for p, ratio in res["scorelab_over_diffusers_images_per_s"].items():
         print(f"scorelab / diffusers images/s, {p}: {ratio:.3f}")
     for name, r in res["results"].items():
-        print(f"{name} bf16 / fp32 speed-up: {r['bf16_over_fp32_speedup']:.3f}")
+        if "bf16_over_fp32_speedup" in r:
+            print(f"{name} bf16 / fp32 speed-up: {r['bf16_over_fp32_speedup']:.3f}")
     print(f"cpu capability {meta['cpu_capability']}, mkldnn bf16 supported: {meta['mkldnn_bf16_supported']}")
     print(f"wrote {path}" + ("  (quick: a smoke run, do not quote)" if args.quick else ""))
 
