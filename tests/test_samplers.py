@@ -246,3 +246,8 @@ def test_learned_variance_ancestral_interpolates_the_fixed_choices(mixture_2d):
         learned = S.ddpm_ancestral(model, x_t.clone(), 40, variance="learned", noise=gen(13)).samples
         ref = S.ddpm_ancestral(exact, x_t.clone(), 40, variance=fixed, noise=gen(13)).samples
         torch.testing.assert_close(learned, ref, rtol=1e-9, atol=1e-9)
+        # A learned-variance model samples with its learned variance by default, through wrappers too
+        # (as `scorelab sample` and `evaluate` call it).
+        by_default = sl.samplers.sample(sl.models.ClipDenoised(model, -100, 100), x_t.clone(), "ancestral", 40,
+                                        noise=gen(13)).samples
+        torch.testing.assert_close(by_default, ref, rtol=1e-9, atol=1e-9)

@@ -34,7 +34,7 @@ from torch import Tensor
 
 from ._util import (Randomness, as_time, expand_as, flat_dim, mean_except_batch, normal, require,
                     sum_except_batch)
-from .models import DiffusionModel, Prediction
+from .models import DiffusionModel, Prediction, resolve_variance
 from .processes import DDPM
 
 __all__ = ["dsm_loss", "simple_loss", "score_matching_loss", "sliced_score_matching_loss", "PROJECTIONS", "normal_kl", "discretized_gaussian_log_likelihood",
@@ -280,15 +280,6 @@ def prior_kl(process: DDPM, x0: Tensor) -> Tensor:
     return sum_except_batch(normal_kl(mean, logvar, zero, zero))
 
 
-def _resolve_variance(model: DiffusionModel, variance: str | None) -> str:
-    learned = getattr(model, "learned_variance", False)
-    if variance is None:
-        return "learned" if learned else "beta"
-    require(variance != "learned" or learned,
-            "variance='learned' needs a model with learned_variance=True; use 'beta' or 'beta_tilde'")
-    return variance
-
-
 def _vlb_term(process: DDPM, x0: Tensor, step: Tensor, pred: Prediction, variance: str,
               detach_mean: bool, num_bins: int) -> Tensor:
     """The L_vlb term at per-example ``step`` given the model's prediction at ``x_t = pred.x``."""
@@ -319,7 +310,7 @@ def vlb_term(model: DiffusionModel, x0: Tensor, step: int | Tensor, *, variance:
     gradient through the mean, as Nichol & Dhariwal's hybrid loss does.
     """
     process = _ddpm(model)
-    variance = _resolve_variance(model, variance)
+    variance = resolve_variance(model, variance)
     _check_images(x0)
     step = torch.as_tensor(step, device=x0.device).long().expand(x0.shape[0])
     pred, _ = _noisy_prediction(model, x0, process.step_to_time(step), noise, generator)

@@ -28,7 +28,7 @@ from ._util import TimeLike, as_time, expand_as, require
 from .processes import DDPM, SDE
 
 __all__ = ["TARGETS", "CONDITIONS", "Prediction", "ScorePrediction", "DiffusionModel", "Model", "ProcessAdapter",
-           "ClipDenoised", "to_eps", "from_eps", "select_rows"]
+           "ClipDenoised", "to_eps", "from_eps", "select_rows", "resolve_variance"]
 
 #: Prediction targets a network may be trained for (MATH.md 1).
 TARGETS = ("eps", "score", "x0", "v")
@@ -301,6 +301,19 @@ class ClipDenoised:
     def select_rows(self, rows: Tensor) -> "ClipDenoised":
         """This wrapper for a subset of the batch (see :func:`select_rows`)."""
         return ClipDenoised(select_rows(self.model, rows), self.low, self.high)
+
+
+def resolve_variance(model: DiffusionModel, variance: str | None) -> str:
+    """DDPM's reverse variance for ``model`` (MATH.md 2): ``None`` means the learned one for a model
+    trained with it (Nichol & Dhariwal), else ``beta``; ``"learned"`` needs such a model."""
+    learned = getattr(model, "learned_variance", False)
+    if variance is None:
+        return "learned" if learned else "beta"
+    require(variance in ("beta", "beta_tilde", "learned"),
+            f"unknown variance {variance!r}; choose 'beta', 'beta_tilde' or 'learned'")
+    require(variance != "learned" or learned,
+            "variance='learned' needs a model with learned_variance=True; use 'beta' or 'beta_tilde'")
+    return variance
 
 
 def select_rows(model: DiffusionModel, rows: Tensor) -> DiffusionModel:

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from .._util import require
-from ..models import DiffusionModel
+from ..models import DiffusionModel, resolve_variance
 from ..processes import DDPM, NoiseProcess
 from ._common import (Callback, NoiseLike, SampleResult, SigmaView, call_back, finite_or_raise,
                       initial_noise, randn_like, resolve, time_grid)
@@ -59,27 +59,27 @@ def _clip(pred_x0: Tensor, clip_x0: bool) -> Tensor:
 
 @torch.no_grad()
 def ddpm_ancestral(model: DiffusionModel, shape_or_x: Sequence[int] | Tensor,
-                   steps: int | Sequence[int] | None = None, *, variance: str = "beta",
+                   steps: int | Sequence[int] | None = None, *, variance: str | None = None,
                    process: NoiseProcess | None = None, noise: NoiseLike = None,
                    clip_x0: bool = False, callback: Callback | None = None) -> SampleResult:
     """Ancestral sampling (Ho et al. 2020, Algorithm 2; MATH.md 2).
 
     ``x_{t-1} = mu_theta(x_t, t) + sigma_t z`` from ``t = T`` down to 1, with
     ``sigma_t^2 = beta_t`` (``variance="beta"``), ``beta_tilde_t`` or learned
-    (Nichol & Dhariwal 2021). ``steps``: all T (None), a number of evenly
+    (Nichol & Dhariwal 2021); by default the learned one for a model trained
+    with it, else ``beta``. ``steps``: all T (None), a number of evenly
     respaced steps, or an explicit subsequence; on a subsequence the betas are
     recomputed from ``alpha_bar`` as improved-diffusion does. ``clip_x0``
     clips the predicted ``x0`` to [-1, 1] (images). Runs on a DDPM process:
     the model's own, or ``process=sl.DDPM(...)`` for a model of another process.
     """
+    variance = resolve_variance(model, variance)
     model, ddpm = resolve(model, process)
     if not isinstance(ddpm, DDPM):
         raise ValueError(
             f"ddpm_ancestral follows DDPM's chain but the process is {type(ddpm).__name__}; pass "
             "process=sl.DDPM() to drive this model through DDPM's steps, or use ddim(eta=1), "
             "predictor_corrector(predictor='ancestral') or euler_maruyama, which take any process")
-    require(variance in ("beta", "beta_tilde", "learned"),
-            f"unknown variance {variance!r}; choose 'beta', 'beta_tilde' or 'learned'")
     seq = _ddpm_steps(ddpm, steps)
     x = initial_noise(ddpm, shape_or_x, noise, model)
     view = SigmaView(model, ddpm)
