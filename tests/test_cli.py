@@ -90,3 +90,17 @@ def test_sampler_options_are_checked(run, tmp_path, capsys):
     assert "takes no option ['eta']" in err and "clip_x0" in err and "\n" not in err
     assert main(["sample", str(run), "--sampler", "ddim", "--option", "eta=0.5", "--steps", "2", "--num", "2",
                  "--out", str(tmp_path / "y.png")]) == 0
+
+
+def test_a_typed_flag_wins_over_the_recipe_even_at_its_default_value(tmp_path):
+    """``--config FILE --batch-size 128 --no-flip``: the typed values win although 128 and "no flip" are the
+    flags' defaults; fields typed nowhere come from the file, then from TrainConfig (issue 13, item 5)."""
+    recipe = tmp_path / "recipe.json"
+    recipe.write_text(json.dumps({"framework": "sde", "data": "points:two_moons", "batch_size": 64, "steps": 2,
+                                  "flip": True, "sample_every": 100, "process_options": {"drift": "tanh"}}))
+    out = tmp_path / "run"
+    assert main(["train", "--config", str(recipe), "--batch-size", "128", "--no-flip",
+                 "--process-option", "beta_max=30", "--out", str(out)]) == 0
+    train = json.loads((out / "config.json").read_text())["train"]
+    assert (train["batch_size"], train["flip"], train["steps"], train["lr"]) == (128, False, 2, None)
+    assert train["process_options"] == {"drift": "tanh", "beta_max": 30}

@@ -41,37 +41,59 @@ def _key_values(items: Sequence[str] | None, flag: str) -> dict[str, Any]:
 # Commands
 # ---------------------------------------------------------------------------------------
 def _train_options(args: argparse.Namespace) -> dict[str, Any]:
-    """The TrainConfig fields the ``train`` flags give."""
-    return dict(framework=args.framework, data=args.data, out=args.out, steps=args.steps,
-                batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr, warmup=args.warmup,
-                weight_decay=args.weight_decay, grad_clip=args.grad_clip, ema_decay=args.ema_decay,
-                precision=args.precision, device=args.device, seed=args.seed, network=args.network,
-                network_options=_key_values(args.network_option, "--network-option"),
-                process_options=_key_values(args.process_option, "--process-option"),
-                target=args.target, loss=args.loss, class_conditional=args.class_conditional,
-                label_dropout=args.label_dropout, flip=args.flip, image_size=args.image_size,
-                log_every=args.log_every, sample_every=args.sample_every,
-                checkpoint_every=args.checkpoint_every, keep_last=args.keep_last, on_nan=args.on_nan,
-                num_preview=args.num_preview, preview_steps=args.preview_steps)
+    """The TrainConfig fields typed on the command line (flags left out are absent, not defaults)."""
+    from dataclasses import fields
+
+    from .training import TrainConfig
+
+    options = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)}
+    for f in fields(TrainConfig):
+        if "flag" in f.metadata and f.name in options:                  # repeatable KEY=VALUE flags
+            options[f.name] = _key_values(options[f.name], f.metadata["flag"])
+    return options
+
+
+def _add_config_flags(parser: argparse.ArgumentParser, config_class: type) -> None:
+    """One flag per field of ``config_class`` (a dataclass with ``help`` metadata): ``--batch-size`` for
+    ``batch_size``; defaults are suppressed, so a flag is in the namespace only when typed."""
+    import types
+    import typing
+    from dataclasses import MISSING, fields
+
+    hints = typing.get_type_hints(config_class)
+    for f in fields(config_class):
+        default = f.default if f.default is not MISSING else f.default_factory()
+        flag = f.metadata.get("flag", "--" + f.name.replace("_", "-"))
+        kw: dict[str, Any] = dict(dest=f.name, default=argparse.SUPPRESS, help=f.metadata.get("help", ""))
+        hint = hints[f.name]
+        union = typing.get_origin(hint) in (typing.Union, types.UnionType)
+        kind = next(k for k in (typing.get_args(hint) if union else (hint,)) if k is not type(None))
+        kind = typing.get_origin(kind) or kind                          # dict[str, Any] -> dict
+        if kind is dict:
+            kw.update(action="append", metavar="KEY=VALUE")
+        elif kind is bool:
+            kw.update(action=argparse.BooleanOptionalAction)
+        else:
+            kw.update(type=kind, choices=f.metadata.get("choices"))
+            if default is not None:
+                kw["help"] += f" (default: {default})"
+        parser.add_argument(flag, **kw)
 
 
 def _train(args: argparse.Namespace) -> None:
     from .distributed import session
     from .training import TrainConfig, train
 
-    options = _train_options(args)
+    given = _train_options(args)
+    options = given
     if args.config:
-        # The file gives the recipe; a flag typed on the command line (not left at its default) wins.
-        defaults = _train_options(args.train_defaults)
+        # The file gives the recipe; every flag typed on the command line wins.
         recipe = _read_config(args.config)
-        given = {k: v for k, v in options.items() if v != defaults[k]}
         options = {**recipe, **given}
         for key in ("network_options", "process_options"):  # KEY=VALUE flags add to the recipe's
             if key in given and isinstance(recipe.get(key), dict):
                 options[key] = {**recipe[key], **given[key]}
-        config = TrainConfig.from_dict(options)
-    else:
-        config = TrainConfig(**options)
+    config = TrainConfig.from_dict(options)
     with session(config.device) as (ranks, _):
         result = train(config, resume=args.resume, ranks=ranks)
     if ranks.main:
@@ -290,7 +312,7 @@ class _Parser(argparse.ArgumentParser):
 def _parser() -> argparse.ArgumentParser:
     from .data import DATASET_HELP
     from .samplers import SAMPLERS
-    from .training import FRAMEWORKS, LOSSES
+    from .training import TrainConfig
 
     p = _Parser(prog="scorelab", description="Train, sample and evaluate diffusion models "
                                 "(DDPM, NCSN, score SDEs). Start with: scorelab demo")
@@ -304,49 +326,12 @@ def _parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train a model; --framework picks its paper's defaults",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    t.add_argument("--framework", choices=sorted(FRAMEWORKS), default="ddpm",
-                   help="ddpm: Ho et al. 2020; ncsn: Song & Ermon 2019; vp/subvp/ve: Song et al. 2021")
-    t.add_argument("--data", default="digits", help=DATASET_HELP)
-    t.add_argument("--out", default="runs/scorelab", help="run folder (checkpoints, loss.csv, samples/)")
-    t.add_argument("--steps", type=int, default=10000, help="total optimizer steps")
-    t.add_argument("--batch-size", type=int, default=128)
-    t.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
-    t.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the framework's)")
-    t.add_argument("--warmup", type=int, default=None, help="linear warm-up steps (default: the framework's)")
-    t.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay")
-    t.add_argument("--grad-clip", type=float, default=None, help="clip the gradient norm (default: the framework's)")
-    t.add_argument("--ema-decay", type=float, default=None, help="EMA decay (default: the framework's)")
-    t.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="bf16 = autocast")
-    t.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--network", default="auto", help="auto (by image size), mlp, or a U-Net preset: "
-                   "cifar10 (35.7M), cifar32-small, mnist28, digits8")
-    t.add_argument("--network-option", action="append", metavar="KEY=VALUE",
-                   help="override a network field, e.g. base_channels=64 or dropout=0.1 (repeatable)")
-    t.add_argument("--process-option", action="append", metavar="KEY=VALUE",
-                   help="override a process field, e.g. num_steps=500, sigma_max=20 (repeatable)")
-    t.add_argument("--target", choices=["eps", "score", "x0", "v"], default=None,
-                   help="what the network predicts (default: the framework's)")
-    t.add_argument("--loss", choices=LOSSES, default=None, help="default: the framework's")
-    t.add_argument("--class-conditional", action="store_true", help="condition on labels (for guidance)")
-    t.add_argument("--label-dropout", type=float, default=0.1, help="probability of dropping a label")
-    t.add_argument("--flip", action="store_true", help="random horizontal flips (not for digits or text)")
-    t.add_argument("--image-size", type=int, default=None, help="resize folder images to this square size")
-    t.add_argument("--log-every", type=int, default=10)
-    t.add_argument("--sample-every", type=int, default=1000, help="steps between sample grids")
-    t.add_argument("--checkpoint-every", type=int, default=1000)
-    t.add_argument("--keep-last", type=int, default=3, help="checkpoints to keep")
-    t.add_argument("--on-nan", choices=["stop", "skip"], default="stop",
-                   help="a NaN/Inf loss or gradient: stop (naming the step and the last good checkpoint) or skip "
-                   "the batch (stops anyway after 20 in a row)")
-    t.add_argument("--num-preview", type=int, default=64, help="images in each sample grid")
-    t.add_argument("--preview-steps", type=int, default=50, help="DDIM steps for the sample grids")
+    _add_config_flags(t, TrainConfig)
     t.add_argument("--config", default=None, metavar="FILE.json",
                    help="a training recipe (TrainConfig's fields as JSON, e.g. configs/fashion-mnist.json); "
                    "flags given on the command line override it")
     t.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
     t.set_defaults(run=_train)
-    t.set_defaults(train_defaults=t.parse_args([]))
 
     def model_args(q: argparse.ArgumentParser) -> None:
         q.add_argument("checkpoint", help="a run folder (its newest checkpoint) or a checkpoint folder")

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from .._util import require
-from ..data import ImageSet
+from ..data import DATASET_HELP, ImageSet
 from ..models import TARGETS
 from ..modelspec import ModelSpec
 from ..networks import PRESETS, MLPConfig, UNetConfig
@@ -78,42 +78,58 @@ FRAMEWORKS: dict[str, Framework] = {
 }
 
 
+def _opt(default: Any, help: str, **meta: Any) -> Any:
+    """A field with its command-line help (``scorelab train`` generates its flags from these)."""
+    if isinstance(default, dict):
+        return field(default_factory=dict, metadata={"help": help, **meta})
+    return field(default=default, metadata={"help": help, **meta})
+
+
 @dataclass(frozen=True)
 class TrainConfig:
-    """Everything a training run needs. ``None`` means "the framework's default"."""
+    """Everything a training run needs. ``None`` means "the framework's default".
 
-    framework: str = "ddpm"
-    data: str = "digits"
-    out: str = "runs/scorelab"
-    steps: int = 10000
-    batch_size: int = 128
-    grad_accum: int = 1
-    lr: float | None = None
-    warmup: int | None = None
-    weight_decay: float = 0.0
-    grad_clip: float | None = None
-    ema_decay: float | None = None
-    precision: str = "fp32"
-    device: str = "auto"
-    seed: int = 0
+    Each field is one ``scorelab train`` flag (``--batch-size`` for ``batch_size``; the
+    dictionaries are the repeatable ``--network-option`` / ``--process-option KEY=VALUE``).
+    """
+
+    framework: str = _opt("ddpm", "ddpm: Ho et al. 2020; ncsn: Song & Ermon 2019; vp/subvp/ve: Song et al. "
+                          "2021; sde: a non-affine SDE by sliced score matching", choices=tuple(sorted(FRAMEWORKS)))
+    data: str = _opt("digits", DATASET_HELP)
+    out: str = _opt("runs/scorelab", "run folder (checkpoints, loss.csv, samples/)")
+    steps: int = _opt(10000, "total optimizer steps")
+    batch_size: int = _opt(128, "global batch size")
+    grad_accum: int = _opt(1, "micro-batches per optimizer step")
+    lr: float | None = _opt(None, "peak learning rate (default: the framework's)")
+    warmup: int | None = _opt(None, "linear warm-up steps (default: the framework's)")
+    weight_decay: float = _opt(0.0, "AdamW weight decay")
+    grad_clip: float | None = _opt(None, "clip the gradient norm (default: the framework's)")
+    ema_decay: float | None = _opt(None, "EMA decay (default: the framework's)")
+    precision: str = _opt("fp32", "bf16 = autocast", choices=("fp32", "bf16"))
+    device: str = _opt("auto", "auto, cpu, cuda, cuda:1, ...")
+    seed: int = _opt(0, "seed of the weights, the batches and every draw")
     # model
-    network: str = "auto"
-    network_options: dict[str, Any] = field(default_factory=dict)
-    target: str | None = None
-    loss: str | None = None
-    process_options: dict[str, Any] = field(default_factory=dict)
-    class_conditional: bool = False
-    label_dropout: float = 0.1
-    flip: bool = False
-    image_size: int | None = None
+    network: str = _opt("auto", "auto (by image size), mlp, or a U-Net preset: cifar10 (35.7M), cifar32-small, "
+                        "mnist28, digits8")
+    network_options: dict[str, Any] = _opt({}, "override a network field, e.g. base_channels=64 or dropout=0.1 "
+                                           "(repeatable)", flag="--network-option")
+    target: str | None = _opt(None, "what the network predicts (default: the framework's)", choices=TARGETS)
+    loss: str | None = _opt(None, "the training loss (default: the framework's)", choices=LOSSES)
+    process_options: dict[str, Any] = _opt({}, "override a process field, e.g. num_steps=500, sigma_max=20, "
+                                           "drift=double_well (repeatable)", flag="--process-option")
+    class_conditional: bool = _opt(False, "condition on labels (for guidance)")
+    label_dropout: float = _opt(0.1, "probability of dropping a label")
+    flip: bool = _opt(False, "random horizontal flips (not for digits or text)")
+    image_size: int | None = _opt(None, "resize folder images to this square size")
     # bookkeeping
-    log_every: int = 10
-    sample_every: int = 1000
-    checkpoint_every: int = 1000
-    keep_last: int = 3
-    on_nan: str = "stop"
-    num_preview: int = 64
-    preview_steps: int = 50
+    log_every: int = _opt(10, "steps between loss.csv rows")
+    sample_every: int = _opt(1000, "steps between sample grids")
+    checkpoint_every: int = _opt(1000, "steps between checkpoints")
+    keep_last: int = _opt(3, "checkpoints to keep")
+    on_nan: str = _opt("stop", "a NaN/Inf loss or gradient: stop (naming the step and the last good checkpoint) "
+                       "or skip the batch (stops anyway after 20 in a row)", choices=("stop", "skip"))
+    num_preview: int = _opt(64, "images in each sample grid")
+    preview_steps: int = _opt(50, "DDIM steps for the sample grids")
 
     def __post_init__(self) -> None:
         require(self.framework in FRAMEWORKS, f"unknown framework {self.framework!r}; choose one of {sorted(FRAMEWORKS)}")
