@@ -66,6 +66,12 @@ CASES: list[tuple[str, str, str]] = [
     ("exact score matching on too many dimensions", "train --data array:{d}/big-points.npy --loss sm --framework vp "
      "--out {d}/x", "--loss ssm-vr"),
     ("a checkpoint that does not exist", "sample {d}/nowhere", "no checkpoint"),
+    ("a sample file under a file", "sample {d}/run --out {d}/a-file/x.png", "cannot write to the sample file"),
+    ("a sample file that is a folder", "sample {d}/run --out {d}/empty", "Is a directory"),
+    ("an interpolation strip under a file", "interpolate {d}/run --out {d}/a-file/x.png",
+     "cannot write to the interpolation strip"),
+    ("an evaluation folder under a file", "evaluate {d}/run --out {d}/a-file/e", "cannot write to the evaluation folder"),
+    ("a demo folder under a file", "demo --out {d}/a-file/demo", "cannot write to the demo folder"),
     ("a truncated weights file", "sample {d}/truncated", "checksum"),
     ("an edited checkpoint description", "sample {d}/edited", "checksum"),
     ("zero samples", "sample {d}/run --num-samples 0", "--num-samples must be at least 1"),

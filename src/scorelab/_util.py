@@ -130,6 +130,25 @@ def require_positive(name: str, value: float) -> None:
             f"{name} must be a positive finite number, got {value!r}")
 
 
+def check_writable(path: str | Path, *, folder: bool = False, what: str = "output") -> Path:
+    """Refuse, before any work, an output that cannot be written: ``path`` itself (``folder``) or the
+    folder a file ``path`` goes into is created and a probe file written and removed there."""
+    path = Path(path)
+    where = path if folder else path.parent
+    try:
+        if where.exists() and not where.is_dir():
+            raise NotADirectoryError(20, "Not a directory")
+        where.mkdir(parents=True, exist_ok=True)
+        probe = where / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"\0" * 4096)
+        probe.unlink()
+        if not folder and path.is_dir():
+            raise IsADirectoryError(21, "Is a directory")
+    except OSError as e:
+        raise ValueError(f"cannot write to the {what} {path} ({e.strerror or e}); choose a writable --out") from None
+    return path
+
+
 def atomic_write(path: str | Path, data: str | bytes) -> Path:
     """Write ``data`` to ``path`` through a temporary sibling and a rename: never half a file."""
     path = Path(path)

@@ -23,6 +23,13 @@ from typing import Any, Sequence
 __all__ = ["main"]
 
 
+def check_writable(path: str, **kwargs: Any) -> Path:
+    """:func:`scorelab._util.check_writable`, imported when a command runs (``--help`` stays light)."""
+    from ._util import check_writable as check
+
+    return check(path, **kwargs)
+
+
 def _key_values(items: Sequence[str] | None, flag: str) -> dict[str, Any]:
     """``["a=1", "b=x"]`` -> ``{"a": 1, "b": "x"}`` (values parsed as JSON when they can be)."""
     out: dict[str, Any] = {}
@@ -160,12 +167,12 @@ def _sample_on(args: argparse.Namespace, ranks, device) -> None:
     from .samplers import sample_many
     from .training.plots import plot_points
 
+    out = check_writable(args.out, what="sample file")         # before any work (every rank alike)
     model, spec, ckpt = _load(args, device)
     m, labels = _guided(model, spec, args.label, args.guidance, args.num)
     if args.clip_denoised and len(spec.data_shape) == 3 and model.process.affine:   # a general SDE has no x0
         m = ClipDenoised(m)
     options = _key_values(args.option, "--option")
-    out = Path(args.out)
     x, nfe = sample_many(lambda rows: select_rows(m, rows), spec.data_shape, args.num, args.sampler, args.steps,
                          seed=args.seed, batch_size=args.batch_size, ranks=ranks, progress=True, **options)
     if x is None:                                            # not rank 0
@@ -223,6 +230,7 @@ def _interpolate(args: argparse.Namespace) -> None:
     from .guidance import unconditional
     from .likelihood import decode, encode, slerp
 
+    check_writable(args.out, what="interpolation strip")
     model, spec, _ = _load(args)
     data = load_dataset(args.data, args.split)
     if not isinstance(data, ImageSet):
@@ -286,6 +294,7 @@ def _evaluate(args: argparse.Namespace) -> None:
                         bpd=() if args.bpd == "none" else _csv(args.bpd), bpd_images=args.bpd_images,
                         vlb_terms=args.vlb_terms, ode_rtol=args.ode_rtol, guidance=args.guidance,
                         clip_denoised=args.clip_denoised)
+    check_writable(args.out, folder=True, what="evaluation folder")
     with session(args.device) as (ranks, device):
         result = evaluate(args.checkpoint, args.out, config, device=device, ranks=ranks)
     if result is not None:
@@ -295,6 +304,7 @@ def _evaluate(args: argparse.Namespace) -> None:
 def _demo(args: argparse.Namespace) -> None:
     from .demo import run_demo
 
+    check_writable(args.out, folder=True, what="demo folder")
     report = run_demo(args.out, seed=args.seed, steps=args.steps)
     print(f"demo finished in {report.seconds:.0f} s; open {report.path}")
 

@@ -42,7 +42,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .._util import BatchNoise, Randomness, atomic_write, randn, require
+from .._util import BatchNoise, Randomness, atomic_write, check_writable, randn, require
 from ..checkpoints import CheckpointError, config_differences, latest_checkpoint, load_checkpoint, save_checkpoint
 from ..data import ImageSet, load_dataset, take
 from ..distributed import Ranks, all_equal, all_mean, barrier, rank_device
@@ -228,13 +228,7 @@ MAX_SKIPS_IN_A_ROW = 20
 
 def check_output_dir(out: Path, need_bytes: int) -> None:
     """Refuse, before any training, a run folder that cannot be written or lacks room for checkpoints."""
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".write-test-{os.getpid()}"
-        probe.write_bytes(b"\0" * 4096)
-        probe.unlink()
-    except OSError as e:
-        raise ValueError(f"cannot write to the run folder {out} ({e.strerror or e}); choose a writable --out") from None
+    check_writable(out, folder=True, what="run folder")
     free = shutil.disk_usage(out).free
     require(free >= need_bytes, f"{out} has {free / 2**20:.0f} MiB free but the checkpoints need about "
             f"{need_bytes / 2**20:.0f} MiB; free some space, lower --keep-last, or choose another --out")
