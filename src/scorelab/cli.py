@@ -125,7 +125,7 @@ def _read_config(path: str) -> dict[str, Any]:
 
 def _load(args: argparse.Namespace, device=None):
     from .modelspec import load_model
-    from .training import resolve_device
+    from .distributed import resolve_device
 
     return load_model(args.checkpoint, weights=args.weights, device=device or resolve_device(args.device))
 

@@ -34,9 +34,26 @@ from torch import Tensor
 
 from ._util import require
 
-__all__ = ["Ranks", "launched", "start", "session", "current", "rank_device", "broadcast_flag", "all_equal",
+__all__ = ["resolve_device", "Ranks", "launched", "start", "session", "current", "rank_device", "broadcast_flag", "all_equal",
            "all_mean",
            "gather_chunks", "gather_same", "chunk_ranges", "barrier"]
+
+def resolve_device(name: str) -> torch.device:
+    """``"auto"``: CUDA when available, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:K or mps") from None
+    if device.type == "cuda":
+        require(torch.cuda.is_available(), f"--device {name} asked for, but torch sees no CUDA GPU; use --device cpu")
+        require(device.index is None or device.index < torch.cuda.device_count(),
+                f"--device {name} asked for, but there are {torch.cuda.device_count()} CUDA GPUs; use cuda:0..")
+    if device.type == "mps":
+        require(torch.backends.mps.is_available(), "--device mps asked for, but MPS is not available; use --device cpu")
+    return device
+
 
 def timeout() -> datetime.timedelta:
     """How long a rank waits for the others at a collective (rank 0 alone scores samples in ``evaluate``):
@@ -89,7 +106,6 @@ def current() -> Ranks:
 
 def rank_device(name: str, ranks: Ranks) -> torch.device:
     """The device of this rank: ``cuda`` (or ``auto`` on a GPU machine) means ``cuda:LOCAL_RANK``."""
-    from .training.trainer import resolve_device
 
     device = resolve_device(name)
     if ranks.distributed and device.type == "cuda":

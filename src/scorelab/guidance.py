@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from ._util import TimeLike, as_time, require
-from .models import DiffusionModel, Prediction, select_rows
+from .models import DiffusionModel, ModelWrapper, Prediction, ScorePrediction, select_rows
 from .networks.embeddings import NO_LABEL
 
 __all__ = ["Conditional", "ClassifierFreeGuidance", "unconditional", "guided", "select_rows", "drop_labels", "NO_LABEL"]
@@ -46,35 +46,33 @@ def _check_batch(labels: Tensor, x: Tensor) -> None:
         raise ValueError(f"{labels.shape[0]} labels bound to the model but the batch has {x.shape[0]} samples")
 
 
-class Conditional:
+class Conditional(ModelWrapper):
     """``model`` answering for ``labels`` ``(N,)``: ``predict(x, t) = model.predict(x, t, labels)``."""
 
     def __init__(self, model: DiffusionModel, labels: Tensor):
-        self.model = model
-        self.process = model.process
+        super().__init__(model)
         self.labels = _check_labels(model, labels)
-        self.learned_variance = getattr(model, "learned_variance", False)
 
     def predict(self, x: Tensor, t: TimeLike) -> Prediction:
         _check_batch(self.labels, x)
         return self.model.predict(x, t, self.labels.to(x.device))  # type: ignore[call-arg]
 
     def select_rows(self, rows: Tensor) -> "Conditional":
-        return Conditional(self.model, self.labels[rows.to(self.labels.device)])
+        clone = super().select_rows(rows)
+        clone.labels = self.labels[rows.to(self.labels.device)]
+        return clone
 
 
-class ClassifierFreeGuidance:
+class ClassifierFreeGuidance(Conditional):
     """Classifier-free guidance with strength ``w`` for ``labels`` (Ho & Salimans 2022, eq. 6).
 
-    The learned variance (if any) is the conditional branch's, as in GLIDE.
+    ``eps = (1 + w) eps(x | y) - w eps(x)``; under a general SDE the same line in
+    score space. The learned variance (if any) is the conditional branch's, as in GLIDE.
     """
 
     def __init__(self, model: DiffusionModel, labels: Tensor, w: float):
         require(w >= 0, f"the guidance strength w must be >= 0 (0 = conditional sampling), got {w}")
-        self.model = model
-        self.process = model.process
-        self.labels = _check_labels(model, labels)
-        self.learned_variance = getattr(model, "learned_variance", False)
+        super().__init__(model, labels)
         self.w = float(w)
 
     def predict(self, x: Tensor, t: TimeLike) -> Prediction:
@@ -83,13 +81,13 @@ class ClassifierFreeGuidance:
         n = x.shape[0]
         labels = torch.cat([self.labels, torch.full_like(self.labels, NO_LABEL)]).to(x.device)
         both = self.model.predict(torch.cat([x, x]), torch.cat([t, t]), labels)  # type: ignore[call-arg]
-        eps_c, eps_u = both.eps[:n], both.eps[n:]
         frac = None if both.variance_frac is None else both.variance_frac[:n]
+        if not self.process.affine:
+            s_c, s_u = both.score[:n], both.score[n:]
+            return ScorePrediction(x, t, s_c + self.w * (s_c - s_u), frac)
+        eps_c, eps_u = both.eps[:n], both.eps[n:]
         eps = eps_c + self.w * (eps_c - eps_u)
         return Prediction(x, t, both.a[:n], both.s[:n], eps, frac)
-
-    def select_rows(self, rows: Tensor) -> "ClassifierFreeGuidance":
-        return ClassifierFreeGuidance(self.model, self.labels[rows.to(self.labels.device)], self.w)
 
 
 def drop_labels(labels: Tensor, p: float, generator: torch.Generator | None = None, *,

@@ -18,6 +18,7 @@ the VE SDE's (Song et al. 2021, Table 1).
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -27,7 +28,8 @@ from torch import Tensor, nn
 from ._util import TimeLike, as_time, expand_as, require
 from .processes import DDPM, SDE
 
-__all__ = ["TARGETS", "CONDITIONS", "Prediction", "ScorePrediction", "DiffusionModel", "Model", "ProcessAdapter",
+__all__ = ["TARGETS", "CONDITIONS", "Prediction", "ScorePrediction", "DiffusionModel", "Model", "ModelWrapper",
+           "ProcessAdapter",
            "ClipDenoised", "to_eps", "from_eps", "select_rows", "resolve_variance"]
 
 #: Prediction targets a network may be trained for (MATH.md 1).
@@ -245,7 +247,42 @@ class Model(nn.Module):
         return ProcessAdapter(self, process)
 
 
-class ProcessAdapter:
+class ModelWrapper:
+    """Base of the model-to-model wrappers (adapters, clipping, guidance; DESIGN.md 3).
+
+    What the inner model knows (its process, learned variance, number of classes,
+    parameters and so its device) is forwarded from here, and :meth:`select_rows`
+    rebinds a copy of the wrapper to those rows of the inner model; wrappers with
+    per-sample state of their own (labels) extend it.
+    """
+
+    def __init__(self, model: DiffusionModel):
+        self.model = model
+
+    @property
+    def process(self) -> SDE:
+        return self.model.process
+
+    @property
+    def learned_variance(self) -> bool:
+        return getattr(self.model, "learned_variance", False)
+
+    @property
+    def num_classes(self) -> int:
+        return getattr(self.model, "num_classes", 0)
+
+    def parameters(self):
+        params = getattr(self.model, "parameters", None)
+        return params() if callable(params) else iter(())
+
+    def select_rows(self, rows: Tensor) -> "ModelWrapper":
+        """This wrapper for rows ``rows`` of the batch (see :func:`select_rows`)."""
+        clone = copy.copy(self)
+        clone.model = select_rows(self.model, rows)
+        return clone
+
+
+class ProcessAdapter(ModelWrapper):
     """A model trained under one process, answering in the time of another.
 
     At time ``t`` of ``process`` the noise level is ``sigma = s(t) / a(t)``;
@@ -257,8 +294,12 @@ class ProcessAdapter:
     """
 
     def __init__(self, model: DiffusionModel, process: SDE):
-        self.model = model
-        self.process = process
+        super().__init__(model)
+        self._process = process
+
+    @property
+    def process(self) -> SDE:
+        return self._process
 
     def predict(self, x: Tensor, t: TimeLike) -> Prediction:
         t = as_time(t, x)
@@ -269,12 +310,8 @@ class ProcessAdapter:
         p = self.model.predict(x_base, t_base)
         return Prediction(x, t, a, s, p.eps, p.variance_frac)
 
-    def select_rows(self, rows: Tensor) -> "ProcessAdapter":
-        """This adapter for a subset of the batch (see :func:`select_rows`)."""
-        return ProcessAdapter(select_rows(self.model, rows), self.process)
 
-
-class ClipDenoised:
+class ClipDenoised(ModelWrapper):
     """``model`` with its denoised estimate clipped to the data range (images: [-1, 1]).
 
     ``x0 = clamp((x - s eps) / a, low, high)`` and the answer is re-expressed as
@@ -287,9 +324,8 @@ class ClipDenoised:
 
     def __init__(self, model: DiffusionModel, low: float = -1.0, high: float = 1.0):
         require(low < high, f"clip range must have low < high, got [{low}, {high}]")
-        self.model, self.low, self.high = model, low, high
-        self.process = model.process
-        self.learned_variance = getattr(model, "learned_variance", False)
+        super().__init__(model)
+        self.low, self.high = low, high
 
     def predict(self, x: Tensor, t: TimeLike) -> Prediction:
         p = self.model.predict(x, t)
@@ -297,10 +333,6 @@ class ClipDenoised:
         x0 = p.x0.clamp(self.low, self.high)
         eps = torch.where(s > 0, (x - a.to(x.dtype) * x0) / s.clamp(min=1e-30).to(x.dtype), p.eps)
         return Prediction(p.x, p.t, p.a, p.s, eps.to(p.eps.dtype), p.variance_frac)
-
-    def select_rows(self, rows: Tensor) -> "ClipDenoised":
-        """This wrapper for a subset of the batch (see :func:`select_rows`)."""
-        return ClipDenoised(select_rows(self.model, rows), self.low, self.high)
 
 
 def resolve_variance(model: DiffusionModel, variance: str | None) -> str:

@@ -45,7 +45,7 @@ from torch import Tensor, nn
 from .._util import BatchNoise, Randomness, atomic_write, check_writable, randn, require
 from ..checkpoints import CheckpointError, config_differences, latest_checkpoint, load_checkpoint, save_checkpoint
 from ..data import ImageSet, load_dataset, take
-from ..distributed import Ranks, all_equal, all_mean, barrier, rank_device
+from ..distributed import Ranks, all_equal, all_mean, barrier, rank_device, resolve_device
 from ..distributed import current as current_ranks
 from ..guidance import Conditional, drop_labels
 from ..losses import dsm_loss, hybrid_loss, score_matching_loss, simple_loss, sliced_score_matching_loss
@@ -68,23 +68,6 @@ class TrainResult:
     spec: ModelSpec
     losses: list[float]     # the loss of every step this call ran
     seconds: float
-
-
-def resolve_device(name: str) -> torch.device:
-    """``"auto"``: CUDA when available, else the CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ValueError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:K or mps") from None
-    if device.type == "cuda":
-        require(torch.cuda.is_available(), f"--device {name} asked for, but torch sees no CUDA GPU; use --device cpu")
-        require(device.index is None or device.index < torch.cuda.device_count(),
-                f"--device {name} asked for, but there are {torch.cuda.device_count()} CUDA GPUs; use cuda:0..")
-    if device.type == "mps":
-        require(torch.backends.mps.is_available(), "--device mps asked for, but MPS is not available; use --device cpu")
-    return device
 
 
 def step_generator(seed: int, step: int, micro: int, device: torch.device) -> torch.Generator:
