@@ -163,7 +163,7 @@ def test_a_general_sde_refuses_what_needs_a_gaussian_kernel():
     with pytest.raises(ValueError, match="does not have"):
         sl.Model(net, sde, target="score", condition="sigma")
     model = ReferenceScore(sde, "tanh")
-    with pytest.raises(ValueError, match=r"use one of \['em', 'pc', 'ode', 'ld'\]"):
+    with pytest.raises(ValueError, match=r"use one of \['pc', 'em', 'ode', 'ld'\]"):
         sl.samplers.sample(model, (4, 2), "ddim", 5)
     with pytest.raises(ValueError, match="x0 prediction exists for affine processes"):
         model.predict(torch.zeros(3, 2), 0.5).x0

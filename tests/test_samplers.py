@@ -251,3 +251,26 @@ def test_learned_variance_ancestral_interpolates_the_fixed_choices(mixture_2d):
         by_default = sl.samplers.sample(sl.models.ClipDenoised(model, -100, 100), x_t.clone(), "ancestral", 40,
                                         noise=gen(13)).samples
         torch.testing.assert_close(by_default, ref, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("sampler, process, steps, options", [
+    ("ancestral", sl.DDPM(num_steps=50), 7, {}), ("ancestral", sl.VPSDE(), 5, {}), ("ddim", sl.VESDE(), 6, {}),
+    ("pc", sl.DDPM(num_steps=50), 4, {}), ("pc", sl.NCSN(), 3, {"corrector_steps": 2}),
+    ("pc", sl.VPSDE(), 4, {"predictor": "none", "corrector": "annealed_langevin"}),
+    ("pc", sl.named_sde("tanh"), 4, {}), ("em", sl.VESDE(), 5, {}), ("em", sl.VPSDE(), 5, {"denoise": False}),
+    ("em", sl.named_sde("double_well"), 5, {}), ("heun", sl.VPSDE(), 4, {}), ("dpm++2m", sl.SubVPSDE(), 6, {}),
+    ("langevin", sl.VESDE(), 2, {}), ("langevin", sl.NCSN(num_scales=4), 3, {"final_denoise": False}),
+    ("ld", sl.VPSDE(), 5, {}), ("ld", sl.named_sde("tanh"), 5, {}),
+], ids=lambda v: getattr(type(v), "__name__", str(v)))
+def test_the_registry_declares_each_samplers_own_network_evaluations(mixture_2d, sampler, process, steps, options):
+    """``REGISTRY[name].nfe`` (what evaluate's NFE budgets and the CLI read) equals the count the sampler
+    itself reports, for every sampler, on affine and general processes and with options that change it."""
+    class LogisticScore:                           # a general SDE's model: any score will do for counting
+        def predict(self, x, t):
+            return sl.ScorePrediction(x, sl.models.as_time(t, x), -torch.tanh(x / 2))
+
+    model = mixture_2d.model(process) if process.affine else LogisticScore()
+    model.process = process
+    result = S.sample(model, (3, 2), sampler, steps, noise=gen(0), **options)
+    assert result.nfe == S.sampler_nfe(process, sampler, steps, **options)
+    assert S.steps_for_nfe(process, sampler, result.nfe, **options) == steps

@@ -37,7 +37,8 @@ from ..guidance import guided, unconditional
 from ..models import ClipDenoised, Model
 from ..processes import DDPM
 from ..distributed import Ranks, broadcast_flag, chunk_ranges, gather_chunks
-from ..samplers import SAMPLERS, sample, sample_many
+from ..samplers import SAMPLERS, sample_many
+from ..samplers.registry import steps_for_nfe
 from .classifier import fit_domain_classifier
 from .metrics import FeatureStats, feature_stats, fid_from_features, inception_score, kernel_inception_distance, \
     precision_recall
@@ -111,34 +112,6 @@ class EvalResult:
 # ---------------------------------------------------------------------------------------
 # NFE budgets
 # ---------------------------------------------------------------------------------------
-class _Constant(torch.nn.Module):
-    """A stand-in network (a constant prediction) for counting a sampler's calls."""
-
-    def forward(self, x: torch.Tensor, c: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        return torch.full_like(x, 0.5)
-
-
-def _nfe_of(process, sampler: str, steps: int) -> int:
-    probe = Model(_Constant(), process)
-    return sample(probe, (1, 1), sampler, steps, noise=torch.Generator().manual_seed(0)).nfe
-
-
-def steps_for_nfe(process, sampler: str, nfe: int) -> int:
-    """The most steps of ``sampler`` whose network evaluations do not exceed ``nfe``.
-
-    Found by running the sampler on a constant network over one 1-D point and
-    counting its calls (e.g. Heun's ``2 steps - 1``, PC's ``2 steps + 1``).
-    """
-    a = _nfe_of(process, sampler, 3) - _nfe_of(process, sampler, 2)
-    require(a >= 1, f"the sampler {sampler!r} does not spend network calls per step")
-    b = _nfe_of(process, sampler, 2) - 2 * a
-    steps = (nfe - b) // a
-    require(steps >= 1, f"{sampler} needs at least {a + b} network calls; {nfe} is too few")
-    while steps > 1 and _nfe_of(process, sampler, steps) > nfe:
-        steps -= 1
-    return int(steps)
-
-
 # ---------------------------------------------------------------------------------------
 # Feature spaces
 # ---------------------------------------------------------------------------------------

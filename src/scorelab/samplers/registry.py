@@ -1,4 +1,4 @@
-"""Every sampler by name, with the process each one runs on: what the CLI and the demo call.
+"""Every sampler by name, in one table: its function, the process it runs on and its cost (DESIGN.md 3).
 
 ``sample(model, shape, "pc", steps=500)`` picks the process a sampler needs
 from the model's own (MATH.md 4, Song et al. 2021, Table 1):
@@ -8,19 +8,23 @@ from the model's own (MATH.md 4, Song et al. 2021, Table 1):
 * ``pc``, ``em``: the reverse SDE of the model's continuous process: a DDPM
   model's VP SDE, an NCSN model's VE SDE, or the SDE it was trained with.
 * ``langevin``: annealed Langevin dynamics on an NCSN ladder (the model's,
-  or an NCSN with the model's sigma range and ``steps`` levels).
+  or NCSNv1's 10 levels over the model's sigma range).
 * ``ode`` (adaptive RK45), ``heun``, ``dpm++2m``, ``ddim``: any affine process.
 * ``ld``: Langevin dynamics on the single least-noise score (Song & Ermon's
   starting point, which annealing improves on).
 
 On a general SDE (a non-affine drift, MATH.md 7) only ``em``, ``pc``, ``ode`` and
 ``ld`` run: they need ``f``, ``g`` and the score, never ``a(t), s(t)``.
+Each entry declares ``nfe(steps, process, options)``, the network evaluations
+per sample (tested against every sampler's own count); the CLI, ``evaluate``
+and the benchmarks read it.
 """
 
 from __future__ import annotations
 
 import inspect
-from typing import Any, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
 
 from .._util import require
 from ..models import DiffusionModel
@@ -30,22 +34,22 @@ from .ancestral import ddim, ddpm_ancestral
 from .ode import dpm_solver_pp_2m, ode_heun, ode_rk45
 from .sde import annealed_langevin, euler_maruyama, langevin_dynamics, predictor_corrector
 
-__all__ = ["SAMPLERS", "sample", "sde_process"]
+__all__ = ["SAMPLERS", "REGISTRY", "SamplerEntry", "sample", "sde_process", "sampler_nfe", "steps_for_nfe"]
 
-#: Sampler names and what ``steps`` means for each (None: the sampler's default).
-SAMPLERS: dict[str, str] = {
-    "ancestral": "DDPM ancestral sampling (Ho et al. Alg. 2); steps = respaced steps (default: all T)",
-    "ddim": "DDIM, eta = 0 (Song, Meng & Ermon); steps (default 50)",
-    "pc": "predictor-corrector: reverse diffusion + Langevin (Song et al. 2021); steps (default 1000)",
-    "em": "Euler-Maruyama on the reverse SDE (Song et al. 2021); steps (default 1000)",
-    "ode": "probability-flow ODE, adaptive RK45 (Song et al. 2021); steps ignored",
-    "heun": "EDM's Heun sampler (Karras et al. 2022); steps (default 18, 2 NFE each)",
-    "dpm++2m": "DPM-Solver++(2M) (Lu et al. 2022); steps (default 20)",
-    "langevin": "annealed Langevin dynamics (Song & Ermon 2019); steps = steps per level (default 100)",
-    "ld": "Langevin dynamics on one score, the least-noise one (MATH.md 3); steps (default 1000), step_size",
-}
-#: The samplers that need only f, g and the score, so run on every SDE (MATH.md 7).
-ANY_SDE = ("em", "pc", "ode", "ld")
+Bind = Callable[[SDE], tuple[Callable[..., SampleResult], dict[str, Any]]]
+
+
+@dataclass(frozen=True)
+class SamplerEntry:
+    """One sampler: what it is, the function and fixed arguments it runs with on a model's process
+    (``bind``), the keyword its ``steps`` go to, its default steps, its cost, and whether any SDE will do."""
+
+    describe: str
+    bind: Bind
+    default_steps: Callable[[SDE], int] | None          # None: adaptive (no steps)
+    nfe: Callable[[int, SDE, dict[str, Any]], int] | None
+    steps_keyword: str = "steps"
+    any_sde: bool = False
 
 
 def sde_process(process: SDE) -> SDE:
@@ -53,57 +57,108 @@ def sde_process(process: SDE) -> SDE:
     return process.sampling_sde()
 
 
-def _function(sampler: str, process: SDE):
-    return {"ancestral": ddpm_ancestral if isinstance(process, DDPM) else ddim, "ddim": ddim,
-            "pc": predictor_corrector, "em": euler_maruyama, "ode": ode_rk45, "heun": ode_heun,
-            "dpm++2m": dpm_solver_pp_2m, "langevin": annealed_langevin, "ld": langevin_dynamics}[sampler]
+def _ladder(process: SDE) -> NCSN:
+    """The NCSN ladder annealed Langevin walks: the model's, or NCSNv1's 10 levels over its sigmas."""
+    if isinstance(process, NCSN):
+        return process
+    return NCSN(sigma_max=float(process.sigma(1.0)), sigma_min=float(process.sigma(process.t_min)), num_scales=10)
 
 
-def _check_options(sampler: str, options: dict[str, Any], process: SDE) -> None:
+def _denoise(process: SDE, options: dict[str, Any]) -> int:
+    """The final Tweedie call of the SDE samplers: by default on affine processes only."""
+    denoise = options.get("denoise")
+    return int(process.affine if denoise is None else denoise)
+
+
+def _pc_nfe(steps: int, process: SDE, options: dict[str, Any]) -> int:
+    corrector = options.get("corrector", "langevin")
+    per_step = (options.get("predictor", "reverse_diffusion") != "none") + \
+        (corrector != "none") * options.get("corrector_steps", 1)
+    return steps * per_step + _denoise(sde_process(process), options)
+
+
+#: The one table of samplers.
+REGISTRY: dict[str, SamplerEntry] = {
+    "ancestral": SamplerEntry(
+        "DDPM ancestral sampling (Ho et al. Alg. 2); steps = respaced steps (default: all T)",
+        lambda p: (ddpm_ancestral, {}) if isinstance(p, DDPM) else (ddim, {"eta": 1.0}),
+        lambda p: p.num_steps if isinstance(p, DDPM) else 50, lambda s, p, o: s),
+    "ddim": SamplerEntry("DDIM, eta = 0 (Song, Meng & Ermon); steps (default 50)",
+                         lambda p: (ddim, {}), lambda p: 50, lambda s, p, o: s),
+    "pc": SamplerEntry("predictor-corrector: reverse diffusion + Langevin (Song et al. 2021); steps (default 1000)",
+                       lambda p: (predictor_corrector, {"process": sde_process(p)}), lambda p: 1000, _pc_nfe,
+                       any_sde=True),
+    "em": SamplerEntry("Euler-Maruyama on the reverse SDE (Song et al. 2021); steps (default 1000)",
+                       lambda p: (euler_maruyama, {"process": sde_process(p)}), lambda p: 1000,
+                       lambda s, p, o: s + _denoise(sde_process(p), o), any_sde=True),
+    "ode": SamplerEntry("probability-flow ODE, adaptive RK45 (Song et al. 2021); steps ignored",
+                        lambda p: (ode_rk45, {}), None, None, any_sde=True),
+    "heun": SamplerEntry("EDM's Heun sampler (Karras et al. 2022); steps (default 18, 2 NFE each but the last)",
+                         lambda p: (ode_heun, {}), lambda p: 18, lambda s, p, o: 2 * s - 1),
+    "dpm++2m": SamplerEntry("DPM-Solver++(2M) (Lu et al. 2022); steps (default 20)",
+                            lambda p: (dpm_solver_pp_2m, {}), lambda p: 20, lambda s, p, o: s),
+    "langevin": SamplerEntry(
+        "annealed Langevin dynamics (Song & Ermon 2019); steps = steps per level (default 100)",
+        lambda p: (annealed_langevin, {"process": _ladder(p)}), lambda p: 100,
+        lambda s, p, o: _ladder(p).num_scales * s + int(o.get("final_denoise", True)),
+        steps_keyword="steps_per_level"),
+    "ld": SamplerEntry("Langevin dynamics on one score, the least-noise one (MATH.md 3); steps (default 1000), "
+                       "step_size", lambda p: (langevin_dynamics, {}), lambda p: 1000, lambda s, p, o: s,
+                       any_sde=True),
+}
+#: Sampler names and what ``steps`` means for each.
+SAMPLERS: dict[str, str] = {name: entry.describe for name, entry in REGISTRY.items()}
+#: The samplers that need only f, g and the score, so run on every SDE (MATH.md 7).
+ANY_SDE = tuple(name for name, entry in REGISTRY.items() if entry.any_sde)
+
+
+def _entry(sampler: str, process: SDE) -> SamplerEntry:
+    require(sampler in REGISTRY, f"unknown sampler {sampler!r}; choose one of {list(REGISTRY)}")
+    require(process.affine or REGISTRY[sampler].any_sde,
+            f"sampler {sampler!r} needs a(t) and s(t) of an affine process, and {type(process).__name__}'s drift is "
+            f"not affine; on a general SDE use one of {list(ANY_SDE)}")
+    return REGISTRY[sampler]
+
+
+def _check_options(sampler: str, function: Callable, options: dict[str, Any]) -> None:
     """Refuse options the chosen sampler does not take, naming the ones it does."""
     fixed = {"self", "model", "shape_or_x", "steps", "noise", "process", "steps_per_level"}
-    accepted = [p for p in inspect.signature(_function(sampler, process)).parameters if p not in fixed]
+    accepted = [p for p in inspect.signature(function).parameters if p not in fixed]
     unknown = sorted(set(options) - set(accepted))
     require(not unknown, f"sampler {sampler!r} takes no option {unknown}; it takes {accepted}")
 
 
+def sampler_nfe(process: SDE, sampler: str, steps: int | None = None, **options: Any) -> int | None:
+    """Network evaluations per sample of ``sampler`` with ``steps`` (its default when None) on a model of
+    ``process``; None for the adaptive ODE solver."""
+    entry = _entry(sampler, process)
+    if entry.nfe is None:
+        return None
+    return entry.nfe(entry.default_steps(process) if steps is None else steps, process, options)
+
+
+def steps_for_nfe(process: SDE, sampler: str, nfe: int, **options: Any) -> int:
+    """The most steps of ``sampler`` whose network evaluations do not exceed ``nfe`` (e.g. Heun's
+    ``2 steps - 1``, PC's ``2 steps + 1``), from the table's declared cost."""
+    entry = _entry(sampler, process)
+    require(entry.nfe is not None, f"{sampler!r} is adaptive: its NFE follows rtol, not a number of steps")
+    cost = lambda s: entry.nfe(s, process, options)                      # noqa: E731
+    require(cost(2) > cost(1), f"the sampler {sampler!r} does not spend network calls per step")
+    require(cost(1) <= nfe, f"{sampler} needs at least {cost(1)} network calls; {nfe} is too few")
+    steps = 1
+    while cost(steps + 1) <= nfe:                                        # costs grow linearly: a short walk
+        steps += 1
+    return steps
+
+
 def sample(model: DiffusionModel, shape: Sequence[int], sampler: str = "ancestral", steps: int | None = None, *,
            noise: NoiseLike = None, **options: Any) -> SampleResult:
-    """Draw ``shape`` samples with the named sampler (see :data:`SAMPLERS`); ``options`` go to it."""
-    require(sampler in SAMPLERS, f"unknown sampler {sampler!r}; choose one of {list(SAMPLERS)}")
+    """Draw ``shape`` samples with the named sampler (see :data:`REGISTRY`); ``options`` go to it."""
     require(steps is None or (isinstance(steps, int) and steps > 0), f"steps must be a positive integer, got {steps!r}")
-    process = model.process
-    require(process.affine or sampler in ANY_SDE,
-            f"sampler {sampler!r} needs a(t) and s(t) of an affine process, and {type(process).__name__}'s drift is "
-            f"not affine; on a general SDE use one of {list(ANY_SDE)}")
-    _check_options(sampler, options, process)
-    kw: dict[str, Any] = dict(noise=noise, **options)
-    if steps is not None and sampler not in ("ode", "langevin"):
-        kw["steps"] = steps
-    if sampler == "ancestral":
-        if isinstance(process, DDPM):
-            return ddpm_ancestral(model, shape, **kw)
-        kw.setdefault("eta", 1.0)
-        return ddim(model, shape, **kw)
-    if sampler == "ddim":
-        return ddim(model, shape, **kw)
-    if sampler in ("pc", "em"):
-        sde = sde_process(process)
-        if sampler == "em":
-            return euler_maruyama(model, shape, process=sde, **kw)
-        return predictor_corrector(model, shape, process=sde, **kw)
-    if sampler == "ode":
-        return ode_rk45(model, shape, **kw)
-    if sampler == "ld":
-        return langevin_dynamics(model, shape, **kw)
-    if sampler == "heun":
-        return ode_heun(model, shape, **kw)
-    if sampler == "dpm++2m":
-        return dpm_solver_pp_2m(model, shape, **kw)
-    ladder = process
-    if not isinstance(process, NCSN):                 # NCSNv1's 10 geometric levels over the model's sigmas
-        ladder = NCSN(sigma_max=float(process.sigma(1.0)), sigma_min=float(process.sigma(process.t_min)),
-                      num_scales=10)
-    if steps is not None:
-        kw["steps_per_level"] = steps
-    return annealed_langevin(model, shape, process=ladder, **kw)
+    entry = _entry(sampler, model.process)
+    function, fixed = entry.bind(model.process)
+    _check_options(sampler, function, options)
+    kw: dict[str, Any] = {**fixed, **options}
+    if steps is not None and entry.default_steps is not None:
+        kw[entry.steps_keyword] = steps
+    return function(model, shape, noise=noise, **kw)
