@@ -44,7 +44,7 @@ CASES: list[tuple[str, str, str]] = [
     ("network width the group norm cannot divide", "train --network-option base_channels=20 --out {d}/x",
      "divisible by norm_groups"),
     ("unknown network option", "train --network-option depth=3 --out {d}/x", "do not fit UNetConfig"),
-    ("process option that breaks the process", "train --framework ve --process-option sigma_min=80 --out {d}/x",
+    ("process option that breaks the process", "train --framework ve --process-option sigma_min=150 --out {d}/x",
      "sigma_min"),
     ("config file that does not exist", "train --config {d}/none.json --out {d}/x", "does not exist"),
     ("config file that is not JSON", "train --config {d}/broken.json --out {d}/x", "not valid JSON"),

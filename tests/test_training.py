@@ -7,7 +7,7 @@ import torch
 import scorelab as sl
 from scorelab.checkpoints import CheckpointError
 from scorelab.data import ImageSet, load_digits, to_model_range
-from scorelab.training import FRAMEWORKS, TrainConfig, make_model_spec, train, training_loss
+from scorelab.training import FRAMEWORKS, TrainConfig, make_model_spec, make_process, train, training_loss
 
 TINY = {"base_channels": 16, "norm_groups": 8, "num_res_blocks": 1, "attention_resolutions": []}
 
@@ -100,6 +100,19 @@ def test_bad_configurations_are_refused_with_a_reason(digits32):
         make_model_spec(TrainConfig(class_conditional=True), ImageSet(digits32.images))
     with pytest.raises(ValueError, match="batch_size"):
         train(TrainConfig(batch_size=64, out="/nonexistent/never"), data=digits32, progress=False)
+
+
+def test_noise_levels_are_the_papers_relative_to_the_data_range():
+    """Song & Ermon's NCSN sigmas (1..0.01) and Score SDE's VE sigmas (0.01..50) were set for images on [0, 1];
+    scorelab's images are on [-1, 1], twice as wide, so the frameworks' sigmas are twice the papers' (MATH.md 1):
+    the same noise relative to the data (issue 13, item 1)."""
+
+    width = float(to_model_range(torch.tensor([255])) - to_model_range(torch.tensor([0])))  # the data's range
+    papers = {"ncsn": {"sigma_max": 1.0, "sigma_min": 0.01}, "ve": {"sigma_max": 50.0, "sigma_min": 0.01}}
+    for framework, sigmas in papers.items():
+        process = make_process(TrainConfig(framework=framework))
+        for name, value in sigmas.items():
+            assert getattr(process, name) == pytest.approx(value * width), (framework, name)
 
 
 def test_bf16_autocast_trains_like_fp32(tmp_path, digits32):

@@ -56,9 +56,10 @@ FRAMEWORKS: dict[str, Framework] = {
     "ddpm": Framework("Ho et al. 2020", {"name": "ddpm", "num_steps": 1000, "schedule": "linear",
                                          "beta_start": 1e-4, "beta_end": 0.02},
                       "eps", "simple", 2e-4, 5000, 1.0, 0.9999, "sinusoidal", None),
-    # Song & Ermon 2019: L = 10 geometric sigmas from 1 to 0.01, DSM with lambda = sigma^2,
+    # Song & Ermon 2019: L = 10 geometric sigmas from 1 to 0.01 for data on [0, 1], so 2 to 0.02 for
+    # scorelab's [-1, 1] (the same noise relative to the data; MATH.md 1), DSM with lambda = sigma^2,
     # the network predicts the score, Adam 1e-3; EMA 0.999 as NCSNv2 (Song & Ermon 2020).
-    "ncsn": Framework("Song & Ermon 2019", {"name": "ncsn", "sigma_max": 1.0, "sigma_min": 0.01, "num_scales": 10},
+    "ncsn": Framework("Song & Ermon 2019", {"name": "ncsn", "sigma_max": 2.0, "sigma_min": 0.02, "num_scales": 10},
                       "score", "dsm", 1e-3, 0, None, 0.999, "sinusoidal", None),
     # Song et al. 2021 (DDPM++ cont.): beta in [0.1, 20], t ~ U[1e-5, 1], Adam 2e-4, 5000 warm-up,
     # clipping at 1, EMA 0.9999; the time is embedded as 1000 t (their 999 t).
@@ -66,9 +67,11 @@ FRAMEWORKS: dict[str, Framework] = {
                     "eps", "dsm", 2e-4, 5000, 1.0, 0.9999, "sinusoidal", 1000.0),
     "subvp": Framework("Song et al. 2021", {"name": "subvp", "beta_min": 0.1, "beta_max": 20.0},
                        "eps", "dsm", 2e-4, 5000, 1.0, 0.9999, "sinusoidal", 1000.0),
-    # Song et al. 2021 (NCSN++ cont.): sigma in [0.01, 50], Fourier features of log sigma,
-    # output scaled by 1 / sigma (here: the eps target), EMA 0.999.
-    "ve": Framework("Song et al. 2021", {"name": "ve", "sigma_min": 0.01, "sigma_max": 50.0},
+    # Song et al. 2021 (NCSN++ cont.): sigma in [0.01, 50] for CIFAR-10 on [0, 1], so [0.02, 100] on
+    # [-1, 1] (twice the largest distance between CIFAR-10 test images, 100.8, is Song & Ermon 2020's
+    # sigma_max rule at work), Fourier features of log sigma, output scaled by 1 / sigma (here: the eps
+    # target), EMA 0.999.
+    "ve": Framework("Song et al. 2021", {"name": "ve", "sigma_min": 0.02, "sigma_max": 100.0},
                     "eps", "dsm", 2e-4, 5000, 1.0, 0.999, "fourier", 16.0),
     # A Langevin SDE with a non-affine drift (MATH.md 7; the survey's SDE section): no Gaussian kernel,
     # so the score is learned by sliced score matching (SSM-VR, Song et al. 2019) on simulated x_t;
