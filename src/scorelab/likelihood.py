@@ -25,7 +25,7 @@ from .data import check_bytes, to_model_range
 from .losses import VLB, prior_kl, vlb, vlb_term
 from .models import DiffusionModel, select_rows
 from .processes import DDPM, NoiseProcess
-from .samplers._common import model_device_dtype, resolve, time_grid
+from .samplers._common import flow_process, model_device_dtype, resolve, time_grid, trained_t_min
 from .samplers.ode import _sigma_ode, dopri5, solve_probability_flow
 
 __all__ = ["vlb_bits_per_dim_sampled", "ODELikelihood", "ode_log_likelihood", "dequantize", "dequantized_bits_per_dim",
@@ -91,8 +91,9 @@ def ode_log_likelihood(model: DiffusionModel, x: Tensor, *, process: NoiseProces
     require(divergence in ("exact", "hutchinson"), f"unknown divergence {divergence!r}; choose 'exact' or 'hutchinson'")
     require(probe in ("rademacher", "gaussian"), f"unknown probe {probe!r}; choose 'rademacher' or 'gaussian'")
     require(isinstance(probes, int) and probes >= 1, f"probes must be a positive integer, got {probes!r}")
+    process = flow_process(model, process)
+    t_min = max(process.train_t_min, trained_t_min(model, process)) if t_min is None else t_min
     model, process = resolve(model, process)
-    t_min = process.train_t_min if t_min is None else t_min
     n, shape, d = x.shape[0], tuple(x.shape), flat_dim(x)
     eps = None
     if divergence == "hutchinson":
@@ -207,6 +208,8 @@ def encode(model: DiffusionModel, x: Tensor, *, method: str = "ode", process: No
     DDIM inversion, ``steps`` Euler steps in ``dy/dsigma = eps`` with increasing sigma.
     """
     require(method in ("ode", "ddim"), f"unknown method {method!r}; choose 'ode' or 'ddim'")
+    if method == "ode":
+        process = flow_process(model, process)
     model, process = resolve(model, process)
     t_min = process.t_min if t_min is None else t_min
     if method == "ode":
@@ -219,6 +222,8 @@ def decode(model: DiffusionModel, z: Tensor, *, method: str = "ode", process: No
            t_min: float | None = None, steps: int = 100, rtol: float = 1e-5, atol: float = 1e-5) -> Tensor:
     """Map a latent ``z`` at ``t = 1`` back to data at ``t_min``: the inverse of :func:`encode`."""
     require(method in ("ode", "ddim"), f"unknown method {method!r}; choose 'ode' or 'ddim'")
+    if method == "ode":
+        process = flow_process(model, process)
     model, process = resolve(model, process)
     t_min = process.t_min if t_min is None else t_min
     if method == "ode":

@@ -290,7 +290,8 @@ class ProcessAdapter(ModelWrapper):
     sigma, on ``x a'(t') / a(t)``. Both views describe ``x / a = x0 + sigma eps``,
     so eps (and x0) carry over unchanged (MATH.md 1; Song et al. 2021 run
     DDPM and NCSN checkpoints under the VP and VE SDEs this way). Outside the
-    base process's range of sigma the nearest end is used.
+    range of sigma the base model was trained on (from its process's
+    ``train_t_min`` to 1) the nearest end is used.
     """
 
     def __init__(self, model: DiffusionModel, process: SDE):
@@ -305,7 +306,7 @@ class ProcessAdapter(ModelWrapper):
         t = as_time(t, x)
         base = self.model.process
         a, s = self.process.coefficients(t)
-        t_base = base.time_of_sigma(s / a).clamp(0.0, 1.0)
+        t_base = base.time_of_sigma(s / a).clamp(base.train_t_min, 1.0)   # never below what it was trained on
         x_base = expand_as(base.signal_scale(t_base) / a, x) * x
         p = self.model.predict(x_base, t_base)
         return Prediction(x, t, a, s, p.eps, p.variance_frac)

@@ -500,6 +500,7 @@ class DDPM(_VarPreserving):
         self.beta_tildes = bt
 
     t_min = property(lambda self: 1.0 / self.num_steps)  # step 1
+    train_t_min = t_min                                     # training draws steps 1..N
     conditions = ("index", "time", "sigma", "log_sigma")
 
     def index_of_time(self, t: Tensor) -> Tensor:
@@ -698,6 +699,7 @@ class NCSN(VESDE):
     """
 
     t_min = 0.0  # level L, sigma_min
+    train_t_min = 0.0                                       # training draws levels 1..L
     conditions = ("index", "time", "sigma", "log_sigma")
 
     def index_of_time(self, t: Tensor) -> Tensor:

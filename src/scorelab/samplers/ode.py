@@ -23,8 +23,8 @@ from torch import Tensor
 from .._util import as_time, require
 from ..models import DiffusionModel, select_rows
 from ..processes import SDE, NoiseProcess
-from ._common import (Callback, NoiseLike, SampleResult, SigmaView, call_back, finite_or_raise,
-                      initial_noise, randn_like, resolve, time_grid)
+from ._common import (Callback, NoiseLike, SampleResult, SigmaView, call_back, finite_or_raise, flow_process,
+                      initial_noise, randn_like, resolve, time_grid, trained_t_min)
 
 __all__ = ["dopri5", "solve_probability_flow", "ode_rk45", "ode_euler", "ode_heun", "dpm_solver_pp_2m"]
 
@@ -105,8 +105,9 @@ def dopri5(fun: Callable[[Tensor, Tensor, Tensor], Tensor], y0: Tensor, t0: floa
 def solve_probability_flow(model: DiffusionModel, x: Tensor, t_start: float, t_end: float, *,
                            process: SDE | None = None, rtol: float = 1e-5,
                            atol: float = 1e-5) -> tuple[Tensor, int]:
-    """Carry ``x`` from ``t_start`` to ``t_end`` along ``dx/dt = f - g^2 score / 2`` (MATH.md 4)."""
-    model, process = resolve(model, process)
+    """Carry ``x`` from ``t_start`` to ``t_end`` along ``dx/dt = f - g^2 score / 2`` (MATH.md 4), on
+    ``process`` (default: the model's continuous SDE, :func:`flow_process`)."""
+    model, process = resolve(model, flow_process(model, process))
 
     def velocity(t: Tensor, x: Tensor, rows: Tensor) -> Tensor:
         return process.probability_flow_drift(x, t, select_rows(model, rows).predict(x, t).score)
@@ -120,12 +121,15 @@ def ode_rk45(model: DiffusionModel, shape_or_x: Sequence[int] | Tensor, *, rtol:
              denoise: bool | None = None, noise: NoiseLike = None) -> SampleResult:
     """Sample by solving the probability-flow ODE from ``t = 1`` to ``t_min`` with adaptive RK45.
 
-    Needs only ``f``, ``g`` and the score, so it runs on any SDE. ``denoise``
-    returns ``E[x0 | x_{t_min}]`` (one more evaluation; default: for affine
-    processes, never for a general SDE). NFE is the number of batched network calls.
+    Needs only ``f``, ``g`` and the score, so it runs on any SDE; a DDPM or NCSN
+    model runs on its continuous SDE (:func:`flow_process`), never below the noise
+    level it was trained at. ``denoise`` returns ``E[x0 | x_{t_min}]`` (one more
+    evaluation; default: for affine processes, never for a general SDE). NFE is the
+    number of batched network calls.
     """
+    process = flow_process(model, process)
+    t_min = max(process.t_min, trained_t_min(model, process)) if t_min is None else t_min
     model, process = resolve(model, process)
-    t_min = process.t_min if t_min is None else t_min
     x = initial_noise(process, shape_or_x, noise, model)
     x, nfe = solve_probability_flow(model, x, 1.0, t_min, process=process, rtol=rtol, atol=atol)
     if process.affine if denoise is None else denoise:
