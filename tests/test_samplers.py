@@ -274,3 +274,16 @@ def test_the_registry_declares_each_samplers_own_network_evaluations(mixture_2d,
     result = S.sample(model, (3, 2), sampler, steps, noise=gen(0), **options)
     assert result.nfe == S.sampler_nfe(process, sampler, steps, **options)
     assert S.steps_for_nfe(process, sampler, result.nfe, **options) == steps
+
+
+def test_annealed_langevin_codes_step_rule_is_the_papers_with_twice_epsilon(mixture_2d):
+    """ermongroup/ncsn's update x + alpha s + sqrt(2 alpha) z is Algorithm 1's x + alpha'/2 s + sqrt(alpha') z
+    with alpha' = 2 alpha: the same draws give the same samples (issue 13, item 4)."""
+    ladder = sl.NCSN(sigma_max=3.0, sigma_min=0.1, num_scales=4)
+    model = mixture_2d.model(ladder)
+    x_T = torch.randn(64, 2, generator=gen(3), dtype=torch.float64)
+    code = S.annealed_langevin(model, x_T, epsilon=1e-3, steps_per_level=5, step_rule="code", noise=gen(4))
+    paper = S.annealed_langevin(model, x_T, epsilon=2e-3, steps_per_level=5, noise=gen(4))
+    torch.testing.assert_close(code.samples, paper.samples, rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="step_rule"):
+        S.annealed_langevin(model, x_T, step_rule="ncsnv2")

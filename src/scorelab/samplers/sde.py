@@ -76,12 +76,18 @@ def langevin_dynamics(model: DiffusionModel, shape_or_x: Sequence[int] | Tensor,
 @torch.no_grad()
 def annealed_langevin(model: DiffusionModel, shape_or_x: Sequence[int] | Tensor, *,
                       epsilon: float = 2e-5, steps_per_level: int = 100, final_denoise: bool = True,
-                      process: SDE | None = None, noise: NoiseLike = None,
+                      step_rule: str = "paper", process: SDE | None = None, noise: NoiseLike = None,
                       callback: Callback | None = None) -> SampleResult:
     """Annealed Langevin dynamics (Song & Ermon 2019, Algorithm 1; MATH.md 3).
 
     For each level ``i`` (largest sigma first), ``alpha_i = epsilon sigma_i^2 / sigma_L^2``
-    and ``steps_per_level`` times ``x <- x + alpha_i / 2 score + sqrt(alpha_i) z``.
+    and ``steps_per_level`` times ``x <- x + alpha_i / 2 score + sqrt(alpha_i) z``
+    (``step_rule="paper"``, Algorithm 1). ``step_rule="code"`` is ermongroup/ncsn's
+    ``anneal_Langevin_dynamics``, which made the paper's samples:
+    ``x <- x + alpha_i score + sqrt(2 alpha_i) z``, twice the paper's step (the same as
+    ``"paper"`` with ``2 epsilon``); that code also starts from U[0, 1] for data on
+    [0, 1] (pass ``2 U[0, 1] - 1`` as ``shape_or_x`` for scorelab's [-1, 1]) where this
+    function draws from the prior by default.
     ``final_denoise`` adds NCSNv2's ``x <- x + sigma_L^2 score(x, sigma_L)``.
     Runs on an NCSN ladder: the model's, or ``process=sl.NCSN(...)``.
     """
@@ -92,6 +98,9 @@ def annealed_langevin(model: DiffusionModel, shape_or_x: Sequence[int] | Tensor,
             "process=sl.NCSN(...) to drive this model through a ladder, or use "
             "predictor_corrector(predictor='none', corrector='annealed_langevin') on any process")
     require(epsilon > 0, f"epsilon must be positive, got {epsilon}")
+    require(step_rule in ("paper", "code"), f"unknown step_rule {step_rule!r}; choose 'paper' (Song & Ermon's "
+            "Algorithm 1) or 'code' (ermongroup/ncsn's twice-as-large step)")
+    scale = 1.0 if step_rule == "paper" else 2.0                 # the code's alpha is twice the paper's
     require(isinstance(steps_per_level, int) and steps_per_level >= 1,
             f"steps_per_level must be a positive integer, got {steps_per_level!r}")
     x = initial_noise(ncsn, shape_or_x, noise, model)
@@ -99,7 +108,7 @@ def annealed_langevin(model: DiffusionModel, shape_or_x: Sequence[int] | Tensor,
     sigma_last = ncsn.sigmas[-1].item()
     for level in range(1, ncsn.num_scales + 1):
         t = ncsn.level_to_time(level)
-        alpha = epsilon * ncsn.sigmas[level - 1].item() ** 2 / sigma_last**2
+        alpha = scale * epsilon * ncsn.sigmas[level - 1].item() ** 2 / sigma_last**2
         for _ in range(steps_per_level):
             x = x + 0.5 * alpha * net.score(x, t) + math.sqrt(alpha) * randn_like(x, noise)
         call_back(callback, level, ncsn.num_scales, t.item(), x, net.nfe)
