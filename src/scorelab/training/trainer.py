@@ -34,9 +34,9 @@ import os
 import shutil
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -217,6 +217,237 @@ def check_output_dir(out: Path, need_bytes: int) -> None:
             f"{need_bytes / 2**20:.0f} MiB; free some space, lower --keep-last, or choose another --out")
 
 
+@dataclass
+class _Run:
+    """A training run's state: what :func:`train`'s named steps share (EDM's loop, written as functions)."""
+
+    config: TrainConfig
+    ranks: Ranks
+    device: torch.device
+    data: ImageSet | np.ndarray
+    spec: ModelSpec
+    model: Model
+    ema: nn.Module
+    optimizer: torch.optim.Optimizer
+    preview: Callable[[Model, ModelSpec, int, Path], None]
+    train_model: Model | None = None                      # the model the loss sees (DDP-wrapped on ranks)
+    start: int = 0                                        # the step this call resumes from
+    seconds_before: float = 0.0                           # training time of the run before this call
+    resume_from: Path | None = None
+    last_ckpt: Path | None = None
+    skipped: int = 0                                      # batches skipped over the whole run
+    skips_in_a_row: int = 0
+    losses: list[float] = field(default_factory=list)     # the loss of every step this call ran
+    window: list[float] = field(default_factory=list)     # losses since the last loss.csv row
+    t_start: float = field(default_factory=time.perf_counter)
+    t_window: float = 0.0
+    log: _LossLog | None = None
+    bar: Any = None
+
+    @property
+    def out(self) -> Path:
+        return Path(self.config.out)
+
+    @property
+    def rows(self) -> slice:
+        return self.ranks.rows(self.config.batch_size)   # this rank's share of each global batch
+
+    @property
+    def net(self) -> nn.Module:
+        return self.model.net
+
+
+def _build(config: TrainConfig, data: ImageSet | np.ndarray | None, ranks: Ranks, preview) -> _Run:
+    """Data, model (seeded), EMA copy and optimizer; the run folder checked for room before any work."""
+    device = rank_device(config.device, ranks)
+    ranks.rows(config.batch_size)                         # refuses a batch that does not split over the ranks
+    if data is None:
+        data = load_dataset(config.data, "train", image_size=config.image_size, labels=config.class_conditional)
+    require(len(data) >= config.batch_size, f"the dataset has {len(data)} examples, fewer than "
+            f"batch_size={config.batch_size}; lower --batch-size")
+    spec = make_model_spec(config, data)
+    torch.manual_seed(config.seed)                        # weights' initialisation and dropout
+    model = spec.build().to(device)
+    if ranks.distributed:                                 # each rank its own dropout masks
+        _seed_rank(config.seed, ranks.rank)
+    ema = copy.deepcopy(model.net).requires_grad_(False).eval()
+    optimizer = torch.optim.AdamW(model.net.parameters(), lr=config.resolved("lr"), weight_decay=config.weight_decay)
+    # A checkpoint holds weights, EMA and Adam's two moments; keep_last of them plus the one being written.
+    param_bytes = sum(p.numel() * p.element_size() for p in model.net.parameters())
+    if ranks.main:
+        check_output_dir(Path(config.out), 4 * param_bytes * (config.keep_last + 1) + (1 << 20))
+    barrier(ranks)
+    return _Run(config, ranks, device, data, spec, model, ema, optimizer, preview)
+
+
+def _resume(run: _Run, resume: bool | str | Path, progress: bool) -> None:
+    """Continue from the newest checkpoint (or the one named): weights, EMA, optimizer, every rank's RNG."""
+    ckpt_dir = run.out / "checkpoints"
+    if not resume:
+        existing = latest_checkpoint(ckpt_dir)
+        require(existing is None, f"{run.out} already holds a run (checkpoint {existing.name if existing else ''}); "
+                "pass --resume to continue it, or choose another --out")
+        return
+    resume_from = latest_checkpoint(ckpt_dir) if resume is True else Path(resume)
+    if resume_from is not None and (resume_from / "checkpoints").is_dir():     # a run folder
+        resume_from = latest_checkpoint(resume_from / "checkpoints")
+    if resume_from is None:
+        if resume is True and progress:
+            print(f"no checkpoint in {ckpt_dir} yet: starting from step 0")
+        return
+    ckpt = load_checkpoint(resume_from, map_location="cpu")
+    diffs = config_differences(ckpt.config.get("model"), run.spec.to_dict())
+    if diffs:
+        raise CheckpointError(f"cannot resume from {ckpt.path}: it trains another model ({'; '.join(diffs[:5])}); "
+                              f"resume with the settings in {run.out / 'config.json'}, or start anew in another --out")
+    run.net.load_state_dict(ckpt.model)
+    run.ema.load_state_dict(ckpt.ema)
+    run.optimizer.load_state_dict(ckpt.optimizer)
+    _set_rng_state(ckpt.tensors, run.device, run.ranks, run.config.seed, ckpt.step)
+    run.start, run.resume_from, run.last_ckpt = ckpt.step, resume_from, resume_from
+    run.seconds_before = float(ckpt.extra.get("seconds", 0.0))
+    run.skipped = int(ckpt.extra.get("skipped_batches", 0))
+    require(run.start <= run.config.steps, f"the checkpoint is at step {run.start}, past "
+            f"steps={run.config.steps}; raise --steps to train further")
+
+
+def _distribute(run: _Run) -> None:
+    """On several ranks: agree on the resumed step and wrap the network in DistributedDataParallel."""
+    run.train_model = run.model
+    if not run.ranks.distributed:
+        return
+    require(all_equal(run.start, run.ranks), f"rank {run.ranks.rank} resumes at step {run.start} but not every "
+            f"rank does (they see other checkpoints in {run.out / 'checkpoints'}); put --out on a file system "
+            "every node shares")
+    import warnings
+
+    from torch.nn.parallel import DistributedDataParallel
+
+    # 1x1 convolutions' gradients carry arbitrary strides on size-1 dimensions, which DDP reports needlessly.
+    warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
+    device, m = run.device, run.model
+    ddp = DistributedDataParallel(m.net, device_ids=[device.index] if device.type == "cuda" else None,
+                                  gradient_as_bucket_view=True)
+    run.train_model = Model(ddp, m.process, m.target, m.condition, m.learned_variance)
+
+
+def _micro_batch_loss(run: _Run, step: int, micro: int) -> Tensor:
+    """This rank's mean loss on its rows of micro-batch ``micro`` of ``step``: the whole global batch's
+    randomness is drawn in a fixed order from ``(seed, step, micro)`` and this rank keeps its rows."""
+    config, device, rows = run.config, run.device, run.rows
+    gen = step_generator(config.seed, step, micro, device)
+    idx = batch_indices(len(run.data), config.batch_size, config.seed, (step - 1) * config.grad_accum + micro)
+    flip_gen = gen if device.type == "cpu" else step_generator(config.seed, step, micro, torch.device("cpu"))
+    x0, y = take(run.data, idx, flip_gen, flip=config.flip, rows=rows)
+    x0 = x0.to(device)
+    labels_on = run.spec.classes is not None
+    if labels_on:
+        y = drop_labels(y.to(device), config.label_dropout, gen, share=(config.batch_size, rows))
+    t = run.model.process.sample_train_times(config.batch_size, gen, device=device)[rows]
+    noise = randn((config.batch_size,) + tuple(x0.shape[1:]), gen, device=device, dtype=x0.dtype)[rows]
+    if run.ranks.distributed:                             # let the rest of the global batch's noise go
+        t, noise = t.clone(), noise.clone()
+    with _autocast(device, config.precision):
+        return training_loss(run.train_model, x0, config.resolved("loss"), BatchNoise(gen, config.batch_size, rows),
+                             y if labels_on else None, t=t, noise=noise).mean()
+
+
+def _gradients(run: _Run, step: int) -> tuple[float, Tensor, Tensor]:
+    """Accumulate the step's gradients over its micro-batches; returns (mean loss, last loss, gradient norm).
+    The loss is all-reduced, so every rank sees the same non-finite value and takes the same branch."""
+    config, ranks = run.config, run.ranks
+    run.optimizer.zero_grad(set_to_none=True)
+    total = 0.0
+    for micro in range(config.grad_accum):
+        last = micro == config.grad_accum - 1
+        with nullcontext() if last or not ranks.distributed else run.train_model.net.no_sync():
+            local = _micro_batch_loss(run, step, micro)
+            loss = all_mean(local, ranks)                 # the global batch's loss, the same on every rank
+            if not torch.isfinite(loss):
+                break
+            (local / config.grad_accum).backward()
+        total += loss.item() / config.grad_accum
+    grad_clip = config.resolved("grad_clip")
+    grad_norm = torch.nn.utils.clip_grad_norm_(run.net.parameters(), grad_clip if grad_clip else math.inf)
+    return total, loss, grad_norm
+
+
+def _update(run: _Run, step: int, lr: float, total: float, loss: Tensor, grad_norm: Tensor) -> None:
+    """An optimizer and EMA step, or with a non-finite loss or gradient: stop, or skip the batch (--on-nan)."""
+    if torch.isfinite(loss) and torch.isfinite(grad_norm):
+        run.skips_in_a_row = 0
+        run.optimizer.step()
+        update_ema(run.ema, run.net, ema_decay_at(run.config.resolved("ema_decay"), step))
+        run.losses.append(total)
+        run.window.append(total)
+        return
+    what = f"the loss became {loss.item()}" if not torch.isfinite(loss) else \
+        f"the gradient norm became {grad_norm.item()}"
+    if run.config.on_nan == "stop" or run.skips_in_a_row + 1 >= MAX_SKIPS_IN_A_ROW:
+        skips = f" after {run.skips_in_a_row} skipped batches" if run.skips_in_a_row else ""
+        raise FloatingPointError(f"{what} at step {step}{skips}; lower the learning rate (now {lr:g}) or clip "
+                                 f"gradients (--grad-clip); the last good checkpoint is "
+                                 f"{run.last_ckpt or 'none (resume starts afresh)'}")
+    run.optimizer.zero_grad(set_to_none=True)             # skip this batch: no update, no EMA step
+    run.skips_in_a_row += 1
+    run.skipped += 1
+    if run.ranks.main:
+        (run.bar.write if run.bar is not None else print)(f"step {step}: {what}; batch skipped (--on-nan skip)")
+
+
+def _log(run: _Run, step: int, lr: float, grad_norm: Tensor) -> None:
+    """A loss.csv row (mean loss since the last, images/s) every ``log_every`` steps and at the end."""
+    config = run.config
+    if (step % config.log_every == 0 or step == config.steps) and run.window and run.log is not None:
+        now = time.perf_counter()
+        ips = len(run.window) * config.batch_size * config.grad_accum / max(now - run.t_window, 1e-9)
+        run.log.write({"step": step, "loss": float(np.mean(run.window)), "lr": lr, "grad_norm": float(grad_norm),
+                       "images_per_s": ips, "seconds": run.seconds_before + now - run.t_start})
+        if run.bar is not None:
+            run.bar.set_postfix(loss=f"{np.mean(run.window):.4f}", img_s=f"{ips:.0f}")
+        run.window, run.t_window = [], now
+    if run.bar is not None:
+        run.bar.update(1)
+
+
+def _checkpoint_and_preview(run: _Run, step: int) -> None:
+    """Every ``checkpoint_every`` steps (and at the end) a checkpoint with every rank's RNG, written by rank 0;
+    every ``sample_every`` steps a preview grid, drawn without touching the training RNG."""
+    config, ranks, device = run.config, run.ranks, run.device
+    if step % config.checkpoint_every == 0 or step == config.steps:
+        rng = _rng_state(device, ranks)                   # every rank's, gathered on rank 0
+        if ranks.main:
+            run.last_ckpt = save_checkpoint(
+                run.out / "checkpoints", step, model=run.net.state_dict(), ema=run.ema.state_dict(),
+                optimizer=run.optimizer.state_dict(), tensors=rng,
+                config={"model": run.spec.to_dict(), "train": config.to_dict()},
+                extra={"images_seen": step * config.batch_size * config.grad_accum, "skipped_batches": run.skipped,
+                       "world_size": ranks.world_size, "seconds": run.seconds_before + time.perf_counter() - run.t_start},
+                keep_last=config.keep_last)
+        else:
+            run.last_ckpt = run.out / "checkpoints" / f"step-{step:08d}"     # the one rank 0 writes
+    if ranks.main and (step % config.sample_every == 0 or step == config.steps):
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            run.preview(_eval_model(run.spec, run.ema, device), run.spec, step, run.out)  # leaves the RNG as it was
+        run.net.train()
+
+
+def _open_logs(run: _Run, progress: bool) -> None:
+    """config.json, loss.csv (rows past the resumed step dropped) and the progress bar, on rank 0."""
+    config = run.config
+    if not run.ranks.main:
+        return
+    atomic_write(run.out / "config.json", json.dumps({"train": config.to_dict(), "model": run.spec.to_dict(),
+                                                      "paper": config.defaults.paper,
+                                                      "world_size": run.ranks.world_size}, indent=1, sort_keys=True))
+    run.log = _LossLog(run.out / "loss.csv", run.start)
+    if progress:
+        from tqdm.auto import tqdm
+
+        run.bar = tqdm(total=config.steps, initial=run.start, unit="step", dynamic_ncols=True,
+                       desc=f"train {config.framework}")
+
+
 def train(config: TrainConfig, *, data: ImageSet | np.ndarray | None = None, resume: bool | str | Path = False,
           progress: bool = True, preview: Callable[[Model, ModelSpec, int, Path], None] | None = None,
           ranks: Ranks | None = None) -> TrainResult:
@@ -230,201 +461,43 @@ def train(config: TrainConfig, *, data: ImageSet | np.ndarray | None = None, res
     ``ranks``: this process's place in a torchrun job (default: the initialised
     process group, else one process); every rank calls ``train`` alike.
     """
+    from .plots import plot_loss_curve
     from .preview import save_preview
 
     if preview is None:
         def preview(m: Model, sp: ModelSpec, k: int, folder: Path) -> None:
             save_preview(m, sp, k, folder, num=config.num_preview, steps=config.preview_steps, seed=config.seed)
     ranks = current_ranks() if ranks is None else ranks
-    device = rank_device(config.device, ranks)
-    rows = ranks.rows(config.batch_size)                  # this rank's share of each global batch
     progress = progress and ranks.main
-    if data is None:
-        data = load_dataset(config.data, "train", image_size=config.image_size, labels=config.class_conditional)
-    n = len(data)
-    require(n >= config.batch_size, f"the dataset has {n} examples, fewer than batch_size={config.batch_size}; "
-            "lower --batch-size")
-    spec = make_model_spec(config, data)
-    out = Path(config.out)
-    ckpt_dir = out / "checkpoints"
-
-    torch.manual_seed(config.seed)                     # weights' initialisation and dropout
-    model = spec.build().to(device)
-    if ranks.distributed:                              # each rank its own dropout masks
-        _seed_rank(config.seed, ranks.rank)
-    net = model.net
-    ema = copy.deepcopy(net).requires_grad_(False).eval()
-    fw = config.defaults
+    run = _build(config, data, ranks, preview)
+    _resume(run, resume, progress)
+    _distribute(run)
+    _open_logs(run, progress)
     lr, warmup = config.resolved("lr"), config.resolved("warmup")
-    grad_clip, ema_decay = config.resolved("grad_clip"), config.resolved("ema_decay")
-    loss_name = config.resolved("loss")
-    optimizer = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=config.weight_decay)
-    # A checkpoint holds weights, EMA and Adam's two moments; keep_last of them plus the one being written.
-    param_bytes = sum(p.numel() * p.element_size() for p in net.parameters())
-    if ranks.main:
-        check_output_dir(out, 4 * param_bytes * (config.keep_last + 1) + (1 << 20))
-    barrier(ranks)
-
-    start = 0
-    seconds_before = 0.0                                # training time of the run before this call
-    resume_from = None
-    if resume:
-        resume_from = latest_checkpoint(ckpt_dir) if resume is True else Path(resume)
-        if resume_from is not None and (resume_from / "checkpoints").is_dir():     # a run folder
-            resume_from = latest_checkpoint(resume_from / "checkpoints")
-        if resume is True and resume_from is None and progress:
-            print(f"no checkpoint in {ckpt_dir} yet: starting from step 0")
-    else:
-        existing = latest_checkpoint(ckpt_dir)
-        require(existing is None, f"{out} already holds a run (checkpoint {existing.name if existing else ''}); "
-                "pass --resume to continue it, or choose another --out")
-    if resume_from is not None:
-        ckpt = load_checkpoint(resume_from, map_location="cpu")
-        diffs = config_differences(ckpt.config.get("model"), spec.to_dict())
-        if diffs:
-            raise CheckpointError(f"cannot resume from {ckpt.path}: it trains another model ({'; '.join(diffs[:5])}); "
-                                  f"resume with the settings in {out / 'config.json'}, or start anew in another --out")
-        net.load_state_dict(ckpt.model)
-        ema.load_state_dict(ckpt.ema)
-        optimizer.load_state_dict(ckpt.optimizer)
-        _set_rng_state(ckpt.tensors, device, ranks, config.seed, ckpt.step)
-        start = ckpt.step
-        seconds_before = float(ckpt.extra.get("seconds", 0.0))
-        require(start <= config.steps, f"the checkpoint is at step {start}, past steps={config.steps}; "
-                "raise --steps to train further")
-    if ranks.distributed:
-        require(all_equal(start, ranks), f"rank {ranks.rank} resumes at step {start} but not every rank does "
-                f"(they see other checkpoints in {ckpt_dir}); put --out on a file system every node shares")
-        import warnings
-
-        from torch.nn.parallel import DistributedDataParallel
-
-        # 1x1 convolutions' gradients carry arbitrary strides on size-1 dimensions, which DDP reports needlessly.
-        warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
-
-        train_net: nn.Module = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda"
-                                                       else None, gradient_as_bucket_view=True)
-        train_model = Model(train_net, model.process, model.target, model.condition, model.learned_variance)
-    else:
-        train_net, train_model = net, model
-    if ranks.main:
-        atomic_write(out / "config.json", json.dumps({"train": config.to_dict(), "model": spec.to_dict(),
-                                                      "paper": fw.paper, "world_size": ranks.world_size},
-                                                     indent=1, sort_keys=True))
-
-    log = _LossLog(out / "loss.csv", start) if ranks.main else None
-    labels_on = spec.classes is not None
-    losses: list[float] = []
-    window: list[float] = []
-    t_start = time.perf_counter()
-    t_window = t_start
-    last_ckpt = resume_from
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=config.steps, initial=start, unit="step", dynamic_ncols=True,
-                   desc=f"train {config.framework}")
-    net.train()
-    step = start
-    skips_in_a_row = 0
-    skipped = int(ckpt.extra.get("skipped_batches", 0)) if resume_from is not None else 0
+    run.t_start = run.t_window = time.perf_counter()
+    run.net.train()
+    step = run.start
     try:
-        for step in range(start + 1, config.steps + 1):
+        for step in range(run.start + 1, config.steps + 1):
             lr_now = lr * min(1.0, step / warmup) if warmup > 0 else lr
-            for group in optimizer.param_groups:
+            for group in run.optimizer.param_groups:
                 group["lr"] = lr_now
-            optimizer.zero_grad(set_to_none=True)
-            total = 0.0
-            for micro in range(config.grad_accum):
-                # The whole global batch's randomness, in a fixed order; this rank keeps its rows.
-                gen = step_generator(config.seed, step, micro, device)
-                idx = batch_indices(n, config.batch_size, config.seed, (step - 1) * config.grad_accum + micro)
-                flip_gen = gen if device.type == "cpu" else step_generator(config.seed, step, micro, torch.device("cpu"))
-                x0, y = take(data, idx, flip_gen, flip=config.flip, rows=rows)
-                x0 = x0.to(device)
-                if labels_on:
-                    y = drop_labels(y.to(device), config.label_dropout, gen, share=(config.batch_size, rows))
-                t = model.process.sample_train_times(config.batch_size, gen, device=device)[rows]
-                noise = randn((config.batch_size,) + tuple(x0.shape[1:]), gen, device=device, dtype=x0.dtype)[rows]
-                if ranks.distributed:                  # let the rest of the global batch's noise go
-                    t, noise = t.clone(), noise.clone()
-                last = micro == config.grad_accum - 1
-                with nullcontext() if last or not ranks.distributed else train_net.no_sync():
-                    with _autocast(device, config.precision):
-                        local = training_loss(train_model, x0, loss_name, BatchNoise(gen, config.batch_size, rows),
-                                              y if labels_on else None, t=t, noise=noise).mean()
-                    loss = all_mean(local, ranks)          # the global batch's loss, the same on every rank
-                    if not torch.isfinite(loss):
-                        break
-                    (local / config.grad_accum).backward()
-                total += loss.item() / config.grad_accum
-            grad_norm = torch.nn.utils.clip_grad_norm_(net.parameters(), grad_clip if grad_clip else math.inf)
-            if not (torch.isfinite(loss) and torch.isfinite(grad_norm)):
-                what = f"the loss became {loss.item()}" if not torch.isfinite(loss) else \
-                    f"the gradient norm became {grad_norm.item()}"
-                if config.on_nan == "stop" or skips_in_a_row + 1 >= MAX_SKIPS_IN_A_ROW:
-                    raise FloatingPointError(
-                        f"{what} at step {step}{f' after {skips_in_a_row} skipped batches' if skips_in_a_row else ''}"
-                        f"; lower the learning rate (now {lr_now:g}) or clip gradients (--grad-clip); the last "
-                        f"good checkpoint is {last_ckpt or 'none (resume starts afresh)'}")
-                optimizer.zero_grad(set_to_none=True)     # skip this batch: no update, no EMA step
-                skips_in_a_row += 1
-                skipped += 1
-                if ranks.main:
-                    (bar.write if bar is not None else print)(f"step {step}: {what}; batch skipped (--on-nan skip)")
-            else:
-                skips_in_a_row = 0
-                optimizer.step()
-                update_ema(ema, net, ema_decay_at(ema_decay, step))
-            if skips_in_a_row == 0:
-                losses.append(total)
-                window.append(total)
-
-            if (step % config.log_every == 0 or step == config.steps) and window and log is not None:
-                now = time.perf_counter()
-                ips = len(window) * config.batch_size * config.grad_accum / max(now - t_window, 1e-9)
-                log.write({"step": step, "loss": float(np.mean(window)), "lr": lr_now,
-                           "grad_norm": float(grad_norm), "images_per_s": ips,
-                           "seconds": seconds_before + now - t_start})
-                if bar is not None:
-                    bar.set_postfix(loss=f"{np.mean(window):.4f}", img_s=f"{ips:.0f}")
-                window, t_window = [], now
-            if bar is not None:
-                bar.update(1)
-            if step % config.checkpoint_every == 0 or step == config.steps:
-                rng = _rng_state(device, ranks)                   # every rank's, gathered on rank 0
-                if ranks.main:
-                    last_ckpt = save_checkpoint(
-                        ckpt_dir, step, model=net.state_dict(), ema=ema.state_dict(),
-                        optimizer=optimizer.state_dict(), tensors=rng,
-                        config={"model": spec.to_dict(), "train": config.to_dict()},
-                        extra={"images_seen": step * config.batch_size * config.grad_accum,
-                               "skipped_batches": skipped, "world_size": ranks.world_size,
-                               "seconds": seconds_before + time.perf_counter() - t_start},
-                        keep_last=config.keep_last)
-                else:
-                    last_ckpt = ckpt_dir / f"step-{step:08d}"       # the one rank 0 writes
-            if ranks.main and (step % config.sample_every == 0 or step == config.steps):
-                with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-                    preview(_eval_model(spec, ema, device), spec, step, out)   # leaves the RNG as it was
-                net.train()
+            total, loss, grad_norm = _gradients(run, step)
+            _update(run, step, lr_now, total, loss, grad_norm)
+            _log(run, step, lr_now, grad_norm)
+            _checkpoint_and_preview(run, step)
     finally:
-        if bar is not None:
-            bar.close()
-        if log is not None:
-            log.close()
-    if last_ckpt is None:                                        # resumed at the final step: nothing ran
-        last_ckpt = resume_from
-    from .plots import plot_loss_curve
-
+        if run.bar is not None:
+            run.bar.close()
+        if run.log is not None:
+            run.log.close()
     if ranks.main:
-        plot_loss_curve(out / "loss.csv", out / "loss.png", title=f"{config.framework} on {config.data}")
+        plot_loss_curve(run.out / "loss.csv", run.out / "loss.png", title=f"{config.framework} on {config.data}")
     barrier(ranks)                                               # rank 0's checkpoint is on disk for all
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        final = _eval_model(spec, ema, device)
-    return TrainResult(out, step if config.steps > start else start, Path(last_ckpt), final, spec, losses,
-                       time.perf_counter() - t_start)
+    with torch.random.fork_rng(devices=[run.device] if run.device.type == "cuda" else []):
+        final = _eval_model(run.spec, run.ema, run.device)
+    return TrainResult(run.out, step if config.steps > run.start else run.start, Path(run.last_ckpt), final,
+                       run.spec, run.losses, time.perf_counter() - run.t_start)
 
 
 def _eval_model(spec: ModelSpec, weights: nn.Module, device: torch.device) -> Model:
