@@ -257,20 +257,10 @@ def _splits(spec: str) -> tuple[ImageSet, ImageSet]:
     return train, test
 
 
-def evaluate(checkpoint: str | Path, out: str | Path, config: EvalConfig = EvalConfig(), *,
-             device: str | torch.device = "cpu", progress: bool = True, ranks: Ranks = Ranks()
-             ) -> EvalResult | None:
-    """Sample every (sampler, NFE) cell, score it, and write ``out/metrics.json``, ``report.md`` and plots.
-
-    In a torchrun job every rank calls this: the samples and bits/dim are
-    shared out over the ranks and gathered; rank 0 alone scores, writes and
-    returns the result (the others return None).
-    """
+def _load_for_evaluation(checkpoint: str | Path, config: EvalConfig, device: torch.device):
+    """The model and its data's two splits, checked against each other."""
     from ..modelspec import load_model
-    from .report import write_report
 
-    t_start = time.perf_counter()
-    device = torch.device(device)
     model, spec, ckpt = load_model(checkpoint, device=device)
     require(len(spec.data_shape) == 3, "evaluate scores image models; this checkpoint models points")
     data_spec = config.data or ckpt.config.get("train", {}).get("data")
@@ -281,100 +271,141 @@ def evaluate(checkpoint: str | Path, out: str | Path, config: EvalConfig = EvalC
             "data set the model was trained on (--data)")
     require(config.guidance is None or model.num_classes > 0,
             "--guidance needs a class-conditional model (train with --class-conditional)")
+    return model, spec, ckpt, data_spec, train_set, test_set
+
+
+def _feature_spaces(config: EvalConfig, train_set: ImageSet, test_set: ImageSet, test_images: np.ndarray,
+                    device: torch.device, progress: bool) -> tuple[list[_Space], dict[str, Any]]:
+    """Each feature space (the in-domain classifier's, Inception's) with the test split's statistics."""
+    spaces: list[_Space] = []
+    info: dict[str, Any] = {}
+    for name in config.features:
+        if name == "domain":
+            clf = fit_domain_classifier(train_set, test_set, seed=config.seed, progress=progress)
+            clf.net.to(device)
+            extract: Extractor = clf
+            info[name] = {"classifier_test_accuracy": clf.accuracy, "classifier_key": clf.key,
+                          "classes": clf.classes}
+        else:
+            extract = _inception_extractor(config.inception_weights, device)   # type: ignore[arg-type]
+            info[name] = {"weights": str(config.inception_weights)}
+        feats, _ = extract(test_images)
+        spaces.append(_Space(name, extract, feats, feature_stats(feats)))
+    return spaces, info
+
+
+@dataclass
+class _Scorer:
+    """Rank 0's scoring of sample sets in every feature space, cached per cell (``cells/*.scores.json``)."""
+
+    out: Path
+    spaces: list[_Space]
+    config: EvalConfig
+    score_key: dict[str, Any]
+
+    def __call__(self, cell_id: str, images: np.ndarray, base: dict[str, Any]) -> dict[str, Any]:
+        path = self.out / "cells" / f"{cell_id}.scores.json"
+        key = _key({**base.get("sample_key", {}), **self.score_key})
+        done = _read_cell(path, key)
+        if done is not None:
+            return done
+        row = {**{k: v for k, v in base.items() if k != "sample_key"}, "key": key,
+               **{s.name: _score(s, images, self.config) for s in self.spaces}}
+        atomic_write(path, json.dumps(row, indent=1))
+        return row
+
+
+def _cell_samples(model: Model, shape: tuple[int, ...], sampler: str, nfe: int, config: EvalConfig, out: Path,
+                  model_id: dict[str, Any], progress: bool, ranks: Ranks):
+    """A cell's samples, on every rank alike: rank 0 finds them cached or all ranks draw their shares.
+    Returns (images, meta, steps) on rank 0, None on the others."""
+    steps = steps_for_nfe(model.process, sampler, nfe)
+    path = out / "cells" / f"{sampler}-nfe{nfe:04d}.npz"
+    sample_key = _key({**model_id, **config.sampling_key(), "sampler": sampler, "steps": steps})
+    found = _read_samples(path, sample_key) if ranks.main else None
+    if not broadcast_flag(found is None, ranks):            # rank 0 decides; all ranks draw or none
+        return (*found, steps) if ranks.main else None
+    t0 = time.perf_counter()
+    images, used = draw_samples(model, shape, sampler, steps, config, progress, ranks)
+    if not ranks.main:
+        return None
+    meta = {"key": sample_key, "nfe": used, "steps": steps, "seconds": time.perf_counter() - t0,
+            "processes": ranks.world_size}
+    _write_samples(path, images, meta)
+    return images, meta, steps
+
+
+def _all_bits_per_dim(model: Model, images: np.ndarray, config: EvalConfig, out: Path, model_id: dict[str, Any],
+                      data_spec: str, progress: bool, ranks: Ranks) -> dict[str, Any]:
+    """Bits/dim by each method on the test images, cached (rank 0 decides what is done; all ranks compute)."""
+    bpd: dict[str, Any] = {}
+    for method in tqdm(config.bpd, desc="bits/dim (VLB, ODE)", disable=not progress):
+        if method == "vlb" and not isinstance(model.process, DDPM):
+            bpd[method] = {"skipped": "the VLB is DDPM's; this model's process is " + type(model.process).__name__}
+            continue
+        key = _key({**model_id, "method": method, "images": len(images), "seed": config.seed,
+                    "terms": config.vlb_terms, "rtol": config.ode_rtol, "data": data_spec,
+                    **({"chunk": config.batch_size} if len(images) > config.batch_size else {})})
+        path = out / "cells" / f"bpd-{method}.json"
+        done = _read_cell(path, key) if ranks.main else None
+        if broadcast_flag(done is None, ranks):
+            value = _bits_per_dim(model, method, images, config, ranks)
+            if value is None:                                # another rank's share is done
+                continue
+            done = {"key": key, **value}
+            atomic_write(path, json.dumps(done, indent=1))
+        bpd[method] = done
+    return bpd
+
+
+def evaluate(checkpoint: str | Path, out: str | Path, config: EvalConfig = EvalConfig(), *,
+             device: str | torch.device = "cpu", progress: bool = True, ranks: Ranks = Ranks()
+             ) -> EvalResult | None:
+    """Sample every (sampler, NFE) cell, score it, and write ``out/metrics.json``, ``report.md`` and plots.
+
+    In a torchrun job every rank calls this: the samples and bits/dim are
+    shared out over the ranks and gathered; rank 0 alone scores, writes and
+    returns the result (the others return None).
+    """
+    from .report import write_report
+
+    t_start = time.perf_counter()
+    device = torch.device(device)
+    model, spec, ckpt, data_spec, train_set, test_set = _load_for_evaluation(checkpoint, config, device)
     out = Path(out)
     progress = progress and ranks.main
     if ranks.main:
         (out / "cells").mkdir(parents=True, exist_ok=True)
     files = json.loads((ckpt.path / "meta.json").read_text()).get("files", {})
     model_id = {"weights_sha256": files.get("ema.safetensors", files.get("model.safetensors")), "step": ckpt.step}
-
-    order = np.random.default_rng(config.seed).permutation(len(test_set))
-    test_images = test_set.images[order]
-    spaces: list[_Space] = []
+    test_images = test_set.images[np.random.default_rng(config.seed).permutation(len(test_set))]
     info: dict[str, Any] = {"data": data_spec, "test_images": len(test_set), "checkpoint": str(ckpt.path),
                             "step": ckpt.step, "config": asdict(config)}
-    for name in config.features if ranks.main else ():          # scoring is rank 0's
-        if name == "domain":
-            clf = fit_domain_classifier(train_set, test_set, seed=config.seed, progress=progress)
-            clf.net.to(device)
-            extract: Extractor = clf
-            space_info = {"classifier_test_accuracy": clf.accuracy, "classifier_key": clf.key,
-                          "classes": clf.classes}
-        else:
-            extract = _inception_extractor(config.inception_weights, device)   # type: ignore[arg-type]
-            space_info = {"weights": str(config.inception_weights)}
-        feats, _ = extract(test_images)
-        spaces.append(_Space(name, extract, feats, feature_stats(feats)))
-        info[name] = space_info
-
     rows: list[dict[str, Any]] = []
-    score_key = {"features": list(config.features), "kid": [config.kid_subsets, config.kid_subset_size],
-                 "pr_k": config.pr_k, "data": data_spec, "inception": config.inception_weights,
-                 "classifier": info.get("domain", {}).get("classifier_key")}
-
-    def scored(cell_id: str, images: np.ndarray, base: dict[str, Any]) -> dict[str, Any]:
-        path = out / "cells" / f"{cell_id}.scores.json"
-        key = _key({**base.get("sample_key", {}), **score_key})
-        done = _read_cell(path, key)
-        if done is not None:
-            return done
-        row = {**{k: v for k, v in base.items() if k != "sample_key"}, "key": key,
-               **{s.name: _score(s, images, config) for s in spaces}}
-        atomic_write(path, json.dumps(row, indent=1))
-        return row
-
-    # The floor: as many real training images as samples, scored the same way.
-    rng = np.random.default_rng(config.seed + 1)
-    real = train_set.images[rng.choice(len(train_set), min(config.num_samples, len(train_set)), replace=False)]
-    if ranks.main:
-        rows.append(scored("data", real, {"sampler": "data", "nfe": 0, "steps": 0,
-                                          "sample_key": {"real": len(real), "seed": config.seed}}))
-
-    cells = [(s, n) for s in config.samplers for n in config.nfe]
-    bar = tqdm(cells, desc="evaluate", disable=not progress)
     grids: dict[tuple[str, int], np.ndarray] = {}
+    rng = np.random.default_rng(config.seed + 1)                  # the floor: as many real training images
+    real = train_set.images[rng.choice(len(train_set), min(config.num_samples, len(train_set)), replace=False)]
+    if ranks.main:                                                # scoring is rank 0's
+        spaces, space_info = _feature_spaces(config, train_set, test_set, test_images, device, progress)
+        info.update(space_info)
+        score = _Scorer(out, spaces, config, {
+            "features": list(config.features), "kid": [config.kid_subsets, config.kid_subset_size],
+            "pr_k": config.pr_k, "data": data_spec, "inception": config.inception_weights,
+            "classifier": info.get("domain", {}).get("classifier_key")})
+        rows.append(score("data", real, {"sampler": "data", "nfe": 0, "steps": 0,
+                                         "sample_key": {"real": len(real), "seed": config.seed}}))
+    bar = tqdm([(s, n) for s in config.samplers for n in config.nfe], desc="evaluate", disable=not progress)
     for sampler, nfe in bar:
         bar.set_postfix_str(f"{sampler} @ {nfe} NFE")
-        steps = steps_for_nfe(model.process, sampler, nfe)
-        cell_id = f"{sampler}-nfe{nfe:04d}"
-        sample_key = _key({**model_id, **config.sampling_key(), "sampler": sampler, "steps": steps})
-        found = _read_samples(out / "cells" / f"{cell_id}.npz", sample_key) if ranks.main else None
-        if broadcast_flag(found is None, ranks):             # rank 0 decides; all ranks draw
-            t0 = time.perf_counter()
-            images, used = draw_samples(model, tuple(spec.data_shape), sampler, steps, config, progress, ranks)
-            meta = {"key": sample_key, "nfe": used, "steps": steps, "seconds": time.perf_counter() - t0,
-                    "processes": ranks.world_size}
-            if not ranks.main:                               # rank 0 alone scores
-                continue
-            _write_samples(out / "cells" / f"{cell_id}.npz", images, meta)
-        elif not ranks.main:                                 # found on rank 0; nothing to do here
+        cell = _cell_samples(model, tuple(spec.data_shape), sampler, nfe, config, out, model_id, progress, ranks)
+        if cell is None:                                          # not rank 0
             continue
-        else:
-            images, meta = found
+        images, meta, steps = cell
         grids[(sampler, nfe)] = images[:config.grid_size]
-        rows.append(scored(cell_id, images, {"sampler": sampler, "nfe_budget": nfe, "nfe": meta["nfe"],
-                                             "steps": steps, "sample_seconds": meta["seconds"],
-                                             "sample_key": {"samples": sample_key}}))
-
-    bpd: dict[str, Any] = {}
-    bpd_images = test_images[:config.bpd_images]
-    for method in tqdm(config.bpd, desc="bits/dim (VLB, ODE)", disable=not progress):
-        if method == "vlb" and not isinstance(model.process, DDPM):
-            bpd[method] = {"skipped": "the VLB is DDPM's; this model's process is " + type(model.process).__name__}
-            continue
-        key = _key({**model_id, "method": method, "images": len(bpd_images), "seed": config.seed,
-                    "terms": config.vlb_terms, "rtol": config.ode_rtol, "data": data_spec,
-                    **({"chunk": config.batch_size} if len(bpd_images) > config.batch_size else {})})
-        path = out / "cells" / f"bpd-{method}.json"
-        done = _read_cell(path, key) if ranks.main else None
-        if broadcast_flag(done is None, ranks):
-            value = _bits_per_dim(model, method, bpd_images, config, ranks)
-            if value is None:                                # another rank's share is done
-                continue
-            done = {"key": key, **value}
-            atomic_write(path, json.dumps(done, indent=1))
-        bpd[method] = done
-
+        rows.append(score(f"{sampler}-nfe{nfe:04d}", images, {
+            "sampler": sampler, "nfe_budget": nfe, "nfe": meta["nfe"], "steps": steps,
+            "sample_seconds": meta["seconds"], "sample_key": {"samples": meta["key"]}}))
+    bpd = _all_bits_per_dim(model, test_images[:config.bpd_images], config, out, model_id, data_spec, progress, ranks)
     if not ranks.main:
         return None
     info["seconds"] = time.perf_counter() - t_start
