@@ -319,20 +319,23 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}; see {self.prog} --help\n")
 
 
-def _parser() -> argparse.ArgumentParser:
-    from .data import DATASET_HELP
-    from .samplers import SAMPLERS
-    from .training import TrainConfig
+def _model_args(q: argparse.ArgumentParser) -> None:
+    q.add_argument("checkpoint", help="a run folder (its newest checkpoint) or a checkpoint folder")
+    q.add_argument("--weights", choices=["ema", "model"], default="ema")
+    q.add_argument("--device", default="auto")
+    q.add_argument("--seed", type=int, default=0)
 
-    p = _Parser(prog="scorelab", description="Train, sample and evaluate diffusion models "
-                                "(DDPM, NCSN, score SDEs). Start with: scorelab demo")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
+def _add_demo(sub) -> None:
     d = sub.add_parser("demo", help="train on the 8x8 digits (a few minutes on a CPU) and write a report")
     d.add_argument("--out", default="demo", help="folder for the report, pictures and checkpoint (default: demo)")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--steps", type=int, default=None, help="training steps (default: the demo's tuned number)")
     d.set_defaults(run=_demo)
+
+
+def _add_train(sub) -> None:
+    from .training import TrainConfig
 
     t = sub.add_parser("train", help="train a model; --framework picks its paper's defaults",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -343,16 +346,14 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
     t.set_defaults(run=_train)
 
-    def model_args(q: argparse.ArgumentParser) -> None:
-        q.add_argument("checkpoint", help="a run folder (its newest checkpoint) or a checkpoint folder")
-        q.add_argument("--weights", choices=["ema", "model"], default="ema")
-        q.add_argument("--device", default="auto")
-        q.add_argument("--seed", type=int, default=0)
+
+def _add_sample(sub) -> None:
+    from .samplers import SAMPLERS
 
     s = sub.add_parser("sample", help="draw samples: a grid PNG and an .npz",
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        epilog="samplers:\n" + "\n".join(f"  {k:10s} {v}" for k, v in SAMPLERS.items()))
-    model_args(s)
+    _model_args(s)
     s.add_argument("--sampler", choices=list(SAMPLERS), default="ancestral")
     s.add_argument("--steps", type=int, default=None, help="sampler steps (default: the sampler's)")
     s.add_argument("--num-samples", "--num", dest="num", type=int, default=64,
@@ -368,8 +369,12 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--out", default="samples.png", help="grid PNG; the .npz goes beside it")
     s.set_defaults(run=_sample)
 
+
+def _add_nll(sub) -> None:
+    from .data import DATASET_HELP
+
     n = sub.add_parser("nll", help="bits/dim on a data split, by DDPM's VLB or the probability-flow ODE")
-    model_args(n)
+    _model_args(n)
     n.add_argument("--data", default="digits", help=DATASET_HELP)
     n.add_argument("--split", choices=["train", "test"], default="test")
     n.add_argument("--method", choices=["vlb", "ode"], default="vlb")
@@ -377,8 +382,12 @@ def _parser() -> argparse.ArgumentParser:
     n.add_argument("--batch-size", type=int, default=128)
     n.set_defaults(run=_nll)
 
+
+def _add_interpolate(sub) -> None:
+    from .data import DATASET_HELP
+
     i = sub.add_parser("interpolate", help="encode two images, slerp the latents, decode: a strip PNG")
-    model_args(i)
+    _model_args(i)
     i.add_argument("--data", default="digits", help=DATASET_HELP)
     i.add_argument("--split", choices=["train", "test"], default="test")
     i.add_argument("--pair", type=int, nargs=2, default=[0, 1], metavar=("I", "J"), help="image indices")
@@ -387,6 +396,8 @@ def _parser() -> argparse.ArgumentParser:
     i.add_argument("--out", default="interpolation.png")
     i.set_defaults(run=_interpolate)
 
+
+def _add_download(sub) -> None:
     w = sub.add_parser("download", help="fetch MNIST, Fashion-MNIST or CIFAR-10 (checked against published MD5s)")
     w.add_argument("dataset", choices=["mnist", "fashion-mnist", "cifar10", "inception"],
                    help="a data set, or 'inception': pytorch-fid's Inception-v3 weights for FID")
@@ -394,9 +405,13 @@ def _parser() -> argparse.ArgumentParser:
     w.add_argument("--base-url", default=None, help="a mirror to fetch from instead of the default source")
     w.set_defaults(run=_download)
 
+
+def _add_evaluate(sub) -> None:
+    from .data import DATASET_HELP
+
     e = sub.add_parser("evaluate", help="FID, KID, precision/recall and bits/dim for each sampler and NFE budget",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    model_args(e)
+    _model_args(e)
     e.add_argument("--data", default=None, help="reference data (default: the data set the model was trained on); "
                    + DATASET_HELP)
     e.add_argument("--samplers", default="ddim,dpm++2m,ancestral", help="comma-separated sampler names")
@@ -420,9 +435,24 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--out", default="evaluation", help="folder for report.md, metrics.json, plots and samples")
     e.set_defaults(run=_evaluate)
 
+
+def _add_info(sub) -> None:
     f = sub.add_parser("info", help="what a checkpoint holds")
-    model_args(f)
+    _model_args(f)
     f.set_defaults(run=_info)
+
+
+#: Each command's parser, in the order ``scorelab --help`` lists them.
+_COMMANDS = (_add_demo, _add_train, _add_sample, _add_nll, _add_interpolate, _add_download, _add_evaluate,
+             _add_info)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="scorelab", description="Train, sample and evaluate diffusion models "
+                                "(DDPM, NCSN, score SDEs). Start with: scorelab demo")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
+    for add in _COMMANDS:
+        add(sub)
     return p
 
 
