@@ -14,7 +14,8 @@ from .models import (CONDITIONS, TARGETS, DiffusionModel, Model, Prediction, Pro
                      from_eps, to_eps)
 from .modelspec import ModelSpec, load_model
 from .oracle import ExactModel, GaussianMixture
-from .processes import DDPM, NCSN, SDE, VESDE, VPSDE, NoiseProcess, SubVPSDE, process_from_config
+from .processes import DDPM, NCSN, SDE, VESDE, VPSDE, NoiseProcess, SubVPSDE
+from .process_config import process_from_config
 from .general_sde import GeneralSDE, named_sde, register_sde
 
 __version__ = "0.1.0"

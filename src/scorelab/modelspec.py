@@ -19,7 +19,7 @@ from ._util import require
 from .checkpoints import Checkpoint, CheckpointError, load_checkpoint
 from .models import Model
 from .networks import MLP, UNet, MLPConfig, UNetConfig
-from .processes import process_from_config
+from .process_config import process_from_config
 
 __all__ = ["ModelSpec", "build_network", "load_model"]
 

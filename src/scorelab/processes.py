@@ -32,7 +32,7 @@ import numpy as np
 from ._util import (Randomness, TimeLike, as_time, expand_as, flat_dim, normal, randn, require,
                     require_positive, require_positive_int, sum_except_batch)
 
-__all__ = ["SDE", "NoiseProcess", "VPSDE", "SubVPSDE", "VESDE", "DDPM", "NCSN", "process_from_config"]
+__all__ = ["SDE", "NoiseProcess", "VPSDE", "SubVPSDE", "VESDE", "DDPM", "NCSN", "AFFINE_PROCESSES"]
 
 
 def _interp(x: Tensor, xp: Tensor, fp: Tensor) -> Tensor:
@@ -742,18 +742,6 @@ class NCSN(VESDE):
                 "num_scales": self.num_scales}
 
 
-_PROCESSES: dict[str, type[NoiseProcess]] = {
+#: The affine processes by the name their config saves.
+AFFINE_PROCESSES: dict[str, type[NoiseProcess]] = {
     "ddpm": DDPM, "ncsn": NCSN, "vp": VPSDE, "subvp": SubVPSDE, "ve": VESDE}
-
-
-def process_from_config(config: dict[str, Any]) -> SDE:
-    """Rebuild a process from :meth:`SDE.config` (as saved beside a checkpoint)."""
-    config = dict(config)
-    name = config.pop("name", None)
-    if name == "general":                               # a named SDE with a non-affine drift
-        from .general_sde import named_sde
-
-        require("drift" in config, "a general SDE's config names its drift: {'name': 'general', 'drift': NAME}")
-        return named_sde(config.pop("drift"), **config)
-    require(name in _PROCESSES, f"unknown process {name!r}; choose one of {sorted(_PROCESSES) + ['general']}")
-    return _PROCESSES[name](**config)

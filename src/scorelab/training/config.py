@@ -195,7 +195,7 @@ class TrainConfig:
 
 def make_process(config: TrainConfig) -> SDE:
     """The framework's process with ``process_options`` applied."""
-    from ..processes import process_from_config
+    from ..process_config import process_from_config
 
     options = {**config.defaults.process, **config.process_options}
     try:
