@@ -1,8 +1,10 @@
 """DPM-Solver++(2M)'s lower-order step before the last: diffusers' heuristic against the official rule.
 
-diffusers (``lower_order_final``) takes a first-order step before the last one when there are fewer than
-15 steps; the official DPM-Solver code lowers only the final step, and only below 10 steps. scorelab's last
-step (to sigma = 0) is always first order, so the official rule is ``lower_order_final=False`` here. Both are
+scorelab's ``lower_order_final`` takes a first-order step before the last one (the last ending at sigma > 0)
+when there are fewer than 15 steps: diffusers' heuristic on a grid that ends at sigma_min. The official
+DPM-Solver code lowers only the final step, and only below 10 steps, as does diffusers on its current grid
+ending at sigma = 0; scorelab's last step (to sigma = 0) is always first order, so both are
+``lower_order_final=False`` here. Both are
 driven by the exact model of the tests' 2-D and 16-D Gaussian mixtures (MATH.md 6); error = energy distance
 to 6000 exact samples, mean over 3 seeds of 3000 samples each (same noise for both rules).
 

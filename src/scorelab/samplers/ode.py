@@ -241,13 +241,15 @@ def dpm_solver_pp_2m(model: DiffusionModel, shape_or_x: Sequence[int] | Tensor, 
     extrapolated from the last two steps, ``D = (1 + 1/(2r)) x0_i - 1/(2r) x0_{i-1}``,
     ``r = h_{i-1} / h_i``; first order on the first step and on the last one, to
     sigma = 0. With ``lower_order_final`` and fewer than 15 steps the step
-    before the last is first order too: diffusers' heuristic (its
-    ``lower_order_final``), not the paper's. The official DPM-Solver code lowers
-    only the final step, below 10 steps, which here (the last step is always first
-    order) is ``lower_order_final=False``. On the exact Gaussian-mixture oracle
-    diffusers' rule was the more accurate in 20 of 24 cases (5-14 steps; the
-    official one wins at 5-6 steps in 2-D), so it is the default
-    (``benchmarks/dpm_lower_order.py``).
+    before the last (the last one ending at sigma > 0) is first order too. That is
+    diffusers' ``lower_order_final`` heuristic (below 15 steps) on a grid that
+    ends at sigma_min, as its older schedulers did; its current grid ends at
+    sigma = 0 and lowers only that step, which is always first order here. The
+    official DPM-Solver code lowers only the final step, below 10 steps. Neither
+    is in the paper's algorithm; both of the others are ``lower_order_final=False``
+    here. On the exact Gaussian-mixture oracle the heuristic was the more accurate
+    in 20 of 24 cases (5-14 steps; without it wins at 5-6 steps in 2-D), so it is
+    the default (``benchmarks/dpm_lower_order.py``).
     """
     model, process = resolve(model, process)
     times = _eval_times(process, steps, grid, rho, times)
