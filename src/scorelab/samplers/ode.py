@@ -26,7 +26,8 @@ from ..processes import SDE, NoiseProcess
 from ._common import (Callback, NoiseLike, SampleResult, SigmaView, call_back, finite_or_raise, flow_process,
                       initial_noise, randn_like, resolve, time_grid, trained_t_min)
 
-__all__ = ["dopri5", "solve_probability_flow", "ode_rk45", "ode_euler", "ode_heun", "dpm_solver_pp_2m"]
+__all__ = ["dopri5", "solve_probability_flow", "ode_rk45", "ode_euler", "ode_heun", "dpm_solver_pp_2m",
+           "dpm_solver_pp_3m"]
 
 # Dormand & Prince (1980) RK5(4)7FM tableau.
 _C = (0.0, 1 / 5, 3 / 10, 4 / 5, 8 / 9, 1.0, 1.0)
@@ -251,6 +252,44 @@ def dpm_solver_pp_2m(model: DiffusionModel, shape_or_x: Sequence[int] | Tensor, 
     in 20 of 24 cases (5-14 steps; without it wins at 5-6 steps in 2-D), so it is
     the default (``benchmarks/dpm_lower_order.py``).
     """
+    return _dpm_solver_pp(model, shape_or_x, steps, 2, grid=grid, rho=rho, times=times,
+                          lower_order_final=lower_order_final, process=process, noise=noise, callback=callback,
+                          name="dpm_solver_pp_2m")
+
+
+@torch.no_grad()
+def dpm_solver_pp_3m(model: DiffusionModel, shape_or_x: Sequence[int] | Tensor, steps: int = 20, *,
+                     grid: str = "log_sigma", rho: float = 7.0,
+                     times: Sequence[float] | Tensor | None = None, lower_order_final: bool = True,
+                     process: NoiseProcess | None = None, noise: NoiseLike = None,
+                     callback: Callback | None = None) -> SampleResult:
+    """DPM-Solver++(3M), the third-order multistep data-prediction solver (Lu et al. 2022): ``steps`` NFE.
+
+    From the last three data predictions ``x0_i, x0_{i-1}, x0_{i-2}`` with
+    ``h = lambda' - lambda``, ``r0 = h_{i-1} / h``, ``r1 = h_{i-2} / h``:
+    ``D1_0 = (x0_i - x0_{i-1}) / r0``, ``D1_1 = (x0_{i-1} - x0_{i-2}) / r1``,
+    ``D1 = D1_0 + r0 / (r0 + r1) (D1_0 - D1_1)`` (``h`` times the slope of the quadratic
+    through the three, at ``lambda``), ``D2 = (D1_0 - D1_1) / (r0 + r1)`` (``h^2`` times its
+    curvature coefficient, ``x0''/2``) and
+    ``y' = (sigma'/sigma) y - phi1 x0_i + phi2 D1 - 2 phi3 D2``, ``phi1 = e^{-h} - 1``,
+    ``phi2 = phi1 / h + 1``, ``phi3 = phi2 / h - 1/2``: the exact integral of that quadratic
+    (MATH.md 5). The official DPM-Solver code and diffusers write ``- phi3 D2``, half the
+    curvature term; their update's local error is O(h^3), so it converges at second order
+    (measured 4.8-5.2x less error per halving of h on the 16-D mixture, against 7.6-8.2x here).
+    First and second order while the history fills; ``lower_order_final`` (below 15 steps)
+    makes the step before the last first order and the one before it at most second (as
+    :func:`dpm_solver_pp_2m`); the last step, to sigma = 0, is first order.
+    """
+    return _dpm_solver_pp(model, shape_or_x, steps, 3, grid=grid, rho=rho, times=times,
+                          lower_order_final=lower_order_final, process=process, noise=noise, callback=callback,
+                          name="dpm_solver_pp_3m")
+
+
+def _dpm_solver_pp(model: DiffusionModel, shape_or_x: Sequence[int] | Tensor, steps: int, order: int, *,
+                   grid: str, rho: float, times: Sequence[float] | Tensor | None, lower_order_final: bool,
+                   process: NoiseProcess | None, noise: NoiseLike, callback: Callback | None,
+                   name: str) -> SampleResult:
+    """DPM-Solver++'s multistep updates of order up to ``order`` in ``y = x / a``, ``lambda = -log sigma``."""
     model, process = resolve(model, process)
     times = _eval_times(process, steps, grid, rho, times)
     view = SigmaView(model, process)
@@ -259,7 +298,7 @@ def dpm_solver_pp_2m(model: DiffusionModel, shape_or_x: Sequence[int] | Tensor, 
     sigmas = sigmas + [0.0]
     x = initial_noise(process, shape_or_x, noise, model)
     y = x / scales[0]
-    x0_prev, h_prev = None, None
+    history: list[tuple[Tensor, float]] = []                 # (x0, h) of earlier steps, newest last
     for i in range(n):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
         x0 = view.predict(y, times[i], scales[i]).x0
@@ -267,13 +306,25 @@ def dpm_solver_pp_2m(model: DiffusionModel, shape_or_x: Sequence[int] | Tensor, 
             y = x0
         else:
             h = math.log(sigma / sigma_next)
-            if x0_prev is None or (lower_order_final and n < 15 and i == n - 2):
-                d = x0
+            k = min(order, len(history) + 1)
+            if lower_order_final and n < 15:
+                k = 1 if i == n - 2 else min(k, 2) if i == n - 3 else k
+            phi1 = math.expm1(-h)
+            if k == 1:
+                y = (sigma_next / sigma) * y - phi1 * x0
+            elif k == 2:
+                r = history[-1][1] / h
+                y = (sigma_next / sigma) * y - phi1 * ((1 + 1 / (2 * r)) * x0 - (1 / (2 * r)) * history[-1][0])
             else:
-                r = h_prev / h
-                d = (1 + 1 / (2 * r)) * x0 - (1 / (2 * r)) * x0_prev
-            y = (sigma_next / sigma) * y - math.expm1(-h) * d
-            x0_prev, h_prev = x0, h
+                (x0_2, h_1), (x0_1, h_0) = history[-2], history[-1]
+                r0, r1 = h_0 / h, h_1 / h
+                d1_0, d1_1 = (x0 - x0_1) / r0, (x0_1 - x0_2) / r1
+                d1 = d1_0 + r0 / (r0 + r1) * (d1_0 - d1_1)
+                d2 = (d1_0 - d1_1) / (r0 + r1)
+                phi2 = phi1 / h + 1
+                phi3 = phi2 / h - 0.5
+                y = (sigma_next / sigma) * y - phi1 * x0 + phi2 * d1 - 2 * phi3 * d2
+            history = (history + [(x0, h)])[-2:]
         call_back(callback, i + 1, n, float(times[i + 1]) if i + 1 < n else 0.0, y, view.nfe)
-    finite_or_raise(y, "dpm_solver_pp_2m")
+    finite_or_raise(y, name)
     return SampleResult(y, view.nfe)

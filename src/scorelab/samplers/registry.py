@@ -9,7 +9,7 @@ from the model's own (MATH.md 4, Song et al. 2021, Table 1):
   model's VP SDE, an NCSN model's VE SDE, or the SDE it was trained with.
 * ``langevin``: annealed Langevin dynamics on an NCSN ladder (the model's,
   or NCSNv1's 10 levels over the model's sigma range).
-* ``ode`` (adaptive RK45), ``heun``, ``dpm++2m``, ``ddim``: any affine process.
+* ``ode`` (adaptive RK45), ``heun``, ``dpm++2m``, ``dpm++3m``, ``ddim``: any affine process.
 * ``ld``: Langevin dynamics on the single least-noise score (Song & Ermon's
   starting point, which annealing improves on).
 
@@ -31,7 +31,7 @@ from ..models import DiffusionModel
 from ..processes import DDPM, NCSN, SDE
 from ._common import NoiseLike, SampleResult
 from .ancestral import ddim, ddpm_ancestral
-from .ode import dpm_solver_pp_2m, ode_heun, ode_rk45
+from .ode import dpm_solver_pp_2m, dpm_solver_pp_3m, ode_heun, ode_rk45
 from .sde import annealed_langevin, euler_maruyama, langevin_dynamics, predictor_corrector
 
 __all__ = ["SAMPLERS", "REGISTRY", "SamplerEntry", "sample", "sde_process", "sampler_nfe", "steps_for_nfe"]
@@ -97,6 +97,8 @@ REGISTRY: dict[str, SamplerEntry] = {
                          lambda p: (ode_heun, {}), lambda p: 18, lambda s, p, o: 2 * s - 1),
     "dpm++2m": SamplerEntry("DPM-Solver++(2M) (Lu et al. 2022); steps (default 20)",
                             lambda p: (dpm_solver_pp_2m, {}), lambda p: 20, lambda s, p, o: s),
+    "dpm++3m": SamplerEntry("DPM-Solver++(3M) (Lu et al. 2022), third-order multistep; steps (default 20)",
+                            lambda p: (dpm_solver_pp_3m, {}), lambda p: 20, lambda s, p, o: s),
     "langevin": SamplerEntry(
         "annealed Langevin dynamics (Song & Ermon 2019); steps = steps per level (default 100)",
         lambda p: (annealed_langevin, {"process": _ladder(p)}), lambda p: 100,
