@@ -86,10 +86,11 @@ def loss_cases(mixture):
         ("dsm s2/ve", sl.VESDE(0.01, 5.0), call(dsm_loss)),
         ("dsm g2/vp", sl.VPSDE(), call(dsm_loss, weighting="g2", t=grid)),
         ("dsm g2/ve", sl.VESDE(0.01, 5.0), call(dsm_loss, weighting="g2", t=grid)),
+        ("dsm min-snr/ddpm", sl.DDPM(), call(dsm_loss, weighting="min-snr")),
     ]
 
 
-@pytest.mark.parametrize("case", range(9))
+@pytest.mark.parametrize("case", range(10))
 def test_exact_model_minimises_each_loss(unit_mixture, case):
     """At the exact model, the expected loss is stationary (slope within its noise) and rises either way."""
     name, process, loss_fn = loss_cases(unit_mixture)[case]
@@ -105,7 +106,7 @@ def test_exact_model_minimises_each_loss(unit_mixture, case):
 # DSM: the irreducible loss of the exact score
 # ---------------------------------------------------------------------------------------
 @pytest.mark.parametrize("process", [sl.VPSDE(), sl.SubVPSDE(), sl.VESDE(), sl.NCSN(), sl.DDPM()], ids=repr)
-@pytest.mark.parametrize("weighting", ["s2", "g2"])
+@pytest.mark.parametrize("weighting", ["s2", "g2", "min-snr"])
 def test_dsm_of_exact_score_equals_its_irreducible_value(process, weighting):
     """For Gaussian data N(m, C): E || grad log p_t - grad log q(x_t | x0) ||^2 = D / s^2 - tr(Sigma_t^-1),
     Sigma_t = a^2 C + s^2 I (derived in the test from E[eps u^T] = s I with u = a (x0 - m) + s eps)."""
@@ -120,7 +121,8 @@ def test_dsm_of_exact_score_equals_its_irreducible_value(process, weighting):
     for t in (0.05, 0.3, 0.8):
         tt = torch.tensor(t, dtype=torch.float64)
         a, s = process.signal_scale(tt).item(), process.noise_std(tt).item()
-        lam = s**2 if weighting == "s2" else process.diffusion(tt).item() ** 2
+        lam = {"s2": s**2, "g2": process.diffusion(tt).item() ** 2,
+               "min-snr": s**2 * min(1.0, 5.0 * (s / a) ** 2)}[weighting]
         irreducible = lam * (d / s**2 - np.sum(1 / (a**2 * eig + s**2)))
         x0 = gm.sample(n, torch.Generator().manual_seed(int(t * 100)), dtype=torch.float64)
         loss = dsm_loss(model, x0, t=t, weighting=weighting, generator=torch.Generator().manual_seed(1))
@@ -294,3 +296,21 @@ def test_vlb_input_checks(unit_mixture):
         vlb_term(model, torch.zeros(2, 2), 5, variance="learned")
     with pytest.raises(ValueError, match="hybrid_loss trains a learned variance"):
         hybrid_loss(model, torch.zeros(2, 2))
+
+
+def test_min_snr_weighting_is_hang_et_als_x0_loss(unit_mixture):
+    """Min-SNR-gamma (Hang et al. 2023) is min(SNR, gamma) ||x0_theta - x0||^2 with SNR = a^2 / s^2; scorelab
+    computes it in eps space. The two agree per example for a model that is not exact."""
+    process = sl.DDPM()
+    model = Perturbed(unit_mixture.model(process), 0.3)
+    g = torch.Generator().manual_seed(5)
+    x0 = unit_mixture.sample(64, g, dtype=torch.float64)
+    t = process.sample_train_times(64, g)
+    noise = torch.randn(x0.shape, generator=g, dtype=x0.dtype)
+    ours = dsm_loss(model, x0, weighting="min-snr", gamma=5.0, t=t, noise=noise)
+    x_t, _ = process.perturb(x0, t, noise=noise)
+    a, s = process.coefficients(t)
+    snr = a**2 / s**2
+    theirs = torch.minimum(snr, torch.tensor(5.0, dtype=torch.float64)) * \
+        ((model.predict(x_t, t).x0 - x0) ** 2).sum(1)
+    torch.testing.assert_close(ours, theirs, rtol=1e-9, atol=1e-12)

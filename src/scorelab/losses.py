@@ -67,27 +67,33 @@ def _noisy_prediction(model: DiffusionModel, x0: Tensor, t: Tensor | float | Non
 
 def dsm_loss(model: DiffusionModel, x0: Tensor, *, weighting: str = "s2",
              t: Tensor | float | None = None, noise: Tensor | None = None,
-             generator: torch.Generator | None = None, reduction: str = "sum") -> Tensor:
+             generator: torch.Generator | None = None, reduction: str = "sum", gamma: float = 5.0) -> Tensor:
     """Denoising score matching, per example (MATH.md 3 and 4).
 
     ``lambda(t) || s_theta(x_t, t) - grad log q(x_t | x0) ||^2`` with
-    ``lambda = s(t)^2`` (``weighting="s2"``; NCSN's ``sigma^2``) or the
-    likelihood weighting ``lambda = g(t)^2`` (``"g2"``, Song et al. 2021b).
+    ``lambda = s(t)^2`` (``weighting="s2"``; NCSN's ``sigma^2``), the
+    likelihood weighting ``lambda = g(t)^2`` (``"g2"``, Song et al. 2021b), or
+    Min-SNR-gamma (``"min-snr"``, Hang et al. 2023): ``min(SNR, gamma) ||x0_theta - x0||^2``
+    with ``SNR = a^2 / s^2 = 1 / sigma^2``, which in eps space is the ``s^2`` loss
+    times ``min(SNR, gamma) / SNR = min(1, gamma sigma^2)`` (gamma = 5, the paper's).
     Times come from ``model.process.sample_train_times`` unless ``t`` is given:
     uniform levels for :class:`NCSN` (Song & Ermon's loss), ``U[1e-5, 1]``
     for the SDEs. ``reduction="sum"`` is the squared norm of MATH.md;
     ``"mean"`` divides by the number of dimensions.
     """
-    require(weighting in ("s2", "g2"), f"unknown weighting {weighting!r}; choose 's2' (lambda = s^2) "
-            "or 'g2' (likelihood weighting, lambda = g^2)")
+    require(weighting in ("s2", "g2", "min-snr"), f"unknown weighting {weighting!r}; choose 's2' (lambda = s^2), "
+            "'g2' (likelihood weighting, lambda = g^2) or 'min-snr' (Min-SNR-gamma)")
+    require(gamma > 0, f"gamma must be positive, got {gamma}; Hang et al. use 5")
     require(model.process.affine, f"denoising score matching regresses on the Gaussian kernel q(x_t | x0) of an "
             f"affine process, and {type(model.process).__name__}'s drift is not affine; train it with "
             "sliced_score_matching_loss (--loss ssm-vr) or score_matching_loss")
     pred, noise = _noisy_prediction(model, x0, t, noise, generator)
     sq = (pred.eps - noise) ** 2
+    process = model.process
     if weighting == "g2":
-        process = model.process
         sq = sq * expand_as(process.diffusion(pred.t) ** 2 / process.noise_std(pred.t) ** 2, sq)
+    elif weighting == "min-snr":
+        sq = sq * expand_as((gamma * process.sigma(pred.t) ** 2).clamp(max=1.0), sq)
     return _reduce(sq, reduction)
 
 

@@ -26,11 +26,12 @@ from ..processes import SDE
 __all__ = ["TrainConfig", "FRAMEWORKS", "LOSSES", "KERNEL_LOSSES", "Framework", "make_process", "make_model_spec"]
 
 #: Loss names: L_simple (Ho et al. eq. 14), DSM with lambda = s^2 (NCSN, score SDEs),
-#: DSM with the likelihood weighting lambda = g^2, Nichol & Dhariwal's hybrid loss, and
+#: DSM with the likelihood weighting lambda = g^2, DSM with Min-SNR-5 weighting (Hang et al. 2023),
+#: Nichol & Dhariwal's hybrid loss, and
 #: exact and sliced score matching (Hyvarinen 2005; Song et al. 2019), which need no Gaussian kernel.
-LOSSES = ("simple", "dsm", "dsm-likelihood", "hybrid", "sm", "ssm", "ssm-vr")
+LOSSES = ("simple", "dsm", "dsm-likelihood", "min-snr", "hybrid", "sm", "ssm", "ssm-vr")
 #: The losses that regress on the Gaussian kernel q(x_t | x0) (affine processes only).
-KERNEL_LOSSES = ("simple", "dsm", "dsm-likelihood", "hybrid")
+KERNEL_LOSSES = ("simple", "dsm", "dsm-likelihood", "min-snr", "hybrid")
 
 
 @dataclass(frozen=True)

@@ -99,6 +99,7 @@ LOSS_FUNCTIONS = {
     "simple": lambda m, x0, gen, t, noise: simple_loss(m, x0, t=t, noise=noise, generator=gen),
     "dsm": _dsm("s2"),
     "dsm-likelihood": _dsm("g2"),
+    "min-snr": _dsm("min-snr"),
     "hybrid": lambda m, x0, gen, t, noise: hybrid_loss(m, x0, t=t, noise=noise, generator=gen),
     "sm": lambda m, x0, gen, t, noise: score_matching_loss(m, x0, t=t, noise=noise, generator=gen,
                                                            reduction="mean"),
@@ -113,7 +114,7 @@ def training_loss(model: Model, x0: Tensor, loss: str, generator: Randomness = N
     """The per-example loss of one batch (MATH.md 2-4, 7), averaged over dimensions.
 
     ``"simple"``: L_simple (Ho et al. eq. 14); ``"dsm"``: denoising score matching
-    with lambda = s^2; ``"dsm-likelihood"``: with lambda = g^2; ``"hybrid"``:
+    with lambda = s^2; ``"dsm-likelihood"``: with lambda = g^2; ``"min-snr"``: Min-SNR-5; ``"hybrid"``:
     L_simple + 0.001 L_vlb (Nichol & Dhariwal); ``"sm"``, ``"ssm"``, ``"ssm-vr"``:
     exact and sliced score matching (one Rademacher projection) on ``x_t ~ p_t``,
     weighted by ``lambda(t)`` (s^2, or 1 - exp(-int g^2) on a general SDE). ``labels`` condition
