@@ -87,10 +87,11 @@ def loss_cases(mixture):
         ("dsm g2/vp", sl.VPSDE(), call(dsm_loss, weighting="g2", t=grid)),
         ("dsm g2/ve", sl.VESDE(0.01, 5.0), call(dsm_loss, weighting="g2", t=grid)),
         ("dsm min-snr/ddpm", sl.DDPM(), call(dsm_loss, weighting="min-snr")),
+        ("dsm edm/edm", sl.processes.EDM(sigma_max=5.0), call(dsm_loss, weighting="edm")),
     ]
 
 
-@pytest.mark.parametrize("case", range(10))
+@pytest.mark.parametrize("case", range(11))
 def test_exact_model_minimises_each_loss(unit_mixture, case):
     """At the exact model, the expected loss is stationary (slope within its noise) and rises either way."""
     name, process, loss_fn = loss_cases(unit_mixture)[case]
@@ -314,3 +315,37 @@ def test_min_snr_weighting_is_hang_et_als_x0_loss(unit_mixture):
     theirs = torch.minimum(snr, torch.tensor(5.0, dtype=torch.float64)) * \
         ((model.predict(x_t, t).x0 - x0) ** 2).sum(1)
     torch.testing.assert_close(ours, theirs, rtol=1e-9, atol=1e-12)
+
+
+def test_edm_preconditioning_loss_and_noise_levels_are_karras_et_als():
+    """EDM (Karras et al. 2022, Table 1), computed here from the paper's formulas: D(x; sigma) = c_skip x +
+    c_out F(c_in x; c_noise) for any network F (and in y = x / a for a process with a != 1), the loss
+    lambda(sigma) ||D - x0||^2, and ln sigma ~ N(-1.2, 1.2^2) at training."""
+    from torch import nn
+
+    from scorelab.processes import EDM
+
+    class F(nn.Module):                                # any network: a fixed nonlinear map of (x, c)
+        def forward(self, x, c):
+            return torch.tanh(1.7 * x + 0.3 * c[:, None]) - 0.2
+
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.randn(256, 3, generator=g, dtype=torch.float64)
+    sd = 0.5
+    for process in (EDM(), sl.VPSDE()):
+        model = sl.Model(F(), process, target="edm", condition="log_sigma")
+        t = process.sample_train_times(256, g) if isinstance(process, EDM) else torch.rand(256, generator=g,
+                                                                                              dtype=torch.float64)
+        noise = torch.randn(x0.shape, generator=g, dtype=torch.float64)
+        x_t, _ = process.perturb(x0, t, noise=noise)
+        a, s = process.coefficients(t)
+        sigma, y = (s / a)[:, None], x_t / a[:, None]
+        c_in, c_skip = 1 / torch.sqrt(sigma**2 + sd**2), sd**2 / (sigma**2 + sd**2)
+        c_out = sigma * sd / torch.sqrt(sigma**2 + sd**2)
+        d = c_skip * y + c_out * F()(c_in * y, torch.log(sigma[:, 0]))
+        torch.testing.assert_close(model.predict(x_t, t).x0, d, rtol=1e-9, atol=1e-10)
+        lam = (sigma[:, 0] ** 2 + sd**2) / (sigma[:, 0] * sd) ** 2
+        torch.testing.assert_close(dsm_loss(model, x0, weighting="edm", t=t, noise=noise),
+                                   lam * ((d - x0) ** 2).sum(1), rtol=1e-9, atol=1e-10)
+    log_sigma = torch.log(EDM().sigma(EDM().sample_train_times(40000, torch.Generator().manual_seed(1))))
+    assert abs(float(log_sigma.mean()) + 1.2) < 4 * 1.2 / 200 and abs(float(log_sigma.std()) - 1.2) < 0.03

@@ -75,14 +75,16 @@ def dsm_loss(model: DiffusionModel, x0: Tensor, *, weighting: str = "s2",
     likelihood weighting ``lambda = g(t)^2`` (``"g2"``, Song et al. 2021b), or
     Min-SNR-gamma (``"min-snr"``, Hang et al. 2023): ``min(SNR, gamma) ||x0_theta - x0||^2``
     with ``SNR = a^2 / s^2 = 1 / sigma^2``, which in eps space is the ``s^2`` loss
-    times ``min(SNR, gamma) / SNR = min(1, gamma sigma^2)`` (gamma = 5, the paper's).
+    times ``min(SNR, gamma) / SNR = min(1, gamma sigma^2)`` (gamma = 5, the paper's), or
+    EDM's ``lambda(sigma) ||D - y0||^2`` with ``lambda = (sigma^2 + sd^2) / (sigma sd)^2``
+    (``"edm"``, Karras et al. 2022): the eps loss times ``(sigma^2 + sd^2) / sd^2``.
     Times come from ``model.process.sample_train_times`` unless ``t`` is given:
     uniform levels for :class:`NCSN` (Song & Ermon's loss), ``U[1e-5, 1]``
     for the SDEs. ``reduction="sum"`` is the squared norm of MATH.md;
     ``"mean"`` divides by the number of dimensions.
     """
-    require(weighting in ("s2", "g2", "min-snr"), f"unknown weighting {weighting!r}; choose 's2' (lambda = s^2), "
-            "'g2' (likelihood weighting, lambda = g^2) or 'min-snr' (Min-SNR-gamma)")
+    require(weighting in ("s2", "g2", "min-snr", "edm"), f"unknown weighting {weighting!r}; choose 's2' (lambda = "
+            "s^2), 'g2' (likelihood weighting, lambda = g^2), 'min-snr' (Min-SNR-gamma) or 'edm'")
     require(gamma > 0, f"gamma must be positive, got {gamma}; Hang et al. use 5")
     require(model.process.affine, f"denoising score matching regresses on the Gaussian kernel q(x_t | x0) of an "
             f"affine process, and {type(model.process).__name__}'s drift is not affine; train it with "
@@ -94,6 +96,8 @@ def dsm_loss(model: DiffusionModel, x0: Tensor, *, weighting: str = "s2",
         sq = sq * expand_as(process.diffusion(pred.t) ** 2 / process.noise_std(pred.t) ** 2, sq)
     elif weighting == "min-snr":
         sq = sq * expand_as((gamma * process.sigma(pred.t) ** 2).clamp(max=1.0), sq)
+    elif weighting == "edm":
+        sq = sq * expand_as((process.sigma(pred.t) ** 2 + process.sigma_data**2) / process.sigma_data**2, sq)
     return _reduce(sq, reduction)
 
 

@@ -19,6 +19,7 @@ the VE SDE's (Song et al. 2021, Table 1).
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -34,6 +35,8 @@ __all__ = ["TARGETS", "CONDITIONS", "Prediction", "ScorePrediction", "DiffusionM
 
 #: Prediction targets a network may be trained for (MATH.md 1).
 TARGETS = ("eps", "score", "x0", "v")
+#: What a Model's network may be: one of the targets, or EDM's preconditioned ``F`` (Karras et al. 2022).
+NETWORK_TARGETS = TARGETS + ("edm",)
 #: Noise conditions a network may receive.
 CONDITIONS = ("time", "index", "sigma", "log_sigma")
 
@@ -170,7 +173,7 @@ class Model(nn.Module):
     def __init__(self, net: nn.Module, process: SDE, target: str = "eps",
                  condition: str | None = None, learned_variance: bool = False):
         super().__init__()
-        _check_target(target)
+        require(target in NETWORK_TARGETS, f"unknown prediction target {target!r}; choose one of {NETWORK_TARGETS}")
         require(target == "score" or process.affine,
                 f"the {target!r} target needs a(t) and s(t) (x_t = a x0 + s eps), which "
                 f"{type(process).__name__} does not have: its drift is not affine; use target='score' "
@@ -210,7 +213,11 @@ class Model(nn.Module):
         """
         t = as_time(t, x)
         c = self.noise_condition(t).to(x.dtype)
-        out = self.net(x, c) if labels is None else self.net(x, c, labels)
+        inp = x
+        if self.target == "edm":                      # EDM's c_in, on y = x / a (MATH.md 5)
+            a, s = self.process.coefficients(t)
+            inp = x * expand_as(1 / (a * torch.sqrt((s / a) ** 2 + self.process.sigma_data**2)), x)
+        out = self.net(inp, c) if labels is None else self.net(inp, c, labels)
         frac = None
         expected = list(x.shape)
         if self.learned_variance:
@@ -225,7 +232,19 @@ class Model(nn.Module):
         if not self.process.affine:
             return ScorePrediction(x, t, self._general_score(x, t, out), frac)
         a, s = self.process.coefficients(t)
+        if self.target == "edm":
+            return Prediction(x, t, a, s, self._edm_eps(x, a, s, out), frac)
         return Prediction(x, t, a, s, to_eps(out, self.target, x, a, s), frac)
+
+    def _edm_eps(self, x: Tensor, a: Tensor, s: Tensor, out: Tensor) -> Tensor:
+        """EDM's preconditioned denoiser (Karras et al. 2022, Table 1) in ``y = x / a``, ``sigma = s / a``:
+        ``x0 = c_skip y + c_out F`` with ``c_skip = sd^2 / (sigma^2 + sd^2)``,
+        ``c_out = sigma sd / sqrt(sigma^2 + sd^2)``, returned as eps (MATH.md 1)."""
+        sd2 = self.process.sigma_data**2
+        sigma = s / a
+        c_skip, c_out = sd2 / (sigma**2 + sd2), sigma * math.sqrt(sd2) / torch.sqrt(sigma**2 + sd2)
+        x0 = expand_as(c_skip / a, x) * x + expand_as(c_out, x) * out
+        return (x - expand_as(a, x) * x0) / expand_as(s, x)
 
     def _general_score(self, x: Tensor, t: Tensor, out: Tensor) -> Tensor:
         """The score under a general SDE (MATH.md 7): ``2 f(x, t) / g(t)^2 + out / sqrt(lambda(t))``.

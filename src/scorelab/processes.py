@@ -32,7 +32,7 @@ import numpy as np
 from ._util import (Randomness, TimeLike, as_time, expand_as, flat_dim, normal, randn, require,
                     require_positive, require_positive_int, sum_except_batch)
 
-__all__ = ["SDE", "NoiseProcess", "VPSDE", "SubVPSDE", "VESDE", "DDPM", "NCSN", "AFFINE_PROCESSES"]
+__all__ = ["SDE", "NoiseProcess", "VPSDE", "SubVPSDE", "VESDE", "DDPM", "NCSN", "EDM", "AFFINE_PROCESSES"]
 
 
 def _interp(x: Tensor, xp: Tensor, fp: Tensor) -> Tensor:
@@ -75,6 +75,9 @@ class SDE(ABC):
     langevin_snr: float = 0.01
     #: Euler-Maruyama steps :meth:`simulate` takes from 0 to t unless told (MATH.md 7).
     simulate_steps: int = 200
+    #: The data's standard deviation that EDM's preconditioning and loss weighting assume (0.5 for images
+    #: on [-1, 1], Karras et al. 2022); the :class:`EDM` process makes it an option.
+    sigma_data: float = 0.5
 
     # ---- what each SDE defines -------------------------------------------------------
     @abstractmethod
@@ -742,6 +745,32 @@ class NCSN(VESDE):
                 "num_scales": self.num_scales}
 
 
+class EDM(VESDE):
+    """EDM's process (Karras et al. 2022; MATH.md 5): ``x = x0 + sigma eps`` on the VE time axis from
+    ``sigma_min = 0.002`` to ``sigma_max = 80``, training noise levels log-normal,
+    ``ln sigma ~ N(P_mean, P_std^2)`` with ``P_mean = -1.2``, ``P_std = 1.2`` (clamped to the range),
+    and ``sigma_data = 0.5`` for the preconditioning and the loss weighting."""
+
+    def __init__(self, sigma_min: float = 0.002, sigma_max: float = 80.0, p_mean: float = -1.2, p_std: float = 1.2,
+                 sigma_data: float = 0.5):
+        super().__init__(sigma_min=sigma_min, sigma_max=sigma_max)
+        require(isinstance(p_mean, (int, float)) and math.isfinite(p_mean), f"p_mean must be a number, got {p_mean!r}")
+        require_positive("p_std", p_std)
+        require_positive("sigma_data", sigma_data)
+        self.p_mean, self.p_std, self.sigma_data = float(p_mean), float(p_std), float(sigma_data)
+
+    def sample_train_times(self, n: int, generator: torch.Generator | None = None,
+                           device: torch.device | str | None = None) -> Tensor:
+        """The times of log-normal noise levels ``sigma = exp(P_mean + P_std z)`` (EDM, Table 1)."""
+        z = torch.randn(n, generator=generator, device=device or _gen_device(generator), dtype=torch.float64)
+        sigma = torch.exp(self.p_mean + self.p_std * z).clamp(self.sigma_min, self.sigma_max)
+        return self.time_of_sigma(sigma).clamp(0.0, 1.0)
+
+    def config(self) -> dict[str, Any]:
+        return {"name": "edm", "sigma_min": self.sigma_min, "sigma_max": self.sigma_max, "p_mean": self.p_mean,
+                "p_std": self.p_std, "sigma_data": self.sigma_data}
+
+
 #: The affine processes by the name their config saves.
 AFFINE_PROCESSES: dict[str, type[NoiseProcess]] = {
-    "ddpm": DDPM, "ncsn": NCSN, "vp": VPSDE, "subvp": SubVPSDE, "ve": VESDE}
+    "ddpm": DDPM, "ncsn": NCSN, "vp": VPSDE, "subvp": SubVPSDE, "ve": VESDE, "edm": EDM}

@@ -18,7 +18,7 @@ import numpy as np
 
 from .._util import require
 from ..data import DATASET_HELP, ImageSet
-from ..models import TARGETS
+from ..models import NETWORK_TARGETS
 from ..modelspec import ModelSpec
 from ..networks import PRESETS, MLPConfig, UNetConfig
 from ..processes import SDE
@@ -29,9 +29,9 @@ __all__ = ["TrainConfig", "FRAMEWORKS", "LOSSES", "KERNEL_LOSSES", "Framework", 
 #: DSM with the likelihood weighting lambda = g^2, DSM with Min-SNR-5 weighting (Hang et al. 2023),
 #: Nichol & Dhariwal's hybrid loss, and
 #: exact and sliced score matching (Hyvarinen 2005; Song et al. 2019), which need no Gaussian kernel.
-LOSSES = ("simple", "dsm", "dsm-likelihood", "min-snr", "hybrid", "sm", "ssm", "ssm-vr")
+LOSSES = ("simple", "dsm", "dsm-likelihood", "min-snr", "edm", "hybrid", "sm", "ssm", "ssm-vr")
 #: The losses that regress on the Gaussian kernel q(x_t | x0) (affine processes only).
-KERNEL_LOSSES = ("simple", "dsm", "dsm-likelihood", "min-snr", "hybrid")
+KERNEL_LOSSES = ("simple", "dsm", "dsm-likelihood", "min-snr", "edm", "hybrid")
 
 
 @dataclass(frozen=True)
@@ -79,6 +79,13 @@ FRAMEWORKS: dict[str, Framework] = {
     # the time is embedded as 1000 t as for VP. Adam 1e-3 without warm-up, as NCSN.
     "sde": Framework("Song et al. 2021, Song et al. 2019", {"name": "general", "drift": "tanh"},
                      "score", "ssm-vr", 1e-3, 0, 1.0, 0.999, "sinusoidal", 1000.0),
+    # Karras et al. 2022 (EDM, CIFAR-10): sigma in [0.002, 80], log-normal training sigmas (P_mean -1.2,
+    # P_std 1.2), the preconditioned denoiser with sigma_data = 0.5 and its loss weighting lambda(sigma);
+    # c_noise = ln(sigma) / 4 through Fourier features (here: log sigma at scale 16 / 4); Adam 1e-3, no
+    # gradient clipping, EMA half-life 0.5 Mimg at batch 512 (decay 0.999). Sample with its Heun sampler.
+    "edm": Framework("Karras et al. 2022", {"name": "edm", "sigma_min": 0.002, "sigma_max": 80.0, "p_mean": -1.2,
+                                            "p_std": 1.2, "sigma_data": 0.5},
+                     "edm", "edm", 1e-3, 0, None, 0.999, "fourier", 4.0),
 }
 
 
@@ -98,7 +105,7 @@ class TrainConfig:
     """
 
     framework: str = _opt("ddpm", "ddpm: Ho et al. 2020; ncsn: Song & Ermon 2019; vp/subvp/ve: Song et al. "
-                          "2021; sde: a non-affine SDE by sliced score matching", choices=tuple(sorted(FRAMEWORKS)))
+                          "2021; edm: Karras et al. 2022; sde: a non-affine SDE by sliced score matching", choices=tuple(sorted(FRAMEWORKS)))
     data: str = _opt("digits", DATASET_HELP)
     out: str = _opt("runs/scorelab", "run folder (checkpoints, loss.csv, samples/)")
     steps: int = _opt(10000, "total optimizer steps")
@@ -117,7 +124,7 @@ class TrainConfig:
                         "mnist28, digits8")
     network_options: dict[str, Any] = _opt({}, "override a network field, e.g. base_channels=64 or dropout=0.1 "
                                            "(repeatable)", flag="--network-option")
-    target: str | None = _opt(None, "what the network predicts (default: the framework's)", choices=TARGETS)
+    target: str | None = _opt(None, "what the network predicts (default: the framework's)", choices=NETWORK_TARGETS)
     loss: str | None = _opt(None, "the training loss (default: the framework's)", choices=LOSSES)
     process_options: dict[str, Any] = _opt({}, "override a process field, e.g. num_steps=500, sigma_max=20, "
                                            "drift=double_well (repeatable)", flag="--process-option")
@@ -155,7 +162,8 @@ class TrainConfig:
         require(self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda", "mps"),
                 f"device must be 'auto', 'cpu', 'cuda[:k]' or 'mps', got {self.device!r}")
         require(isinstance(self.seed, int) and self.seed >= 0, f"seed must be a non-negative integer, got {self.seed!r}")
-        require(self.target is None or self.target in TARGETS, f"unknown target {self.target!r}; choose one of {TARGETS}")
+        require(self.target is None or self.target in NETWORK_TARGETS,
+                f"unknown target {self.target!r}; choose one of {NETWORK_TARGETS}")
         require(self.loss is None or self.loss in LOSSES, f"unknown loss {self.loss!r}; choose one of {LOSSES}")
         require(0.0 <= self.label_dropout < 1.0, f"label_dropout must lie in [0, 1), got {self.label_dropout}")
         require(self.network == "auto" or self.network in PRESETS or self.network == "mlp",

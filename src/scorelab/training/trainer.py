@@ -100,6 +100,7 @@ LOSS_FUNCTIONS = {
     "dsm": _dsm("s2"),
     "dsm-likelihood": _dsm("g2"),
     "min-snr": _dsm("min-snr"),
+    "edm": _dsm("edm"),
     "hybrid": lambda m, x0, gen, t, noise: hybrid_loss(m, x0, t=t, noise=noise, generator=gen),
     "sm": lambda m, x0, gen, t, noise: score_matching_loss(m, x0, t=t, noise=noise, generator=gen,
                                                            reduction="mean"),
