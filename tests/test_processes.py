@@ -231,7 +231,7 @@ def test_train_times_and_config_round_trip(process):
     (lambda: sl.VPSDE(beta_min=30.0, beta_max=20.0), "beta_min"),
     (lambda: sl.DDPM(schedule="cosine").continuous(), "cosine"),
     (lambda: sl.DDPM().posterior(torch.zeros(2, 2), torch.zeros(2, 2), 0), "steps run from 1"),
-    (lambda: sl.process_from_config({"name": "edm"}), "unknown process"),
+    (lambda: sl.process_from_config({"name": "rectified-flow"}), "unknown process"),
     (lambda: sl.VPSDE().perturb(torch.zeros(3, 2), torch.zeros(4)), "batch has 3"),
     (lambda: sl.VPSDE().perturb(torch.zeros(3, 2), 0.5, noise=torch.zeros(3, 3)), "noise has shape"),
 ])
