@@ -56,6 +56,7 @@ def ours(budget: int):
         "ode euler": (sl.DDPM(), lambda m, x: S.ode_euler(m, x, budget)),
         "ode heun (edm)": (sl.DDPM(), lambda m, x: S.ode_heun(m, x, (budget + 1) // 2)),
         "dpm-solver++(2m)": (sl.DDPM(), lambda m, x: S.dpm_solver_pp_2m(m, x, budget)),
+        "dpm-solver++(3m)": (sl.DDPM(), lambda m, x: S.dpm_solver_pp_3m(m, x, budget)),
         "euler-maruyama (vp)": (sl.VPSDE(), lambda m, x: S.euler_maruyama(m, x, budget - 1, noise=gen(1))),
         "pc (vp)": (sl.VPSDE(), lambda m, x: S.predictor_corrector(m, x, pc_steps, snr_norm="batch", noise=gen(1))),
         "pc (ve)": (VE, lambda m, x: S.predictor_corrector(m, x, pc_steps, snr_norm="batch", noise=gen(1))),
