@@ -104,3 +104,13 @@ def test_a_typed_flag_wins_over_the_recipe_even_at_its_default_value(tmp_path):
     train = json.loads((out / "config.json").read_text())["train"]
     assert (train["batch_size"], train["flip"], train["steps"], train["lr"]) == (128, False, 2, None)
     assert train["process_options"] == {"drift": "tanh", "beta_max": 30}
+
+
+def test_sample_uses_the_frameworks_own_sampler_by_default(tmp_path, capsys):
+    """An EDM model samples with EDM's Heun sampler unless told otherwise (Karras et al. 2022): 2 steps - 1 NFE."""
+    out = tmp_path / "edm"
+    assert main(["train", "--framework", "edm", "--data", "points:two_moons", "--steps", "2", "--batch-size", "16",
+                 "--sample-every", "100", "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["sample", str(out), "--steps", "5", "--num-samples", "4", "--out", str(tmp_path / "s.png")]) == 0
+    assert "(heun, 9 network evaluations each" in capsys.readouterr().out

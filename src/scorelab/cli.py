@@ -173,6 +173,11 @@ def _sample_on(args: argparse.Namespace, ranks, device) -> None:
     if args.clip_denoised and len(spec.data_shape) == 3 and model.process.affine:   # a general SDE has no x0
         m = ClipDenoised(m)
     options = _key_values(args.option, "--option")
+    if args.sampler is None:                                 # the framework's own: EDM's Heun, an SDE's EM, ...
+        from .training import FRAMEWORKS
+
+        framework = FRAMEWORKS.get(ckpt.config.get("train", {}).get("framework"))
+        args.sampler = framework.sampler if framework is not None else "ancestral"
     x, nfe = sample_many(lambda rows: select_rows(m, rows), spec.data_shape, args.num, args.sampler, args.steps,
                          seed=args.seed, batch_size=args.batch_size, ranks=ranks, progress=True, **options)
     if x is None:                                            # not rank 0
@@ -354,7 +359,8 @@ def _add_sample(sub) -> None:
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        epilog="samplers:\n" + "\n".join(f"  {k:10s} {v}" for k, v in SAMPLERS.items()))
     _model_args(s)
-    s.add_argument("--sampler", choices=list(SAMPLERS), default="ancestral")
+    s.add_argument("--sampler", choices=list(SAMPLERS), default=None,
+                   help="default: the model's framework's (ancestral; heun for edm, em for sde)")
     s.add_argument("--steps", type=int, default=None, help="sampler steps (default: the sampler's)")
     s.add_argument("--num-samples", "--num", dest="num", type=int, default=64,
                    help="number of samples (under torchrun write --num-samples: torchrun reads --num as its own)")

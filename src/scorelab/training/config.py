@@ -36,7 +36,7 @@ KERNEL_LOSSES = ("simple", "dsm", "dsm-likelihood", "min-snr", "edm", "hybrid")
 
 @dataclass(frozen=True)
 class Framework:
-    """A paper's defaults: process, target, loss and optimisation."""
+    """A paper's defaults: process, target, loss, optimisation, and the sampler ``scorelab sample`` uses."""
 
     paper: str
     process: dict[str, Any]
@@ -48,6 +48,7 @@ class Framework:
     ema_decay: float
     embedding: str
     embedding_scale: float | None
+    sampler: str = "ancestral"
 
 
 #: Defaults of each framework's paper (CIFAR-10 settings; see MATH.md 2-4).
@@ -78,14 +79,14 @@ FRAMEWORKS: dict[str, Framework] = {
     # so the score is learned by sliced score matching (SSM-VR, Song et al. 2019) on simulated x_t;
     # the time is embedded as 1000 t as for VP. Adam 1e-3 without warm-up, as NCSN.
     "sde": Framework("Song et al. 2021, Song et al. 2019", {"name": "general", "drift": "tanh"},
-                     "score", "ssm-vr", 1e-3, 0, 1.0, 0.999, "sinusoidal", 1000.0),
+                     "score", "ssm-vr", 1e-3, 0, 1.0, 0.999, "sinusoidal", 1000.0, "em"),
     # Karras et al. 2022 (EDM, CIFAR-10): sigma in [0.002, 80], log-normal training sigmas (P_mean -1.2,
     # P_std 1.2), the preconditioned denoiser with sigma_data = 0.5 and its loss weighting lambda(sigma);
     # c_noise = ln(sigma) / 4 through Fourier features (here: log sigma at scale 16 / 4); Adam 1e-3, no
     # gradient clipping, EMA half-life 0.5 Mimg at batch 512 (decay 0.999). Sample with its Heun sampler.
     "edm": Framework("Karras et al. 2022", {"name": "edm", "sigma_min": 0.002, "sigma_max": 80.0, "p_mean": -1.2,
                                             "p_std": 1.2, "sigma_data": 0.5},
-                     "edm", "edm", 1e-3, 0, None, 0.999, "fourier", 4.0),
+                     "edm", "edm", 1e-3, 0, None, 0.999, "fourier", 4.0, "heun"),
 }
 
 
