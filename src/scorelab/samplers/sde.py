@@ -142,6 +142,52 @@ def euler_maruyama(model: DiffusionModel, shape_or_x: Sequence[int] | Tensor, st
                                callback=callback)
 
 
+def _corrector_step(net: _Counter, process: SDE, x: Tensor, t: Tensor, t_next: Tensor, corrector: str,
+                    target_snr: float, snr_norm: str, noise: NoiseLike) -> Tensor:
+    """One Langevin corrector step at ``t``: ``x + e score + sqrt(2 e) z`` (MATH.md 4; see
+    :func:`predictor_corrector` for the step size ``e`` of each corrector)."""
+    alpha = expand_as(process.langevin_alpha(t, t_next), x)
+    score = net.score(x, t)
+    z = randn_like(x, noise)
+    if corrector == "langevin":
+        z_norm, s_norm = _norm(z), _norm(score)
+        if snr_norm == "batch":
+            z_norm, s_norm = z_norm.mean(), s_norm.mean()
+        e = 2 * alpha * expand_as((target_snr * z_norm / s_norm) ** 2, x)
+    else:
+        e = 2 * alpha * expand_as((target_snr * process.noise_std(t)) ** 2, x)
+    return x + e * score + torch.sqrt(2 * e) * z
+
+
+def _predictor_step(net: _Counter, process: SDE, x: Tensor, t: Tensor, t_next: Tensor, predictor: str,
+                    last: bool, noise: NoiseLike) -> Tensor:
+    """One predictor step from ``t`` to ``t_next`` (the last one adds no noise; MATH.md 4)."""
+    if predictor == "none":
+        return x
+    if predictor == "euler_maruyama":
+        dt = t_next[0].item() - t[0].item()
+        x = x + process.reverse_drift(x, t, net.score(x, t)) * dt
+        if not last:
+            x = x + expand_as(process.diffusion(t), x) * math.sqrt(-dt) * randn_like(x, noise)
+        return x
+    if predictor == "reverse_diffusion":
+        f, g2 = process.discretize(x, t, t_next)
+        x = x - f + expand_as(g2, x) * net.score(x, t)
+        if not last:
+            x = x + expand_as(g2.clamp(min=0).sqrt(), x) * randn_like(x, noise)
+        return x
+    # ancestral: the forward posterior in y = x / a coordinates
+    a, a_next = process.signal_scale(t), process.signal_scale(t_next)
+    sigma, sigma_next = process.sigma(t), process.sigma(t_next)
+    y = x / expand_as(a, x)
+    eps = -net.score(x, t) * expand_as(process.noise_std(t), x)
+    y = y - expand_as(sigma - sigma_next**2 / sigma, x) * eps
+    if not last:
+        std = sigma_next * torch.sqrt((1 - sigma_next**2 / sigma**2).clamp(min=0))
+        y = y + expand_as(std, x) * randn_like(x, noise)
+    return expand_as(a_next, x) * y
+
+
 @torch.no_grad()
 def predictor_corrector(model: DiffusionModel, shape_or_x: Sequence[int] | Tensor, steps: int = 1000, *,
                         predictor: str = "reverse_diffusion", corrector: str = "langevin",
@@ -194,43 +240,9 @@ def predictor_corrector(model: DiffusionModel, shape_or_x: Sequence[int] | Tenso
     for i in range(steps):
         t_val, t_next_val = times[i].item(), times[i + 1].item()
         t, t_next = as_time(t_val, x), as_time(t_next_val, x)
-        last = i + 1 == steps
-        if corrector != "none":
-            alpha = expand_as(process.langevin_alpha(t, t_next), x)
-            for _ in range(corrector_steps):
-                score = net.score(x, t)
-                z = randn_like(x, noise)
-                if corrector == "langevin":
-                    z_norm, s_norm = _norm(z), _norm(score)
-                    if snr_norm == "batch":
-                        z_norm, s_norm = z_norm.mean(), s_norm.mean()
-                    e = 2 * alpha * expand_as((target_snr * z_norm / s_norm) ** 2, x)
-                else:
-                    e = 2 * alpha * expand_as((target_snr * process.noise_std(t)) ** 2, x)
-                x = x + e * score + torch.sqrt(2 * e) * z
-        if predictor == "none":
-            pass
-        elif predictor == "euler_maruyama":
-            dt = t_next_val - t_val
-            x = x + process.reverse_drift(x, t, net.score(x, t)) * dt
-            if not last:
-                x = x + expand_as(process.diffusion(t), x) * math.sqrt(-dt) * randn_like(x, noise)
-        elif predictor == "reverse_diffusion":
-            f, g2 = process.discretize(x, t, t_next)
-            x = x - f + expand_as(g2, x) * net.score(x, t)
-            if not last:
-                x = x + expand_as(g2.clamp(min=0).sqrt(), x) * randn_like(x, noise)
-        else:  # ancestral: the forward posterior in y = x / a coordinates
-            a, a_next = process.signal_scale(t), process.signal_scale(t_next)
-            sigma, sigma_next = process.sigma(t), process.sigma(t_next)
-            y = x / expand_as(a, x)
-            score = net.score(x, t)
-            eps = -score * expand_as(process.noise_std(t), x)
-            y = y - expand_as(sigma - sigma_next**2 / sigma, x) * eps
-            if not last:
-                std = sigma_next * torch.sqrt((1 - sigma_next**2 / sigma**2).clamp(min=0))
-                y = y + expand_as(std, x) * randn_like(x, noise)
-            x = expand_as(a_next, x) * y
+        for _ in range(corrector_steps if corrector != "none" else 0):
+            x = _corrector_step(net, process, x, t, t_next, corrector, target_snr, snr_norm, noise)
+        x = _predictor_step(net, process, x, t, t_next, predictor, i + 1 == steps, noise)
         call_back(callback, i + 1, steps, t_next_val, x, net.nfe)
     x = _finish(net, x, as_time(times[-1], x), denoise, process)
     finite_or_raise(x, "predictor_corrector")
