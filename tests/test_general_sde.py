@@ -222,6 +222,9 @@ def test_sliced_score_matching_learns_a_non_affine_sde_end_to_end(tmp_path):
     model = train(config, data=data, progress=False).model.eval()
     loaded, spec, _ = sl.load_model(tmp_path)
     assert loaded.process == sl.named_sde("tanh") and spec.target == "score" and spec.condition == "time"
+    probe = draw_p0((8, 2), 7).float()
+    with torch.no_grad():                                  # the checkpoint alone rebuilds the trained model
+        torch.testing.assert_close(loaded.predict(probe, 0.3).score, model.predict(probe, 0.3).score)
     sol = reference("tanh")
     for t, bound in ((0.05, 0.08), (0.2, 0.03), (0.5, 0.01)):
         x_t = loaded.process.simulate(draw_p0((4000, 2), 10).float(), t, 400, torch.Generator().manual_seed(1))

@@ -47,7 +47,7 @@ def _interp(x: Tensor, xp: Tensor, fp: Tensor) -> Tensor:
 
 
 _NOT_AFFINE = ("needs the Gaussian marginal x_t = a(t) x0 + s(t) eps of an affine process, and {name}'s "
-               "drift is not affine; on a general SDE use the samplers 'em', 'pc' or 'ode', the score target "
+               "drift is not affine; on a general SDE use the samplers 'em', 'pc', 'ode' or 'ld', the score target "
                "and the (sliced) score matching losses")
 
 

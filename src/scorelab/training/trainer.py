@@ -30,7 +30,6 @@ import copy
 import csv
 import json
 import math
-import os
 import shutil
 import time
 from contextlib import nullcontext
