@@ -1,13 +1,15 @@
 """FID, KID, precision/recall and IS against closed forms, an independent sqrtm computation and
 point sets with known answers."""
 
+import math
+
 import numpy as np
 import pytest
 import scipy.linalg
 import torch
 
 from scorelab.evaluation import (feature_stats, fid_from_features, frechet_distance, inception_score,
-                                 kernel_inception_distance, precision_recall)
+                                 kernel_inception_distance, precision_recall, two_sample_classifier_accuracy)
 
 
 def _random_spd(rng: np.random.Generator, d: int) -> np.ndarray:
@@ -80,6 +82,17 @@ def test_precision_recall_on_point_sets_with_known_answers():
     # i.e. the reals 0..52.
     assert recall == pytest.approx(0.53)
     assert precision_recall(real, real, k=3) == (1.0, 1.0)
+
+
+def test_two_sample_classifier_reaches_the_bayes_accuracy_and_chance():
+    """Two unit Gaussians whose means are delta apart can be told apart at best with accuracy
+    Phi(delta / 2) (0.841 for delta = 2); from one distribution, at chance (0.5)."""
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((1000, 2))
+    shifted = rng.standard_normal((1000, 2)) + np.array([2.0, 0.0])
+    bayes = 0.5 * (1 + math.erf(1 / math.sqrt(2)))
+    assert bayes - 0.06 < two_sample_classifier_accuracy(a, shifted) < bayes + 0.02      # measured 0.81-0.82
+    assert abs(two_sample_classifier_accuracy(a, rng.standard_normal((1000, 2))) - 0.5) < 0.05
 
 
 def test_inception_score_known_values():

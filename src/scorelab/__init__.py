@@ -14,14 +14,14 @@ from .models import (CONDITIONS, TARGETS, DiffusionModel, Model, Prediction, Pro
                      from_eps, to_eps)
 from .modelspec import ModelSpec, load_model
 from .oracle import ExactModel, GaussianMixture
-from .processes import DDPM, NCSN, SDE, VESDE, VPSDE, NoiseProcess, SubVPSDE
+from .processes import DDPM, EDM, NCSN, SDE, VESDE, VPSDE, NoiseProcess, SubVPSDE
 from .process_config import process_from_config
 from .general_sde import GeneralSDE, named_sde, register_sde
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "DDPM", "NCSN", "VPSDE", "SubVPSDE", "VESDE", "NoiseProcess", "process_from_config",
+    "DDPM", "NCSN", "VPSDE", "SubVPSDE", "VESDE", "EDM", "NoiseProcess", "process_from_config",
     "SDE", "GeneralSDE", "named_sde", "register_sde",
     "Model", "ProcessAdapter", "Prediction", "ScorePrediction", "DiffusionModel", "TARGETS", "CONDITIONS",
     "to_eps", "from_eps", "GaussianMixture", "ExactModel",

@@ -8,8 +8,10 @@
   EDM's coordinates, ``dy/dsigma = eps(y, sigma)`` with ``y = x / a``
   (Karras et al. 2022, Algorithms 1-2, with optional churn); Euler here is
   DDIM with eta = 0 (Song, Meng & Ermon 2021, eq. 14).
-* :func:`dpm_solver_pp_2m`: DPM-Solver++(2M) (Lu et al. 2022), a second-order
-  multistep solver in ``lambda = -log sigma`` with data prediction.
+* :func:`dpm_solver_pp_2m`, :func:`dpm_solver_pp_3m`: DPM-Solver++(2M)/(3M) (Lu et
+  al. 2022), multistep solvers in ``lambda = -log sigma`` with data prediction.
+* :func:`unipc`: UniPC (Zhao et al. 2023), a multistep predictor with a corrector
+  that costs no extra network call.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from ._common import (Callback, NoiseLike, SampleResult, SigmaView, call_back, f
                       initial_noise, randn_like, resolve, time_grid, trained_t_min)
 
 __all__ = ["dopri5", "solve_probability_flow", "ode_rk45", "ode_euler", "ode_heun", "dpm_solver_pp_2m",
-           "dpm_solver_pp_3m"]
+           "dpm_solver_pp_3m", "unipc"]
 
 # Dormand & Prince (1980) RK5(4)7FM tableau.
 _C = (0.0, 1 / 5, 3 / 10, 4 / 5, 8 / 9, 1.0, 1.0)
@@ -327,4 +329,84 @@ def _dpm_solver_pp(model: DiffusionModel, shape_or_x: Sequence[int] | Tensor, st
             history = (history + [(x0, h)])[-2:]
         call_back(callback, i + 1, n, float(times[i + 1]) if i + 1 < n else 0.0, y, view.nfe)
     finite_or_raise(y, name)
+    return SampleResult(y, view.nfe)
+
+
+def _unipc_coefficients(rks: Sequence[float], h: float, variant: str) -> tuple[Tensor, Tensor, float, float]:
+    """UniPC's linear system (Zhao et al. 2023, Algorithm 2 with data prediction): the matrix
+    ``R[i, j] = r_j^i`` and right-hand side ``b_i = i! phi_{i+1}(-h) / B(h)`` (``i = 0..k-1``), with
+    ``phi_1 = e^{-h} - 1`` and ``B(h) = -h`` (bh1) or ``e^{-h} - 1`` (bh2)."""
+    hh = -h
+    phi1 = math.expm1(hh)
+    b_h = hh if variant == "bh1" else phi1
+    phi_k, factorial, b = phi1 / hh - 1, 1, []
+    for i in range(1, len(rks) + 1):
+        b.append(phi_k * factorial / b_h)
+        factorial *= i + 1
+        phi_k = phi_k / hh - 1 / factorial
+    r = torch.tensor(rks, dtype=torch.float64)
+    matrix = torch.stack([r ** i for i in range(len(rks))])
+    return matrix, torch.tensor(b, dtype=torch.float64), phi1, b_h
+
+
+@torch.no_grad()
+def unipc(model: DiffusionModel, shape_or_x: Sequence[int] | Tensor, steps: int = 20, *, order: int = 2,
+          variant: str = "bh2", corrector: bool = True, grid: str = "log_sigma", rho: float = 7.0,
+          times: Sequence[float] | Tensor | None = None, lower_order_final: bool = True,
+          process: NoiseProcess | None = None, noise: NoiseLike = None,
+          callback: Callback | None = None) -> SampleResult:
+    """UniPC (Zhao et al. 2023; MATH.md 5): a multistep predictor (UniP) of order ``order`` and a
+    corrector (UniC) that reuses the next step's network call, so ``steps`` NFE.
+
+    In ``y = x / a`` with ``lambda = -log sigma``, ``h = lambda' - lambda`` and the data predictions
+    ``m_0`` (now) and ``m_k`` at earlier ``lambda_k``, ``r_k = (lambda_k - lambda) / h``,
+    ``D_k = (m_k - m_0) / r_k``: ``y' = (sigma'/sigma) y - phi_1 m_0 - B(h) sum_k rho_k D_k``, with
+    ``rho`` solving UniPC's order conditions (``rho = 1/2`` at order 2). Once the network has seen
+    ``y'``, the corrector redoes the step with ``D' = m' - m_0`` at ``r = 1`` added: one order
+    higher, no extra call. ``variant`` picks ``B(h) = e^{-h} - 1`` (bh2, the paper's choice for
+    few steps) or ``-h`` (bh1). Orders rise with the history; ``lower_order_final`` caps each
+    step's order at the network calls left (diffusers' rule, so its last step between two grid
+    times is at most second order); the last call, at the end of the grid, gives the sample as
+    its data prediction.
+    """
+    require(order in (1, 2, 3), f"order must be 1, 2 or 3, got {order!r}")
+    require(variant in ("bh1", "bh2"), f"variant must be 'bh1' or 'bh2', got {variant!r}")
+    model, process = resolve(model, process)
+    times = _eval_times(process, steps, grid, rho, times)
+    view = SigmaView(model, process)
+    n = len(times)
+    scales, sigmas = view.grid(times)
+    lambdas = [-math.log(s) for s in sigmas]
+    x = initial_noise(process, shape_or_x, noise, model)
+    y = x / scales[0]
+    history: list[tuple[Tensor, float]] = []           # (data prediction, lambda), newest last
+    last: tuple[Tensor, float, int] | None = None       # the previous step's (y, h, order), for the corrector
+    for i in range(n):
+        m = view.predict(y, times[i], scales[i]).x0
+        if corrector and last is not None:
+            y_prev, h, k = last
+            m0, lam0 = history[-1]
+            rks = [(lam - lam0) / h for _, lam in history[-k:-1][::-1]] + [1.0]
+            diffs = [(mk - m0) / r for (mk, _), r in zip(history[-k:-1][::-1], rks)] + [m - m0]
+            matrix, b, phi1, b_h = _unipc_coefficients(rks, h, variant)
+            rhos = [0.5] if k == 1 else torch.linalg.solve(matrix, b).tolist()
+            y = (sigmas[i] / sigmas[i - 1]) * y_prev - phi1 * m0 - b_h * sum(r * d for r, d in zip(rhos, diffs))
+        history = (history + [(m, lambdas[i])])[-order:]
+        if i == n - 1:
+            y = m
+        else:
+            h = lambdas[i + 1] - lambdas[i]
+            k = min(order, len(history), n - i if lower_order_final else order)
+            m0, lam0 = history[-1]
+            earlier = history[-k:-1][::-1]                  # m_1, m_2, ...: newest first
+            rks = [(lam - lam0) / h for _, lam in earlier]
+            matrix, b, phi1, b_h = _unipc_coefficients(rks + [1.0], h, variant)
+            y_next = (sigmas[i + 1] / sigmas[i]) * y - phi1 * m0
+            if k > 1:
+                rhos = [0.5] if k == 2 else torch.linalg.solve(matrix[:-1, :-1], b[:-1]).tolist()
+                y_next = y_next - b_h * sum(r * (mk - m0) / rk for r, (mk, _), rk in zip(rhos, earlier, rks))
+            last = (y, h, k)
+            y = y_next
+        call_back(callback, i + 1, n, float(times[i + 1]) if i + 1 < n else 0.0, y, view.nfe)
+    finite_or_raise(y, "unipc")
     return SampleResult(y, view.nfe)

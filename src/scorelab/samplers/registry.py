@@ -31,7 +31,7 @@ from ..models import DiffusionModel
 from ..processes import DDPM, NCSN, SDE
 from ._common import NoiseLike, SampleResult
 from .ancestral import ddim, ddpm_ancestral
-from .ode import dpm_solver_pp_2m, dpm_solver_pp_3m, ode_heun, ode_rk45
+from .ode import dpm_solver_pp_2m, dpm_solver_pp_3m, ode_heun, ode_rk45, unipc
 from .sde import annealed_langevin, euler_maruyama, langevin_dynamics, predictor_corrector
 
 __all__ = ["SAMPLERS", "REGISTRY", "SamplerEntry", "sample", "sde_process", "sampler_nfe", "steps_for_nfe"]
@@ -99,6 +99,8 @@ REGISTRY: dict[str, SamplerEntry] = {
                             lambda p: (dpm_solver_pp_2m, {}), lambda p: 20, lambda s, p, o: s),
     "dpm++3m": SamplerEntry("DPM-Solver++(3M) (Lu et al. 2022), third-order multistep; steps (default 20)",
                             lambda p: (dpm_solver_pp_3m, {}), lambda p: 20, lambda s, p, o: s),
+    "unipc": SamplerEntry("UniPC (Zhao et al. 2023), multistep predictor-corrector, order 2 (order=3 too); "
+                          "steps (default 20)", lambda p: (unipc, {}), lambda p: 20, lambda s, p, o: s),
     "langevin": SamplerEntry(
         "annealed Langevin dynamics (Song & Ermon 2019); steps = steps per level (default 100)",
         lambda p: (annealed_langevin, {"process": _ladder(p)}), lambda p: 100,
