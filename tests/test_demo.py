@@ -35,11 +35,21 @@ def test_demo_draws_recognisable_digits(tmp_path, judge):
     report = run_demo(tmp_path, seed=0, progress=False, num_eval=200)
     share, classes, n = recognised(judge, tmp_path / "samples_ancestral_200.npz")
     assert n == 200 and share >= 0.9 and classes == set(range(10)), share
-    for name in DEMO_SAMPLERS:                         # ancestral, predictor-corrector, probability-flow ODE
+    for name in DEMO_SAMPLERS:                         # dpm++2m, ancestral, predictor-corrector, probability-flow ODE
         share, classes, n = recognised(judge, tmp_path / f"samples_{name}.npz")
         assert n == 100 and share >= 0.9 and classes == set(range(10)), (name, share)
     numbers = json.loads((tmp_path / "numbers.json").read_text())
     assert 0 < numbers["test_bits_per_dim_vlb"]["value"] < 8         # better than uniform 8-bit noise
+    # Fidelity and diversity at once against the held-out digits (issue 14 asks 0.85 and 0.80; the shipped demo
+    # measures its figures in README, these bounds leave 0.05 for another machine's arithmetic). The floor
+    # row, real training digits, must itself score near 0.9 and near chance, or the metrics are broken.
+    floor = numbers["real_training_digits"]
+    assert min(floor[k] for k in ("precision_pixels", "recall_pixels", "precision_features", "recall_features")) > 0.83
+    assert floor["two_sample_accuracy"] < 0.6
+    chosen = numbers[f"samples_{next(iter(DEMO_SAMPLERS))}"]
+    for key in ("precision_pixels", "recall_pixels", "precision_features", "recall_features"):
+        assert chosen[key] >= 0.80, (key, chosen[key])
+    assert chosen["two_sample_accuracy"] <= 0.80, chosen
     text = report.path.read_text()
-    for picture in ["samples_ancestral.png", "samples_pc.png", "samples_ode.png", "forward_noising.png", "loss.png"]:
+    for picture in [*(f"samples_{name}.png" for name in DEMO_SAMPLERS), "forward_noising.png", "loss.png"]:
         assert picture in text and (tmp_path / picture).is_file()

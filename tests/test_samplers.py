@@ -40,6 +40,8 @@ def _configs():
         "ddpm model/PC via VP": (sl.DDPM(), lambda m, s: S.predictor_corrector(m, s, 500, process=sl.VPSDE(), corrector="annealed_langevin", noise=gen())),
         "ddpm model/rk45 via VP": (sl.DDPM(), lambda m, s: S.ode_rk45(m, s, process=sl.VPSDE(), noise=gen())),
         "ncsn model/PC via VE": (LADDER, lambda m, s: S.predictor_corrector(m, s, 500, process=LADDER.continuous(), corrector="annealed_langevin", noise=gen())),
+        # 1000 steps, where diffusers' multistep schedulers return NaN (benchmarks/samplers.py)
+        "ddpm model/unipc(3)/1000": (sl.DDPM(), lambda m, s: S.unipc(m, s, 1000, order=3, noise=gen())),
         "ncsn model/rk45 via VE": (LADDER, lambda m, s: S.ode_rk45(m, s, process=LADDER.continuous(), noise=gen())),
     }
     for p in (sl.VPSDE(), sl.SubVPSDE(), VE):

@@ -24,7 +24,7 @@ from torch import Tensor
 
 from ._util import require
 
-__all__ = ["ImageSet", "check_bytes", "to_model_range", "to_uint8", "load_digits", "read_idx", "load_mnist",
+__all__ = ["ImageSet", "check_bytes", "to_model_range", "to_uint8", "to_levels", "DIGITS_LEVELS", "load_digits", "read_idx", "load_mnist",
            "load_cifar10", "load_image_folder", "load_array", "toy_points", "batches", "load_dataset", "take",
            "DATASET_HELP"]
 
@@ -52,6 +52,14 @@ def to_model_range(k: Tensor | np.ndarray) -> Tensor:
 def to_uint8(x: Tensor) -> Tensor:
     """The inverse of :func:`to_model_range`: round ``(x + 1) 255 / 2`` and clip to 0..255."""
     return ((x.detach().float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+
+
+def to_levels(x: Tensor, levels: int) -> Tensor:
+    """Model-range values to uint8 on a grid of ``levels + 1`` grey values, ``rint(255 j / levels)``:
+    the format of data stored with fewer than 8 bits (the digits: 0..16, :data:`DIGITS_LEVELS`)."""
+    require(isinstance(levels, int) and 1 <= levels <= 255, f"levels must be an integer in 1..255, got {levels!r}")
+    j = ((x.detach().double() + 1) * (levels / 2)).round().clamp(0, levels)
+    return (j * (255 / levels)).round().to(torch.uint8)
 
 
 @dataclass
@@ -85,6 +93,8 @@ class ImageSet:
 # ---------------------------------------------------------------------------------------
 #: Images of the digits set held out as its "test" split (a fixed 10%).
 DIGITS_TEST_SIZE = 180
+#: The digits are 4-bit counts 0..16: 17 grey levels.
+DIGITS_LEVELS = 16
 
 
 def load_digits(split: str = "all") -> ImageSet:
@@ -97,7 +107,7 @@ def load_digits(split: str = "all") -> ImageSet:
 
     require(split in ("all", "train", "test"), f"split must be 'all', 'train' or 'test', got {split!r}")
     d = _load()
-    images = np.rint(d.images * (255 / 16)).astype(np.uint8)[:, None]
+    images = np.rint(d.images * (255 / DIGITS_LEVELS)).astype(np.uint8)[:, None]
     labels = d.target.astype(np.int64)
     if split != "all":
         order = np.random.default_rng(0).permutation(len(images))
