@@ -46,8 +46,8 @@ BUDGETS = [10, 20, 50, 100, 1000]
 VE = sl.VESDE(0.01, 50.0)
 #: The issue-14 targets: best error over the noise floor at 10 and 20 NFE.
 TARGETS = {10: 1.5, 20: 1.1}
-#: A log-sigma grid that stops at this noise level (then one data prediction) instead of DDPM's 0.01.
-SIGMA_END = 0.05
+#: Log-sigma grids that stop at these noise levels (then one data prediction) instead of DDPM's 0.01.
+SIGMA_ENDS = (0.05, 0.1)
 
 
 def gen(seed: int = 0) -> torch.Generator:
@@ -71,10 +71,7 @@ def ours(budget: int):
         "dpm-solver++(3m)": (sl.DDPM(), lambda m, x: S.dpm_solver_pp_3m(m, x, budget)),
         "unipc (2)": (sl.DDPM(), lambda m, x: S.unipc(m, x, budget)),
         "unipc (3)": (sl.DDPM(), lambda m, x: S.unipc(m, x, budget, order=3)),
-        f"dpm-solver++(3m), sigma_end {SIGMA_END}": (sl.DDPM(), lambda m, x: S.dpm_solver_pp_3m(
-            m, x, times=_end_grid(budget), lower_order_final=False)),
-        f"unipc (2), sigma_end {SIGMA_END}": (sl.DDPM(), lambda m, x: S.unipc(m, x, times=_end_grid(budget))),
-        f"unipc (3), sigma_end {SIGMA_END}": (sl.DDPM(), lambda m, x: S.unipc(m, x, times=_end_grid(budget), order=3)),
+        **{name: run for end in SIGMA_ENDS for name, run in _ending_at(budget, end).items()},
         "euler-maruyama (vp)": (sl.VPSDE(), lambda m, x: S.euler_maruyama(m, x, budget - 1, noise=gen(1))),
         "pc (vp)": (sl.VPSDE(), lambda m, x: S.predictor_corrector(m, x, pc_steps, snr_norm="batch", noise=gen(1))),
         "pc (ve)": (VE, lambda m, x: S.predictor_corrector(m, x, pc_steps, snr_norm="batch", noise=gen(1))),
@@ -83,11 +80,17 @@ def ours(budget: int):
     }
 
 
-def _end_grid(budget: int) -> torch.Tensor:
-    """``budget`` times uniform in log sigma from DDPM's t = 1 down to sigma = SIGMA_END."""
+def _ending_at(budget: int, sigma_end: float) -> dict:
+    """The multistep solvers on ``budget`` times uniform in log sigma from DDPM's t = 1 down to ``sigma_end``."""
     ddpm = sl.DDPM()
-    t_end = float(ddpm.time_of_sigma(torch.tensor(SIGMA_END, dtype=torch.float64)))
-    return time_grid(ddpm, budget - 1, "log_sigma", t_min=t_end) if budget > 1 else torch.ones(1)
+    t_end = float(ddpm.time_of_sigma(torch.tensor(sigma_end, dtype=torch.float64)))
+    times = time_grid(ddpm, budget - 1, "log_sigma", t_min=t_end) if budget > 1 else torch.ones(1)
+    return {
+        f"dpm-solver++(3m), sigma_end {sigma_end}": (ddpm, lambda m, x: S.dpm_solver_pp_3m(
+            m, x, times=times, lower_order_final=False)),
+        f"unipc (2), sigma_end {sigma_end}": (ddpm, lambda m, x: S.unipc(m, x, times=times)),
+        f"unipc (3), sigma_end {sigma_end}": (ddpm, lambda m, x: S.unipc(m, x, times=times, order=3)),
+    }
 
 
 def rk45_runs(gm, x_vp, x_ve):
@@ -332,6 +335,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer samples and budgets")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     parser.add_argument("--replicates", type=int, default=4, help="independent noise draws averaged per cell")
+    parser.add_argument("--budgets", default=None,
+                        help="comma-separated NFE budgets to (re)measure; their cells replace those of an existing "
+                             "samplers.json, the other budgets and the overhead are kept")
     parser.add_argument("--overhead-only", action="store_true",
                         help="re-measure only the overhead section of an existing samplers.json")
     args = parser.parse_args()
@@ -345,13 +351,21 @@ def main() -> None:
         report_overhead(over)
         return
     n, n_ref = (1000, 2000) if args.quick else (4000, 10000)
-    budgets = [10, 50] if args.quick else BUDGETS
+    budgets = [10, 50] if args.quick else [int(b) for b in args.budgets.split(",")] if args.budgets else BUDGETS
     reps = 2 if args.quick else args.replicates
     results = [evaluate("2-D", sl.GaussianMixture(*mixture_2d_params()), n, n_ref, budgets, reps),
                evaluate("16-D", sl.GaussianMixture(*mixture_16d_params()), n, n_ref, budgets, reps)]
-    over = overhead(batch=4, nfe=10 if args.quick else 20)
     meta = {"torch": torch.__version__, "python": platform.python_version(), "machine": platform.machine(),
             "threads": torch.get_num_threads()}
+    if args.budgets:                                       # merge into the saved run
+        saved = json.loads((args.out / "samplers.json").read_text())
+        for old, new in zip(saved["accuracy"], results):
+            old["rows"] = [r for r in old["rows"] if r["budget"] not in budgets] + new["rows"]
+            old["summary"].update({str(b): v for b, v in new["summary"].items()})
+        results, over = saved["accuracy"], saved["overhead"]
+        meta["remeasured_budgets"] = budgets
+    else:
+        over = overhead(batch=4, nfe=10 if args.quick else 20)
     (args.out / "samplers.json").write_text(json.dumps({"meta": meta, "accuracy": results, "overhead": over}, indent=1))
     plot(results, args.out / "samplers.png")
     for res in results:
