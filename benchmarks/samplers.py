@@ -373,7 +373,7 @@ def main() -> None:
               f"{res['independent_floor']:.5f})")
         for budget, s in res["summary"].items():
             target = f", target {s['target_over_floor']}x" if s["target_over_floor"] else ""
-            print(f"  NFE {budget:5d}: scorelab {s['scorelab_best'][0]} {s['scorelab_over_floor']:.2f}x floor{target} | "
+            print(f"  NFE {int(budget):5d}: scorelab {s['scorelab_best'][0]} {s['scorelab_over_floor']:.2f}x floor{target} | "
                   f"diffusers {s['diffusers_best'][0]} {s['diffusers_over_floor']:.2f}x | ratio {s['ratio']:.3f}")
     report_overhead(over)
 
