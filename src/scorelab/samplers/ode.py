@@ -380,33 +380,31 @@ def unipc(model: DiffusionModel, shape_or_x: Sequence[int] | Tensor, steps: int 
     x = initial_noise(process, shape_or_x, noise, model)
     y = x / scales[0]
     history: list[tuple[Tensor, float]] = []           # (data prediction, lambda), newest last
-    last: tuple[Tensor, float, int] | None = None       # the previous step's (y, h, order), for the corrector
+    step = None      # the last predictor step's (first-order part, m_0, D_k, system, B(h), order), for the corrector
     for i in range(n):
         m = view.predict(y, times[i], scales[i]).x0
-        if corrector and last is not None:
-            y_prev, h, k = last
-            m0, lam0 = history[-1]
-            rks = [(lam - lam0) / h for _, lam in history[-k:-1][::-1]] + [1.0]
-            diffs = [(mk - m0) / r for (mk, _), r in zip(history[-k:-1][::-1], rks)] + [m - m0]
-            matrix, b, phi1, b_h = _unipc_coefficients(rks, h, variant)
+        if corrector and step is not None:             # UniC: the same step, with D' = m - m_0 at r = 1 added
+            base, m0, diffs, (matrix, b), b_h, k = step
             rhos = [0.5] if k == 1 else torch.linalg.solve(matrix, b).tolist()
-            y = (sigmas[i] / sigmas[i - 1]) * y_prev - phi1 * m0 - b_h * sum(r * d for r, d in zip(rhos, diffs))
+            y = base - b_h * sum(r * d for r, d in zip(rhos, diffs + [m - m0]))
         history = (history + [(m, lambdas[i])])[-order:]
         if i == n - 1:
             y = m
-        else:
-            h = lambdas[i + 1] - lambdas[i]
-            k = min(order, len(history), n - i if lower_order_final else order)
-            m0, lam0 = history[-1]
-            earlier = history[-k:-1][::-1]                  # m_1, m_2, ...: newest first
-            rks = [(lam - lam0) / h for _, lam in earlier]
-            matrix, b, phi1, b_h = _unipc_coefficients(rks + [1.0], h, variant)
-            y_next = (sigmas[i + 1] / sigmas[i]) * y - phi1 * m0
-            if k > 1:
-                rhos = [0.5] if k == 2 else torch.linalg.solve(matrix[:-1, :-1], b[:-1]).tolist()
-                y_next = y_next - b_h * sum(r * (mk - m0) / rk for r, (mk, _), rk in zip(rhos, earlier, rks))
-            last = (y, h, k)
-            y = y_next
-        call_back(callback, i + 1, n, float(times[i + 1]) if i + 1 < n else 0.0, y, view.nfe)
+            call_back(callback, n, n, 0.0, y, view.nfe)
+            break
+        h = lambdas[i + 1] - lambdas[i]
+        k = min(order, len(history), n - i if lower_order_final else order)
+        m0, lam0 = history[-1]
+        earlier = history[-k:-1][::-1]                  # m_1, m_2, ...: newest first
+        rks = [(lam - lam0) / h for _, lam in earlier]
+        diffs = [(mk - m0) / rk for (mk, _), rk in zip(earlier, rks)]
+        matrix, b, phi1, b_h = _unipc_coefficients(rks + [1.0], h, variant)
+        base = (sigmas[i + 1] / sigmas[i]) * y - phi1 * m0
+        y = base
+        if k > 1:                                       # UniP: order k from the k - 1 earlier predictions
+            rhos = [0.5] if k == 2 else torch.linalg.solve(matrix[:-1, :-1], b[:-1]).tolist()
+            y = base - b_h * sum(r * d for r, d in zip(rhos, diffs))
+        step = (base, m0, diffs, (matrix, b), b_h, k)
+        call_back(callback, i + 1, n, float(times[i + 1]), y, view.nfe)
     finite_or_raise(y, "unipc")
     return SampleResult(y, view.nfe)
