@@ -80,10 +80,9 @@ def main() -> None:
     for name in names:
         about, flags = RECIPES[name]
         run_dir = args.runs / name
-        train_s = None
-        if not (run_dir / "checkpoints" / f"step-{args.steps:08d}").exists():
-            train_s = run(["scorelab", "train", *flags, *common, "--out", str(run_dir)], args.runs / f"{name}.train.log")
-            (run_dir / "train_seconds.txt").write_text(f"{train_s:.1f}\n")
+        if not (run_dir / "checkpoints" / f"step-{args.steps:08d}").exists():    # a rerun reuses trained models
+            seconds = run(["scorelab", "train", *flags, *common, "--out", str(run_dir)], args.runs / f"{name}.train.log")
+            (run_dir / "train_seconds.txt").write_text(f"{seconds:.1f}\n")
         train_s = float((run_dir / "train_seconds.txt").read_text())
         eval_dir = run_dir / "eval"
         eval_s = run(["scorelab", "evaluate", str(run_dir), "--samplers", args.samplers, "--nfe", args.nfe,
