@@ -7,8 +7,8 @@
     loss = sl.losses.dsm_loss(model, oracle.sample(64))
 """
 
-from . import checkpoints, data, evaluation, guidance, likelihood, losses, modelspec, networks, samplers, training
-from .guidance import ClassifierFreeGuidance, Conditional
+from . import checkpoints, conditional, data, evaluation, guidance, likelihood, losses, modelspec, networks, samplers, training
+from .guidance import ClassifierFreeGuidance, ClassifierGuidance, Conditional
 from .losses import VLB, dsm_loss, hybrid_loss, simple_loss, vlb, vlb_term
 from .models import (CONDITIONS, TARGETS, DiffusionModel, Model, Prediction, ProcessAdapter, ScorePrediction,
                      from_eps, to_eps)
@@ -25,6 +25,6 @@ __all__ = [
     "SDE", "GeneralSDE", "named_sde", "register_sde",
     "Model", "ProcessAdapter", "Prediction", "ScorePrediction", "DiffusionModel", "TARGETS", "CONDITIONS",
     "to_eps", "from_eps", "GaussianMixture", "ExactModel",
-    "Conditional", "ClassifierFreeGuidance", "guidance", "ModelSpec", "load_model", "modelspec", "training",
-    "samplers", "likelihood", "evaluation", "networks", "data", "checkpoints", "losses", "simple_loss", "dsm_loss", "vlb", "vlb_term", "VLB", "hybrid_loss",
+    "Conditional", "ClassifierFreeGuidance", "ClassifierGuidance", "guidance", "ModelSpec", "load_model", "modelspec", "training",
+    "samplers", "conditional", "likelihood", "evaluation", "networks", "data", "checkpoints", "losses", "simple_loss", "dsm_loss", "vlb", "vlb_term", "VLB", "hybrid_loss",
 ]

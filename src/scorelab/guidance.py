@@ -1,4 +1,4 @@
-"""Class conditioning and classifier-free guidance as model-to-model wrappers (MATH.md 5).
+"""Class conditioning, classifier-free and classifier guidance as model-to-model wrappers (MATH.md 5, 8).
 
 A class-conditional :class:`scorelab.models.Model` takes ``predict(x, t, labels)``.
 Samplers, losses and likelihoods call ``predict(x, t)`` only, so labels are
@@ -20,14 +20,17 @@ always keeps label k.
 
 from __future__ import annotations
 
+import math
+from typing import Callable
+
 import torch
 from torch import Tensor
 
-from ._util import TimeLike, as_time, require
+from ._util import TimeLike, as_time, expand_as, require
 from .models import DiffusionModel, ModelWrapper, Prediction, ScorePrediction, select_rows
 from .networks.embeddings import NO_LABEL
 
-__all__ = ["Conditional", "ClassifierFreeGuidance", "unconditional", "guided", "select_rows", "drop_labels", "NO_LABEL"]
+__all__ = ["Conditional", "ClassifierFreeGuidance", "ClassifierGuidance", "unconditional", "guided", "select_rows", "drop_labels", "NO_LABEL"]
 
 
 def _check_labels(model: DiffusionModel, labels: Tensor) -> Tensor:
@@ -46,7 +49,18 @@ def _check_batch(labels: Tensor, x: Tensor) -> None:
         raise ValueError(f"{labels.shape[0]} labels bound to the model but the batch has {x.shape[0]} samples")
 
 
-class Conditional(ModelWrapper):
+class _Labelled(ModelWrapper):
+    """A wrapper bound to one label per sample; :meth:`select_rows` keeps sample k's label."""
+
+    labels: Tensor
+
+    def select_rows(self, rows: Tensor) -> "_Labelled":
+        clone = super().select_rows(rows)
+        clone.labels = self.labels[rows.to(self.labels.device)]
+        return clone
+
+
+class Conditional(_Labelled):
     """``model`` answering for ``labels`` ``(N,)``: ``predict(x, t) = model.predict(x, t, labels)``."""
 
     def __init__(self, model: DiffusionModel, labels: Tensor):
@@ -57,10 +71,51 @@ class Conditional(ModelWrapper):
         _check_batch(self.labels, x)
         return self.model.predict(x, t, self.labels.to(x.device))  # type: ignore[call-arg]
 
-    def select_rows(self, rows: Tensor) -> "Conditional":
-        clone = super().select_rows(rows)
-        clone.labels = self.labels[rows.to(self.labels.device)]
-        return clone
+
+class ClassifierGuidance(_Labelled):
+    """Classifier guidance (Dhariwal & Nichol 2021, Algorithm 1 in score form; MATH.md 8).
+
+    ``score(x_t | y) = score(x_t) + scale grad_x log p_phi(y | x_t, t)``, i.e.
+    ``eps = eps(x_t) - scale s(t) grad_x log p_phi(y | x_t, t)``, for an unconditional ``model`` and a
+    noise-conditional ``classifier(x, t) -> (N, K)`` logits trained on the model's process
+    (:func:`scorelab.training.classifier.train_classifier`). ``scale = 1`` is the exact conditional score
+    when the classifier is exact; larger scales sharpen the classes. Usable by every sampler.
+    """
+
+    def __init__(self, model: DiffusionModel, classifier: Callable[[Tensor, Tensor], Tensor], labels: Tensor,
+                 scale: float = 1.0):
+        require(scale >= 0 and math.isfinite(scale), f"the classifier scale must be >= 0, got {scale}")
+        super().__init__(model)
+        num_classes = getattr(classifier, "num_classes", None)
+        process = getattr(classifier, "process", None)
+        require(process is None or process == model.process,
+                f"the classifier was trained on {process!r} but the model's process is {model.process!r}; "
+                "train the classifier on the model's own process (scorelab train-classifier RUN)")
+        labels = torch.as_tensor(labels).long()
+        require(labels.ndim == 1, f"labels must have shape (N,), got {tuple(labels.shape)}")
+        require(num_classes is None or bool(((labels >= 0) & (labels < num_classes)).all()),
+                f"labels must lie in 0..{(num_classes or 1) - 1} for this classifier")
+        self.classifier, self.labels, self.scale = classifier, labels, float(scale)
+
+    def log_likelihood_grad(self, x: Tensor, t: Tensor) -> Tensor:
+        """``grad_x log p_phi(labels | x, t)`` (one backward pass through the classifier)."""
+        with torch.enable_grad():
+            xg = x.detach().requires_grad_(True)
+            log_p = torch.log_softmax(self.classifier(xg, t), dim=1)
+            picked = log_p.gather(1, self.labels.to(x.device)[:, None]).sum()
+            grad, = torch.autograd.grad(picked, xg)
+        return grad.to(x.dtype)
+
+    def predict(self, x: Tensor, t: TimeLike) -> Prediction:
+        _check_batch(self.labels, x)
+        t = as_time(t, x)
+        p = self.model.predict(x, t)
+        if self.scale == 0:
+            return p
+        grad = self.scale * self.log_likelihood_grad(x, t)
+        if not self.process.affine:
+            return ScorePrediction(x, t, p.score + grad, p.variance_frac)
+        return Prediction(x, t, p.a, p.s, p.eps - expand_as(p.s, x) * grad, p.variance_frac)
 
 
 class ClassifierFreeGuidance(Conditional):

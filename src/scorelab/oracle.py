@@ -25,7 +25,7 @@ from ._util import TimeLike, as_time, expand_as, randn, require
 from .models import Prediction
 from .processes import NoiseProcess
 
-__all__ = ["ExactClassModel", "GaussianMixture", "ExactModel"]
+__all__ = ["ExactClassModel", "ExactClassifier", "GaussianMixture", "ExactModel"]
 
 
 class GaussianMixture:
@@ -36,10 +36,13 @@ class GaussianMixture:
         means: ``(K, D)``.
         covariances: full ``(K, D, D)`` symmetric positive definite, diagonal
             ``(K, D)`` variances, or isotropic ``(K,)`` variances.
+        singular: allow positive semi-definite covariances (eigenvalues 0), as a posterior
+            given exact observations has along what it observes (:meth:`condition`). Such a
+            mixture samples and has marginals at every noise level ``s > 0``, but no density at ``s = 0``.
     """
 
     def __init__(self, weights: Sequence[float] | Tensor, means: Sequence | Tensor,
-                 covariances: Sequence | Tensor):
+                 covariances: Sequence | Tensor, *, singular: bool = False):
         w = torch.as_tensor(weights, dtype=torch.float64)
         m = torch.as_tensor(means, dtype=torch.float64)
         c = torch.as_tensor(covariances, dtype=torch.float64)
@@ -67,7 +70,12 @@ class GaussianMixture:
         else:
             raise ValueError(f"covariances must have shape ({k}, {d}, {d}) (full), ({k}, {d}) "
                              f"(diagonal) or ({k},) (isotropic), got {tuple(c.shape)}")
-        require(bool(torch.isfinite(self.eigvals).all()) and bool((self.eigvals > 0).all()),
+        if singular:                                  # round-off below zero is zero
+            floor = -1e-9 * max(float(self.eigvals.abs().max()), 1.0)
+            require(bool((self.eigvals >= floor).all()), "covariances must be positive semi-definite; "
+                    f"smallest eigenvalue is {float(self.eigvals.min()):.3g}")
+            self.eigvals = self.eigvals.clamp(min=0.0)
+        require(bool(torch.isfinite(self.eigvals).all()) and (singular or bool((self.eigvals > 0).all())),
                 "covariances must be positive definite (every eigenvalue > 0); "
                 f"smallest eigenvalue is {float(self.eigvals.min()):.3g}")
         self._log_w = torch.log(w)
@@ -191,6 +199,48 @@ class GaussianMixture:
         cov = lam if self.eigvecs is None else (self.eigvecs[k] * lam) @ self.eigvecs[k].T
         return GaussianMixture([1.0], self.means[k:k + 1], cov[None])
 
+    def condition(self, operator, y: Tensor, noise_std: float = 0.0) -> "GaussianMixture":
+        """The exact posterior ``p(x0 | y)`` for ``y = A x0 + n``, ``n ~ N(0, noise_std^2 I)`` (MATH.md 8).
+
+        ``operator``: a :class:`scorelab.conditional.LinearOperator` or a dense ``(M, D)`` matrix;
+        ``y``: one observation, ``(M,)`` or shaped like ``A x`` for one example. The posterior is
+        again a mixture: component k keeps its place with weight ``w_k N(y; A m_k, S_k)``,
+        ``S_k = A C_k A^T + noise_std^2 I``, and takes the Kalman update
+        ``m_k + K_k (y - A m_k)``, ``C_k - K_k A C_k``, ``K_k = C_k A^T S_k^{-1}``. With
+        ``noise_std = 0`` the covariances are singular along the observed directions.
+        Its :meth:`model` is the exact posterior at every noise level of any process.
+        """
+        from .conditional.operators import LinearOperator, MatrixOperator
+        op = operator if isinstance(operator, LinearOperator) else MatrixOperator(operator)
+        x_shape = op.x_shape(torch.as_tensor(y).shape) if not isinstance(op, MatrixOperator) else (self.dim,)
+        require(math.prod(x_shape) == self.dim, f"the operator takes examples of {math.prod(x_shape)} values "
+                f"but the mixture has dimension {self.dim}")
+        a = op.matrix(x_shape)
+        y = torch.as_tensor(y, dtype=torch.float64).reshape(-1)
+        require(y.numel() == a.shape[0], f"the observation has {y.numel()} values but the operator gives "
+                f"{a.shape[0]} for inputs of shape {tuple(x_shape)}")
+        require(noise_std >= 0 and math.isfinite(noise_std), f"noise_std must be >= 0, got {noise_std}")
+        cov = self.covariances()
+        ac = torch.einsum("md,kde->kme", a, cov)                        # A C_k, (K, M, D)
+        s = ac @ a.T + noise_std**2 * torch.eye(len(a), dtype=torch.float64)
+        chol, info = torch.linalg.cholesky_ex(s)
+        require(bool((info == 0).all()), "A C A^T + noise_std^2 I is singular: the operator's rows are "
+                "linearly dependent; drop the repeated rows or give noise_std > 0")
+        resid = y[None] - self.means @ a.T                              # (K, M)
+        sol = torch.cholesky_solve(resid[..., None], chol)[..., 0]      # S_k^{-1} (y - A m_k)
+        log_det = 2 * torch.log(torch.diagonal(chol, dim1=1, dim2=2)).sum(-1)
+        log_lik = -0.5 * ((resid * sol).sum(-1) + log_det + len(a) * math.log(2 * math.pi))
+        weights = torch.softmax(self._log_w + log_lik, dim=0)
+        means = self.means + torch.einsum("kmd,km->kd", ac, sol)
+        covs = cov - ac.transpose(1, 2) @ torch.cholesky_solve(ac, chol)
+        covs = 0.5 * (covs + covs.transpose(1, 2))
+        keep = weights > 0                                              # components y rules out entirely
+        return GaussianMixture(weights[keep] / weights[keep].sum(), means[keep], covs[keep], singular=True)
+
+    def classifier(self, process: NoiseProcess) -> "ExactClassifier":
+        """The exact noise-conditional classifier ``log p(k | x_t)`` under ``process`` (class k = component k)."""
+        return ExactClassifier(self, process)
+
     def class_model(self, process: NoiseProcess) -> "ExactClassModel":
         """The optimal class-conditional model when class k is component k (MATH.md 6)."""
         return ExactClassModel(self, process)
@@ -224,6 +274,21 @@ class ExactModel:
     def log_prob(self, x: Tensor, t: TimeLike) -> Tensor:
         """Exact ``log p_t(x)``."""
         return self.mixture.marginal_log_prob(x, t, self.process)
+
+
+class ExactClassifier:
+    """``log p(k | x_t)`` of a :class:`GaussianMixture` under a process: the noise-conditional classifier
+    that classifier guidance assumes (MATH.md 8), called as ``classifier(x, t) -> (N, K)`` log-probabilities."""
+
+    def __init__(self, mixture: GaussianMixture, process: NoiseProcess):
+        self.mixture, self.process = mixture, process
+        self.num_classes = mixture.num_components
+
+    def __call__(self, x: Tensor, t: TimeLike) -> Tensor:
+        gm = self.mixture._moved(x.device)
+        a, s = self.process.coefficients(as_time(t, x).to(x.device))
+        _, _, logp = gm._components(gm._flatten(x), a.double(), s.double())
+        return torch.log_softmax(logp, dim=1)
 
 
 class ExactClassModel:

@@ -23,7 +23,7 @@ from .._util import as_time, require
 from ..models import DiffusionModel, Prediction, ProcessAdapter
 from ..processes import SDE, NoiseProcess
 
-__all__ = ["SampleResult", "PerSampleNoise", "Callback", "StepInfo", "time_grid", "resolve", "flow_process",
+__all__ = ["SampleResult", "PerSampleNoise", "Callback", "StepInfo", "Projection", "projected", "time_grid", "resolve", "flow_process",
            "trained_t_min",
            "randn_like", "initial_noise"]
 
@@ -40,6 +40,16 @@ class StepInfo:
 
 
 Callback = Callable[[StepInfo], None]
+
+#: ``project(x, a, s) -> x``: applied after every step of a sampler to its state ``x``, which lies at
+#: ``a x0 + s eps`` (``a = 1, s = sigma`` for the samplers that work in ``y = x / a``); Song et al.'s
+#: imputation (:mod:`scorelab.conditional`) overwrites the observed part of ``x`` this way.
+Projection = Callable[[Tensor, float, float], Tensor]
+
+
+def projected(project: Projection | None, x: Tensor, a: float, s: float) -> Tensor:
+    """``x`` after the sampler's ``project`` hook at marginal coefficients ``(a, s)`` (none: unchanged)."""
+    return x if project is None else project(x, float(a), float(s))
 
 
 @dataclass(frozen=True)

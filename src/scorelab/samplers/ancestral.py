@@ -26,8 +26,8 @@ from torch import Tensor
 from .._util import require
 from ..models import DiffusionModel, resolve_variance
 from ..processes import DDPM, NoiseProcess
-from ._common import (Callback, NoiseLike, SampleResult, SigmaView, call_back, finite_or_raise,
-                      initial_noise, randn_like, resolve, time_grid)
+from ._common import (Callback, NoiseLike, Projection, SampleResult, SigmaView, call_back, finite_or_raise,
+                      initial_noise, projected, randn_like, resolve, time_grid)
 
 __all__ = ["ddpm_ancestral", "ddim", "respaced_steps"]
 
@@ -61,7 +61,8 @@ def _clip(pred_x0: Tensor, clip_x0: bool) -> Tensor:
 def ddpm_ancestral(model: DiffusionModel, shape_or_x: Sequence[int] | Tensor,
                    steps: int | Sequence[int] | None = None, *, variance: str | None = None,
                    process: NoiseProcess | None = None, noise: NoiseLike = None,
-                   clip_x0: bool = False, callback: Callback | None = None) -> SampleResult:
+                   clip_x0: bool = False, project: Projection | None = None,
+                   callback: Callback | None = None) -> SampleResult:
     """Ancestral sampling (Ho et al. 2020, Algorithm 2; MATH.md 2).
 
     ``x_{t-1} = mu_theta(x_t, t) + sigma_t z`` from ``t = T`` down to 1, with
@@ -70,7 +71,8 @@ def ddpm_ancestral(model: DiffusionModel, shape_or_x: Sequence[int] | Tensor,
     with it, else ``beta``. ``steps``: all T (None), a number of evenly
     respaced steps, or an explicit subsequence; on a subsequence the betas are
     recomputed from ``alpha_bar`` as improved-diffusion does. ``clip_x0``
-    clips the predicted ``x0`` to [-1, 1] (images). Runs on a DDPM process:
+    clips the predicted ``x0`` to [-1, 1] (images); ``project`` is applied after every step
+    (:data:`~scorelab.samplers.Projection`). Runs on a DDPM process:
     the model's own, or ``process=sl.DDPM(...)`` for a model of another process.
     """
     variance = resolve_variance(model, variance)
@@ -109,6 +111,7 @@ def ddpm_ancestral(model: DiffusionModel, shape_or_x: Sequence[int] | Tensor,
                 frac = pred.variance_frac.to(x.dtype)
                 log_var = frac * math.log(beta) + (1 - frac) * math.log(beta_tilde)
             x = x + torch.exp(0.5 * log_var) * randn_like(x, noise)
+        x = projected(project, x, a_prev, a_prev * sigma_prev)
         call_back(callback, i + 1, len(seq), prev / ddpm.num_steps, x, view.nfe)
     finite_or_raise(x, "ddpm_ancestral")
     return SampleResult(x, view.nfe)
@@ -118,7 +121,7 @@ def ddpm_ancestral(model: DiffusionModel, shape_or_x: Sequence[int] | Tensor,
 def ddim(model: DiffusionModel, shape_or_x: Sequence[int] | Tensor, steps: int = 50, *,
          eta: float = 0.0, times: Sequence[float] | Tensor | None = None, grid: str | None = None,
          process: NoiseProcess | None = None, noise: NoiseLike = None, clip_x0: bool = False,
-         callback: Callback | None = None) -> SampleResult:
+         project: Projection | None = None, callback: Callback | None = None) -> SampleResult:
     """DDIM (Song, Meng & Ermon 2021, eq. 12; MATH.md 5), for any process.
 
     ``eta = 0`` is deterministic; ``eta = 1`` is ancestral sampling with
@@ -147,7 +150,7 @@ def ddim(model: DiffusionModel, shape_or_x: Sequence[int] | Tensor, steps: int =
         pred = view.predict(y, t, scales[i])
         x0 = _clip(pred.x0, clip_x0)
         if i + 1 == len(times):                               # last step: to noise level 0
-            x = x0
+            x = projected(project, x0, 1.0, 0.0)
         else:
             sigma_next = sigmas[i + 1]
             eps = (y - x0) / sigma
@@ -155,7 +158,7 @@ def ddim(model: DiffusionModel, shape_or_x: Sequence[int] | Tensor, steps: int =
             y = x0 + math.sqrt(max(sigma_next**2 - sigma_eta**2, 0.0)) * eps
             if sigma_eta > 0:
                 y = y + sigma_eta * randn_like(y, noise)
-            x = scales[i + 1] * y
+            x = projected(project, scales[i + 1] * y, scales[i + 1], scales[i + 1] * sigma_next)
         call_back(callback, i + 1, len(times), float(times[i + 1]) if i + 1 < len(times) else 0.0, x, view.nfe)
     finite_or_raise(x, "ddim")
     return SampleResult(x, view.nfe)

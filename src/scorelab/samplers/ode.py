@@ -25,8 +25,8 @@ from torch import Tensor
 from .._util import as_time, require
 from ..models import DiffusionModel, select_rows
 from ..processes import SDE, NoiseProcess
-from ._common import (Callback, NoiseLike, SampleResult, SigmaView, call_back, finite_or_raise, flow_process,
-                      initial_noise, randn_like, resolve, time_grid, trained_t_min)
+from ._common import (Callback, NoiseLike, Projection, SampleResult, SigmaView, call_back, finite_or_raise,
+                      flow_process, initial_noise, projected, randn_like, resolve, time_grid, trained_t_min)
 
 __all__ = ["dopri5", "solve_probability_flow", "ode_rk45", "ode_euler", "ode_heun", "dpm_solver_pp_2m",
            "dpm_solver_pp_3m", "unipc"]
@@ -161,7 +161,7 @@ def _sigma_ode(model: DiffusionModel, shape_or_x: Sequence[int] | Tensor, steps:
                grid: str, rho: float, times: Sequence[float] | Tensor | None, churn: float,
                s_tmin: float, s_tmax: float, s_noise: float, process: NoiseProcess | None,
                noise: NoiseLike, callback: Callback | None, name: str,
-               to_zero: bool = True) -> SampleResult:
+               to_zero: bool = True, project: Projection | None = None) -> SampleResult:
     """Karras et al. (2022) Algorithm 2 in ``y = x / a``: Euler (order 1) or Heun (order 2) steps
     through the evaluation ``times`` and, with ``to_zero``, a last step to sigma = 0 (returning
     x0). Without it the walk ends at ``times[-1]`` in ``x`` coordinates; ``times`` may then
@@ -189,7 +189,7 @@ def _sigma_ode(model: DiffusionModel, shape_or_x: Sequence[int] | Tensor, steps:
         if order == 2 and sigma_next > 0:
             d_next = view.predict(y_next, times[i + 1], scales[i + 1]).eps
             y_next = y + (sigma_next - sigma) * 0.5 * (d + d_next)
-        y = y_next
+        y = projected(project, y_next, 1.0, sigma_next)
         call_back(callback, i + 1, n, float(times[i + 1]) if i + 1 < len(times) else 0.0, y, view.nfe)
     if not to_zero:
         y = y * scales[-1]
@@ -202,7 +202,7 @@ def ode_euler(model: DiffusionModel, shape_or_x: Sequence[int] | Tensor, steps: 
               grid: str = "karras", rho: float = 7.0, times: Sequence[float] | Tensor | None = None,
               churn: float = 0.0, s_tmin: float = 0.0, s_tmax: float = math.inf, s_noise: float = 1.0,
               process: NoiseProcess | None = None, noise: NoiseLike = None,
-              callback: Callback | None = None) -> SampleResult:
+              project: Projection | None = None, callback: Callback | None = None) -> SampleResult:
     """Euler on the probability-flow ODE ``dy/dsigma = eps`` (MATH.md 4-5): ``steps`` NFE.
 
     Evaluates at ``steps`` decreasing times (EDM's rho = 7 grid by default, or
@@ -211,7 +211,7 @@ def ode_euler(model: DiffusionModel, shape_or_x: Sequence[int] | Tensor, steps: 
     """
     return _sigma_ode(model, shape_or_x, steps, 1, grid=grid, rho=rho, times=times, churn=churn,
                       s_tmin=s_tmin, s_tmax=s_tmax, s_noise=s_noise, process=process, noise=noise,
-                      callback=callback, name="ode_euler")
+                      callback=callback, name="ode_euler", project=project)
 
 
 @torch.no_grad()
@@ -219,7 +219,7 @@ def ode_heun(model: DiffusionModel, shape_or_x: Sequence[int] | Tensor, steps: i
              grid: str = "karras", rho: float = 7.0, times: Sequence[float] | Tensor | None = None,
              churn: float = 0.0, s_tmin: float = 0.0, s_tmax: float = math.inf, s_noise: float = 1.0,
              process: NoiseProcess | None = None, noise: NoiseLike = None,
-             callback: Callback | None = None) -> SampleResult:
+             project: Projection | None = None, callback: Callback | None = None) -> SampleResult:
     """EDM's Heun sampler (Karras et al. 2022, Algorithm 2; MATH.md 5): ``2 steps - 1`` NFE.
 
     Second-order steps through ``steps`` times of the rho = 7 grid (18 steps,
@@ -228,7 +228,7 @@ def ode_heun(model: DiffusionModel, shape_or_x: Sequence[int] | Tensor, steps: i
     """
     return _sigma_ode(model, shape_or_x, steps, 2, grid=grid, rho=rho, times=times, churn=churn,
                       s_tmin=s_tmin, s_tmax=s_tmax, s_noise=s_noise, process=process, noise=noise,
-                      callback=callback, name="ode_heun")
+                      callback=callback, name="ode_heun", project=project)
 
 
 @torch.no_grad()
@@ -236,7 +236,7 @@ def dpm_solver_pp_2m(model: DiffusionModel, shape_or_x: Sequence[int] | Tensor, 
                      grid: str = "log_sigma", rho: float = 7.0,
                      times: Sequence[float] | Tensor | None = None, lower_order_final: bool = True,
                      process: NoiseProcess | None = None, noise: NoiseLike = None,
-                     callback: Callback | None = None) -> SampleResult:
+                     project: Projection | None = None, callback: Callback | None = None) -> SampleResult:
     """DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2; MATH.md 5): ``steps`` NFE.
 
     With ``lambda = -log sigma`` and ``h = lambda' - lambda``:
@@ -256,7 +256,7 @@ def dpm_solver_pp_2m(model: DiffusionModel, shape_or_x: Sequence[int] | Tensor, 
     """
     return _dpm_solver_pp(model, shape_or_x, steps, 2, grid=grid, rho=rho, times=times,
                           lower_order_final=lower_order_final, process=process, noise=noise, callback=callback,
-                          name="dpm_solver_pp_2m")
+                          name="dpm_solver_pp_2m", project=project)
 
 
 @torch.no_grad()
@@ -264,7 +264,7 @@ def dpm_solver_pp_3m(model: DiffusionModel, shape_or_x: Sequence[int] | Tensor, 
                      grid: str = "log_sigma", rho: float = 7.0,
                      times: Sequence[float] | Tensor | None = None, lower_order_final: bool = True,
                      process: NoiseProcess | None = None, noise: NoiseLike = None,
-                     callback: Callback | None = None) -> SampleResult:
+                     project: Projection | None = None, callback: Callback | None = None) -> SampleResult:
     """DPM-Solver++(3M), the third-order multistep data-prediction solver (Lu et al. 2022): ``steps`` NFE.
 
     From the last three data predictions ``x0_i, x0_{i-1}, x0_{i-2}`` with
@@ -284,13 +284,13 @@ def dpm_solver_pp_3m(model: DiffusionModel, shape_or_x: Sequence[int] | Tensor, 
     """
     return _dpm_solver_pp(model, shape_or_x, steps, 3, grid=grid, rho=rho, times=times,
                           lower_order_final=lower_order_final, process=process, noise=noise, callback=callback,
-                          name="dpm_solver_pp_3m")
+                          name="dpm_solver_pp_3m", project=project)
 
 
 def _dpm_solver_pp(model: DiffusionModel, shape_or_x: Sequence[int] | Tensor, steps: int, order: int, *,
                    grid: str, rho: float, times: Sequence[float] | Tensor | None, lower_order_final: bool,
                    process: NoiseProcess | None, noise: NoiseLike, callback: Callback | None,
-                   name: str) -> SampleResult:
+                   name: str, project: Projection | None = None) -> SampleResult:
     """DPM-Solver++'s multistep updates of order up to ``order`` in ``y = x / a``, ``lambda = -log sigma``."""
     model, process = resolve(model, process)
     times = _eval_times(process, steps, grid, rho, times)
@@ -327,6 +327,7 @@ def _dpm_solver_pp(model: DiffusionModel, shape_or_x: Sequence[int] | Tensor, st
                 phi3 = phi2 / h - 0.5
                 y = (sigma_next / sigma) * y - phi1 * x0 + phi2 * d1 - 2 * phi3 * d2
             history = (history + [(x0, h)])[-2:]
+        y = projected(project, y, 1.0, sigma_next)
         call_back(callback, i + 1, n, float(times[i + 1]) if i + 1 < n else 0.0, y, view.nfe)
     finite_or_raise(y, name)
     return SampleResult(y, view.nfe)
@@ -353,7 +354,7 @@ def _unipc_coefficients(rks: Sequence[float], h: float, variant: str) -> tuple[T
 def unipc(model: DiffusionModel, shape_or_x: Sequence[int] | Tensor, steps: int = 20, *, order: int = 2,
           variant: str = "bh2", corrector: bool = True, grid: str = "log_sigma", rho: float = 7.0,
           times: Sequence[float] | Tensor | None = None, lower_order_final: bool = True,
-          process: NoiseProcess | None = None, noise: NoiseLike = None,
+          process: NoiseProcess | None = None, noise: NoiseLike = None, project: Projection | None = None,
           callback: Callback | None = None) -> SampleResult:
     """UniPC (Zhao et al. 2023; MATH.md 5): a multistep predictor (UniP) of order ``order`` and a
     corrector (UniC) that reuses the next step's network call, so ``steps`` NFE.
@@ -386,10 +387,10 @@ def unipc(model: DiffusionModel, shape_or_x: Sequence[int] | Tensor, steps: int 
         if corrector and step is not None:             # UniC: the same step, with D' = m - m_0 at r = 1 added
             base, m0, diffs, (matrix, b), b_h, k = step
             rhos = [0.5] if k == 1 else torch.linalg.solve(matrix, b).tolist()
-            y = base - b_h * sum(r * d for r, d in zip(rhos, diffs + [m - m0]))
+            y = projected(project, base - b_h * sum(r * d for r, d in zip(rhos, diffs + [m - m0])), 1.0, sigmas[i])
         history = (history + [(m, lambdas[i])])[-order:]
         if i == n - 1:
-            y = m
+            y = projected(project, m, 1.0, 0.0)
             call_back(callback, n, n, 0.0, y, view.nfe)
             break
         h = lambdas[i + 1] - lambdas[i]
@@ -405,6 +406,7 @@ def unipc(model: DiffusionModel, shape_or_x: Sequence[int] | Tensor, steps: int 
             rhos = [0.5] if k == 2 else torch.linalg.solve(matrix[:-1, :-1], b[:-1]).tolist()
             y = base - b_h * sum(r * d for r, d in zip(rhos, diffs))
         step = (base, m0, diffs, (matrix, b), b_h, k)
+        y = projected(project, y, 1.0, sigmas[i + 1])
         call_back(callback, i + 1, n, float(times[i + 1]), y, view.nfe)
     finite_or_raise(y, "unipc")
     return SampleResult(y, view.nfe)

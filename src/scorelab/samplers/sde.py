@@ -16,8 +16,8 @@ from torch import Tensor
 from .._util import as_time, expand_as, require
 from ..models import DiffusionModel
 from ..processes import NCSN, SDE
-from ._common import (Callback, NoiseLike, SampleResult, call_back, finite_or_raise, initial_noise,
-                      randn_like, resolve, time_grid)
+from ._common import (Callback, NoiseLike, Projection, SampleResult, call_back, finite_or_raise, initial_noise,
+                      projected, randn_like, resolve, time_grid)
 
 __all__ = ["langevin_dynamics", "annealed_langevin", "euler_maruyama", "predictor_corrector", "PREDICTORS",
            "CORRECTORS"]
@@ -41,6 +41,16 @@ class _Counter:
         return self.model.predict(x, t).x0
 
 
+def _coefficients(process: SDE, t: float, project: Projection | None) -> tuple[float, float]:
+    """``(a(t), s(t))`` for a ``project`` hook, which needs the Gaussian kernel of an affine process."""
+    if project is None:
+        return 1.0, 0.0
+    require(process.affine, f"projecting onto observations needs a(t) and s(t), which "
+            f"{type(process).__name__} (a non-affine drift) does not have")
+    a, s = process.coefficients(as_time(t))
+    return float(a), float(s)
+
+
 def _norm(v: Tensor) -> Tensor:
     return v.reshape(v.shape[0], -1).norm(dim=1)
 
@@ -48,7 +58,8 @@ def _norm(v: Tensor) -> Tensor:
 @torch.no_grad()
 def langevin_dynamics(model: DiffusionModel, shape_or_x: Sequence[int] | Tensor, steps: int = 1000,
                       step_size: float = 1e-3, *, t: float | None = None, process: SDE | None = None,
-                      noise: NoiseLike = None, callback: Callback | None = None) -> SampleResult:
+                      noise: NoiseLike = None, project: Projection | None = None,
+                      callback: Callback | None = None) -> SampleResult:
     """Langevin dynamics on one score (the survey's starting point; MATH.md 3).
 
     ``x_i = x_{i-1} + (gamma / 2) grad log p(x_{i-1}) + sqrt(gamma) w_i`` for ``steps``
@@ -66,8 +77,10 @@ def langevin_dynamics(model: DiffusionModel, shape_or_x: Sequence[int] | Tensor,
     x = initial_noise(process, shape_or_x, noise, model)
     net = _Counter(model)
     tt = as_time(t, x)
+    a_s = _coefficients(process, t, project)
     for i in range(steps):
         x = x + 0.5 * step_size * net.score(x, tt) + math.sqrt(step_size) * randn_like(x, noise)
+        x = projected(project, x, *a_s)
         call_back(callback, i + 1, steps, t, x, net.nfe)
     finite_or_raise(x, "langevin_dynamics")
     return SampleResult(x, net.nfe)
@@ -77,7 +90,7 @@ def langevin_dynamics(model: DiffusionModel, shape_or_x: Sequence[int] | Tensor,
 def annealed_langevin(model: DiffusionModel, shape_or_x: Sequence[int] | Tensor, *,
                       epsilon: float = 2e-5, steps_per_level: int = 100, final_denoise: bool = True,
                       step_rule: str = "paper", process: SDE | None = None, noise: NoiseLike = None,
-                      callback: Callback | None = None) -> SampleResult:
+                      project: Projection | None = None, callback: Callback | None = None) -> SampleResult:
     """Annealed Langevin dynamics (Song & Ermon 2019, Algorithm 1; MATH.md 3).
 
     For each level ``i`` (largest sigma first), ``alpha_i = epsilon sigma_i^2 / sigma_L^2``
@@ -111,9 +124,11 @@ def annealed_langevin(model: DiffusionModel, shape_or_x: Sequence[int] | Tensor,
         alpha = scale * epsilon * ncsn.sigmas[level - 1].item() ** 2 / sigma_last**2
         for _ in range(steps_per_level):
             x = x + 0.5 * alpha * net.score(x, t) + math.sqrt(alpha) * randn_like(x, noise)
+            x = projected(project, x, 1.0, ncsn.sigmas[level - 1].item())
         call_back(callback, level, ncsn.num_scales, t.item(), x, net.nfe)
     if final_denoise:
         x = x + sigma_last**2 * net.score(x, ncsn.level_to_time(ncsn.num_scales))
+        x = projected(project, x, 1.0, 0.0)
     finite_or_raise(x, "annealed_langevin")
     return SampleResult(x, net.nfe)
 
@@ -127,8 +142,8 @@ def _finish(net: _Counter, x: Tensor, t: Tensor, denoise: bool | None, process: 
 @torch.no_grad()
 def euler_maruyama(model: DiffusionModel, shape_or_x: Sequence[int] | Tensor, steps: int = 1000, *,
                    process: SDE | None = None, grid: str = "time", t_min: float | None = None,
-                   denoise: bool | None = None, noise: NoiseLike = None,
-                   callback: Callback | None = None) -> SampleResult:
+                   t_max: float = 1.0, denoise: bool | None = None, noise: NoiseLike = None,
+                   project: Projection | None = None, callback: Callback | None = None) -> SampleResult:
     """Euler-Maruyama on the reverse-time SDE (the survey's Algorithm 3; MATH.md 4).
 
     ``x <- x + [f - g^2 score] dt + g sqrt(|dt|) z`` on ``steps`` steps from
@@ -138,8 +153,8 @@ def euler_maruyama(model: DiffusionModel, shape_or_x: Sequence[int] | Tensor, st
     :func:`predictor_corrector` with that predictor and no corrector.
     """
     return predictor_corrector(model, shape_or_x, steps, predictor="euler_maruyama", corrector="none",
-                               process=process, grid=grid, t_min=t_min, denoise=denoise, noise=noise,
-                               callback=callback)
+                               process=process, grid=grid, t_min=t_min, t_max=t_max, denoise=denoise,
+                               noise=noise, project=project, callback=callback)
 
 
 def _corrector_step(net: _Counter, process: SDE, x: Tensor, t: Tensor, t_next: Tensor, corrector: str,
@@ -193,7 +208,8 @@ def predictor_corrector(model: DiffusionModel, shape_or_x: Sequence[int] | Tenso
                         predictor: str = "reverse_diffusion", corrector: str = "langevin",
                         corrector_steps: int = 1, target_snr: float | None = None,
                         snr_norm: str = "sample", process: SDE | None = None, grid: str = "time",
-                        t_min: float | None = None, denoise: bool | None = None, noise: NoiseLike = None,
+                        t_min: float | None = None, t_max: float = 1.0, denoise: bool | None = None,
+                        noise: NoiseLike = None, project: Projection | None = None,
                         callback: Callback | None = None) -> SampleResult:
     """Predictor-corrector sampling (Song et al. 2021, Algorithms 2-3; MATH.md 4).
 
@@ -220,7 +236,9 @@ def predictor_corrector(model: DiffusionModel, shape_or_x: Sequence[int] | Tenso
     per-sample rule is unstable (a sample where the score nearly vanishes takes
     a huge step): use ``"batch"`` or the annealed corrector there. The last
     predictor step adds no noise; ``denoise`` then returns ``E[x0 | x_{t_min}]``
-    (default: for affine processes). On a general SDE the reverse-diffusion and
+    (default: for affine processes). The walk starts at ``t_max`` (default 1; below it, from a
+    given ``x`` at that time, as SDEdit does); ``project`` is applied after every predictor and
+    corrector step (Song et al.'s imputation, :mod:`scorelab.conditional`). On a general SDE the reverse-diffusion and
     Euler-Maruyama predictors and the Langevin corrector work; the ancestral
     predictor and annealed corrector need ``a(t), s(t)``.
     """
@@ -234,16 +252,21 @@ def predictor_corrector(model: DiffusionModel, shape_or_x: Sequence[int] | Tenso
     model, process = resolve(model, process)
     target_snr = process.langevin_snr if target_snr is None else target_snr
     require(target_snr > 0, f"target_snr must be positive, got {target_snr}")
-    times = time_grid(process, steps, grid, t_min=t_min)
+    times = time_grid(process, steps, grid, t_min=t_min, t_max=t_max)
     x = initial_noise(process, shape_or_x, noise, model)
     net = _Counter(model)
     for i in range(steps):
         t_val, t_next_val = times[i].item(), times[i + 1].item()
         t, t_next = as_time(t_val, x), as_time(t_next_val, x)
+        at_t = _coefficients(process, t_val, project)
         for _ in range(corrector_steps if corrector != "none" else 0):
             x = _corrector_step(net, process, x, t, t_next, corrector, target_snr, snr_norm, noise)
+            x = projected(project, x, *at_t)
         x = _predictor_step(net, process, x, t, t_next, predictor, i + 1 == steps, noise)
+        x = projected(project, x, *_coefficients(process, t_next_val, project))
         call_back(callback, i + 1, steps, t_next_val, x, net.nfe)
     x = _finish(net, x, as_time(times[-1], x), denoise, process)
+    if project is not None and (process.affine if denoise is None else denoise):
+        x = projected(project, x, 1.0, 0.0)
     finite_or_raise(x, "predictor_corrector")
     return SampleResult(x, net.nfe)

@@ -1,0 +1,259 @@
+"""Conditional sampling from an unconditional model: inpainting, colourization and linear inverse
+problems ``y = A x + n`` (MATH.md 8).
+
+Three methods, each an approximation of the posterior ``p(x | y)`` whose error scorelab measures
+against the exact Gaussian-mixture posterior (:meth:`scorelab.GaussianMixture.condition`):
+
+* ``"replace"``: Song et al. (2021, appendix I) imputation. After every step of any grid sampler
+  (the ``project`` hook of :mod:`scorelab.samplers`), the observed part of ``x_t`` is overwritten
+  by the observation noised to the current level, ``a(t) y + s(t) c xi``; the rest is sampled.
+  It needs rows with ``A A^T = c^2 I`` (masks, pooling, grey) and treats ``y`` as exact.
+* ``"repaint"``: RePaint (Lugmayr et al. 2022, Algorithm 1 with its jump schedule): ancestral
+  steps with replacement, and every ``jump_length`` steps the chain is noised back up
+  ``jump_length`` levels and re-denoised, ``resample`` times in all, so the unknown part can
+  come to agree with the known one.
+* ``"dps"``: diffusion posterior sampling (Chung et al. 2023, Algorithm 1): ancestral steps,
+  each followed by ``x <- x - scale grad_x ||y - A x0_hat(x)||`` with ``x0_hat`` Tweedie's
+  denoiser (one backward pass through the network per step). Any operator, any noise.
+
+All three run on every affine process (DDPM, VP, sub-VP, VE, NCSN, EDM).
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from typing import Any, Sequence
+
+import torch
+from torch import Tensor
+
+from .._util import require
+from ..models import DiffusionModel
+from ..processes import DDPM, NoiseProcess
+from ..samplers._common import (Callback, NoiseLike, Projection, SampleResult, SigmaView, call_back,
+                                finite_or_raise, initial_noise, randn_like, resolve, time_grid)
+from ..samplers.ancestral import respaced_steps
+from ..samplers.registry import REGISTRY, sample
+from .operators import Greyscale, LinearOperator, Mask
+
+__all__ = ["METHODS", "inpaint", "colorize", "linear_inverse", "replacement", "repaint", "dps",
+           "repaint_schedule", "model_channels"]
+
+#: The conditional-sampling methods, by name.
+METHODS = ("replace", "repaint", "dps")
+
+
+def replacement(operator: LinearOperator, y: Tensor, noise: NoiseLike = None) -> Projection:
+    """Song et al.'s imputation as a sampler's ``project`` hook (MATH.md 8): ``x`` at ``a x0 + s eps``
+    becomes ``x - A^T A x / c^2 + A^T (a y + s c xi) / c^2``, ``xi ~ N(0, I)`` fresh each call."""
+    c2 = operator.row_norm2
+    require(c2 is not None, f"replacement needs an operator with orthogonal rows (A A^T = c^2 I), and the "
+            f"{operator.name} operator's are not; use method='dps'")
+
+    def project(x: Tensor, a: float, s: float) -> Tensor:
+        obs = y.to(x.device, x.dtype)
+        level = a * obs + (s * math.sqrt(c2)) * randn_like(obs, noise) if s > 0 else a * obs
+        return x - operator.projection(x) + operator.adjoint(level) / c2
+
+    return project
+
+
+def _ancestral_grid(process: NoiseProcess, steps: int) -> Tensor:
+    """The times the ancestral chain visits: DDPM's respaced steps, else ``steps`` uniform times from 1."""
+    require(isinstance(steps, int) and steps >= 1, f"steps must be a positive integer, got {steps!r}")
+    if isinstance(process, DDPM):
+        return process.step_to_time(torch.tensor(respaced_steps(process.num_steps, steps)))
+    return time_grid(process, steps - 1, "time") if steps > 1 else torch.ones(1, dtype=torch.float64)
+
+
+def repaint_schedule(steps: int, jump_length: int, resample: int) -> list[int]:
+    """RePaint's walk over levels ``0..steps`` (0 = the noisiest, ``steps`` = clean), as its code's
+    ``get_schedule_jump``: down one level at a time; on reaching each level ``steps - 1 - k j``
+    (``k = 0, 1, ...``, above the top ``j`` levels), up ``j`` levels and down again, ``resample - 1`` times."""
+    require(isinstance(jump_length, int) and jump_length >= 1, f"jump_length must be a positive integer, got {jump_length!r}")
+    require(isinstance(resample, int) and resample >= 1, f"resample must be a positive integer, got {resample!r}")
+    jumps = {t: resample - 1 for t in range(0, steps - jump_length, jump_length)}
+    t, walk = steps, []
+    while t >= 1:                                       # t counts down as the paper's index does
+        t -= 1
+        walk.append(t)
+        if jumps.get(t, 0) > 0:
+            jumps[t] -= 1
+            for _ in range(jump_length):
+                t += 1
+                walk.append(t)
+    walk.append(-1)
+    return [steps - 1 - t for t in [steps] + walk][1:]   # level p = steps - 1 - t: 0 first, steps last
+
+
+def _ancestral_step(y: Tensor, x0: Tensor, sigma: float, sigma_next: float, noise: NoiseLike) -> Tensor:
+    """DDIM with eta = 1 in ``y = x / a`` (DDPM's ancestral step on any grid; MATH.md 5)."""
+    if sigma_next == 0:
+        return x0
+    eps = (y - x0) / sigma
+    std = sigma_next * math.sqrt(max(1 - sigma_next**2 / sigma**2, 0.0))
+    return x0 + math.sqrt(max(sigma_next**2 - std**2, 0.0)) * eps + std * randn_like(y, noise)
+
+
+@torch.no_grad()
+def repaint(model: DiffusionModel, operator: LinearOperator, y: Tensor, shape: Sequence[int], steps: int = 250, *,
+            jump_length: int = 10, resample: int = 10, process: NoiseProcess | None = None,
+            noise: NoiseLike = None, callback: Callback | None = None) -> SampleResult:
+    """RePaint (Lugmayr et al. 2022, Algorithm 1; MATH.md 8) on ``steps`` levels of the model's process.
+
+    Defaults are the paper's (250 levels, jumps of 10, 10 resamplings: about 2,300 NFE); ``resample=1``
+    is replacement with ancestral steps. NFE counts the network calls of the whole walk.
+    """
+    model, process = resolve(model, process)
+    times = _ancestral_grid(process, steps)
+    levels = len(times)
+    view = SigmaView(model, process)
+    scales, sigmas = view.grid(times)
+    sigmas = sigmas + [0.0]
+    project = replacement(operator, y, noise)
+    x = initial_noise(process, shape, noise, model)
+    state = project(x / scales[0], 1.0, sigmas[0])
+    walk = repaint_schedule(levels, jump_length, resample)
+    for i, (p, p_next) in enumerate(zip(walk[:-1], walk[1:])):
+        if p_next > p:                                   # denoise one level, then re-impose the observation
+            x0 = view.predict(state, times[p], scales[p]).x0
+            state = project(_ancestral_step(state, x0, sigmas[p], sigmas[p + 1], noise), 1.0, sigmas[p + 1])
+        else:                                            # RePaint's jump: q(x_{t+1} | x_t), noise added
+            state = state + math.sqrt(sigmas[p_next] ** 2 - sigmas[p] ** 2) * randn_like(state, noise)
+        call_back(callback, i + 1, len(walk) - 1, float(times[p_next]) if p_next < levels else 0.0, state, view.nfe)
+    finite_or_raise(state, "repaint")
+    return SampleResult(state, view.nfe)
+
+
+def dps(model: DiffusionModel, operator: LinearOperator, y: Tensor, shape: Sequence[int], steps: int = 1000, *,
+        scale: float = 1.0, process: NoiseProcess | None = None, noise: NoiseLike = None,
+        callback: Callback | None = None) -> SampleResult:
+    """Diffusion posterior sampling (Chung et al. 2023, Algorithm 1; MATH.md 8).
+
+    Each step: ``x0_hat = E[x0 | x_i]`` from the model, the ancestral step to ``x'_{i-1}``, then
+    ``x_{i-1} = x'_{i-1} - scale grad_{x_i} ||y - A x0_hat||`` (the norm per sample, as the
+    authors' code takes it with one image per batch; their step size ``zeta_i = scale / ||y - A x0_hat||``
+    on the squared norm, up to a factor 2). ``scale = 1`` is the paper's choice for inpainting and
+    super-resolution. NFE counts forward calls; each also takes a backward pass.
+    """
+    require(scale > 0 and math.isfinite(scale), f"scale must be a positive number, got {scale}")
+    model, process = resolve(model, process)
+    times = _ancestral_grid(process, steps)
+    view = SigmaView(model, process)
+    scales, sigmas = view.grid(times)
+    sigmas = sigmas + [0.0]
+    scales = scales + [1.0]
+    x = initial_noise(process, shape, noise, model)
+    obs = y.to(x.device, x.dtype)
+    for i in range(len(times)):
+        with torch.enable_grad():
+            xg = x.detach().requires_grad_(True)
+            x0 = view.predict(xg / scales[i], times[i], scales[i]).x0
+            residual = (obs - operator(x0)).reshape(x.shape[0], -1)
+            grad, = torch.autograd.grad(residual.norm(dim=1).sum(), xg)
+        state = _ancestral_step(x.detach() / scales[i], x0.detach(), sigmas[i], sigmas[i + 1], noise)
+        x = scales[i + 1] * state - scale * grad
+        call_back(callback, i + 1, len(times), float(times[i + 1]) if i + 1 < len(times) else 0.0, x, view.nfe)
+    finite_or_raise(x, "dps")
+    return SampleResult(x.detach(), view.nfe)
+
+
+def _takes(sampler: str, model: DiffusionModel, keyword: str) -> bool:
+    """Whether the registry's ``sampler`` takes ``keyword`` on ``model``'s process."""
+    function, _ = REGISTRY[sampler].bind(model.process)
+    return keyword in inspect.signature(function).parameters
+
+
+def _check_range(values: Tensor, what: str, data_range: tuple[float, float] | None) -> None:
+    if data_range is not None:
+        low, high = data_range
+        require(bool(torch.isfinite(values).all()), f"the {what} hold NaN or Inf")
+        lo, hi = float(values.min()), float(values.max())
+        require(low - 1e-6 <= lo and hi <= high + 1e-6, f"the {what} lie in [{lo:.3g}, {hi:.3g}], outside the "
+                f"data range [{low:g}, {high:g}]; scale images to [-1, 1] as the model was trained")
+
+
+def linear_inverse(model: DiffusionModel, y: Tensor, operator: LinearOperator, noise_std: float = 0.0, *,
+                   method: str = "dps", sampler: str = "ancestral", steps: int | None = None,
+                   noise: NoiseLike = None, data_range: tuple[float, float] | None = None,
+                   **options: Any) -> SampleResult:
+    """Samples of ``p(x | y)`` for observations ``y = A x + n``, ``n ~ N(0, noise_std^2 I)``, one per row of
+    ``y`` (repeat rows for several samples of one observation; MATH.md 8).
+
+    ``method``: ``"replace"`` runs the named ``sampler`` (any grid sampler of
+    :mod:`scorelab.samplers`; default ancestral; Song et al. used ``"pc"``) with Song et al.'s
+    imputation after every step; ``"repaint"`` and ``"dps"`` are their papers' ancestral
+    loops (``options``: ``jump_length``, ``resample``; ``scale``). ``replace`` and ``repaint``
+    take ``y`` as exact (they ignore ``noise_std``) and need an operator with orthogonal rows;
+    ``dps`` takes any. ``data_range``: refuse observations outside it (images: ``(-1, 1)``).
+    """
+    require(method in METHODS, f"unknown method {method!r}; choose one of {list(METHODS)}")
+    require(noise_std >= 0 and math.isfinite(noise_std), f"noise_std must be >= 0, got {noise_std}")
+    y = torch.as_tensor(y)
+    require(y.ndim >= 2, f"observations must have a batch axis, shape (N, ...); got {tuple(y.shape)}")
+    x_shape = operator.x_shape(tuple(y.shape[1:]))
+    operator.check_y(y, x_shape)
+    _check_range(y, "observations", data_range)
+    require(model.process.affine, f"conditional sampling needs a(t) and s(t), which "
+            f"{type(model.process).__name__} (a non-affine drift) does not have")
+    shape = (y.shape[0],) + tuple(x_shape)
+    if method == "dps":
+        return dps(model, operator, y, shape, **({} if steps is None else {"steps": steps}), noise=noise, **options)
+    require(operator.row_norm2 is not None, f"method {method!r} overwrites the observed part of x, which needs "
+            f"an operator with orthogonal rows (A A^T = c^2 I); the {operator.name} operator's are not: use method='dps'")
+    if method == "repaint":
+        return repaint(model, operator, y, shape, **({} if steps is None else {"steps": steps}), noise=noise,
+                       **options)
+    require(sampler in REGISTRY, f"unknown sampler {sampler!r}; choose one of {list(REGISTRY)}")
+    stepping = [name for name in REGISTRY if _takes(name, model, "project")]
+    require(sampler in stepping, f"sampler {sampler!r} adapts its own steps and cannot impute after each; "
+            f"use one of {stepping}")
+    project = replacement(operator, y, noise)
+    result = sample(model, shape, sampler, steps, noise=noise, project=project, **options)
+    return SampleResult(project(result.samples, 1.0, 0.0), result.nfe)   # the observed part exactly y
+
+
+def inpaint(model: DiffusionModel, known: Tensor, mask: Tensor, *, method: str = "replace",
+            sampler: str = "ancestral", steps: int | None = None, noise: NoiseLike = None,
+            **options: Any) -> SampleResult:
+    """Fill in the pixels of ``known`` ``(N, ...)`` where ``mask`` is False (MATH.md 8).
+
+    ``mask``: one example's shape (or ``(H, W)``, shared by the channels), True/1 = known. The
+    known pixels of an image batch must lie in [-1, 1]. See :func:`linear_inverse` for the methods;
+    ``replace`` and ``repaint`` return the known pixels exactly.
+    """
+    known = torch.as_tensor(known)
+    require(known.ndim >= 2, f"known must be a batch (N, ...), got shape {tuple(known.shape)}")
+    operator = Mask(mask, tuple(known.shape[1:]))
+    _check_range(known, "known values", (-1.0, 1.0) if known.ndim == 4 else None)
+    return linear_inverse(model, operator(known), operator, method=method, sampler=sampler, steps=steps,
+                          noise=noise, **options)
+
+
+def model_channels(model: DiffusionModel) -> int | None:
+    """The channels of a model's images (its network's ``config.in_channels``), if it says."""
+    candidate: Any = model
+    for _ in range(8):
+        net = getattr(candidate, "net", None)
+        channels = getattr(getattr(net, "config", None), "in_channels", None)
+        if channels is not None:
+            return int(channels)
+        candidate = getattr(candidate, "model", None)
+        if candidate is None:
+            break
+    return None
+
+
+def colorize(model: DiffusionModel, grey: Tensor, *, method: str = "replace", sampler: str = "ancestral",
+             steps: int | None = None, noise: NoiseLike = None, **options: Any) -> SampleResult:
+    """Colour images whose grey version is ``grey`` ``(N, 1, H, W)`` in [-1, 1], with an RGB model
+    (Song et al. 2021, appendix I.3: the grey channel ``(r + g + b) / 3`` is fixed, the two
+    directions orthogonal to it sampled; MATH.md 8)."""
+    channels = model_channels(model)
+    require(channels in (None, 3), f"colourization needs an RGB model (3 channels); this one has {channels}")
+    grey = torch.as_tensor(grey)
+    require(grey.ndim == 4 and grey.shape[1] == 1, f"grey images must have shape (N, 1, H, W), got {tuple(grey.shape)}")
+    return linear_inverse(model, grey, Greyscale(), method=method, sampler=sampler, steps=steps, noise=noise,
+                          data_range=(-1.0, 1.0), **options)
+

@@ -1,0 +1,298 @@
+"""Linear measurement operators ``y = A x`` for inverse problems and inpainting (MATH.md 8).
+
+An operator maps a batch ``x`` ``(N, *x_shape)`` to ``(N, *y_shape)`` and gives its
+adjoint ``A^T``; both are plain torch functions, so gradients flow through them (DPS).
+``row_norm2 = c^2`` declares ``A A^T = c^2 I``: the rows are orthogonal with one
+norm, so ``P = A^T A / c^2`` is the orthogonal projection onto what is observed, and
+Song et al.'s replacement (``method="replace"``/``"repaint"``) can overwrite that part
+of ``x`` exactly. Masks (``c^2 = 1``), average pooling (``1 / f^2``) and the grey
+channel (``1 / 3``) have it; a blur does not (DPS only).
+
+:meth:`LinearOperator.matrix` gives the dense ``(M, D)`` matrix, which the exact
+Gaussian-mixture posterior (:meth:`scorelab.GaussianMixture.condition`) uses.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .._util import require
+
+__all__ = ["LinearOperator", "Mask", "AveragePool", "BoxBlur", "Greyscale", "MatrixOperator", "FunctionOperator", "as_mask",
+           "mask_from_spec"]
+
+
+class LinearOperator:
+    """``y = A x`` on batches, with its adjoint; subclasses give :meth:`forward`, :meth:`adjoint`,
+    :meth:`y_shape` and :meth:`x_shape` (one example's shapes, without the batch axis)."""
+
+    #: ``c^2`` with ``A A^T = c^2 I`` (orthogonal rows of one norm), or None.
+    row_norm2: float | None = None
+    name = "operator"
+
+    def forward(self, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def adjoint(self, y: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def y_shape(self, x_shape: Sequence[int]) -> tuple[int, ...]:
+        raise NotImplementedError
+
+    def x_shape(self, y_shape: Sequence[int]) -> tuple[int, ...]:
+        raise NotImplementedError
+
+    def __call__(self, x: Tensor) -> Tensor:
+        return self.forward(x)
+
+    def check_x(self, x_shape: Sequence[int]) -> None:
+        """Refuse an input shape this operator cannot take (raises ValueError)."""
+        self.y_shape(x_shape)
+
+    def check_y(self, y: Tensor, x_shape: Sequence[int]) -> None:
+        """Refuse observations whose shape is not ``A x``'s for inputs of ``x_shape``."""
+        want = self.y_shape(x_shape)
+        require(tuple(y.shape[1:]) == want, f"observations have shape {tuple(y.shape[1:])} per example but "
+                f"the {self.name} operator gives {want} for inputs of shape {tuple(x_shape)}")
+
+    def projection(self, x: Tensor) -> Tensor:
+        """``A^T A x / c^2``: the observed part of ``x`` (needs :attr:`row_norm2`)."""
+        require(self.row_norm2 is not None, f"the {self.name} operator's rows are not orthogonal, so the "
+                "observed part of x is not a projection; use method='dps'")
+        return self.adjoint(self.forward(x)) / self.row_norm2
+
+    def matrix(self, x_shape: Sequence[int]) -> Tensor:
+        """The dense ``(M, D)`` matrix of ``A`` for inputs of ``x_shape`` (float64)."""
+        d = math.prod(x_shape)
+        basis = torch.eye(d, dtype=torch.float64).reshape(d, *x_shape)
+        return self.forward(basis).reshape(d, -1).T.contiguous()
+
+
+def as_mask(mask: Tensor, x_shape: Sequence[int]) -> Tensor:
+    """A boolean mask of one example's shape ``x_shape`` (True = known); an ``(H, W)`` mask or one
+    of a single channel is shared by every channel."""
+    mask = torch.as_tensor(mask)
+    x_shape = tuple(x_shape)
+    if mask.dtype != torch.bool:
+        values = mask.unique()
+        require(bool(((values == 0) | (values == 1)).all()), "a mask must hold 0/1 or True/False values "
+                "(1 = known, 0 = to fill in)")
+        mask = mask.bool()
+    if len(x_shape) == 3 and mask.ndim == 2:
+        mask = mask[None]
+    if len(x_shape) == 3 and mask.ndim == 3 and mask.shape[0] == 1:
+        mask = mask.expand(x_shape[0], *mask.shape[1:])
+    require(tuple(mask.shape) == x_shape, f"the mask has shape {tuple(mask.shape)} but one example has shape "
+            f"{x_shape}; give a mask of that shape (or (H, W) for every channel)")
+    require(bool(mask.any()), "the mask marks no pixel as known: there is nothing to condition on")
+    require(not bool(mask.all()), "the mask marks every pixel as known: there is nothing to fill in")
+    return mask
+
+
+class Mask(LinearOperator):
+    """Observe the coordinates where ``mask`` is True: ``A x`` is those values, flattened ``(N, M)``."""
+
+    row_norm2 = 1.0
+    name = "mask"
+
+    def __init__(self, mask: Tensor, x_shape: Sequence[int] | None = None):
+        mask = torch.as_tensor(mask)
+        self.mask = as_mask(mask, tuple(mask.shape) if x_shape is None else x_shape)
+        self.index = self.mask.reshape(-1).nonzero().squeeze(1)
+
+    def y_shape(self, x_shape: Sequence[int]) -> tuple[int, ...]:
+        require(tuple(x_shape) == tuple(self.mask.shape), f"the mask has shape {tuple(self.mask.shape)} but "
+                f"one example has shape {tuple(x_shape)}; give a mask of the data's shape")
+        return (len(self.index),)
+
+    def x_shape(self, y_shape: Sequence[int]) -> tuple[int, ...]:
+        return tuple(self.mask.shape)
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.check_x(x.shape[1:])
+        return x.reshape(x.shape[0], -1)[:, self.index.to(x.device)]
+
+    def adjoint(self, y: Tensor) -> Tensor:
+        out = y.new_zeros(y.shape[0], self.mask.numel())
+        out[:, self.index.to(y.device)] = y
+        return out.reshape(y.shape[0], *self.mask.shape)
+
+    def projection(self, x: Tensor) -> Tensor:
+        return x * self.mask.to(x.device, x.dtype)
+
+
+class AveragePool(LinearOperator):
+    """Super-resolution's observation: the mean over ``factor x factor`` blocks of an image."""
+
+    name = "average-pool"
+
+    def __init__(self, factor: int):
+        require(isinstance(factor, int) and factor >= 2, f"the pooling factor must be an integer >= 2, got {factor!r}")
+        self.factor = factor
+        self.row_norm2 = 1.0 / factor**2
+
+    def y_shape(self, x_shape: Sequence[int]) -> tuple[int, ...]:
+        require(len(x_shape) == 3 and x_shape[1] % self.factor == 0 and x_shape[2] % self.factor == 0,
+                f"average pooling by {self.factor} needs images (C, H, W) with H and W divisible by it, "
+                f"got {tuple(x_shape)}")
+        return (x_shape[0], x_shape[1] // self.factor, x_shape[2] // self.factor)
+
+    def x_shape(self, y_shape: Sequence[int]) -> tuple[int, ...]:
+        return (y_shape[0], y_shape[1] * self.factor, y_shape[2] * self.factor)
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.check_x(x.shape[1:])
+        return F.avg_pool2d(x, self.factor)
+
+    def adjoint(self, y: Tensor) -> Tensor:
+        f = self.factor
+        return y.repeat_interleave(f, dim=2).repeat_interleave(f, dim=3) / f**2
+
+
+class BoxBlur(LinearOperator):
+    """The mean over a ``size x size`` window around each pixel (zero padding, so ``A`` is symmetric)."""
+
+    name = "box-blur"
+
+    def __init__(self, size: int = 3):
+        require(isinstance(size, int) and size >= 3 and size % 2 == 1,
+                f"the blur size must be an odd integer >= 3, got {size!r}")
+        self.size = size
+
+    def y_shape(self, x_shape: Sequence[int]) -> tuple[int, ...]:
+        require(len(x_shape) == 3, f"a blur needs images (C, H, W), got {tuple(x_shape)}")
+        return tuple(x_shape)
+
+    def x_shape(self, y_shape: Sequence[int]) -> tuple[int, ...]:
+        return tuple(y_shape)
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.check_x(x.shape[1:])
+        c = x.shape[1]
+        kernel = x.new_full((c, 1, self.size, self.size), 1.0 / self.size**2)
+        return F.conv2d(x, kernel, padding=self.size // 2, groups=c)
+
+    adjoint = forward
+
+
+class Greyscale(LinearOperator):
+    """The grey image of an RGB one: the mean of its three channels, ``(N, 1, H, W)``.
+
+    Its one row per pixel, ``(1, 1, 1) / 3``, is Song et al.'s (2021, appendix I.3) orthogonal
+    decoupling of colour: the grey channel is fixed, the two orthogonal to it are sampled.
+    """
+
+    row_norm2 = 1.0 / 3.0
+    name = "greyscale"
+
+    def y_shape(self, x_shape: Sequence[int]) -> tuple[int, ...]:
+        require(len(x_shape) == 3 and x_shape[0] == 3,
+                f"colourization needs an RGB model (3 channels), and these images have shape {tuple(x_shape)}")
+        return (1, x_shape[1], x_shape[2])
+
+    def x_shape(self, y_shape: Sequence[int]) -> tuple[int, ...]:
+        return (3, y_shape[1], y_shape[2])
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.check_x(x.shape[1:])
+        return x.mean(dim=1, keepdim=True)
+
+    def adjoint(self, y: Tensor) -> Tensor:
+        return y.expand(y.shape[0], 3, *y.shape[2:]) / 3
+
+
+class MatrixOperator(LinearOperator):
+    """``y = A x`` for points ``(N, D)`` and a dense ``(M, D)`` matrix."""
+
+    name = "matrix"
+
+    def __init__(self, matrix: Tensor):
+        a = torch.as_tensor(matrix, dtype=torch.float64)
+        require(a.ndim == 2, f"the matrix must be 2-D (M, D), got shape {tuple(a.shape)}")
+        self.a = a
+        gram = a @ a.T
+        c2 = float(gram.diagonal().mean())
+        self.row_norm2 = c2 if torch.allclose(gram, c2 * torch.eye(len(a), dtype=a.dtype), atol=1e-12) else None
+
+    def y_shape(self, x_shape: Sequence[int]) -> tuple[int, ...]:
+        require(tuple(x_shape) == (self.a.shape[1],), f"the matrix takes points of dimension {self.a.shape[1]}, "
+                f"got shape {tuple(x_shape)}")
+        return (self.a.shape[0],)
+
+    def x_shape(self, y_shape: Sequence[int]) -> tuple[int, ...]:
+        return (self.a.shape[1],)
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.check_x(x.shape[1:])
+        return x @ self.a.to(x.device, x.dtype).T
+
+    def adjoint(self, y: Tensor) -> Tensor:
+        return y @ self.a.to(y.device, y.dtype)
+
+
+#: The named masks of ``mask_from_spec`` (and ``scorelab inpaint --mask``).
+MASKS = ("center", "left", "right", "top", "bottom", "random:P")
+
+
+def mask_from_spec(spec: str, x_shape: Sequence[int], generator: torch.Generator | None = None) -> Tensor:
+    """A named mask for images ``(C, H, W)`` (True = known): ``center`` hides the middle half
+    square, ``left``/``right``/``top``/``bottom`` hide that half, ``random:P`` hides each pixel with
+    probability P (the same pixels in every channel)."""
+    require(len(x_shape) == 3, f"named masks are for images (C, H, W), got shape {tuple(x_shape)}")
+    _, h, w = x_shape
+    known = torch.ones(h, w, dtype=torch.bool)
+    if spec == "center":
+        known[h // 4: h - h // 4, w // 4: w - w // 4] = False
+    elif spec == "left":
+        known[:, : w // 2] = False
+    elif spec == "right":
+        known[:, w // 2:] = False
+    elif spec == "top":
+        known[: h // 2] = False
+    elif spec == "bottom":
+        known[h // 2:] = False
+    elif spec.startswith("random:"):
+        try:
+            p = float(spec.split(":", 1)[1])
+        except ValueError:
+            p = -1.0
+        require(0 < p < 1, f"random:P needs a fraction P strictly between 0 and 1, got {spec!r}")
+        known = torch.rand(h, w, generator=generator) >= p
+    else:
+        raise ValueError(f"unknown mask {spec!r}; choose one of {list(MASKS)} or a PNG file (white = known)")
+    return as_mask(known, x_shape)
+
+
+class FunctionOperator(LinearOperator):
+    """An operator from two functions: ``forward(x) = A x`` and ``adjoint(y) = A^T y`` on batches, for
+    one example shape ``x_shape`` (``row_norm2``: ``c^2`` if ``A A^T = c^2 I``, which enables replacement)."""
+
+    name = "user"
+
+    def __init__(self, forward: Callable[[Tensor], Tensor], adjoint: Callable[[Tensor], Tensor],
+                 x_shape: Sequence[int], row_norm2: float | None = None):
+        require(callable(forward) and callable(adjoint), "forward and adjoint must be functions of a batch")
+        self._forward, self._adjoint, self._x_shape = forward, adjoint, tuple(x_shape)
+        self._y_shape = tuple(forward(torch.zeros(1, *self._x_shape, dtype=torch.float64)).shape[1:])
+        require(row_norm2 is None or row_norm2 > 0, f"row_norm2 must be positive, got {row_norm2}")
+        self.row_norm2 = row_norm2
+
+    def y_shape(self, x_shape: Sequence[int]) -> tuple[int, ...]:
+        require(tuple(x_shape) == self._x_shape, f"the operator takes examples of shape {self._x_shape}, "
+                f"got {tuple(x_shape)}")
+        return self._y_shape
+
+    def x_shape(self, y_shape: Sequence[int]) -> tuple[int, ...]:
+        return self._x_shape
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.check_x(x.shape[1:])
+        return self._forward(x)
+
+    def adjoint(self, y: Tensor) -> Tensor:
+        return self._adjoint(y)
