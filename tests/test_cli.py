@@ -114,3 +114,42 @@ def test_sample_uses_the_frameworks_own_sampler_by_default(tmp_path, capsys):
     capsys.readouterr()
     assert main(["sample", str(out), "--steps", "5", "--num-samples", "4", "--out", str(tmp_path / "s.png")]) == 0
     assert "(heun, 9 network evaluations each" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("method, extra", [("replace", ["--steps", "3", "--sampler", "ddim"]),
+                                           ("repaint", ["--steps", "4", "--option", "jump_length=2",
+                                                        "--option", "resample=2"]),
+                                           ("dps", ["--steps", "3", "--option", "scale=0.5"])])
+def test_inpaint_writes_original_masked_and_filled_rows(run, tmp_path, method, extra, capsys):
+    out = tmp_path / f"{method}.png"
+    assert main(["inpaint", str(run), "--images", "0", "5", "--num-samples", "3", "--mask", "left",
+                 "--method", method, "--out", str(out), *extra]) == 0
+    arrays = np.load(tmp_path / f"{method}.npz")
+    filled, original, known = arrays["x"], arrays["original"], arrays["mask"]
+    assert filled.shape == (6, 1, 8, 8) and known.shape == (1, 8, 8) and known[0, :, :4].sum() == 0
+    if method != "dps":                           # replacement keeps the known pixels exactly
+        assert np.array_equal(filled[:, known], np.repeat(original, 3, axis=0)[:, known])
+    assert Image.open(out).size == (5 * 33 + 1, 2 * 33 + 1)       # original, masked, 3 fillings; 2 rows
+    assert f"{method}, mask left" in capsys.readouterr().out
+
+
+def test_edit_and_classifier_guidance_end_to_end(run, tmp_path, capsys):
+    mask = tmp_path / "mask.png"
+    Image.fromarray(np.tile(np.array([0, 255], np.uint8).repeat(16), (32, 1))).save(mask)   # right half known
+    assert main(["inpaint", str(run), "--images", "1", "--num", "2", "--mask", str(mask), "--steps", "3",
+                 "--method", "replace", "--out", str(tmp_path / "m.png")]) == 0
+    assert np.load(tmp_path / "m.npz")["mask"][0].sum(0).tolist() == [0] * 4 + [8] * 4
+    sketch = tmp_path / "sketch.png"
+    Image.fromarray(np.eye(20, dtype=np.uint8) * 255).save(sketch)
+    assert main(["edit", str(run), "--input", str(sketch), "--num", "2", "--t0", "0.3", "--steps", "3",
+                 "--out", str(tmp_path / "e.png")]) == 0
+    assert np.load(tmp_path / "e.npz")["x"].shape == (2, 1, 8, 8)
+    assert main(["train-classifier", str(run), "--steps", "3", "--batch-size", "8", "--out",
+                 str(tmp_path / "clf")]) == 0
+    assert "test accuracy t=0.0" in capsys.readouterr().out
+    assert main(["sample", str(run), "--classifier", str(tmp_path / "clf"), "--classifier-scale", "2",
+                 "--label", "3", "--steps", "3", "--num", "4", "--out", str(tmp_path / "g.png")]) == 0
+    assert np.load(tmp_path / "g.npz")["y"].tolist() == [3, 3, 3, 3]
+    assert main(["sample", str(run), "--classifier", str(tmp_path / "clf"), "--guidance", "1",
+                 "--out", str(tmp_path / "h.png")]) == 2
+    assert "exclude each other" in capsys.readouterr().err

@@ -1,8 +1,5 @@
 """Conditional generation from an unconditional model against the exact Gaussian-mixture posterior (MATH.md 8)."""
 
-import math
-
-import numpy as np
 import pytest
 import torch
 

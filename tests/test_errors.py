@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 import pytest
 
 from scorelab.cli import main
@@ -87,6 +88,22 @@ CASES: list[tuple[str, str, str]] = [
      "evaluate {d}/run --features inception --inception-weights {d}/w.pth --out {d}/e --nfe 2 --num-samples 8",
      "scorelab download inception"),
     ("NFE budgets that are not numbers", "evaluate {d}/run --nfe ten --out {d}/e", "comma-separated"),
+    ("an inpainting mask that hides nothing", "inpaint {d}/run --mask {d}/white.png --out {d}/i.png",
+     "nothing to fill in"),
+    ("an inpainting mask that is not a mask", "inpaint {d}/run --mask middle --out {d}/i.png", "unknown mask"),
+    ("an inpainting mask file that is not an image", "inpaint {d}/run --mask {d}/corrupt/a.png --out {d}/i.png",
+     "cannot read image"),
+    ("RePaint given an option it does not take", "inpaint {d}/run --method repaint --option jumps=3 --out {d}/i.png",
+     "takes no option ['jumps']"),
+    ("replacement in an adaptive sampler", "inpaint {d}/run --method replace --sampler ode --out {d}/i.png",
+     "adapts its own steps"),
+    ("an SDEdit start time outside (0, 1]", "edit {d}/run --t0 1.5 --out {d}/e.png", "t0 must lie in (0, 1]"),
+    ("an SDEdit input that is not an image", "edit {d}/run --input {d}/notes.npz --out {d}/e.png",
+     "cannot read image"),
+    ("classifier guidance from a folder that holds no classifier", "sample {d}/run --classifier {d}/run/checkpoints",
+     "holds no classifier"),
+    ("a classifier trained on another process", "sample {d}/run --classifier {d}/clf100", "own process"),
+    ("a classifier for a model of unlabelled points", "train-classifier {d}/sde", "needs labelled images"),
 ]
 
 
@@ -103,6 +120,9 @@ def _setup(d: Path) -> None:
     assert _run(f"train --out {d}/run " + " ".join(FAST), d)[0] == 0
     assert _run(f"train --framework sde --data points:two_moons --out {d}/sde --steps 2 --batch-size 16 "
                 "--sample-every 100", d)[0] == 0
+    Image.fromarray(np.full((8, 8), 255, np.uint8)).save(d / "white.png")
+    assert _run(f"train --out {d}/run100 " + " ".join(FAST) + " --process-option num_steps=100", d)[0] == 0
+    assert _run(f"train-classifier {d}/run100 --steps 1 --batch-size 8 --out {d}/clf100", d)[0] == 0
     ckpt = next((d / "run" / "checkpoints").iterdir())
     for name in ("truncated", "edited"):
         shutil.copytree(ckpt, d / name)

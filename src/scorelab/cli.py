@@ -5,6 +5,9 @@
     scorelab sample runs/ddpm --sampler pc --steps 500 --num-samples 64
     scorelab nll runs/ddpm --data digits --split test --method vlb
     scorelab interpolate runs/ddpm --data digits --pair 0 1
+    scorelab inpaint runs/ddpm --mask center --method repaint --num-samples 4
+    scorelab edit runs/ddpm --input sketch.png --t0 0.5
+    scorelab train-classifier runs/ddpm && scorelab sample runs/ddpm --classifier runs/ddpm/classifier --label 3
     scorelab evaluate runs/ddpm --samplers ddim,dpm++2m --nfe 10,20,50 --num-samples 1000
     scorelab info runs/ddpm
     torchrun --standalone --nproc-per-node 8 -m scorelab.cli train ...   (train, sample, evaluate: several processes)
@@ -130,6 +133,28 @@ def _load(args: argparse.Namespace, device=None):
     return load_model(args.checkpoint, weights=args.weights, device=device or resolve_device(args.device))
 
 
+def _classifier_guided(model, spec, args: argparse.Namespace, num: int):
+    """``--classifier``: the unconditional model steered by a noise-conditional classifier (MATH.md 8)."""
+    import torch
+
+    from .guidance import ClassifierGuidance
+    from .training.classifier import load_classifier
+
+    if args.guidance is not None:
+        raise ValueError("--guidance (classifier-free) and --classifier (classifier guidance) exclude each other; pick one")
+    device = next(model.parameters()).device
+    classifier = load_classifier(args.classifier, device)
+    if tuple(classifier.data_shape) != tuple(spec.data_shape):
+        raise ValueError(f"the classifier was trained on images {tuple(classifier.data_shape)} but the model makes "
+                         f"{tuple(spec.data_shape)}; train one for this model: scorelab train-classifier RUN")
+    k = classifier.num_classes
+    labels = (torch.tensor(args.label, device=device).repeat(num)[:num] if args.label is not None
+              else torch.arange(num, device=device) % k)
+    if bool(((labels < 0) | (labels >= k)).any()):
+        raise ValueError(f"--label must lie in 0..{k - 1} for this classifier")
+    return ClassifierGuidance(model, classifier, labels, args.classifier_scale), labels
+
+
 def _guided(model, spec, labels_arg: list[int] | None, guidance: float | None, num: int):
     """The model to sample from: unconditional, one label per sample, or guided."""
     import torch
@@ -169,7 +194,8 @@ def _sample_on(args: argparse.Namespace, ranks, device) -> None:
 
     out = check_writable(args.out, what="sample file")         # before any work (every rank alike)
     model, spec, ckpt = _load(args, device)
-    m, labels = _guided(model, spec, args.label, args.guidance, args.num)
+    m, labels = (_classifier_guided(model, spec, args, args.num) if args.classifier is not None
+                 else _guided(model, spec, args.label, args.guidance, args.num))
     if args.clip_denoised and len(spec.data_shape) == 3 and model.process.affine:   # a general SDE has no x0
         m = ClipDenoised(m)
     options = _key_values(args.option, "--option")
@@ -189,7 +215,7 @@ def _sample_on(args: argparse.Namespace, ranks, device) -> None:
         plot_points(x.numpy(), f"{stem}.png", title=f"{args.sampler}, {ckpt.path.name}")
     else:
         np.savez(f"{stem}.npz", x=to_uint8(x).numpy(), **({} if labels is None else {"y": labels.cpu().numpy()}))
-        nrow = len(spec.classes) if labels is not None and args.label is None else None
+        nrow = int(labels.max()) + 1 if labels is not None and args.label is None else None
         save_grid(x.clamp(-1, 1), f"{stem}.png", nrow=nrow)
     print(f"{args.num} samples ({args.sampler}, {nfe} network evaluations each"
           f"{f', {ranks.world_size} processes' if ranks.distributed else ''}) -> {stem}.png, {stem}.npz")
@@ -251,6 +277,114 @@ def _interpolate(args: argparse.Namespace) -> None:
     frames = decode(unconditional(model, args.frames), zs, method=args.method).clamp(-1, 1)
     path = save_grid(torch.cat([x[:1], frames.to(x.dtype), x[1:]]).cpu(), args.out, nrow=args.frames + 2)
     print(f"{args.frames} frames between images {args.pair[0]} and {args.pair[1]} ({args.method} latents) -> {path}")
+
+
+def _images_of(args: argparse.Namespace, spec, device):
+    """The images a conditional command works on: ``--input`` files, else ``--images`` of ``--data``."""
+    import numpy as np
+    import torch
+
+    from .data import ImageSet, load_dataset, load_image, to_model_range
+
+    if len(spec.data_shape) != 3:
+        raise ValueError(f"{args.command} works on image models; this one makes points of shape {tuple(spec.data_shape)}")
+    if getattr(args, "input", None):
+        pictures = np.stack([load_image(p, spec.data_shape) for p in args.input])
+    else:
+        data = load_dataset(args.data or args.train_data, args.split)
+        if not isinstance(data, ImageSet):
+            raise ValueError(f"{args.command} takes images; pick an image dataset with --data")
+        if tuple(data.shape) != tuple(spec.data_shape):
+            raise ValueError(f"the data's images are {data.shape} but the model takes {tuple(spec.data_shape)}")
+        for i in args.images:
+            if not 0 <= i < len(data):
+                raise ValueError(f"--images index {i} is outside the dataset's 0..{len(data) - 1}")
+        pictures = data.images[list(args.images)]
+    return to_model_range(torch.from_numpy(pictures)).to(device)
+
+
+def _conditional_setup(args: argparse.Namespace):
+    """Model (clipped to [-1, 1] as ``sample`` does), spec, images, options and generator for inpaint/edit."""
+    import torch
+
+    from .models import ClipDenoised
+
+    if args.num < 1:
+        raise ValueError(f"--num-samples must be at least 1, got {args.num}")
+    out = check_writable(args.out, what="grid")
+    model, spec, ckpt = _load(args)
+    args.train_data = ckpt.config.get("train", {}).get("data")
+    device = next(model.parameters()).device
+    images = _images_of(args, spec, device)
+    m = ClipDenoised(model) if args.clip_denoised else model
+    options = _key_values(args.option, "--option")
+    for flag in ("steps", "sampler", "method", "noise", "t0", "mask"):
+        if flag in options:
+            raise ValueError(f"{flag} is a flag of its own here: write --{flag.replace('_', '-')} instead of --option {flag}=...")
+    return m, spec, images, options, torch.Generator(device).manual_seed(args.seed), out
+
+
+def _inpaint(args: argparse.Namespace) -> None:
+    import numpy as np
+    import torch
+
+    from .conditional import inpaint, mask_from_spec
+    from .data import to_uint8
+    from .imaging import save_grid
+
+    m, spec, images, options, gen, out = _conditional_setup(args)
+    known = mask_from_spec(args.mask, spec.data_shape, torch.Generator().manual_seed(args.seed)).to(images.device)
+    k = args.num
+    batch = images.repeat_interleave(k, dim=0)
+    if args.sampler is not None:
+        options["sampler"] = args.sampler
+    result = inpaint(m, batch, known, method=args.method, steps=args.steps, noise=gen, **options)
+    filled = result.samples.clamp(-1, 1).reshape(len(images), k, *images.shape[1:])
+    shown = torch.where(known, images, torch.zeros_like(images))           # unknown pixels grey
+    path = save_grid(_grid_rows([images, shown], filled.to(images.dtype)).cpu(), out, nrow=k + 2)
+    np.savez(out.with_suffix(".npz"), x=to_uint8(filled.flatten(0, 1)).cpu().numpy(),
+             mask=known.cpu().numpy(), original=to_uint8(images).cpu().numpy())
+    print(f"{len(images)} images x {k} inpaintings ({args.method}, mask {args.mask}, {result.nfe} network "
+          f"evaluations each) -> {path} (rows: original, masked, inpaintings), {out.with_suffix('.npz')}")
+
+
+def _edit(args: argparse.Namespace) -> None:
+    import numpy as np
+
+    from .conditional import sdedit
+    from .data import to_uint8
+    from .imaging import save_grid
+
+    m, spec, images, options, gen, out = _conditional_setup(args)
+    k = args.num
+    result = sdedit(m, images.repeat_interleave(k, dim=0), args.t0, sampler=args.sampler, steps=args.steps,
+                    noise=gen, **options)
+    edits = result.samples.clamp(-1, 1).reshape(len(images), k, *images.shape[1:]).to(images.dtype)
+    path = save_grid(_grid_rows([images], edits).cpu(), out, nrow=k + 1)
+    np.savez(out.with_suffix(".npz"), x=to_uint8(edits.flatten(0, 1)).cpu().numpy(),
+             original=to_uint8(images).cpu().numpy())
+    print(f"{len(images)} images x {k} SDEdit edits (t0 = {args.t0}, {args.sampler}, {result.nfe} network "
+          f"evaluations each) -> {path} (rows: input, edits), {out.with_suffix('.npz')}")
+
+
+def _grid_rows(first, rest):
+    """The images of a grid row by row: row i is ``first[0][i], first[1][i], ...`` then ``rest[i, :]``."""
+    import torch
+
+    return torch.cat([f[:, None] for f in first] + [rest], 1).flatten(0, 1)
+
+
+def _train_classifier(args: argparse.Namespace) -> None:
+    from .distributed import resolve_device
+    from .training.classifier import train_classifier
+
+    if args.out is not None:
+        check_writable(args.out, folder=True, what="classifier folder")
+    result = train_classifier(args.checkpoint, data=args.data, steps=args.steps, batch_size=args.batch_size,
+                              lr=args.lr, seed=args.seed, out=args.out, device=resolve_device(args.device))
+    acc = ", ".join(f"{k} {v:.1%}" for k, v in result.accuracy.items())
+    print(f"trained a noise-conditional classifier in {result.seconds:.0f} s -> {result.path}; test accuracy "
+          f"{acc}; sample with: scorelab sample {args.checkpoint} --classifier {result.path.parent} --label 3")
 
 
 def _info(args: argparse.Namespace) -> None:
@@ -368,6 +502,11 @@ def _add_sample(sub) -> None:
     s.add_argument("--label", type=int, nargs="+", default=None, help="class label(s) to draw (cycled)")
     s.add_argument("--guidance", type=float, default=None,
                    help="classifier-free guidance strength w (0: conditional; Ho & Salimans 2022)")
+    s.add_argument("--classifier", default=None, metavar="DIR",
+                   help="classifier guidance: a noise-conditional classifier (scorelab train-classifier RUN) "
+                   "steering this unconditional model toward --label (Dhariwal & Nichol 2021)")
+    s.add_argument("--classifier-scale", type=float, default=1.0,
+                   help="classifier guidance scale (1: the classifier's own posterior; larger: sharper classes)")
     s.add_argument("--option", action="append", metavar="KEY=VALUE",
                    help="sampler option, e.g. corrector_steps=2, eta=0.5, rtol=1e-3 (repeatable)")
     s.add_argument("--clip-denoised", action=argparse.BooleanOptionalAction, default=True,
@@ -442,6 +581,65 @@ def _add_evaluate(sub) -> None:
     e.set_defaults(run=_evaluate)
 
 
+def _conditional_args(q: argparse.ArgumentParser) -> None:
+    from .data import DATASET_HELP
+
+    _model_args(q)
+    q.add_argument("--data", default=None, help="images to work on (default: the data the model trained on); "
+                   + DATASET_HELP)
+    q.add_argument("--split", choices=["train", "test"], default="test")
+    q.add_argument("--images", type=int, nargs="+", default=list(range(8)), metavar="I",
+                   help="indices of the images to work on (default: the first 8)")
+    q.add_argument("--input", nargs="+", default=None, metavar="FILE",
+                   help="image files to work on instead (resized to the model's size)")
+    q.add_argument("--num-samples", "--num", dest="num", type=int, default=4, help="results per image")
+    q.add_argument("--option", action="append", metavar="KEY=VALUE",
+                   help="method or sampler option, e.g. jump_length=5, resample=3, scale=0.5 (repeatable)")
+    q.add_argument("--clip-denoised", action=argparse.BooleanOptionalAction, default=True,
+                   help="clip the denoised estimate to [-1, 1] at every step")
+
+
+def _add_inpaint(sub) -> None:
+    from .conditional import MASKS, METHODS
+
+    i = sub.add_parser("inpaint", help="fill in masked pixels with an unconditional model: replace, RePaint or DPS")
+    _conditional_args(i)
+    i.add_argument("--mask", default="center", help=f"one of {', '.join(MASKS)}, or a PNG (white = known)")
+    i.add_argument("--method", choices=list(METHODS), default="repaint",
+                   help="replace (Song et al. 2021), repaint (Lugmayr et al. 2022) or dps (Chung et al. 2023)")
+    i.add_argument("--sampler", default=None, help="replace: the sampler to impute in (default: ancestral)")
+    i.add_argument("--steps", type=int, default=None,
+                   help="sampler steps (default: the method's; repaint 250 levels, dps 1000)")
+    i.add_argument("--out", default="inpaint.png", help="grid PNG; the .npz goes beside it")
+    i.set_defaults(run=_inpaint)
+
+
+def _add_edit(sub) -> None:
+    e = sub.add_parser("edit", help="SDEdit: noise images part way and denoise them back (Meng et al. 2022)")
+    _conditional_args(e)
+    e.add_argument("--t0", type=float, default=0.5, help="how far to noise, in (0, 1]: small keeps detail")
+    e.add_argument("--sampler", default="em", help="em or pc (reverse SDE), ancestral, or an ODE solver on a "
+                   "grid: ddim, heun, dpm++2m, dpm++3m, unipc")
+    e.add_argument("--steps", type=int, default=None, help="steps from t0 (default: the sampler's default times t0)")
+    e.add_argument("--out", default="edit.png", help="grid PNG; the .npz goes beside it")
+    e.set_defaults(run=_edit)
+
+
+def _add_train_classifier(sub) -> None:
+    from .data import DATASET_HELP
+
+    c = sub.add_parser("train-classifier", help="train a noise-conditional classifier on a run's process, for "
+                       "classifier guidance (sample --classifier)")
+    _model_args(c)
+    c.add_argument("--data", default=None, help="labelled images (default: the data the model trained on); "
+                   + DATASET_HELP)
+    c.add_argument("--steps", type=int, default=2000)
+    c.add_argument("--batch-size", type=int, default=128)
+    c.add_argument("--lr", type=float, default=3e-4)
+    c.add_argument("--out", default=None, help="folder for the classifier (default: RUN/classifier)")
+    c.set_defaults(run=_train_classifier)
+
+
 def _add_info(sub) -> None:
     f = sub.add_parser("info", help="what a checkpoint holds")
     _model_args(f)
@@ -449,8 +647,8 @@ def _add_info(sub) -> None:
 
 
 #: Each command's parser, in the order ``scorelab --help`` lists them.
-_COMMANDS = (_add_demo, _add_train, _add_sample, _add_nll, _add_interpolate, _add_download, _add_evaluate,
-             _add_info)
+_COMMANDS = (_add_demo, _add_train, _add_sample, _add_nll, _add_interpolate, _add_inpaint, _add_edit,
+             _add_train_classifier, _add_download, _add_evaluate, _add_info)
 
 
 def _parser() -> argparse.ArgumentParser:

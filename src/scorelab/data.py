@@ -17,6 +17,7 @@ import struct
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -25,7 +26,7 @@ from torch import Tensor
 from ._util import require
 
 __all__ = ["ImageSet", "check_bytes", "to_model_range", "to_uint8", "to_levels", "DIGITS_LEVELS", "load_digits", "read_idx", "load_mnist",
-           "load_cifar10", "load_image_folder", "load_array", "toy_points", "batches", "load_dataset", "take",
+           "load_cifar10", "load_image", "load_image_folder", "load_array", "toy_points", "batches", "load_dataset", "take",
            "DATASET_HELP"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
@@ -266,6 +267,37 @@ def load_array(path: str | Path, kind: str = "auto") -> ImageSet | np.ndarray:
     return ImageSet(np.ascontiguousarray(x), labels)
 
 
+def _fit_square(im, image_size: int, resample: int | None = None):
+    """Resize a PIL image's shorter side to ``image_size`` (bicubic), then centre-crop it square."""
+    from PIL import Image
+
+    w, h = im.size
+    scale = image_size / min(w, h)
+    im = im.resize((max(image_size, round(w * scale)), max(image_size, round(h * scale))),
+                   Image.BICUBIC if resample is None else resample)
+    w, h = im.size
+    left, top = (w - image_size) // 2, (h - image_size) // 2
+    return im.crop((left, top, left + image_size, top + image_size))
+
+
+def load_image(path: str | Path, shape: Sequence[int]) -> np.ndarray:
+    """One image file as uint8 ``(C, H, W)`` of ``shape`` (grey for C = 1, RGB for 3), resized and
+    centre-cropped to the square side ``H = W``."""
+    from PIL import Image, UnidentifiedImageError
+
+    c, h, w = shape
+    require(h == w and c in (1, 3), f"images of shape {tuple(shape)} cannot be read from a file")
+    try:
+        with Image.open(path) as im:
+            im = _fit_square(im.convert("L" if c == 1 else "RGB"), h)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no image at {path}; check the path") from None
+    except (UnidentifiedImageError, OSError, SyntaxError) as e:
+        raise ValueError(f"cannot read image {path}: {e}; give a PNG or JPEG") from None
+    a = np.asarray(im, dtype=np.uint8)
+    return a[None] if a.ndim == 2 else a.transpose(2, 0, 1).copy()
+
+
 def load_image_folder(root: str | Path, *, image_size: int | None = None, mode: str = "auto",
                       labels: bool = False, on_error: str = "skip") -> ImageSet:
     """Every PNG/JPEG (and BMP, GIF, WebP) below ``root``, recursively.
@@ -304,12 +336,7 @@ def load_image_folder(root: str | Path, *, image_size: int | None = None, mode: 
     for im in pictures:
         im = im.convert(mode)
         if image_size is not None:
-            w, h = im.size
-            scale = image_size / min(w, h)
-            im = im.resize((max(image_size, round(w * scale)), max(image_size, round(h * scale))), Image.BICUBIC)
-            w, h = im.size
-            left, top = (w - image_size) // 2, (h - image_size) // 2
-            im = im.crop((left, top, left + image_size, top + image_size))
+            im = _fit_square(im, image_size)
         arrays.append(np.asarray(im, dtype=np.uint8))
     sizes = sorted({a.shape[:2] for a in arrays})
     require(len(sizes) == 1, f"images under {root} have different sizes {sizes[:5]}; pass image_size=... "

@@ -198,6 +198,11 @@ def linear_inverse(model: DiffusionModel, y: Tensor, operator: LinearOperator, n
     require(model.process.affine, f"conditional sampling needs a(t) and s(t), which "
             f"{type(model.process).__name__} (a non-affine drift) does not have")
     shape = (y.shape[0],) + tuple(x_shape)
+    if method != "replace":
+        own = [p for p in inspect.signature(dps if method == "dps" else repaint).parameters
+               if p not in ("model", "operator", "y", "shape", "steps", "noise")]
+        unknown = sorted(set(options) - set(own))
+        require(not unknown, f"method {method!r} takes no option {unknown}; it takes {own}")
     if method == "dps":
         return dps(model, operator, y, shape, **({} if steps is None else {"steps": steps}), noise=noise, **options)
     require(operator.row_norm2 is not None, f"method {method!r} overwrites the observed part of x, which needs "

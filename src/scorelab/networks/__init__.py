@@ -1,9 +1,10 @@
 """Networks: the DDPM U-Net for images and an MLP for points, both ``net(x, noise_condition, labels=None)``."""
 
 from .embeddings import NO_LABEL, FourierEmbedding, LabelEmbedding, SinusoidalEmbedding, make_embedding
+from .encoder import EncoderClassifier
 from .mlp import MLP, MLPConfig
 from .unet import PRESETS, UNet, UNetConfig, count_parameters
 
-__all__ = ["UNet", "UNetConfig", "PRESETS", "MLP", "MLPConfig", "SinusoidalEmbedding", "FourierEmbedding",
+__all__ = ["UNet", "UNetConfig", "PRESETS", "EncoderClassifier", "MLP", "MLPConfig", "SinusoidalEmbedding", "FourierEmbedding",
            "LabelEmbedding", "NO_LABEL",
            "make_embedding", "count_parameters"]
