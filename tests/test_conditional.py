@@ -119,10 +119,11 @@ def test_replace_repaint_and_dps_measured_against_the_exact_posterior(mixture_2d
         assert torch.equal(out.samples[:, 0], y[:, 0].float())
         errors.append(e)
     assert abs(errors[0] - e_replace) < 0.05          # resample = 1 is replacement with ancestral steps
-    assert errors[0] > 1.2 * errors[1] > 1.2 * 1.2 * errors[2]          # measured 0.39, 0.30, 0.21
+    # measured 0.39, 0.30, 0.21 here; over 5 seeds r=1/r=3 was 1.21-1.49 and r=3/r=10 1.32-1.87 (std ~0.03 each)
+    assert errors[0] > 1.1 * errors[1] > 1.1 * 1.2 * errors[2]
     out, e_dps = error(method="dps", steps=1000, scale=0.1)
     assert float((out.samples[:, 0] - 0.3).abs().mean()) < 0.06         # close to the observation, not on it
-    assert 3 * ED_TOL < e_dps < e_replace              # measured 0.038: biased, but less than replacement here
+    assert 3 * ED_TOL < e_dps < e_replace              # measured 0.025-0.049 over 5 seeds: biased, less than replacement
 
 
 def test_replace_is_exact_for_independent_coordinates_with_every_grid_sampler():
@@ -144,6 +145,20 @@ def test_replace_is_exact_for_independent_coordinates_with_every_grid_sampler():
                                noise=_gen(0))
         assert torch.equal(out.samples[:, 0], y[:, 0].float()), sampler
         assert energy_distance(out.samples[:, 1:], exact) < tol, sampler
+
+
+def test_colorize_keeps_the_grey_image_and_is_exact_when_colour_and_grey_are_independent():
+    # Two colours of one grey (0.1) with isotropic spread: the grey channel and the two orthogonal to it are
+    # independent, so replacing the grey channel is exact and the colours come out in the prior's 30/70.
+    red = torch.tensor([0.6, -0.3, 0.0])[:, None, None].expand(3, 2, 2).reshape(-1)
+    green = torch.tensor([-0.3, 0.6, 0.0])[:, None, None].expand(3, 2, 2).reshape(-1)
+    mixture = sl.GaussianMixture([0.3, 0.7], torch.stack([red, green]), torch.tensor([0.05, 0.05]))
+    grey = mixture.sample(1, _gen(0)).reshape(1, 3, 2, 2).mean(1, keepdim=True).double()
+    post = mixture.condition(C.Greyscale(), grey[0])
+    torch.testing.assert_close(post.weights, torch.tensor([0.3, 0.7], dtype=torch.float64))
+    out = C.colorize(mixture.model(sl.VPSDE()), grey.expand(N, 1, 2, 2), steps=200, noise=_gen(5)).samples
+    assert float((out.mean(1, keepdim=True) - grey).abs().max()) < 1e-6
+    assert energy_distance(out.reshape(N, -1), post.sample(N, _gen(1))) < ED_TOL       # measured 0.0000
 
 
 @pytest.mark.parametrize("sampler, steps", [("em", 500), ("dpm++2m", 30), ("ancestral", None)])
@@ -207,3 +222,10 @@ def test_bad_conditional_input_is_refused_with_a_clear_message(mixture_2d):
         sl.ClassifierGuidance(model, mixture_2d.classifier(sl.VPSDE()), torch.zeros(4, dtype=torch.long))
     with pytest.raises(ValueError, match="unknown mask"):
         C.mask_from_spec("middle", (1, 8, 8))
+    from scorelab.training.classifier import NoiseClassifier
+    config = sl.networks.UNetConfig.preset("digits8", num_res_blocks=1)
+    classifier = NoiseClassifier(sl.networks.EncoderClassifier(config, 10), sl.DDPM(), "index", data_shape=(1, 8, 8))
+    big = sl.Model(sl.networks.UNet(sl.networks.UNetConfig.preset("digits8", image_size=16, num_res_blocks=1,
+                                                                      attention_resolutions=(8,))), sl.DDPM())
+    with pytest.raises(ValueError, match="this classifier takes images of shape"):
+        sl.ClassifierGuidance(big, classifier, torch.zeros(2, dtype=torch.long)).predict(torch.zeros(2, 1, 16, 16), 0.5)
