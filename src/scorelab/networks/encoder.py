@@ -12,8 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._util import require
-from .embeddings import make_embedding
-from .unet import Attention, ResBlock, UNetConfig
+from .unet import ResBlock, UNetConfig, down_path, noise_embedding, run_down_path
 
 __all__ = ["EncoderClassifier"]
 
@@ -28,21 +27,9 @@ class EncoderClassifier(nn.Module):
         self.config, self.num_classes = config, num_classes
         ch, groups = config.base_channels, config.norm_groups
         emb_dim = 4 * ch
-        self.embed = nn.Sequential(make_embedding(config.embedding, ch, config.embedding_scale),
-                                   nn.Linear(ch, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        self.embed = noise_embedding(config)
         self.conv_in = nn.Conv2d(config.in_channels, ch, 3, padding=1)
-        self.blocks = nn.ModuleList()
-        c, res = ch, config.image_size
-        for level, mult in enumerate(config.channel_mults):
-            for _ in range(config.num_res_blocks):
-                block = nn.ModuleList([ResBlock(c, ch * mult, emb_dim, config.dropout, groups)])
-                c = ch * mult
-                if res in config.attention_resolutions:
-                    block.append(Attention(c, groups))
-                self.blocks.append(block)
-            if level + 1 < len(config.channel_mults):
-                self.blocks.append(nn.ModuleList([nn.Conv2d(c, c, 3, stride=2, padding=1)]))
-                res //= 2
+        self.blocks, _, c, _ = down_path(config, emb_dim)
         self.mid = ResBlock(c, c, emb_dim, config.dropout, groups)
         self.head = nn.Sequential(nn.GroupNorm(groups, c), nn.SiLU())
         self.out = nn.Linear(c, num_classes)
@@ -53,11 +40,7 @@ class EncoderClassifier(nn.Module):
             raise ValueError(f"this classifier takes images of shape (N, {cfg.in_channels}, {cfg.image_size}, "
                              f"{cfg.image_size}), got {tuple(x.shape)}; train one for these images")
         emb = self.embed(c.to(x.dtype))
-        h = self.conv_in(x)
-        for block in self.blocks:
-            h = block[0](h, emb) if isinstance(block[0], ResBlock) else block[0](h)
-            for extra in block[1:]:
-                h = extra(h)
+        h = run_down_path(self.blocks, self.conv_in(x), emb)[-1]
         h = self.head(self.mid(h, emb))
         return self.out(F.adaptive_avg_pool2d(h, 1).flatten(1))
 

@@ -131,6 +131,49 @@ class Attention(nn.Module):
         return x + self.proj(out.transpose(1, 2).reshape(n, c, h, w))
 
 
+def noise_embedding(config: UNetConfig) -> nn.Sequential:
+    """The noise condition's embedding: sinusoidal (or Fourier) features, then two dense layers to 4 x base."""
+    ch = config.base_channels
+    return nn.Sequential(make_embedding(config.embedding, ch, config.embedding_scale),
+                         nn.Linear(ch, 4 * ch), nn.SiLU(), nn.Linear(4 * ch, 4 * ch))
+
+
+def down_path(config: UNetConfig, emb_dim: int) -> tuple[nn.ModuleList, list[int], int, int]:
+    """The U-Net's down path: per level ``num_res_blocks`` residual blocks (with attention at the chosen
+    resolutions), a stride-2 convolution between levels. Returns the blocks, the width of every
+    skip connection (``conv_in``'s first), and the final width and resolution."""
+    ch, groups = config.base_channels, config.norm_groups
+    blocks = nn.ModuleList()
+    skips, c, res = [ch], ch, config.image_size
+    for level, mult in enumerate(config.channel_mults):
+        for _ in range(config.num_res_blocks):
+            block = nn.ModuleList([ResBlock(c, ch * mult, emb_dim, config.dropout, groups)])
+            c = ch * mult
+            if res in config.attention_resolutions:
+                block.append(Attention(c, groups))
+            blocks.append(block)
+            skips.append(c)
+        if level + 1 < len(config.channel_mults):
+            blocks.append(nn.ModuleList([nn.Conv2d(c, c, 3, stride=2, padding=1)]))
+            skips.append(c)
+            res //= 2
+    return blocks, skips, c, res
+
+
+def run_down_path(blocks: nn.ModuleList, h: Tensor, emb: Tensor) -> list[Tensor]:
+    """``h`` through :func:`down_path`'s blocks; every activation, ``h`` first (the skips)."""
+    hs = [h]
+    for block in blocks:
+        if isinstance(block[0], ResBlock):
+            h = block[0](h, emb)
+            for extra in block[1:]:
+                h = extra(h)
+        else:                                                   # downsampling conv
+            h = block[0](h)
+        hs.append(h)
+    return hs
+
+
 class UNet(nn.Module):
     """``net(x, c, labels=None)``: images ``(N, C, H, W)``, a noise condition ``(N,)`` and, for
     class-conditional configurations, labels ``(N,)`` (None or -1: no label) -> ``(N, C or 2C, H, W)``."""
@@ -141,25 +184,10 @@ class UNet(nn.Module):
         self.config = config
         ch, groups = config.base_channels, config.norm_groups
         emb_dim = 4 * ch
-        self.embed = nn.Sequential(make_embedding(config.embedding, ch, config.embedding_scale),
-                                   nn.Linear(ch, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        self.embed = noise_embedding(config)
         self.label_embed = LabelEmbedding(config.num_classes, emb_dim) if config.num_classes else None
         self.conv_in = nn.Conv2d(config.in_channels, ch, 3, padding=1)
-
-        self.down = nn.ModuleList()
-        skips, c, res = [ch], ch, config.image_size
-        for level, mult in enumerate(config.channel_mults):
-            for _ in range(config.num_res_blocks):
-                block = nn.ModuleList([ResBlock(c, ch * mult, emb_dim, config.dropout, groups)])
-                c = ch * mult
-                if res in config.attention_resolutions:
-                    block.append(Attention(c, groups))
-                self.down.append(block)
-                skips.append(c)
-            if level + 1 < len(config.channel_mults):
-                self.down.append(nn.ModuleList([nn.Conv2d(c, c, 3, stride=2, padding=1)]))
-                skips.append(c)
-                res //= 2
+        self.down, skips, c, res = down_path(config, emb_dim)
         self.mid = nn.ModuleList([ResBlock(c, c, emb_dim, config.dropout, groups), Attention(c, groups),
                                   ResBlock(c, c, emb_dim, config.dropout, groups)])
         self.up = nn.ModuleList()
@@ -183,16 +211,8 @@ class UNet(nn.Module):
             raise ValueError(f"this U-Net takes images of shape (N, {cfg.in_channels}, {cfg.image_size}, "
                              f"{cfg.image_size}), got {tuple(x.shape)}")
         emb = add_label_embedding(self.embed(c.to(x.dtype)), self.label_embed, labels)
-        h = self.conv_in(x)
-        hs = [h]
-        for block in self.down:
-            if isinstance(block[0], ResBlock):
-                h = block[0](h, emb)
-                for extra in block[1:]:
-                    h = extra(h)
-            else:                                                   # downsampling conv
-                h = block[0](h)
-            hs.append(h)
+        hs = run_down_path(self.down, self.conv_in(x), emb)
+        h = hs[-1]
         h = self.mid[2](self.mid[1](self.mid[0](h, emb)), emb)
         for block in self.up:
             if isinstance(block[0], ResBlock):
