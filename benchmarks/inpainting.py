@@ -19,7 +19,6 @@ import platform
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from scorelab.conditional import inpaint, mask_from_spec
@@ -30,7 +29,7 @@ from scorelab.models import ClipDenoised
 from scorelab.modelspec import load_model
 
 RESULTS = Path(__file__).resolve().parent / "results"
-DOCS = Path(__file__).resolve().parents[1] / "docs"
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "conditional"
 #: method -> options (budgets a CPU can afford: RePaint with the paper's schedule shape at 50 levels).
 METHODS = {
     "replace": {"steps": 100},

@@ -198,6 +198,8 @@ def linear_inverse(model: DiffusionModel, y: Tensor, operator: LinearOperator, n
     require(model.process.affine, f"conditional sampling needs a(t) and s(t), which "
             f"{type(model.process).__name__} (a non-affine drift) does not have")
     shape = (y.shape[0],) + tuple(x_shape)
+    require(method == "replace" or sampler == "ancestral", f"method {method!r} runs its paper's own ancestral "
+            f"loop; a sampler ({sampler!r}) is chosen for method='replace' only")
     if method != "replace":
         own = [p for p in inspect.signature(dps if method == "dps" else repaint).parameters
                if p not in ("model", "operator", "y", "shape", "steps", "noise")]

@@ -180,4 +180,4 @@ def load_classifier(path: str | Path, device: str | torch.device = "cpu") -> Noi
     except RuntimeError as e:
         raise CheckpointError(f"the weights in {ckpt.path} do not fit the classifier it describes: "
                               f"{str(e).splitlines()[0]}") from None
-    return classifier.to(device).eval()
+    return classifier.to(device).eval().requires_grad_(False)      # guidance differentiates in x only
