@@ -91,7 +91,7 @@ def main() -> None:
         results["masks"][mask_name] = row
         tag = mask_name.replace(":", "")
         save_grid(torch.stack(shown, 1).flatten(0, 1), DOCS / f"inpainting-{args.name}-{tag}.png",
-                  nrow=len(shown), scale=max(1, 48 // int(x.shape[-1])))
+                  nrow=len(shown), scale=max(2, 64 // int(x.shape[-1])))
     out = RESULTS / f"inpainting-{args.name}"
     out.with_suffix(".json").write_text(json.dumps(results, indent=1))
     lines = [f"# Inpainting {args.name}: the in-domain classifier's label for the filled-in image", "",
