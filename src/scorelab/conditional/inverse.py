@@ -102,7 +102,7 @@ def repaint(model: DiffusionModel, operator: LinearOperator, y: Tensor, shape: S
             noise: NoiseLike = None, callback: Callback | None = None) -> SampleResult:
     """RePaint (Lugmayr et al. 2022, Algorithm 1; MATH.md 8) on ``steps`` levels of the model's process.
 
-    Defaults are the paper's (250 levels, jumps of 10, 10 resamplings: about 2,300 NFE); ``resample=1``
+    Defaults are the paper's (250 levels, jumps of 10, 10 resamplings: 2,410 NFE); ``resample=1``
     is replacement with ancestral steps. NFE counts the network calls of the whole walk.
     """
     model, process = resolve(model, process)
