@@ -25,7 +25,7 @@ from ._util import TimeLike, as_time, expand_as, randn, require
 from .models import Prediction
 from .processes import NoiseProcess
 
-__all__ = ["ExactClassModel", "ExactClassifier", "GaussianMixture", "ExactModel"]
+__all__ = ["ExactClassModel", "ExactClassifier", "ExactEnergyModel", "GaussianMixture", "ExactModel"]
 
 
 class GaussianMixture:
@@ -237,6 +237,30 @@ class GaussianMixture:
         keep = weights > 0                                              # components y rules out entirely
         return GaussianMixture(weights[keep] / weights[keep].sum(), means[keep], covs[keep], singular=True)
 
+    def product(self, other: "GaussianMixture") -> "GaussianMixture":
+        """The normalized product ``p(x) q(x) / Z`` of two mixtures, again a mixture (MATH.md 9): components
+        ``(i, j)`` with weights ``w_i v_j N(m_i; m_j, C_i + C_j)`` (normalized), covariances
+        ``(C_i^-1 + C_j^-1)^-1`` and means ``C_ij (C_i^-1 m_i + C_j^-1 m_j)``."""
+        require(other.dim == self.dim, f"the mixtures differ in dimension: {self.dim} vs {other.dim}")
+        ci, cj = self.covariances(), other.covariances()
+        pi, pj = torch.linalg.inv(ci), torch.linalg.inv(cj)
+        weights, means, covs = [], [], []
+        for i in range(self.num_components):
+            for j in range(other.num_components):
+                cov = torch.linalg.inv(pi[i] + pj[j])
+                cov = 0.5 * (cov + cov.T)
+                means.append(cov @ (pi[i] @ self.means[i] + pj[j] @ other.means[j]))
+                covs.append(cov)
+                both = GaussianMixture([1.0], self.means[i:i + 1], (ci[i] + cj[j])[None])
+                weights.append(self._log_w[i] + other._log_w[j] + both.log_prob(other.means[j:j + 1])[0])
+        w = torch.softmax(torch.stack(weights), 0)
+        return GaussianMixture(w, torch.stack(means), torch.stack(covs))
+
+    def energy_model(self, process: NoiseProcess) -> "ExactEnergyModel":
+        """The exact model with its energy ``U = -log p_t(x)`` (MATH.md 9): for Metropolis corrections and
+        composition."""
+        return ExactEnergyModel(self, process)
+
     def classifier(self, process: NoiseProcess) -> "ExactClassifier":
         """The exact noise-conditional classifier ``log p(k | x_t)`` under ``process`` (class k = component k)."""
         return ExactClassifier(self, process)
@@ -274,6 +298,18 @@ class ExactModel:
     def log_prob(self, x: Tensor, t: TimeLike) -> Tensor:
         """Exact ``log p_t(x)``."""
         return self.mixture.marginal_log_prob(x, t, self.process)
+
+
+class ExactEnergyModel(ExactModel):
+    """:class:`ExactModel` with ``energy(x, t) = -log p_t(x)``, the exact (normalized) energy."""
+
+    def energy(self, x: Tensor, t: TimeLike) -> Tensor:
+        return -self.mixture.marginal_log_prob(x, t, self.process).to(x.dtype)
+
+    def energy_and_score(self, x: Tensor, t: TimeLike) -> tuple[Tensor, Tensor]:
+        t = as_time(t, x)
+        a, s = self.process.coefficients(t)
+        return -self.mixture.log_prob_at(x, a, s).to(x.dtype), self.mixture.score_at(x, a, s)
 
 
 class ExactClassifier:

@@ -54,10 +54,12 @@ def projected(project: Projection | None, x: Tensor, a: float, s: float) -> Tens
 
 @dataclass(frozen=True)
 class SampleResult:
-    """Samples and the number of network evaluations (NFE) per sample that produced them."""
+    """Samples, the number of network evaluations (NFE) per sample that produced them, and for the
+    Metropolis-corrected samplers the share of proposals accepted."""
 
     samples: Tensor
     nfe: int
+    acceptance: float | None = None
 
 
 class PerSampleNoise:

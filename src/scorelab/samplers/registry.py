@@ -72,8 +72,14 @@ def _denoise(process: SDE, options: dict[str, Any]) -> int:
 
 def _pc_nfe(steps: int, process: SDE, options: dict[str, Any]) -> int:
     corrector = options.get("corrector", "langevin")
-    per_step = (options.get("predictor", "reverse_diffusion") != "none") + \
-        (corrector != "none") * options.get("corrector_steps", 1)
+    k = options.get("corrector_steps", 1)
+    if corrector == "mala":                    # the energy where the chain starts, then one per proposal
+        correct = 1 + k if k else 0
+    elif corrector == "hmc":
+        correct = 1 + k * options.get("leapfrog_steps", 3) if k else 0
+    else:
+        correct = (corrector != "none") * k
+    per_step = (options.get("predictor", "reverse_diffusion") != "none") + correct
     return steps * per_step + _denoise(sde_process(process), options)
 
 

@@ -18,12 +18,15 @@ from ..models import DiffusionModel
 from ..processes import NCSN, SDE
 from ._common import (Callback, NoiseLike, Projection, SampleResult, call_back, finite_or_raise, initial_noise,
                       projected, randn_like, resolve, time_grid)
+from .mcmc import MCMCState, mcmc_step
 
 __all__ = ["langevin_dynamics", "annealed_langevin", "euler_maruyama", "predictor_corrector", "PREDICTORS",
            "CORRECTORS"]
 
 PREDICTORS = ("reverse_diffusion", "euler_maruyama", "ancestral", "none")
-CORRECTORS = ("langevin", "annealed_langevin", "none")
+CORRECTORS = ("langevin", "annealed_langevin", "mala", "hmc", "none")
+#: The correctors that accept or reject (they need the model's energy; MATH.md 9).
+MH_CORRECTORS = ("mala", "hmc")
 
 
 class _Counter:
@@ -209,8 +212,9 @@ def predictor_corrector(model: DiffusionModel, shape_or_x: Sequence[int] | Tenso
                         corrector_steps: int = 1, target_snr: float | None = None,
                         snr_norm: str = "sample", process: SDE | None = None, grid: str = "time",
                         t_min: float | None = None, t_max: float = 1.0, denoise: bool | None = None,
-                        noise: NoiseLike = None, project: Projection | None = None,
-                        callback: Callback | None = None) -> SampleResult:
+                        leapfrog_steps: int = 3, momentum_refresh: float = 0.0,
+                        target_acceptance: float | None = None, noise: NoiseLike = None,
+                        project: Projection | None = None, callback: Callback | None = None) -> SampleResult:
     """Predictor-corrector sampling (Song et al. 2021, Algorithms 2-3; MATH.md 4).
 
     At each time ``t_i`` of the grid: ``corrector_steps`` corrector steps,
@@ -230,7 +234,11 @@ def predictor_corrector(model: DiffusionModel, shape_or_x: Sequence[int] | Tenso
     ratio (default the process's ``langevin_snr``: 0.16 for VE, 0.01 otherwise) and
     ``alpha = a(t_i)^2 / a(t_{i+1})^2`` (1 for VE and general SDEs; score_sde's
     ``1 - beta_i`` for VP); ``"annealed_langevin"``, ``e = 2 alpha (r s(t))^2``;
-    ``"none"``. ``snr_norm="sample"`` takes the norms per sample, so sample k
+    ``"mala"`` and ``"hmc"``, Metropolis-adjusted steps of size ``e = 2 alpha (r s(t))^2`` on the
+    model's energy, accepted or rejected per sample (:mod:`scorelab.samplers.mcmc`; HMC takes
+    ``leapfrog_steps`` steps of ``sqrt(2 e)``, its momentum kept between corrector steps with weight
+    ``momentum_refresh``); ``target_acceptance`` scales their step between noise levels toward that
+    acceptance rate; the result reports the rate. ``"none"``. ``snr_norm="sample"`` takes the norms per sample, so sample k
     does not depend on its batch; ``"batch"`` averages them over the batch as
     score_sde does. In high dimension the two agree; in a few dimensions the
     per-sample rule is unstable (a sample where the score nearly vanishes takes
@@ -252,14 +260,31 @@ def predictor_corrector(model: DiffusionModel, shape_or_x: Sequence[int] | Tenso
     model, process = resolve(model, process)
     target_snr = process.langevin_snr if target_snr is None else target_snr
     require(target_snr > 0, f"target_snr must be positive, got {target_snr}")
+    require(target_acceptance is None or 0 < target_acceptance < 1,
+            f"target_acceptance must lie in (0, 1), got {target_acceptance}")
     times = time_grid(process, steps, grid, t_min=t_min, t_max=t_max)
     x = initial_noise(process, shape_or_x, noise, model)
     net = _Counter(model)
+    chain, scale = MCMCState(x), 1.0                      # the Metropolis correctors' tallies and step scale
     for i in range(steps):
         t_val, t_next_val = times[i].item(), times[i + 1].item()
         t, t_next = as_time(t_val, x), as_time(t_next_val, x)
         at_t = _coefficients(process, t_val, project)
-        for _ in range(corrector_steps if corrector != "none" else 0):
+        if corrector in MH_CORRECTORS:
+            e = scale * 2 * process.langevin_alpha(t, t_next) * (target_snr * process.noise_std(t)) ** 2
+            before = (chain.accepted, chain.proposed)
+            chain.x, chain.energy, chain.score = x, None, None
+            for _ in range(corrector_steps):
+                chain = mcmc_step(model, chain, t, e, corrector, leapfrog_steps=leapfrog_steps,
+                                  momentum_refresh=momentum_refresh, noise=noise)
+                chain.x = projected(project, chain.x, *at_t)
+                if project is not None:
+                    chain.energy = chain.score = None
+            x = chain.x
+            if target_acceptance is not None and chain.proposed > before[1]:
+                rate = (chain.accepted - before[0]) / (chain.proposed - before[1])
+                scale *= math.exp(rate - target_acceptance)
+        for _ in range(corrector_steps if corrector not in ("none",) + MH_CORRECTORS else 0):
             x = _corrector_step(net, process, x, t, t_next, corrector, target_snr, snr_norm, noise)
             x = projected(project, x, *at_t)
         x = _predictor_step(net, process, x, t, t_next, predictor, i + 1 == steps, noise)
@@ -269,4 +294,5 @@ def predictor_corrector(model: DiffusionModel, shape_or_x: Sequence[int] | Tenso
     if project is not None and (process.affine if denoise is None else denoise):
         x = projected(project, x, 1.0, 0.0)
     finite_or_raise(x, "predictor_corrector")
-    return SampleResult(x, net.nfe)
+    rate = chain.accepted / chain.proposed if chain.proposed else None
+    return SampleResult(x, net.nfe + chain.nfe, rate)

@@ -1,0 +1,121 @@
+"""Composing models into new distributions (Du et al. 2023; MATH.md 9).
+
+* :func:`product` ``p_1(x) p_2(x) ...``: energies and scores add;
+* :func:`mixture` ``sum_k w_k p_k(x)``: needs energies, ``U = -logsumexp_k(log w_k - U_k)``, and the
+  score is the responsibility-weighted sum of scores;
+* :func:`temperature` ``p(x)^(1/T)``: energy and score divided by ``T``;
+* :func:`guidance_product` classifier-free guidance as the product ``p(x|y)^(1+w) p(x)^(-w)``.
+
+Each composition is a model (``process``, ``predict``; ``energy`` when every part has one), so every
+sampler takes it, and the Metropolis-corrected ones when it has an energy. At ``t > 0`` the product of
+diffused densities is not the diffused product, so sampling a product with the reverse SDE alone is
+biased; the corrections at each noise level reduce that bias (tests measure it on the exact oracle).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+from ._util import TimeLike, as_time, expand_as, require
+from .energy import energy_and_score, has_energy
+from .models import DiffusionModel, Prediction, select_rows
+
+__all__ = ["Composition", "product", "mixture", "temperature", "guidance_product"]
+
+
+class Composition:
+    """``sum_k c_k U_k`` (a product with powers ``c_k``) or, with ``weights``, a mixture of the parts."""
+
+    def __init__(self, parts: Sequence[DiffusionModel], powers: Sequence[float] | None = None,
+                 weights: Sequence[float] | None = None):
+        parts = list(parts)
+        require(len(parts) >= 1, "compose at least one model")
+        process = parts[0].process
+        require(all(p.process == process for p in parts), "composed models must share one process (the same "
+                "noise levels at the same times); got " + ", ".join(repr(p.process) for p in parts))
+        require(process.affine, "composition is written for affine processes (eps = -s score)")
+        self.parts, self.process = parts, process
+        self.powers = [1.0] * len(parts) if powers is None else [float(c) for c in powers]
+        require(len(self.powers) == len(parts), f"{len(parts)} models but {len(self.powers)} powers")
+        self.log_weights = None
+        if weights is not None:
+            w = torch.as_tensor(weights, dtype=torch.float64)
+            require(w.shape == (len(parts),), f"{len(parts)} models but weights of shape {tuple(w.shape)}")
+            require(bool((w > 0).all()) and abs(float(w.sum()) - 1) < 1e-6,
+                    f"mixture weights must be positive and sum to 1, got {w.tolist()}")
+            require(all(has_energy(p) for p in parts), "a mixture needs the energy of every part "
+                    "(U = -logsumexp(log w_k - U_k)); use energy models (scorelab.EnergyModel or "
+                    "GaussianMixture.energy_model)")
+            self.log_weights = torch.log(w)
+
+    @property
+    def learned_variance(self) -> bool:
+        return False
+
+    @property
+    def num_classes(self) -> int:
+        return 0
+
+    def parameters(self):
+        for part in self.parts:
+            params = getattr(part, "parameters", None)
+            if callable(params):
+                yield from params()
+
+    def select_rows(self, rows: Tensor) -> "Composition":
+        clone = object.__new__(Composition)
+        clone.__dict__ = {**self.__dict__, "parts": [select_rows(p, rows) for p in self.parts]}
+        return clone
+
+    def has_energy(self) -> bool:
+        return all(has_energy(p) for p in self.parts)
+
+    def energy_and_score(self, x: Tensor, t: TimeLike) -> tuple[Tensor, Tensor]:
+        t = as_time(t, x)
+        pairs = [energy_and_score(p, x, t) for p in self.parts]
+        if self.log_weights is None:
+            u = sum(c * e for c, (e, _) in zip(self.powers, pairs))
+            score = sum(c * s for c, (_, s) in zip(self.powers, pairs))
+            return u, score
+        logits = torch.stack([lw.to(x.dtype) - c * e for lw, c, (e, _) in zip(self.log_weights, self.powers, pairs)], 1)
+        r = torch.softmax(logits, 1)
+        score = sum(expand_as(r[:, k], x) * c * s for k, (c, (_, s)) in enumerate(zip(self.powers, pairs)))
+        return -torch.logsumexp(logits, 1), score
+
+    def energy(self, x: Tensor, t: TimeLike) -> Tensor:
+        return self.energy_and_score(x, t)[0]
+
+    def predict(self, x: Tensor, t: TimeLike) -> Prediction:
+        t = as_time(t, x)
+        a, s = self.process.coefficients(t)
+        if self.log_weights is None:                 # no energies needed: powers times the parts' eps
+            eps = sum(c * p.predict(x, t).eps for c, p in zip(self.powers, self.parts))
+            return Prediction(x, t, a, s, eps)
+        _, score = self.energy_and_score(x, t)
+        return Prediction(x, t, a, s, -expand_as(s, x).to(score.dtype) * score)
+
+
+def product(*models: DiffusionModel) -> Composition:
+    """``p_1(x) p_2(x) ...`` (unnormalized): energies and scores add."""
+    return Composition(models)
+
+
+def mixture(models: Sequence[DiffusionModel], weights: Sequence[float]) -> Composition:
+    """``sum_k w_k p_k(x)``: each ``p_k`` normalized by its own energy (exact energies are normalized)."""
+    return Composition(models, weights=weights)
+
+
+def temperature(model: DiffusionModel, t: float) -> Composition:
+    """``p(x)^(1/T)``: energy and score divided by ``T`` (``T < 1`` sharpens)."""
+    require(t > 0 and math.isfinite(t), f"the temperature must be positive, got {t}")
+    return Composition([model], powers=[1.0 / t])
+
+
+def guidance_product(conditional: DiffusionModel, unconditional: DiffusionModel, w: float) -> Composition:
+    """Classifier-free guidance as a product, ``p(x|y)^(1+w) p(x)^(-w)`` (Ho & Salimans 2022, eq. 6)."""
+    require(w >= 0, f"the guidance strength must be >= 0, got {w}")
+    return Composition([conditional, unconditional], powers=[1.0 + w, -w])
