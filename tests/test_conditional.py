@@ -1,5 +1,7 @@
 """Conditional generation from an unconditional model against the exact Gaussian-mixture posterior (MATH.md 8)."""
 
+import math
+
 import pytest
 import torch
 
@@ -126,6 +128,42 @@ def test_replace_repaint_and_dps_measured_against_the_exact_posterior(mixture_2d
     assert 3 * ED_TOL < e_dps < e_replace              # measured 0.025-0.049 over 5 seeds: biased, less than replacement
 
 
+@pytest.mark.parametrize("process, sampler, steps, options", [
+    (sl.DDPM(), "ancestral", 100, {}), (sl.VPSDE(), "ddim", 50, {}), (sl.VESDE(), "dpm++2m", 30, {}),
+    (sl.EDM(), "unipc", 30, {}), (sl.VPSDE(), "heun", 30, {}), (sl.VPSDE(), "pc", 200, {"snr_norm": "batch"}),
+    (sl.SubVPSDE(), "em", 200, {})])
+def test_the_project_hook_sees_each_state_at_its_own_noise_level(process, sampler, steps, options):
+    # Data N(0.7, 0.2): a state at marginal coefficients (a, s) has mean 0.7 a and variance 0.2 a^2 + s^2,
+    # whatever coordinates the sampler works in (x, or y = x / a with a = 1, s = sigma). (Annealed Langevin is
+    # left out: its chain is at its level's marginal only once it has mixed; the test below covers it.)
+    gaussian = sl.GaussianMixture([1.0], [[0.7]], [0.2])
+    calls = []
+
+    def record(x, a, s):
+        calls.append((float(x.double().mean()), float(x.double().var()), a, s))
+        return x
+
+    sl.samplers.sample(gaussian.model(process), (4000, 1), sampler, steps, noise=_gen(0), project=record, **options)
+    assert len(calls) >= steps
+    for mean, var, a, s in calls:
+        want = 0.2 * a * a + s * s
+        assert abs(mean - 0.7 * a) < 5 * (want / 4000) ** 0.5 + 0.02 * a, (sampler, a, s, mean)
+        assert abs(var / want - 1) < 0.15, (sampler, a, s, var, want)
+
+
+def test_replacement_noises_the_observation_to_the_states_level():
+    # Observed part a y + s c xi, the rest untouched: for a mask (c = 1) and for 2x2 average pooling (c = 1/2).
+    x = torch.randn(20000, 1, 2, 2, generator=_gen(0), dtype=torch.float64)
+    for op, y in ((C.Mask(torch.tensor([[[True, False], [False, True]]])), torch.full((20000, 2), 0.3)),
+                  (C.AveragePool(2), torch.full((20000, 1, 1, 1), 0.3))):
+        out = C.replacement(op, y.double(), _gen(1))(x, 0.5, 0.8)
+        observed = op(out)                                   # A x' = a y + s c xi exactly
+        c = math.sqrt(op.row_norm2)
+        assert abs(float(observed.mean()) - 0.15) < 0.02 and abs(float(observed.std()) - 0.8 * c) < 0.02
+        torch.testing.assert_close(out - op.projection(out), x - op.projection(x))   # the unobserved part kept
+        torch.testing.assert_close(op(C.replacement(op, y.double())(x, 1.0, 0.0)), y.double())
+
+
 def test_replace_is_exact_for_independent_coordinates_with_every_grid_sampler():
     # p(x1, x2) = p(x1) p(x2): the posterior of x2 is its own marginal whatever x1 is, so replacement
     # is exact and each sampler should draw p(x2) while holding x1 at the observation.
@@ -215,6 +253,14 @@ def test_bad_conditional_input_is_refused_with_a_clear_message(mixture_2d):
         C.linear_inverse(model, y, C.MatrixOperator(torch.tensor([[1.0, 0.0]])), method="replace", sampler="ode")
     with pytest.raises(ValueError, match=r"t0 must lie in \(0, 1\]"):
         C.sdedit(model, torch.zeros(4, 2), 0.0)
+    small = sl.Model(sl.networks.UNet(sl.networks.UNetConfig.preset("digits8", num_res_blocks=1)), sl.DDPM())
+    with pytest.raises(ValueError, match=r"must lie in \[-1, 1\]"):
+        C.sdedit(small, torch.full((2, 1, 8, 8), 200.0), 0.5)
+    edited = C.sdedit(small, torch.zeros(2, 1, 8, 8, dtype=torch.float64), 0.5, sampler="ancestral", steps=2,
+                      process=sl.VPSDE())                  # float64 input, another process: DDIM with eta = 1
+    assert edited.samples.shape == (2, 1, 8, 8) and edited.nfe == 2
+    with pytest.raises(ValueError, match="grey observations must be images"):
+        C.linear_inverse(model, torch.zeros(2, 4), C.Greyscale())
     with pytest.raises(ValueError, match="RGB model"):
         net = sl.networks.UNet(sl.networks.UNetConfig.preset("digits8", num_res_blocks=1))
         C.colorize(sl.Model(net, sl.DDPM()), torch.zeros(2, 1, 8, 8))

@@ -57,10 +57,20 @@ class ModelSpec:
     learned_variance: bool = False
     data_shape: tuple[int, ...] = ()
     classes: list[str] | None = field(default=None)
+    parameterization: str = "score"          # "energy": EnergyModel, E = |x - net(x)|^2 / 2 (MATH.md 9)
 
     def build(self) -> Model:
-        return Model(build_network(self.network), process_from_config(self.process), target=self.target,
-                     condition=self.condition, learned_variance=self.learned_variance)
+        return self.wrap(build_network(self.network), process_from_config(self.process))
+
+    def wrap(self, net: nn.Module, process=None) -> Model:
+        """The model this spec describes around ``net`` (a built network, or DDP around one)."""
+        process = process_from_config(self.process) if process is None else process
+        if self.parameterization == "energy":
+            from .energy import EnergyModel
+
+            return EnergyModel(net, process, form="norm", condition=self.condition)  # type: ignore[return-value]
+        return Model(net, process, target=self.target, condition=self.condition,
+                     learned_variance=self.learned_variance)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -77,8 +87,10 @@ class ModelSpec:
 
     @staticmethod
     def of(model: Model, data_shape: tuple[int, ...] = (), classes: list[str] | None = None) -> "ModelSpec":
-        return ModelSpec(network_spec(model.net), model.process.config(), model.target, model.condition,
-                         model.learned_variance, tuple(data_shape), classes)
+        energy = getattr(model, "target", None) == "energy"
+        return ModelSpec(network_spec(model.net), model.process.config(), "eps" if energy else model.target,
+                         model.condition, model.learned_variance, tuple(data_shape), classes,
+                         "energy" if energy else "score")
 
 
 def load_model(path: str | Path, *, weights: str = "ema", device: str | torch.device = "cpu"

@@ -177,6 +177,8 @@ class GaussianMixture:
     # ---- the data distribution and its marginals under a process -----------------------
     def log_prob(self, x: Tensor) -> Tensor:
         """Per-example log-density of the mixture itself, in nats."""
+        require(bool((self.eigvals > 0).all()), "this mixture is singular (a posterior given exact observations) "
+                "and has no density at s = 0; evaluate log_prob_at(x, a, s) with s > 0, or sample it")
         one = torch.ones(x.shape[0], dtype=torch.float64, device=x.device)
         return self.log_prob_at(x, one, torch.zeros_like(one))
 
@@ -203,7 +205,7 @@ class GaussianMixture:
         """The exact posterior ``p(x0 | y)`` for ``y = A x0 + n``, ``n ~ N(0, noise_std^2 I)`` (MATH.md 8).
 
         ``operator``: a :class:`scorelab.conditional.LinearOperator` or a dense ``(M, D)`` matrix;
-        ``y``: one observation, ``(M,)`` or shaped like ``A x`` for one example. The posterior is
+        ``y``: one observation shaped like ``A x`` for one example (``(M,)`` for a mask or a matrix). The posterior is
         again a mixture: component k keeps its place with weight ``w_k N(y; A m_k, S_k)``,
         ``S_k = A C_k A^T + noise_std^2 I``, and takes the Kalman update
         ``m_k + K_k (y - A m_k)``, ``C_k - K_k A C_k``, ``K_k = C_k A^T S_k^{-1}``. With
@@ -225,7 +227,8 @@ class GaussianMixture:
         s = ac @ a.T + noise_std**2 * torch.eye(len(a), dtype=torch.float64)
         chol, info = torch.linalg.cholesky_ex(s)
         require(bool((info == 0).all()), "A C A^T + noise_std^2 I is singular: the operator's rows are "
-                "linearly dependent; drop the repeated rows or give noise_std > 0")
+                "linearly dependent, or they observe directions the mixture already fixes (a posterior given "
+                "exact observations); drop those rows or give noise_std > 0")
         resid = y[None] - self.means @ a.T                              # (K, M)
         sol = torch.cholesky_solve(resid[..., None], chol)[..., 0]      # S_k^{-1} (y - A m_k)
         log_det = 2 * torch.log(torch.diagonal(chol, dim1=1, dim2=2)).sum(-1)

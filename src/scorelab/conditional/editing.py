@@ -19,7 +19,7 @@ from torch import Tensor
 from .._util import as_time, require
 from ..models import DiffusionModel
 from ..processes import DDPM
-from ..samplers._common import NoiseLike, SampleResult, randn_like, time_grid
+from ..samplers._common import NoiseLike, SampleResult, model_device_dtype, randn_like, time_grid
 from ..samplers.ancestral import ddpm_ancestral, respaced_steps
 from ..samplers.registry import REGISTRY
 
@@ -34,15 +34,25 @@ def sdedit(model: DiffusionModel, x: Tensor, t0: float, *, sampler: str = "em", 
     grid (``ddim``, ``heun``, ``dpm++2m``, ``dpm++3m``, ``unipc``). ``steps``: the steps from ``t0`` down
     (default: the sampler's default times ``t0``, at least 1).
     """
-    require(isinstance(t0, (int, float)) and math.isfinite(t0) and 0 < t0 <= 1,
-            f"t0 must lie in (0, 1] (0 = keep the input, 1 = forget it), got {t0!r}")
+    try:
+        t0 = float(t0)
+    except (TypeError, ValueError):
+        raise ValueError(f"t0 must be a number in (0, 1], got {t0!r}") from None
+    require(math.isfinite(t0) and 0 < t0 <= 1, f"t0 must lie in (0, 1] (0 = keep the input, 1 = forget it), got {t0!r}")
     require(sampler in REGISTRY, f"unknown sampler {sampler!r}; choose one of {list(REGISTRY)}")
     x = torch.as_tensor(x)
     require(x.ndim >= 2, f"x must be a batch (N, ...), got shape {tuple(x.shape)}")
+    if x.ndim == 4:
+        require(bool(torch.isfinite(x).all()) and float(x.min()) >= -1 - 1e-6 and float(x.max()) <= 1 + 1e-6,
+                f"images must lie in [-1, 1] as the model was trained (got [{float(x.min()):.3g}, "
+                f"{float(x.max()):.3g}]); scale 8-bit images with scorelab.data.to_model_range")
+    device, dtype = model_device_dtype(model)
+    x = x.to(device=device, dtype=dtype)
     entry = REGISTRY[sampler]
-    function, fixed = entry.bind(model.process)
+    chosen = options.pop("process", None)
+    function, fixed = entry.bind(model.process if chosen is None else chosen)
     params = inspect.signature(function).parameters
-    process = options.pop("process", fixed.get("process", model.process))
+    process = fixed.get("process", model.process if chosen is None else chosen)
     require(entry.default_steps is not None and ("t_max" in params or "times" in params
                                                  or function is ddpm_ancestral),
             f"SDEdit needs a sampler that starts below t = 1 on a grid; choose one of "
@@ -50,8 +60,7 @@ def sdedit(model: DiffusionModel, x: Tensor, t0: float, *, sampler: str = "em", 
     steps = max(1, round(entry.default_steps(process) * t0)) if steps is None else steps
     require(isinstance(steps, int) and steps >= 1, f"steps must be a positive integer, got {steps!r}")
     kw: dict[str, Any] = {**fixed, "process": process, **options}
-    if function is ddpm_ancestral:                      # DDPM's chain from its step nearest t0
-        assert isinstance(process, DDPM)
+    if function is ddpm_ancestral and isinstance(process, DDPM):   # DDPM's chain from its step nearest t0
         top = max(1, round(t0 * process.num_steps))
         t0 = top / process.num_steps
         kw["steps"] = respaced_steps(top, min(steps, top))

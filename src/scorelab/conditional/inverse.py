@@ -137,7 +137,8 @@ def dps(model: DiffusionModel, operator: LinearOperator, y: Tensor, shape: Seque
     on the squared norm, up to a factor 2). ``scale = 1`` is the paper's choice for inpainting and
     super-resolution. NFE counts forward calls; each also takes a backward pass.
     """
-    require(scale > 0 and math.isfinite(scale), f"scale must be a positive number, got {scale}")
+    require(isinstance(scale, (int, float)) and math.isfinite(scale) and scale > 0,
+            f"scale must be a positive number, got {scale!r}")
     model, process = resolve(model, process)
     times = _ancestral_grid(process, steps)
     view = SigmaView(model, process)
@@ -184,9 +185,10 @@ def linear_inverse(model: DiffusionModel, y: Tensor, operator: LinearOperator, n
     ``method``: ``"replace"`` runs the named ``sampler`` (any grid sampler of
     :mod:`scorelab.samplers`; default ancestral; Song et al. used ``"pc"``) with Song et al.'s
     imputation after every step; ``"repaint"`` and ``"dps"`` are their papers' ancestral
-    loops (``options``: ``jump_length``, ``resample``; ``scale``). ``replace`` and ``repaint``
-    take ``y`` as exact (they ignore ``noise_std``) and need an operator with orthogonal rows;
-    ``dps`` takes any. ``data_range``: refuse observations outside it (images: ``(-1, 1)``).
+    loops (``options``: ``jump_length``, ``resample``; ``scale``). ``noise_std`` is checked but none of
+    the three uses it: ``replace`` and ``repaint`` take ``y`` as exact and need an operator with
+    orthogonal rows; ``dps`` takes any operator and normalizes its step by the residual (the exact
+    posterior, :meth:`GaussianMixture.condition`, is where ``noise_std`` enters). ``data_range``: refuse observations outside it (images: ``(-1, 1)``).
     """
     require(method in METHODS, f"unknown method {method!r}; choose one of {list(METHODS)}")
     require(noise_std >= 0 and math.isfinite(noise_std), f"noise_std must be >= 0, got {noise_std}")
@@ -233,7 +235,7 @@ def inpaint(model: DiffusionModel, known: Tensor, mask: Tensor, *, method: str =
     known = torch.as_tensor(known)
     require(known.ndim >= 2, f"known must be a batch (N, ...), got shape {tuple(known.shape)}")
     operator = Mask(mask, tuple(known.shape[1:]))
-    _check_range(known, "known values", (-1.0, 1.0) if known.ndim == 4 else None)
+    _check_range(operator(known), "known values", (-1.0, 1.0) if known.ndim == 4 else None)   # holes may hold anything
     return linear_inverse(model, operator(known), operator, method=method, sampler=sampler, steps=steps,
                           noise=noise, **options)
 

@@ -143,6 +143,8 @@ class AveragePool(LinearOperator):
         return (x_shape[0], x_shape[1] // self.factor, x_shape[2] // self.factor)
 
     def x_shape(self, y_shape: Sequence[int]) -> tuple[int, ...]:
+        require(len(y_shape) == 3, f"low-resolution observations must be images (C, h, w) per example, got "
+                f"shape {tuple(y_shape)}")
         return (y_shape[0], y_shape[1] * self.factor, y_shape[2] * self.factor)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -196,6 +198,8 @@ class Greyscale(LinearOperator):
         return (1, x_shape[1], x_shape[2])
 
     def x_shape(self, y_shape: Sequence[int]) -> tuple[int, ...]:
+        require(len(y_shape) == 3 and y_shape[0] == 1, f"grey observations must be images (1, H, W) per example, "
+                f"got shape {tuple(y_shape)}")
         return (3, y_shape[1], y_shape[2])
 
     def forward(self, x: Tensor) -> Tensor:
@@ -216,6 +220,7 @@ class MatrixOperator(LinearOperator):
         require(a.ndim == 2, f"the matrix must be 2-D (M, D), got shape {tuple(a.shape)}")
         self.a = a
         gram = a @ a.T
+        require(bool((gram.diagonal() > 0).all()), "every row of the observation matrix must be non-zero")
         c2 = float(gram.diagonal().mean())
         self.row_norm2 = c2 if torch.allclose(gram, c2 * torch.eye(len(a), dtype=a.dtype), atol=1e-12) else None
 

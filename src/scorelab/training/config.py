@@ -127,6 +127,9 @@ class TrainConfig:
                                            "(repeatable)", flag="--network-option")
     target: str | None = _opt(None, "what the network predicts (default: the framework's)", choices=NETWORK_TARGETS)
     loss: str | None = _opt(None, "the training loss (default: the framework's)", choices=LOSSES)
+    parameterization: str = _opt("score", "score: the network predicts --target; energy: it gives an energy "
+                                 "E = |x - net(x, t)|^2 / 2 whose gradient is eps (Salimans & Ho 2021; Du et al. "
+                                 "2023), for Metropolis-corrected sampling and composition", choices=("score", "energy"))
     process_options: dict[str, Any] = _opt({}, "override a process field, e.g. num_steps=500, sigma_max=20, "
                                            "drift=double_well (repeatable)", flag="--process-option")
     class_conditional: bool = _opt(False, "condition on labels (for guidance)")
@@ -264,8 +267,16 @@ def make_model_spec(config: TrainConfig, data: ImageSet | np.ndarray) -> ModelSp
                                                      **config.network_options}).to_dict()}
         except TypeError as e:
             raise ValueError(f"network options {config.network_options} do not fit MLPConfig: {e}") from None
-    return ModelSpec(network=network, process=process.config(), target=config.resolved("target"),
+    if config.parameterization == "energy":
+        require(process.affine, "an energy model needs s(t) to scale its energy; the sde framework's drift is "
+                "not affine: use --parameterization score")
+        require(config.target is None, "with --parameterization energy the network gives an energy (its gradient "
+                "is eps); drop --target")
+        require(not learned_variance and num_classes == 0, "an energy model is unconditional with a fixed "
+                "variance: drop --class-conditional and --loss hybrid, or use --parameterization score")
+    return ModelSpec(network=network, process=process.config(),
+                     target="eps" if config.parameterization == "energy" else config.resolved("target"),
                      condition=process.default_condition, learned_variance=learned_variance,
-                     data_shape=tuple(shape), classes=classes)
+                     data_shape=tuple(shape), classes=classes, parameterization=config.parameterization)
 
 

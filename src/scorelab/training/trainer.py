@@ -329,7 +329,7 @@ def _distribute(run: _Run) -> None:
     device, m = run.device, run.model
     ddp = DistributedDataParallel(m.net, device_ids=[device.index] if device.type == "cuda" else None,
                                   gradient_as_bucket_view=True)
-    run.train_model = Model(ddp, m.process, m.target, m.condition, m.learned_variance)
+    run.train_model = run.spec.wrap(ddp, m.process)
 
 
 def _micro_batch_loss(run: _Run, step: int, micro: int) -> Tensor:
