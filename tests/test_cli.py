@@ -153,3 +153,14 @@ def test_edit_and_classifier_guidance_end_to_end(run, tmp_path, capsys):
     assert main(["sample", str(run), "--classifier", str(tmp_path / "clf"), "--guidance", "1",
                  "--out", str(tmp_path / "h.png")]) == 2
     assert "exclude each other" in capsys.readouterr().err
+
+
+def test_an_energy_model_trains_and_samples_with_a_metropolis_corrector(tmp_path, capsys):
+    out = tmp_path / "energy"
+    assert main(["train", "--framework", "vp", "--data", "points:two_moons", "--parameterization", "energy",
+                 "--steps", "4", "--batch-size", "32", "--out", str(out), "--sample-every", "100"]) == 0
+    assert json.loads((out / "config.json").read_text())["model"]["parameterization"] == "energy"
+    assert main(["sample", str(out), "--sampler", "pc", "--steps", "3", "--num", "8", "--option", "corrector=mala",
+                 "--option", "target_snr=0.3", "--out", str(tmp_path / "e.png")]) == 0
+    assert np.load(tmp_path / "e.npz")["x"].shape == (8, 2)
+    assert "pc, 10 network evaluations" in capsys.readouterr().out        # 3 x (predictor + 2 for MALA) + 1

@@ -104,6 +104,10 @@ CASES: list[tuple[str, str, str]] = [
      "holds no classifier"),
     ("a classifier trained on another process", "sample {d}/run --classifier {d}/clf100", "own process"),
     ("a classifier for a model of unlabelled points", "train-classifier {d}/sde", "needs labelled images"),
+    ("a Metropolis corrector on a model without an energy", "sample {d}/run --sampler pc --steps 2 --option "
+     "corrector=mala --out {d}/s.png", "has no energy"),
+    ("an energy model on an SDE whose drift is not affine", "train --framework sde --parameterization energy "
+     "--out {d}/x", "--parameterization score"),
 ]
 
 

@@ -48,9 +48,9 @@ def energy_and_score(model: object, x: Tensor, t: TimeLike) -> tuple[Tensor, Ten
     both = getattr(model, "energy_and_score", None)
     if callable(both):
         return both(x, t)
-    require(has_energy(model), f"{type(model).__name__} has no energy: Metropolis corrections need a model "
-            "with energy(x, t) (scorelab.EnergyModel, GaussianMixture.energy_model, or a composition of them); "
-            "use the unadjusted 'langevin' corrector for a score model")
+    require(has_energy(model), "this model has no energy (it predicts a score): Metropolis corrections need a "
+            "model with energy(x, t) (--parameterization energy, scorelab.EnergyModel, GaussianMixture.energy_model, "
+            "or a composition of them); use the unadjusted 'langevin' corrector for a score model")
     return model.energy(x, t), model.predict(x, t).score           # type: ignore[attr-defined]
 
 

@@ -321,14 +321,28 @@ class ProcessAdapter(ModelWrapper):
     def process(self) -> SDE:
         return self._process
 
-    def predict(self, x: Tensor, t: TimeLike) -> Prediction:
-        t = as_time(t, x)
+    def _base(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """``(a, s)`` here, and the base model's time and input at the same noise level."""
         base = self.model.process
         a, s = self.process.coefficients(t)
         t_base = base.time_of_sigma(s / a).clamp(base.train_t_min, 1.0)   # never below what it was trained on
-        x_base = expand_as(base.signal_scale(t_base) / a, x) * x
+        return a, s, t_base, expand_as(base.signal_scale(t_base) / a, x) * x
+
+    def predict(self, x: Tensor, t: TimeLike) -> Prediction:
+        t = as_time(t, x)
+        a, s, t_base, x_base = self._base(x, t)
         p = self.model.predict(x_base, t_base)
         return Prediction(x, t, a, s, p.eps, p.variance_frac)
+
+    def energy(self, x: Tensor, t: TimeLike) -> Tensor:
+        """The base model's energy at the same noise level (``x`` is rescaled, which shifts ``-log p`` by a
+        constant), for models that have one (MATH.md 9)."""
+        energy = getattr(self.model, "energy", None)
+        require(callable(energy), "this model has no energy (it predicts a score): Metropolis corrections need "
+                "an energy model (--parameterization energy, scorelab.EnergyModel); use the 'langevin' corrector")
+        t = as_time(t, x)
+        _, _, t_base, x_base = self._base(x, t)
+        return energy(x_base, t_base)
 
 
 class ClipDenoised(ModelWrapper):
