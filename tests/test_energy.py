@@ -184,3 +184,22 @@ def test_an_energy_mlp_trained_by_dsm_learns_the_score_and_the_log_density_ratio
         log_p = mixture_2d.marginal_log_prob(x[:500], t, process)
         du, dl = u - u.mean(), -(log_p - log_p.mean())
         assert float((du - dl).pow(2).mean().sqrt()) < rms_bound * float(dl.std()), t
+
+
+def test_class_conditional_energies_through_the_label_wrappers():
+    torch.manual_seed(0)
+    net = sl.networks.UNet(sl.networks.UNetConfig.preset("digits8", num_res_blocks=1, num_classes=3,
+                                                         attention_resolutions=()))
+    model = sl.EnergyModel(net, sl.DDPM(), form="norm")
+    x, t = torch.randn(4, 1, 8, 8), torch.full((4,), 0.4)
+    labels = torch.tensor([0, 1, 2, -1])
+    cond = sl.Conditional(model, labels)
+    u, score = cond.energy_and_score(x, t)
+    torch.testing.assert_close(u, model.energy(x, t, labels))
+    torch.testing.assert_close(score, cond.predict(x, t).score)
+    assert not torch.allclose(u[:1], model.energy(x[:1], t[:1], torch.tensor([1])))   # the label matters
+    guided = sl.ClassifierFreeGuidance(model, labels, 2.0)
+    u_g, s_g = guided.energy_and_score(x, t)
+    u_u = model.energy(x, t, torch.full((4,), -1))
+    torch.testing.assert_close(u_g, 3 * u - 2 * u_u)
+    torch.testing.assert_close(s_g, guided.predict(x, t).score, rtol=1e-4, atol=1e-4)

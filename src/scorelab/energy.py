@@ -79,11 +79,14 @@ class EnergyModel(nn.Module):
 
     @property
     def num_classes(self) -> int:
-        return 0
+        """Number of classes of a class-conditional network (``net.config.num_classes``), else 0."""
+        net = getattr(self.net, "module", self.net)
+        return int(getattr(getattr(net, "config", None), "num_classes", 0))
 
-    def network_energy(self, x: Tensor, t: Tensor) -> Tensor:
+    def network_energy(self, x: Tensor, t: Tensor, labels: Tensor | None = None) -> Tensor:
         """``E_theta(x, t)``, shape ``(N,)``: on the scale of eps (``eps = grad_x E_theta``)."""
-        out = self.net(x, self.process.noise_condition(self.condition, t).to(x.dtype))
+        c = self.process.noise_condition(self.condition, t).to(x.dtype)
+        out = self.net(x, c) if labels is None else self.net(x, c, labels)
         if self.form == "scalar":
             if out.ndim == 2 and out.shape[1] == 1:
                 out = out[:, 0]
@@ -97,31 +100,31 @@ class EnergyModel(nn.Module):
                              f"{tuple(out.shape)}; use form='scalar' for a network with one output per sample")
         return 0.5 * (x - out).flatten(1).pow(2).sum(1)
 
-    def energy(self, x: Tensor, t: TimeLike) -> Tensor:
+    def energy(self, x: Tensor, t: TimeLike, labels: Tensor | None = None) -> Tensor:
         """``U(x, t) = E_theta / s(t)``, equal to ``-log p_t(x)`` up to a constant in x when exact."""
         t = as_time(t, x)
-        return self.network_energy(x, t) / self.process.noise_std(t).to(x.dtype)
+        return self.network_energy(x, t, labels) / self.process.noise_std(t).to(x.dtype)
 
-    def energy_and_score(self, x: Tensor, t: TimeLike) -> tuple[Tensor, Tensor]:
+    def energy_and_score(self, x: Tensor, t: TimeLike, labels: Tensor | None = None) -> tuple[Tensor, Tensor]:
         t = as_time(t, x)
-        u, eps = self._energy_and_eps(x, t)
+        u, eps = self._energy_and_eps(x, t, labels)
         return u, -eps / expand_as(self.process.noise_std(t), x)
 
-    def _energy_and_eps(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+    def _energy_and_eps(self, x: Tensor, t: Tensor, labels: Tensor | None = None) -> tuple[Tensor, Tensor]:
         create = self.training and torch.is_grad_enabled()
         with torch.enable_grad():
             xg = x if (create and x.requires_grad) else x.detach().requires_grad_(True)
-            e = self.network_energy(xg, t)
+            e = self.network_energy(xg, t, labels)
             eps, = torch.autograd.grad(e.sum(), xg, create_graph=create)
         s = self.process.noise_std(t).to(x.dtype)
         u = e / s
         return (u, eps) if create else (u.detach(), eps.detach())
 
     def predict(self, x: Tensor, t: TimeLike, labels: Tensor | None = None) -> Prediction:
-        """The score ``-grad_x U`` as a :class:`Prediction` (``eps = grad_x E_theta``)."""
-        require(labels is None, "an energy model is unconditional; compose class models with scorelab.compose")
+        """The score ``-grad_x U`` as a :class:`Prediction` (``eps = grad_x E_theta``); ``labels`` for a
+        class-conditional network (reached through :class:`scorelab.guidance.Conditional`)."""
         t = as_time(t, x)
-        _, eps = self._energy_and_eps(x, t)
+        _, eps = self._energy_and_eps(x, t, labels)
         a, s = self.process.coefficients(t)
         return Prediction(x, t, a, s, eps)
 

@@ -71,6 +71,17 @@ class Conditional(_Labelled):
         _check_batch(self.labels, x)
         return self.model.predict(x, t, self.labels.to(x.device))  # type: ignore[call-arg]
 
+    def energy(self, x: Tensor, t: TimeLike) -> Tensor:
+        """The class-conditional energy of an energy model (MATH.md 9), for Metropolis corrections and products."""
+        return self.energy_and_score(x, t)[0]
+
+    def energy_and_score(self, x: Tensor, t: TimeLike) -> tuple[Tensor, Tensor]:
+        both = getattr(self.model, "energy_and_score", None)
+        require(callable(both), "this model has no energy (it predicts a score): Metropolis corrections need an "
+                "energy model (--parameterization energy)")
+        _check_batch(self.labels, x)
+        return both(x, t, self.labels.to(x.device))
+
 
 class ClassifierGuidance(_Labelled):
     """Classifier guidance (Dhariwal & Nichol 2021, Algorithm 1 in score form; MATH.md 8).
@@ -143,6 +154,17 @@ class ClassifierFreeGuidance(Conditional):
         eps_c, eps_u = both.eps[:n], both.eps[n:]
         eps = eps_c + self.w * (eps_c - eps_u)
         return Prediction(x, t, both.a[:n], both.s[:n], eps, frac)
+
+    def energy_and_score(self, x: Tensor, t: TimeLike) -> tuple[Tensor, Tensor]:
+        """``(1 + w) U(x | y) - w U(x)`` and its score, for an energy model (MATH.md 9)."""
+        both = getattr(self.model, "energy_and_score", None)
+        require(callable(both), "this model has no energy (it predicts a score): Metropolis corrections need an "
+                "energy model (--parameterization energy)")
+        _check_batch(self.labels, x)
+        labels = self.labels.to(x.device)
+        u_c, s_c = both(x, t, labels)
+        u_u, s_u = both(x, t, torch.full_like(labels, NO_LABEL))
+        return u_c + self.w * (u_c - u_u), s_c + self.w * (s_c - s_u)
 
 
 def drop_labels(labels: Tensor, p: float, generator: torch.Generator | None = None, *,

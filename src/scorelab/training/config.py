@@ -272,8 +272,8 @@ def make_model_spec(config: TrainConfig, data: ImageSet | np.ndarray) -> ModelSp
                 "not affine: use --parameterization score")
         require(config.target is None, "with --parameterization energy the network gives an energy (its gradient "
                 "is eps); drop --target")
-        require(not learned_variance and num_classes == 0, "an energy model is unconditional with a fixed "
-                "variance: drop --class-conditional and --loss hybrid, or use --parameterization score")
+        require(not learned_variance, "an energy model has a fixed variance: drop --loss hybrid, or use "
+                "--parameterization score")
     return ModelSpec(network=network, process=process.config(),
                      target="eps" if config.parameterization == "energy" else config.resolved("target"),
                      condition=process.default_condition, learned_variance=learned_variance,
