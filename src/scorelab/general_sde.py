@@ -77,6 +77,11 @@ class GeneralSDE(SDE):
         self.name = name
         self.options = dict(options or {})
 
+    def _unchecked(self):
+        """The user's drift and diffusion as they are (``simulate`` checks them on its first step)."""
+        return (lambda x, t: self._drift(x, as_time(t, x)),
+                lambda t: torch.as_tensor(self._diffusion(as_time(t))))
+
     def drift(self, x: Tensor, t: TimeLike) -> Tensor:
         t = as_time(t, x)
         f = self._drift(x, t)

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from typing import Any, Sequence
+from typing import Callable, Any, Sequence
 
 import torch
 from torch import Tensor
@@ -143,11 +143,17 @@ class SDE(ABC):
         h = t / steps
         sqrt_h = expand_as(h.sqrt(), x0)
         x, u = x0, torch.zeros_like(t)
+        drift, diffusion = self.drift, self.diffusion           # checked on the first step ...
         for _ in range(steps):
             z = normal(x0.shape, generator, device=x0.device, dtype=x0.dtype)
-            x = x + expand_as(h, x) * self.drift(x, u) + expand_as(self.diffusion(u), x) * sqrt_h * z
+            x = x + expand_as(h, x) * drift(x, u) + expand_as(diffusion(u), x) * sqrt_h * z
             u = u + h
+            drift, diffusion = self._unchecked()                # ... then taken as they are (the same numbers)
         return x
+
+    def _unchecked(self) -> tuple[Callable[[Tensor, Tensor], Tensor], Callable[[Tensor], Tensor]]:
+        """``(drift, diffusion)`` without the checks of user-given functions, for inner loops once checked."""
+        return self.drift, self.diffusion
 
     def sample_marginal(self, x0: Tensor, t: TimeLike, generator: Randomness = None, *,
                         noise: Tensor | None = None, steps: int | None = None) -> Tensor:
