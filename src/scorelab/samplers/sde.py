@@ -206,6 +206,35 @@ def _predictor_step(net: _Counter, process: SDE, x: Tensor, t: Tensor, t_next: T
     return expand_as(a_next, x) * y
 
 
+def _check_pc_options(predictor: str, corrector: str, corrector_steps: int, snr_norm: str,
+                      target_acceptance: float | None) -> None:
+    require(predictor in PREDICTORS, f"unknown predictor {predictor!r}; choose one of {PREDICTORS}")
+    require(corrector in CORRECTORS, f"unknown corrector {corrector!r}; choose one of {CORRECTORS}")
+    require(predictor != "none" or (corrector != "none" and corrector_steps >= 1),
+            "with predictor='none' the corrector does all the work: choose a corrector and corrector_steps >= 1")
+    require(snr_norm in ("sample", "batch"), f"unknown snr_norm {snr_norm!r}; choose 'sample' or 'batch'")
+    require(isinstance(corrector_steps, int) and corrector_steps >= 0,
+            f"corrector_steps must be a non-negative integer, got {corrector_steps!r}")
+    require(target_acceptance is None or 0 < target_acceptance < 1,
+            f"target_acceptance must lie in (0, 1), got {target_acceptance}")
+
+
+def _metropolis_level(model: DiffusionModel, chain: MCMCState, x: Tensor, t: Tensor, e: Tensor, corrector: str,
+                      steps: int, at_t: tuple[float, float], project: Projection | None, noise: NoiseLike,
+                      **kernel) -> tuple[Tensor, float | None]:
+    """``steps`` MALA or HMC corrector steps at time ``t`` from ``x`` (tallied in ``chain``); returns the new ``x``
+    and this level's acceptance rate. A projection moves the state, so its energy is recomputed after it."""
+    accepted, proposed = chain.accepted, chain.proposed
+    chain.x, chain.energy, chain.score = x, None, None
+    for _ in range(steps):
+        chain = mcmc_step(model, chain, t, e, corrector, noise=noise, **kernel)
+        if project is not None:
+            chain.x = projected(project, chain.x, *at_t)
+            chain.energy = chain.score = None
+    done = chain.proposed - proposed
+    return chain.x, ((chain.accepted - accepted) / done if done else None)
+
+
 @torch.no_grad()
 def predictor_corrector(model: DiffusionModel, shape_or_x: Sequence[int] | Tensor, steps: int = 1000, *,
                         predictor: str = "reverse_diffusion", corrector: str = "langevin",
@@ -250,18 +279,10 @@ def predictor_corrector(model: DiffusionModel, shape_or_x: Sequence[int] | Tenso
     Euler-Maruyama predictors and the Langevin corrector work; the ancestral
     predictor and annealed corrector need ``a(t), s(t)``.
     """
-    require(predictor in PREDICTORS, f"unknown predictor {predictor!r}; choose one of {PREDICTORS}")
-    require(corrector in CORRECTORS, f"unknown corrector {corrector!r}; choose one of {CORRECTORS}")
-    require(predictor != "none" or (corrector != "none" and corrector_steps >= 1),
-            "with predictor='none' the corrector does all the work: choose a corrector and corrector_steps >= 1")
-    require(snr_norm in ("sample", "batch"), f"unknown snr_norm {snr_norm!r}; choose 'sample' or 'batch'")
-    require(isinstance(corrector_steps, int) and corrector_steps >= 0,
-            f"corrector_steps must be a non-negative integer, got {corrector_steps!r}")
+    _check_pc_options(predictor, corrector, corrector_steps, snr_norm, target_acceptance)
     model, process = resolve(model, process)
     target_snr = process.langevin_snr if target_snr is None else target_snr
     require(target_snr > 0, f"target_snr must be positive, got {target_snr}")
-    require(target_acceptance is None or 0 < target_acceptance < 1,
-            f"target_acceptance must lie in (0, 1), got {target_acceptance}")
     times = time_grid(process, steps, grid, t_min=t_min, t_max=t_max)
     x = initial_noise(process, shape_or_x, noise, model)
     net = _Counter(model)
@@ -272,17 +293,9 @@ def predictor_corrector(model: DiffusionModel, shape_or_x: Sequence[int] | Tenso
         at_t = _coefficients(process, t_val, project)
         if corrector in MH_CORRECTORS:
             e = scale * 2 * process.langevin_alpha(t, t_next) * (target_snr * process.noise_std(t)) ** 2
-            before = (chain.accepted, chain.proposed)
-            chain.x, chain.energy, chain.score = x, None, None
-            for _ in range(corrector_steps):
-                chain = mcmc_step(model, chain, t, e, corrector, leapfrog_steps=leapfrog_steps,
-                                  momentum_refresh=momentum_refresh, noise=noise)
-                chain.x = projected(project, chain.x, *at_t)
-                if project is not None:
-                    chain.energy = chain.score = None
-            x = chain.x
-            if target_acceptance is not None and chain.proposed > before[1]:
-                rate = (chain.accepted - before[0]) / (chain.proposed - before[1])
+            x, rate = _metropolis_level(model, chain, x, t, e, corrector, corrector_steps, at_t, project, noise,
+                                        leapfrog_steps=leapfrog_steps, momentum_refresh=momentum_refresh)
+            if target_acceptance is not None and rate is not None:
                 scale *= math.exp(rate - target_acceptance)
         for _ in range(corrector_steps if corrector not in ("none",) + MH_CORRECTORS else 0):
             x = _corrector_step(net, process, x, t, t_next, corrector, target_snr, snr_norm, noise)
