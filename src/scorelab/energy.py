@@ -111,7 +111,8 @@ class EnergyModel(nn.Module):
         return u, -eps / expand_as(self.process.noise_std(t), x)
 
     def _energy_and_eps(self, x: Tensor, t: Tensor, labels: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        create = self.training and torch.is_grad_enabled()
+        # A graph for training, or for a caller who differentiates through x (score matching's trace).
+        create = torch.is_grad_enabled() and (self.training or x.requires_grad)
         with torch.enable_grad():
             xg = x if (create and x.requires_grad) else x.detach().requires_grad_(True)
             e = self.network_energy(xg, t, labels)

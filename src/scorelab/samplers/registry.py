@@ -73,10 +73,10 @@ def _denoise(process: SDE, options: dict[str, Any]) -> int:
 def _pc_nfe(steps: int, process: SDE, options: dict[str, Any]) -> int:
     corrector = options.get("corrector", "langevin")
     k = options.get("corrector_steps", 1)
-    if corrector == "mala":                    # the energy where the chain starts, then one per proposal
-        correct = 1 + k if k else 0
-    elif corrector == "hmc":
-        correct = 1 + k * options.get("leapfrog_steps", 3) if k else 0
+    if corrector in ("mala", "hmc"):           # the energy where the chain starts, then one per proposal
+        # (a projection moves the state, so with ``project`` every step starts from a fresh energy)
+        starts = k if options.get("project") is not None else min(k, 1)
+        correct = starts + k * (options.get("leapfrog_steps", 3) if corrector == "hmc" else 1)
     else:
         correct = (corrector != "none") * k
     per_step = (options.get("predictor", "reverse_diffusion") != "none") + correct

@@ -1,0 +1,247 @@
+"""Multinomial diffusion: a forward process on categorical data (MATH.md 10).
+
+``q(x_t | x_{t-1}) = Cat(alpha_t x_{t-1} + (1 - alpha_t) pi)`` per dimension, with ``pi`` uniform over
+the ``K`` categories (Hoogeboom et al. 2021) or a point mass on an extra [MASK] state (Austin et al.
+2021's absorbing kernel). Everything follows from ``alpha_bar_t = prod_{s <= t} alpha_s``:
+
+* marginal ``q(x_t | x_0) = Cat(alpha_bar_t x_0 + (1 - alpha_bar_t) pi)``;
+* between any two steps ``s < t``, ``q(x_t | x_s) = Cat(a x_s + (1 - a) pi)``, ``a = alpha_bar_t / alpha_bar_s``;
+* posterior ``q(x_s | x_t, x_0) ∝ q(x_t | x_s) q(x_s | x_0)`` (Bayes, per dimension);
+* reverse kernel of a model ``p(x_0 | x_t)``: ``sum_{x_0} q(x_s | x_t, x_0) p(x_0 | x_t)``, in O(K) as
+  ``A_j (alpha_bar_s w_j + (1 - alpha_bar_s) pi_j sum_k w_k)`` with ``A_j = q(x_t | x_s = j)`` and
+  ``w_k = p(x_0 = k | x_t) / q(x_t | x_0 = k)``.
+
+States are integer tensors ``(N, *dims)``; probabilities carry the states in a last axis. Steps are
+integers ``t`` in ``1..T``; ``t = 0`` is the data. Tables are float64 and logs are taken in log space
+(``log(1 - alpha_bar)`` by ``log1mexp``), since ``1 - alpha_bar_t`` is tiny at small ``t``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .._util import require
+
+__all__ = ["MultinomialDiffusion", "KERNELS", "SCHEDULES", "log1mexp"]
+
+KERNELS = ("uniform", "absorbing")
+SCHEDULES = ("cosine", "linear")
+_LOG_ZERO = -1e30                         # log 0 kept finite, so that differences never give nan
+
+
+def log1mexp(a: Tensor) -> Tensor:
+    """``log(1 - exp(a))`` for ``a <= 0``, accurate at both ends (Maechler 2012)."""
+    return torch.where(a > -math.log(2), torch.log(-torch.expm1(a)), torch.log1p(-torch.exp(a)))
+
+
+def _alpha_bar(schedule: str, num_steps: int) -> np.ndarray:
+    """``alpha_bar_t``, t = 0..T (alpha_bar_0 = 1).
+
+    ``"cosine"``: Hoogeboom et al.'s code, the square root of Nichol & Dhariwal's cos^2 schedule (their
+    alpha is the Gaussian sqrt(alpha)), each step's ratio clipped at sqrt(0.001) as theirs;
+    ``"linear"``: ``alpha_bar_t = 1 - t / T``, Austin et al.'s ``beta_t = 1 / (T - t + 1)`` (the
+    mutual-information schedule of the absorbing kernel), which ends exactly at the prior.
+    """
+    t = np.arange(num_steps + 1, dtype=np.float64)
+    if schedule == "linear":
+        return 1 - t / num_steps
+    s = 0.008
+    f = np.cos((t / num_steps + s) / (1 + s) * np.pi / 2) ** 2
+    ratios = np.clip(f[1:] / f[:-1], 0.001, 1.0)
+    return np.concatenate([[1.0], np.cumprod(np.sqrt(ratios))])
+
+
+class MultinomialDiffusion:
+    """Categorical diffusion over ``num_categories`` values per dimension (MATH.md 10).
+
+    Args:
+        num_categories: ``K``, the data's categories ``0..K-1`` (K >= 2).
+        num_steps: ``T``.
+        schedule: ``"cosine"`` (Hoogeboom et al.) or ``"linear"`` (alpha_bar_t = 1 - t/T).
+        kernel: ``"uniform"`` (noise towards Cat(1/K)) or ``"absorbing"`` (towards [MASK], state ``K``).
+    """
+
+    #: Not an affine Gaussian process: there is no Gaussian kernel, eps or score.
+    affine = False
+    discrete = True
+
+    def __init__(self, num_categories: int, num_steps: int = 1000, schedule: str = "cosine",
+                 kernel: str = "uniform"):
+        require(isinstance(num_categories, int) and not isinstance(num_categories, bool) and num_categories >= 2,
+                f"num_categories must be an integer >= 2, got {num_categories!r}")
+        require(isinstance(num_steps, int) and not isinstance(num_steps, bool) and num_steps >= 1,
+                f"num_steps must be a positive integer, got {num_steps!r}")
+        require(schedule in SCHEDULES, f"unknown schedule {schedule!r}; choose one of {SCHEDULES}")
+        require(kernel in KERNELS, f"unknown kernel {kernel!r}; choose one of {KERNELS}")
+        self.num_categories, self.num_steps, self.schedule, self.kernel = num_categories, num_steps, schedule, kernel
+        #: States a dimension can take: the K categories, and [MASK] for the absorbing kernel.
+        self.num_states = num_categories + (kernel == "absorbing")
+        self.mask_state = num_categories if kernel == "absorbing" else None
+        alpha_bar = torch.from_numpy(_alpha_bar(schedule, num_steps))
+        self.log_alpha_bar = torch.log(alpha_bar).clamp(min=_LOG_ZERO)
+        self.log_1m_alpha_bar = log1mexp(self.log_alpha_bar.clamp(max=-1e-300)).clamp(min=_LOG_ZERO)
+        self.log_1m_alpha_bar[0] = _LOG_ZERO
+        if kernel == "uniform":
+            self.log_pi = torch.full((self.num_states,), -math.log(num_categories), dtype=torch.float64)
+        else:
+            self.log_pi = torch.full((self.num_states,), _LOG_ZERO, dtype=torch.float64)
+            self.log_pi[-1] = 0.0
+
+    # ---------------------------------------------------------------------------------- bookkeeping
+    def config(self) -> dict[str, Any]:
+        return {"name": "multinomial", "num_categories": self.num_categories, "num_steps": self.num_steps,
+                "schedule": self.schedule, "kernel": self.kernel}
+
+    def __repr__(self) -> str:
+        return f"MultinomialDiffusion({', '.join(f'{k}={v!r}' for k, v in self.config().items() if k != 'name')})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, MultinomialDiffusion) and other.config() == self.config()
+
+    def __hash__(self) -> int:
+        return hash(tuple(self.config().items()))
+
+    @property
+    def alpha_bar(self) -> Tensor:
+        return self.log_alpha_bar.exp()
+
+    def check_data(self, x0: Tensor, what: str = "data") -> Tensor:
+        """``x0`` as integer categories in ``0..K-1``, or a one-line error."""
+        x0 = torch.as_tensor(x0)
+        require(not (x0.is_floating_point() or x0.is_complex()) or bool((x0 == x0.round()).all()),
+                f"{what} for multinomial diffusion must be integer categories 0..{self.num_categories - 1}, got "
+                "fractional values; quantize them first (scorelab.data.to_categories)")
+        require(x0.dtype != torch.bool, f"{what} must be integer categories, got booleans; use x.long()")
+        x0 = x0.long()
+        if x0.numel():
+            lo, hi = int(x0.min()), int(x0.max())
+            if self.mask_state is not None and hi == self.mask_state:
+                raise ValueError(f"{what} holds the value {self.mask_state}, the absorbing kernel's [MASK] state; "
+                                 f"data takes the categories 0..{self.num_categories - 1} only")
+            require(lo >= 0 and hi < self.num_categories, f"{what} values must lie in 0..{self.num_categories - 1} "
+                    f"(num_categories={self.num_categories}), got {lo}..{hi}")
+        return x0
+
+    def _steps(self, t: int | Tensor, like: Tensor) -> Tensor:
+        t = torch.as_tensor(t, device=like.device)
+        require(not t.is_floating_point() or bool((t == t.round()).all()),
+                "multinomial diffusion's steps are integers 0..T")
+        t = t.long()
+        if t.ndim == 0:
+            t = t.expand(like.shape[0])
+        require(t.shape == (like.shape[0],), f"t must be one step per example, shape ({like.shape[0]},), "
+                f"got {tuple(t.shape)}")
+        require(t.numel() == 0 or (int(t.min()) >= 0 and int(t.max()) <= self.num_steps),
+                f"steps must lie in 0..{self.num_steps}")
+        return t
+
+    def _table(self, table: Tensor, t: Tensor, like: Tensor) -> Tensor:
+        """``table[t]`` shaped to broadcast against ``like``'s ``(N, *dims, S)``."""
+        return table.to(like.device)[t].reshape((-1,) + (1,) * (like.ndim - 1))
+
+    def _log_pi(self, like: Tensor) -> Tensor:
+        return self.log_pi.to(like.device)
+
+    def _log_one_hot(self, x: Tensor) -> Tensor:
+        return torch.nn.functional.one_hot(x, self.num_states).double().log().clamp(min=_LOG_ZERO)
+
+    # ---------------------------------------------------------------------------------- the process
+    def _log_mix(self, log_x: Tensor, log_a: Tensor, log_1m_a: Tensor) -> Tensor:
+        """``log(a x + (1 - a) pi)`` from ``log x`` (the last axis holds the states)."""
+        return torch.logaddexp(log_a + log_x, log_1m_a + self._log_pi(log_x))
+
+    def _log_ratio(self, t: Tensor, s: Tensor, like: Tensor) -> tuple[Tensor, Tensor]:
+        """``log a`` and ``log(1 - a)`` for ``a = alpha_bar_t / alpha_bar_s``, the ``s -> t`` transition."""
+        log_a = (self._table(self.log_alpha_bar, t, like) - self._table(self.log_alpha_bar, s, like)).clamp(max=0)
+        return log_a, log1mexp(log_a.clamp(max=-1e-300)).masked_fill(log_a >= 0, _LOG_ZERO)
+
+    def log_q_probs(self, x0: Tensor, t: int | Tensor) -> Tensor:
+        """``log q(x_t | x_0)``, shape ``(N, *dims, S)``."""
+        log_x = self._log_one_hot(x0)
+        t = self._steps(t, x0)
+        return self._log_mix(log_x, self._table(self.log_alpha_bar, t, log_x), self._table(self.log_1m_alpha_bar, t,
+                                                                                              log_x))
+
+    def q_probs(self, x0: Tensor, t: int | Tensor) -> Tensor:
+        """The marginal ``q(x_t | x_0) = Cat(alpha_bar_t x_0 + (1 - alpha_bar_t) pi)``."""
+        return self.log_q_probs(self.check_data(x0), t).exp()
+
+    def step_probs(self, x_prev: Tensor, t: int | Tensor, s: int | Tensor | None = None) -> Tensor:
+        """``q(x_t | x_s)`` (``s = t - 1`` by default): ``Cat(a x_s + (1 - a) pi)``, ``a = alpha_bar_t / alpha_bar_s``."""
+        t = self._steps(t, x_prev)
+        s = t - 1 if s is None else self._steps(s, x_prev)
+        log_x = self._log_one_hot(x_prev.long())
+        return self._log_mix(log_x, *self._log_ratio(t, s, log_x)).exp()
+
+    def _log_likelihood_of_x_t(self, x_t: Tensor, t: Tensor, s: Tensor) -> Tensor:
+        """``log A_j = log q(x_t | x_s = j)`` for every state ``j``, shape ``(N, *dims, S)``."""
+        log_a, log_1m_a = self._log_ratio(t, s, x_t.unsqueeze(-1).double())
+        log_pi_at = self._log_pi(x_t)[x_t].unsqueeze(-1)
+        return torch.logaddexp(log_a + self._log_one_hot(x_t), log_1m_a + log_pi_at)
+
+    def log_posterior(self, x_t: Tensor, log_x0: Tensor, t: Tensor, s: Tensor) -> Tensor:
+        """``log sum_{x_0} q(x_s | x_t, x_0) p(x_0 | x_t)`` with ``log_x0 = log p(x_0 | x_t)`` over the S states
+        (a one-hot ``x_0`` gives the posterior itself); x_0 values that cannot reach ``x_t`` are dropped."""
+        log_a_t = self._log_likelihood_of_x_t(x_t, t, s)                   # log q(x_t | x_s = j)
+        zeros = torch.zeros_like(t)
+        log_z = self._log_likelihood_of_x_t(x_t, t, zeros)                 # log q(x_t | x_0 = k)
+        reachable = log_z > _LOG_ZERO / 2
+        log_p = torch.where(reachable, log_x0, _LOG_ZERO)
+        log_p = log_p - torch.logsumexp(log_p, -1, keepdim=True)
+        log_w = torch.where(reachable, log_p - log_z, _LOG_ZERO)          # w_k = p_k / q(x_t | x_0 = k)
+        log_ab_s, log_1m_ab_s = self._table(self.log_alpha_bar, s, log_w), self._table(self.log_1m_alpha_bar, s, log_w)
+        mixed = torch.logaddexp(log_ab_s + log_w,
+                                log_1m_ab_s + self._log_pi(log_w) + torch.logsumexp(log_w, -1, keepdim=True))
+        out = log_a_t + mixed
+        return out - torch.logsumexp(out, -1, keepdim=True)                # exact up to rounding; renormalized
+
+    def posterior_probs(self, x_t: Tensor, x0: Tensor, t: int | Tensor, s: int | Tensor | None = None) -> Tensor:
+        """``q(x_s | x_t, x_0)`` (``s = t - 1`` by default), shape ``(N, *dims, S)``."""
+        x0 = self.check_data(x0)
+        t = self._steps(t, x_t)
+        s = t - 1 if s is None else self._steps(s, x_t)
+        require(bool((s < t).all()), "the posterior goes back in time: s must be below t")
+        return self.log_posterior(x_t.long(), self._log_one_hot(x0), t, s).exp()
+
+    def sample_marginal(self, x0: Tensor, t: int | Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """``x_t ~ q(x_t | x_0)``."""
+        return sample_categorical(self.log_q_probs(x0, t), generator)
+
+    # ---------------------------------------------------------------------------------- the prior
+    def prior_log_probs(self, shape: Sequence[int], device: torch.device | str = "cpu") -> Tensor:
+        """``log pi`` per dimension, shape ``(*shape, S)``: the stationary distribution ``p(x_T)``."""
+        return self.log_pi.to(device).expand(*shape, self.num_states)
+
+    def prior_sample(self, shape: Sequence[int], generator: torch.Generator | None = None,
+                     device: torch.device | str = "cpu") -> Tensor:
+        return sample_categorical(self.prior_log_probs(shape, device), generator)
+
+    def prior_kl(self, x0: Tensor) -> Tensor:
+        """``KL(q(x_T | x_0) || pi)`` summed over dimensions, per example (nats)."""
+        log_q = self.log_q_probs(x0, self.num_steps)
+        return categorical_kl(log_q, self.prior_log_probs(x0.shape, x0.device)).flatten(1).sum(1)
+
+    def sample_train_times(self, n: int, generator: torch.Generator | None = None,
+                           device: torch.device | str = "cpu") -> Tensor:
+        """Steps uniform on ``1..T`` (the loss may importance-sample them instead)."""
+        u = torch.rand(n, generator=generator, device=generator.device if generator is not None else device)
+        return (u * self.num_steps).long().clamp(max=self.num_steps - 1).add(1).to(device)
+
+
+def categorical_kl(log_p: Tensor, log_q: Tensor) -> Tensor:
+    """``KL(p || q)`` over the last axis, from logs (zero-probability states of ``p`` add nothing)."""
+    p = log_p.exp()
+    return (p * (log_p - log_q)).sum(-1).clamp(min=0)
+
+
+def sample_categorical(log_probs: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """One draw per position from ``Cat(exp(log_probs))`` by the Gumbel-max trick (states in the last axis)."""
+    u = torch.rand(log_probs.shape, generator=generator, dtype=torch.float64,
+                   device=generator.device if generator is not None else log_probs.device).to(log_probs.device)
+    gumbel = -torch.log(-torch.log(u.clamp(min=1e-300)))
+    return (log_probs.double() + gumbel).argmax(-1)
