@@ -208,18 +208,18 @@ class MultinomialDiffusion:
         require(bool((s < t).all()), "the posterior goes back in time: s must be below t")
         return self.log_posterior(x_t.long(), self._log_one_hot(x0), t, s).exp()
 
-    def sample_marginal(self, x0: Tensor, t: int | Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """``x_t ~ q(x_t | x_0)``."""
-        return sample_categorical(self.log_q_probs(x0, t), generator)
+    def sample_marginal(self, x0: Tensor, t: int | Tensor, noise=None) -> Tensor:
+        """``x_t ~ q(x_t | x_0)`` (``noise``: a generator, or see :func:`sample_categorical`)."""
+        return sample_categorical(self.log_q_probs(self.check_data(x0), t), noise)
 
     # ---------------------------------------------------------------------------------- the prior
     def prior_log_probs(self, shape: Sequence[int], device: torch.device | str = "cpu") -> Tensor:
         """``log pi`` per dimension, shape ``(*shape, S)``: the stationary distribution ``p(x_T)``."""
         return self.log_pi.to(device).expand(*shape, self.num_states)
 
-    def prior_sample(self, shape: Sequence[int], generator: torch.Generator | None = None,
-                     device: torch.device | str = "cpu") -> Tensor:
-        return sample_categorical(self.prior_log_probs(shape, device), generator)
+    def prior_sample(self, shape: Sequence[int], noise=None, device: torch.device | str = "cpu") -> Tensor:
+        """``x_T ~ pi`` per dimension: uniform categories, or all [MASK] under the absorbing kernel."""
+        return sample_categorical(self.prior_log_probs(shape, device), noise)
 
     def prior_kl(self, x0: Tensor) -> Tensor:
         """``KL(q(x_T | x_0) || pi)`` summed over dimensions, per example (nats)."""
@@ -239,9 +239,15 @@ def categorical_kl(log_p: Tensor, log_q: Tensor) -> Tensor:
     return (p * (log_p - log_q)).sum(-1).clamp(min=0)
 
 
-def sample_categorical(log_probs: Tensor, generator: torch.Generator | None = None) -> Tensor:
-    """One draw per position from ``Cat(exp(log_probs))`` by the Gumbel-max trick (states in the last axis)."""
-    u = torch.rand(log_probs.shape, generator=generator, dtype=torch.float64,
-                   device=generator.device if generator is not None else log_probs.device).to(log_probs.device)
-    gumbel = -torch.log(-torch.log(u.clamp(min=1e-300)))
-    return (log_probs.double() + gumbel).argmax(-1)
+def sample_categorical(log_probs: Tensor, noise=None) -> Tensor:
+    """One draw per position from ``Cat(exp(log_probs))`` (states in the last axis) by the Gumbel-max trick.
+    ``noise``: a ``torch.Generator``, or anything with ``randn(shape, dtype=, device=)`` (the samplers'
+    per-sample seeds, the trainer's batch noise); its normals become uniforms through the normal CDF."""
+    shape, device = log_probs.shape, log_probs.device
+    if noise is not None and callable(getattr(noise, "randn", None)):
+        z = noise.randn(shape, dtype=torch.float64, device=device)
+    else:
+        z = torch.randn(shape, generator=noise, dtype=torch.float64,
+                        device=noise.device if noise is not None else device).to(device)
+    u = torch.special.ndtr(z).clamp(1e-300, 1 - 1e-16)
+    return (log_probs.double() - torch.log(-torch.log(u))).argmax(-1)

@@ -47,6 +47,7 @@ class UNetConfig:
     embedding_scale: float | None = None
     norm_groups: int = 32
     num_classes: int = 0
+    out_channels: int | None = None          # default: in_channels (twice that with learned_variance)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "channel_mults", tuple(self.channel_mults))
@@ -66,6 +67,8 @@ class UNetConfig:
                 "make base_channels a multiple of norm_groups, or set norm_groups")
         require(isinstance(self.num_classes, int) and self.num_classes >= 0,
                 f"UNetConfig.num_classes must be 0 (unconditional) or the number of classes, got {self.num_classes!r}")
+        require(self.out_channels is None or (isinstance(self.out_channels, int) and self.out_channels > 0),
+                f"UNetConfig.out_channels must be a positive integer or None, got {self.out_channels!r}")
         require(0.0 <= self.dropout < 1.0, f"dropout must lie in [0, 1), got {self.dropout}")
         resolutions = {self.image_size // 2**i for i in range(levels)}
         require(set(self.attention_resolutions) <= resolutions,
@@ -202,7 +205,8 @@ class UNet(nn.Module):
                 self.up.append(nn.ModuleList([nn.Upsample(scale_factor=2, mode="nearest"),
                                               nn.Conv2d(c, c, 3, padding=1)]))
                 res *= 2
-        out_channels = config.in_channels * (2 if config.learned_variance else 1)
+        out_channels = (config.out_channels if config.out_channels is not None
+                        else config.in_channels * (2 if config.learned_variance else 1))
         self.head = nn.Sequential(nn.GroupNorm(groups, c), nn.SiLU(), nn.Conv2d(c, out_channels, 3, padding=1))
 
     def forward(self, x: Tensor, c: Tensor, labels: Tensor | None = None) -> Tensor:

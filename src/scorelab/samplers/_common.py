@@ -54,12 +54,13 @@ def projected(project: Projection | None, x: Tensor, a: float, s: float) -> Tens
 
 @dataclass(frozen=True)
 class SampleResult:
-    """Samples, the number of network evaluations (NFE) per sample that produced them, and for the
-    Metropolis-corrected samplers the share of proposals accepted."""
+    """Samples, the number of network evaluations (NFE) per sample that produced them, for the
+    Metropolis-corrected samplers the share of proposals accepted, and for categorical data the states."""
 
     samples: Tensor
     nfe: int
     acceptance: float | None = None
+    states: Tensor | None = None             # categorical samplers: the integer categories themselves
 
 
 class PerSampleNoise:

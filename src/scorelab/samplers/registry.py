@@ -31,6 +31,7 @@ from ..models import DiffusionModel
 from ..processes import DDPM, NCSN, SDE
 from ._common import NoiseLike, SampleResult
 from .ancestral import ddim, ddpm_ancestral
+from .multinomial import multinomial_ancestral
 from .ode import dpm_solver_pp_2m, dpm_solver_pp_3m, ode_heun, ode_rk45, unipc
 from .sde import annealed_langevin, euler_maruyama, langevin_dynamics, predictor_corrector
 
@@ -50,6 +51,7 @@ class SamplerEntry:
     nfe: Callable[[int, SDE, dict[str, Any]], int] | None
     steps_keyword: str = "steps"
     any_sde: bool = False
+    discrete: bool = False                              # for categorical data (multinomial diffusion)
 
 
 def sde_process(process: SDE) -> SDE:
@@ -115,15 +117,26 @@ REGISTRY: dict[str, SamplerEntry] = {
     "ld": SamplerEntry("Langevin dynamics on one score, the least-noise one (MATH.md 3); steps (default 1000), "
                        "step_size", lambda p: (langevin_dynamics, {}), lambda p: 1000, lambda s, p, o: s,
                        any_sde=True),
+    "multinomial": SamplerEntry(
+        "ancestral sampling of multinomial diffusion (Hoogeboom et al. 2021), factorized or autoregressive "
+        "transitions; steps = a subsequence of the T steps (default all; D calls each when autoregressive)",
+        lambda p: (multinomial_ancestral, {}), lambda p: p.num_steps, lambda s, p, o: s, discrete=True),
 }
 #: Sampler names and what ``steps`` means for each.
 SAMPLERS: dict[str, str] = {name: entry.describe for name, entry in REGISTRY.items()}
 #: The samplers that need only f, g and the score, so run on every SDE (MATH.md 7).
+#: (``multinomial`` is the one for categorical data, MATH.md 10.)
 ANY_SDE = tuple(name for name, entry in REGISTRY.items() if entry.any_sde)
 
 
 def _entry(sampler: str, process: SDE) -> SamplerEntry:
     require(sampler in REGISTRY, f"unknown sampler {sampler!r}; choose one of {list(REGISTRY)}")
+    discrete = bool(getattr(process, "discrete", False))
+    if discrete or REGISTRY[sampler].discrete:
+        fits = [name for name, entry in REGISTRY.items() if entry.discrete == discrete]
+        require(REGISTRY[sampler].discrete == discrete, f"sampler {sampler!r} does not run on "
+                f"{type(process).__name__} ({'categorical' if discrete else 'continuous'} data); use one of {fits}")
+        return REGISTRY[sampler]
     require(process.affine or REGISTRY[sampler].any_sde,
             f"sampler {sampler!r} needs a(t) and s(t) of an affine process, and {type(process).__name__}'s drift is "
             f"not affine; on a general SDE use one of {list(ANY_SDE)}")

@@ -1,0 +1,135 @@
+"""The variational bound of multinomial diffusion, and the importance sampling of its steps (MATH.md 10).
+
+``-log p(x_0) <= KL(q(x_T | x_0) || pi) + sum_{t=2}^T E_q KL(q(x_{t-1} | x_t, x_0) || p(x_{t-1} | x_t))
+- E_q log p(x_0 | x_1)`` (Hoogeboom et al. 2021, Austin et al. 2021). A factorized model's KL terms are
+in closed form; an autoregressive model's are ``-H(q(x_{t-1} | x_t, x_0)) - log p(x_{t-1} | x_t)`` at one
+draw of ``x_{t-1}`` from the posterior (unbiased: the entropy in closed form, ``log p`` by the chain rule).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from .._util import require
+from .process import categorical_kl, sample_categorical
+
+__all__ = ["vlb_term", "multinomial_loss", "bits_per_dim", "StepImportance"]
+
+
+def _check_model(model) -> None:
+    require(getattr(model.process, "discrete", False), "this loss is for multinomial diffusion models "
+            f"(scorelab.discrete); the model's process is {type(model.process).__name__}")
+
+
+def vlb_term(model, x0: Tensor, t: Tensor, x_t: Tensor | None = None, noise=None,
+             labels: Tensor | None = None) -> Tensor:
+    """``L_{t-1}`` per example (nats, summed over dimensions): the decoder ``-log p(x_0 | x_1)`` where
+    ``t = 1``, else ``KL(q(x_{t-1} | x_t, x_0) || p(x_{t-1} | x_t))`` at ``x_t ~ q(x_t | x_0)`` (drawn from
+    ``noise`` unless given)."""
+    process = model.process
+    x0 = process.check_data(x0)
+    t = process._steps(t, x0)
+    require(bool((t >= 1).all()), "the bound's terms are for steps 1..T")
+    if x_t is None:
+        x_t = process.sample_marginal(x0, t, noise)
+    s = t - 1
+    log_post = process.log_posterior(x_t, process._log_one_hot(x0), t, s)
+    decoder = t == 1
+    if hasattr(model, "log_reverse"):                          # factorized: KL in closed form
+        log_p = model.log_reverse(x_t, t, s, labels)
+        kl = categorical_kl(log_post, log_p).flatten(1).sum(1)
+        nll = -log_p.gather(-1, x0.unsqueeze(-1)).squeeze(-1).flatten(1).sum(1)
+        return torch.where(decoder, nll, kl)
+    x_s = torch.where(decoder.reshape((-1,) + (1,) * (x0.ndim - 1)), x0, sample_categorical(log_post, noise))
+    neg_entropy = (log_post.exp() * log_post).sum(-1).flatten(1).sum(1)
+    return torch.where(decoder, 0.0, neg_entropy) - model.log_prob_reverse(x_s, x_t, t, s, labels)
+
+
+class StepImportance(nn.Module):
+    """Hoogeboom et al.'s importance sampling of ``t``: ``p(t) ∝ sqrt(E[L_t^2])`` from a running average
+    (``0.1 L_t^2 + 0.9 history``) once every step has been seen 10 times, uniform before; the decoder's
+    weight is the first KL term's. Buffers, so the history is saved and restored with the network."""
+
+    def __init__(self, num_steps: int):
+        super().__init__()
+        self.num_steps = num_steps
+        self.register_buffer("history", torch.zeros(num_steps + 1, dtype=torch.float64))
+        self.register_buffer("count", torch.zeros(num_steps + 1, dtype=torch.long))
+
+    @property
+    def ready(self) -> bool:
+        return bool((self.count[1:] > 10).all())
+
+    def probabilities(self) -> Tensor:
+        """``p(t)`` for ``t = 0..T`` (``p(0) = 0``)."""
+        if not self.ready:
+            p = torch.full((self.num_steps + 1,), 1.0 / self.num_steps, dtype=torch.float64)
+        else:
+            root = torch.sqrt(self.history + 1e-10) + 1e-4
+            if self.num_steps > 1:
+                root[1] = root[2]
+            p = root / root[1:].sum()
+        p[0] = 0
+        return p.to(self.history.device)
+
+    def sample(self, n: int, noise=None, device: torch.device | str = "cpu") -> tuple[Tensor, Tensor]:
+        """``(t, p(t))`` for ``n`` examples."""
+        p = self.probabilities()
+        t = sample_categorical(p.clamp(min=1e-300).log().expand(n, -1).to(device), noise)
+        return t, p.to(device)[t]
+
+    @torch.no_grad()
+    def update(self, t: Tensor, term: Tensor) -> None:
+        t = t.to(self.history.device)
+        value = 0.1 * term.detach().double().to(self.history.device) ** 2 + 0.9 * self.history[t]
+        self.history.scatter_(0, t, value)
+        self.count.scatter_add_(0, t, torch.ones_like(t))
+
+
+def multinomial_loss(model, x0: Tensor, *, t: Tensor | None = None, noise=None, ce_weight: float = 0.0,
+                     importance: StepImportance | None = None, labels: Tensor | None = None,
+                     reduction: str = "mean") -> Tensor:
+    """The bound, estimated per example from one step: ``L_{t-1} / p(t) + KL(q(x_T | x_0) || pi)``, plus
+    ``ce_weight * (-log p(x_0 | x_t))`` summed over dimensions (D3PM's hybrid, lambda = 0.001 in Austin et
+    al.; a factorized model only). ``t`` uniform on ``1..T`` unless given or ``importance`` samples it (and
+    learns from this batch). ``reduction="mean"`` gives nats per dimension, ``"sum"`` nats per example."""
+    _check_model(model)
+    require(reduction in ("mean", "sum"), f"unknown reduction {reduction!r}; choose 'mean' or 'sum'")
+    process = model.process
+    x0 = process.check_data(x0)
+    n, big_t = x0.shape[0], process.num_steps
+    if t is not None:
+        t, p_t = process._steps(t, x0), torch.full((n,), 1.0 / big_t, dtype=torch.float64, device=x0.device)
+    elif importance is not None:
+        t, p_t = importance.sample(n, noise, device=x0.device)
+    else:
+        u = sample_categorical(torch.zeros(n, big_t, dtype=torch.float64, device=x0.device), noise)
+        t, p_t = u + 1, torch.full((n,), 1.0 / big_t, dtype=torch.float64, device=x0.device)
+    x_t = process.sample_marginal(x0, t, noise)
+    term = vlb_term(model, x0, t, x_t, noise, labels)
+    if importance is not None and model.training:
+        importance.update(t, term)
+    loss = term / p_t.to(term.dtype) + process.prior_kl(x0).to(term.dtype)
+    if ce_weight:
+        require(hasattr(model, "log_x0"), "the cross-entropy term needs a model of p(x_0 | x_t) (a factorized "
+                "CategoricalModel); drop ce_weight for an autoregressive one")
+        log_x0 = model.log_x0(x_t, t, labels)
+        loss = loss - ce_weight * log_x0.gather(-1, x0.unsqueeze(-1)).squeeze(-1).flatten(1).sum(1)
+    dims = x0[0].numel()
+    return (loss / dims if reduction == "mean" else loss).float()
+
+
+@torch.no_grad()
+def bits_per_dim(model, x0: Tensor, noise=None, labels: Tensor | None = None) -> Tensor:
+    """The whole bound in bits per dimension, per example: every one of the T terms (one draw of ``x_t``
+    each) and the prior's KL, divided by ``D ln 2``."""
+    _check_model(model)
+    process = model.process
+    x0 = process.check_data(x0)
+    total = process.prior_kl(x0)
+    for step in range(1, process.num_steps + 1):
+        total = total + vlb_term(model, x0, torch.full((x0.shape[0],), step, device=x0.device), None, noise, labels)
+    return total / (x0[0].numel() * math.log(2))

@@ -1,0 +1,157 @@
+"""Reverse transitions of multinomial diffusion (MATH.md 10): factorized over dimensions, or autoregressive.
+
+Every discrete model gives, for steps ``s < t``,
+
+* ``log_prob_reverse(x_s, x_t, t, s)``: ``log p(x_s | x_t)`` per example (exact, by the chain rule for an
+  autoregressive one);
+* ``sample_reverse(x_t, t, s, generator)``: a draw of ``x_s``.
+
+:class:`CategoricalModel` predicts ``p(x_0 | x_t)`` per dimension and its reverse kernel is
+``sum_{x_0} q(x_s | x_t, x_0) p(x_0 | x_t)`` (any ``s < t``, so it samples on a subsequence of steps);
+it also gives the per-dimension ``log_reverse`` from which the loss takes KL terms in closed form.
+:class:`AutoregressiveModel` writes ``p(x_{t-1} | x_t) = prod_i p(x_{t-1,i} | x_{t-1,<i}, x_t)`` (Esser et
+al. 2021): a causal network sees all of ``x_t`` and the dimensions of ``x_{t-1}`` before ``i``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .._util import require
+from .process import _LOG_ZERO, MultinomialDiffusion, sample_categorical
+
+__all__ = ["CategoricalModel", "AutoregressiveModel", "one_hot_input"]
+
+
+def one_hot_input(x: Tensor, num_states: int) -> Tensor:
+    """States ``(N, C, H, W)`` (or ``(N, D)``) as network input: one-hot channels ``(N, C*S, H, W)`` in
+    {-1, 1} (``(N, D*S)`` for vectors)."""
+    h = F.one_hot(x.long(), num_states).float() * 2 - 1
+    if x.ndim == 4:
+        n, c, hh, ww, s = h.shape
+        return h.permute(0, 1, 4, 2, 3).reshape(n, c * s, hh, ww)
+    return h.reshape(x.shape[0], -1)
+
+
+class _Discrete(nn.Module):
+    """What both kinds share: the process, the step a network is told, and states' checks."""
+
+    def __init__(self, net: nn.Module, process: MultinomialDiffusion):
+        super().__init__()
+        require(isinstance(process, MultinomialDiffusion), f"a categorical model needs a MultinomialDiffusion "
+                f"process, got {type(process).__name__}")
+        self.net, self.process = net, process
+        self.learned_variance = False
+
+    @property
+    def num_classes(self) -> int:
+        net = getattr(self.net, "module", self.net)
+        return int(getattr(getattr(net, "config", None), "num_classes", 0))
+
+    def _steps(self, t: int | Tensor, s: int | Tensor | None, like: Tensor) -> tuple[Tensor, Tensor]:
+        t = self.process._steps(t, like)
+        s = t - 1 if s is None else self.process._steps(s, like)
+        require(bool((s < t).all()), "a reverse transition goes back in time: s must be below t")
+        return t, s
+
+    def _condition(self, t: Tensor) -> Tensor:
+        """The network is told the step ``t`` (DDPM's index condition, 0-based ``t - 1``)."""
+        return (t - 1).double()
+
+
+class CategoricalModel(_Discrete):
+    """``p(x_0 | x_t)`` per dimension from ``net(one_hot(x_t), t - 1) -> logits`` (Hoogeboom et al. 2021).
+
+    The network maps ``(N, C*S, H, W)`` to ``(N, C*K, H, W)`` (``(N, D*S) -> (N, D*K)`` for vectors).
+    """
+
+    def x0_logits(self, x_t: Tensor, t: int | Tensor, labels: Tensor | None = None) -> Tensor:
+        """Logits of ``p(x_0 | x_t)``, shape ``(*x_t.shape, K)``."""
+        t = self.process._steps(t, x_t)
+        c = self._condition(t).float()
+        inp = one_hot_input(x_t, self.process.num_states)
+        out = self.net(inp, c) if labels is None else self.net(inp, c, labels)
+        k = self.process.num_categories
+        if x_t.ndim == 4:
+            n, _, h, w = out.shape
+            out = out.reshape(n, x_t.shape[1], k, h, w).permute(0, 1, 3, 4, 2)
+        else:
+            out = out.reshape(*x_t.shape, k)
+        require(out.shape == (*x_t.shape, k), f"the network returned logits of shape {tuple(out.shape)}, not "
+                f"{(*x_t.shape, k)}: it must give K={k} outputs per dimension")
+        return out
+
+    def log_x0(self, x_t: Tensor, t: Tensor, labels: Tensor | None = None) -> Tensor:
+        """``log p(x_0 | x_t)`` over all S states (the [MASK] state, never data, gets log 0)."""
+        log_p = torch.log_softmax(self.x0_logits(x_t, t, labels).double(), -1)
+        extra = self.process.num_states - self.process.num_categories
+        return F.pad(log_p, (0, extra), value=_LOG_ZERO) if extra else log_p
+
+    def log_reverse(self, x_t: Tensor, t: int | Tensor, s: int | Tensor | None = None,
+                    labels: Tensor | None = None) -> Tensor:
+        """``log p(x_s | x_t) = log sum_{x_0} q(x_s | x_t, x_0) p(x_0 | x_t)`` per dimension, ``(*x_t.shape, S)``."""
+        t, s = self._steps(t, s, x_t)
+        return self.process.log_posterior(x_t.long(), self.log_x0(x_t, t, labels), t, s)
+
+    def log_prob_reverse(self, x_s: Tensor, x_t: Tensor, t: int | Tensor, s: int | Tensor | None = None,
+                         labels: Tensor | None = None) -> Tensor:
+        log_p = self.log_reverse(x_t, t, s, labels)
+        return log_p.gather(-1, x_s.long().unsqueeze(-1)).squeeze(-1).flatten(1).sum(1)
+
+    def sample_reverse(self, x_t: Tensor, t: int | Tensor, s: int | Tensor | None = None,
+                       generator: torch.Generator | None = None, labels: Tensor | None = None) -> Tensor:
+        return sample_categorical(self.log_reverse(x_t, t, s, labels), generator)
+
+    def forward(self, x_t: Tensor, t: int | Tensor) -> Tensor:
+        return self.x0_logits(x_t, t)
+
+
+class AutoregressiveModel(_Discrete):
+    """``p(x_{t-1} | x_t) = prod_i p(x_{t-1,i} | x_{t-1,<i}, x_t)`` over the raster order of ``x``'s
+    dimensions (Esser et al. 2021's transitions), from a causal network
+    ``net(x_prev, x_t, t - 1) -> logits (N, D, S)`` over the flattened states ``(N, D)``, whose output at
+    ``i`` reads ``x_prev[:, <i]`` only (and all of ``x_t``).
+
+    States ``x_{t-1}`` that cannot reach ``x_t`` (under the absorbing kernel: anything but ``x_t`` where
+    ``x_t`` is not [MASK]) get probability 0, so the model spends nothing on them.
+    """
+
+    def _support(self, x_t: Tensor, t: Tensor, s: Tensor) -> Tensor:
+        """``log q(x_t | x_s = j) > log 0`` per dimension and state: where ``x_s`` may lie."""
+        return self.process._log_likelihood_of_x_t(x_t.long(), t, s) > _LOG_ZERO / 2
+
+    def conditional_logits(self, x_s: Tensor, x_t: Tensor, t: int | Tensor, s: int | Tensor | None = None,
+                           labels: Tensor | None = None) -> Tensor:
+        """``log p(x_{s,i} | x_{s,<i}, x_t)`` for every dimension ``i`` and state (teacher forcing), normalized,
+        shape ``(*x_t.shape, S)``."""
+        t, s = self._steps(t, s, x_t)
+        require(bool((s == t - 1).all()), "an autoregressive model is trained for single steps: s must be t - 1")
+        n = x_t.shape[0]
+        c = self._condition(t).float()
+        prev, cond = x_s.long().reshape(n, -1), x_t.long().reshape(n, -1)
+        out = self.net(prev, cond, c) if labels is None else self.net(prev, cond, c, labels)
+        out = out.reshape(*x_t.shape, self.process.num_states).double()
+        out = out.masked_fill(~self._support(x_t, t, s), _LOG_ZERO)
+        return torch.log_softmax(out, -1)
+
+    def log_prob_reverse(self, x_s: Tensor, x_t: Tensor, t: int | Tensor, s: int | Tensor | None = None,
+                         labels: Tensor | None = None) -> Tensor:
+        log_p = self.conditional_logits(x_s, x_t, t, s, labels)
+        return log_p.gather(-1, x_s.long().unsqueeze(-1)).squeeze(-1).flatten(1).sum(1)
+
+    @torch.no_grad()
+    def sample_reverse(self, x_t: Tensor, t: int | Tensor, s: int | Tensor | None = None,
+                       generator: torch.Generator | None = None, labels: Tensor | None = None) -> Tensor:
+        """Dimension by dimension in raster order: ``D`` network calls."""
+        t, s = self._steps(t, s, x_t)
+        x_s = torch.zeros_like(x_t, dtype=torch.long)
+        flat = x_s.view(x_t.shape[0], -1)
+        for i in range(flat.shape[1]):
+            log_p = self.conditional_logits(x_s, x_t, t, s, labels).reshape(x_t.shape[0], flat.shape[1], -1)
+            flat[:, i] = sample_categorical(log_p[:, i], generator)
+        return x_s
+
+    def forward(self, x_s: Tensor, x_t: Tensor, t: int | Tensor) -> Tensor:
+        return self.conditional_logits(x_s, x_t, t)
