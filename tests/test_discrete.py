@@ -220,3 +220,65 @@ def test_bad_categorical_input_is_refused_with_one_clear_line():
             call()
         message = str(info.value)
         assert words in message and "\n" not in message, message
+
+
+TINY_UNET = ["--network-option", "base_channels=16", "--network-option", "norm_groups=8",
+             "--network-option", "num_res_blocks=1", "--network-option", "attention_resolutions=[]"]
+
+
+def test_the_command_line_trains_samples_and_scores_a_multinomial_model(tmp_path, capsys):
+    """`train --framework multinomial` on the digits' 17 grey levels, then `sample` and `nll`. Measured: 150
+    steps of a tiny U-Net at T = 20 reach 2.67 held-out bits/dim (64 test digits, standard error 0.06), against
+    log2(17) = 4.09 for uniform pixels and 17 for the untrained network."""
+    from scorelab.cli import main
+
+    out = tmp_path / "run"
+    assert main(["train", "--framework", "multinomial", "--data", "digits", "--out", str(out), "--steps", "150",
+                 "--batch-size", "64", "--lr", "5e-3", "--warmup", "0", "--ema-decay", "0.9", "--process-option",
+                 "num_steps=20", "--sample-every", "150", "--checkpoint-every", "150", *TINY_UNET]) == 0
+    model, spec, _ = sl.load_model(out)
+    assert model.process == MultinomialDiffusion(17, 20) and spec.parameterization == "categorical"
+    assert main(["sample", str(out), "--num", "8", "--steps", "5", "--out", str(tmp_path / "s.png")]) == 0
+    arrays = np.load(tmp_path / "s.npz")
+    levels = arrays["x"].astype(int) * 16 / 255                        # written as the digits are stored
+    assert arrays["x"].shape == (8, 1, 8, 8) and np.abs(levels - levels.round()).max() < 0.05
+    capsys.readouterr()
+    assert main(["nll", str(out), "--num", "64"]) == 0
+    bpd = float(capsys.readouterr().out.split(":")[1].split()[0])
+    assert bpd < math.log2(17) - 1.0, bpd
+
+
+def test_autoregressive_training_resumes_exactly(tmp_path):
+    """The autoregressive variant through the trainer: 4 steps in one go equal 2 + 2 resumed, bit for bit."""
+    from scorelab.training import TrainConfig, train
+
+    d = sl.data.load_digits("train")
+    data = sl.data.ImageSet(d.images[:16], d.labels[:16], d.classes)
+    kw = dict(framework="multinomial", transitions="autoregressive", categories=2, batch_size=8, lr=1e-3, warmup=0,
+              ema_decay=0.5, network_options={"width": 16, "heads": 2, "encoder_layers": 1, "decoder_layers": 1},
+              process_options={"num_steps": 2}, sample_every=10**6, checkpoint_every=2, num_preview=2, log_every=1)
+    whole = train(TrainConfig(out=str(tmp_path / "whole"), steps=4, **kw), data=data, progress=False)
+    train(TrainConfig(out=str(tmp_path / "split"), steps=2, **kw), data=data, progress=False)
+    split = train(TrainConfig(out=str(tmp_path / "split"), steps=4, **kw), data=data, resume=True, progress=False)
+    assert isinstance(whole.model, sl.discrete.AutoregressiveModel) and whole.model.process.num_categories == 2
+    a, b = sl.load_model(tmp_path / "whole")[2], sl.load_model(tmp_path / "split")[2]
+    for key, value in a.model.items():
+        assert torch.equal(value, b.model[key]), key
+    assert split.losses == whole.losses[2:]
+
+
+def test_bad_multinomial_configurations_are_refused_with_one_line():
+    from scorelab.training import TrainConfig
+
+    cases = [
+        (dict(framework="multinomial", loss="simple"), "variational bound"),
+        (dict(framework="ddpm", loss="vlb"), "--framework multinomial"),
+        (dict(framework="ddpm", categories=4), "--framework multinomial"),
+        (dict(framework="multinomial", categories=1), "2..256"),
+        (dict(framework="multinomial", transitions="autoregressive", loss="vlb-ce"), "--loss vlb"),
+        (dict(framework="multinomial", class_conditional=True), "class conditioning"),
+    ]
+    for kw, words in cases:
+        with pytest.raises(ValueError) as info:
+            TrainConfig(**kw)
+        assert words in str(info.value) and "\n" not in str(info.value), str(info.value)

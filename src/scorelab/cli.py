@@ -225,8 +225,10 @@ def _nll(args: argparse.Namespace) -> None:
     import torch
 
     from .guidance import unconditional
-    from .data import ImageSet, load_dataset
-    from .likelihood import ode_bits_per_dim, vlb_bits_per_dim
+    from .data import ImageSet, from_categories, load_dataset, to_categories, to_model_range, to_uint8
+    from .discrete import bits_per_dim as discrete_bits
+    from .likelihood import ode_bits_per_dim
+    from .losses import vlb
     from .processes import DDPM
 
     model, spec, _ = _load(args)
@@ -239,17 +241,29 @@ def _nll(args: argparse.Namespace) -> None:
     device = next(model.parameters()).device
     gen = torch.Generator(device).manual_seed(args.seed)
     values = []
-    if args.method == "vlb" and not isinstance(model.process, DDPM):
+    discrete = getattr(model.process, "discrete", False)
+    levels = model.process.num_categories if discrete else args.levels
+    if discrete:
+        if args.method != "vlb" or args.levels not in (256, levels):
+            raise ValueError(f"a multinomial model's bits/dim is its variational bound on its own {levels} "
+                             "categories: use --method vlb and drop --levels")
+    elif args.method == "vlb" and not isinstance(model.process, DDPM):
         raise ValueError("--method vlb needs a DDPM model; use --method ode for other processes")
+    if not 2 <= levels <= 256 or (args.method == "ode" and levels != 256):
+        raise ValueError(f"--levels must lie in 2..256 (and stay 256 for --method ode), got {levels}")
     for start in range(0, len(images), args.batch_size):
-        batch = images[start:start + args.batch_size].to(device)
-        m = unconditional(model, len(batch))
-        if args.method == "vlb":
-            values.append(vlb_bits_per_dim(m, batch, generator=gen).bits_per_dim.cpu())
+        x = to_model_range(images[start:start + args.batch_size]).to(device)
+        if discrete:                                    # its bound on the categories (MATH.md 10)
+            values.append(discrete_bits(model, to_categories(x, levels), gen).cpu())
+            continue
+        m = unconditional(model, len(x))
+        if args.method == "vlb":                        # the data binned to `levels` grey levels (MATH.md 2)
+            x = from_categories(to_categories(x, levels), levels)
+            values.append(vlb(m, x, generator=gen, num_bins=levels).bits_per_dim.cpu())
         else:
-            values.append(ode_bits_per_dim(m, batch, generator=gen)[0].cpu())
+            values.append(ode_bits_per_dim(m, to_uint8(x), generator=gen)[0].cpu())
     bpd = torch.cat(values).double()
-    print(f"{args.method} bits/dim on {len(bpd)} {args.split} images of {args.data}: "
+    print(f"{args.method} bits/dim on {len(bpd)} {args.split} images of {args.data} ({levels} levels): "
           f"{bpd.mean():.4f} +- {bpd.std() / len(bpd) ** 0.5:.4f} (standard error)")
 
 
@@ -523,6 +537,9 @@ def _add_nll(sub) -> None:
     n.add_argument("--data", default="digits", help=DATASET_HELP)
     n.add_argument("--split", choices=["train", "test"], default="test")
     n.add_argument("--method", choices=["vlb", "ode"], default="vlb")
+    n.add_argument("--levels", type=int, default=256,
+                   help="grey levels the data is counted on: DDPM's VLB decoder bins the data to this many levels "
+                        "(17 for the digits as stored; default 256, 8-bit); a multinomial model uses its categories")
     n.add_argument("--num", type=int, default=256, help="number of images")
     n.add_argument("--batch-size", type=int, default=128)
     n.set_defaults(run=_nll)

@@ -25,7 +25,7 @@ from torch import Tensor
 
 from ._util import require
 
-__all__ = ["ImageSet", "check_bytes", "to_model_range", "to_uint8", "to_levels", "DIGITS_LEVELS", "load_digits", "read_idx", "load_mnist",
+__all__ = ["ImageSet", "check_bytes", "to_model_range", "to_uint8", "to_levels", "to_categories", "from_categories", "DIGITS_LEVELS", "load_digits", "read_idx", "load_mnist",
            "load_cifar10", "load_image", "load_image_folder", "load_array", "toy_points", "batches", "load_dataset", "take",
            "DATASET_HELP"]
 
@@ -53,6 +53,19 @@ def to_model_range(k: Tensor | np.ndarray) -> Tensor:
 def to_uint8(x: Tensor) -> Tensor:
     """The inverse of :func:`to_model_range`: round ``(x + 1) 255 / 2`` and clip to 0..255."""
     return ((x.detach().float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+
+
+def to_categories(x: Tensor, num_categories: int) -> Tensor:
+    """Model-range values to categories ``0..K-1`` on ``K`` evenly spaced grey levels, ``round((x + 1)(K - 1) / 2)``
+    (the digits' 17 levels exactly; ``K = 2`` thresholds at mid-grey): multinomial diffusion's data (MATH.md 10)."""
+    require(isinstance(num_categories, int) and num_categories >= 2, f"num_categories must be an integer >= 2, "
+            f"got {num_categories!r}")
+    return ((x.detach().double() + 1) * ((num_categories - 1) / 2)).round().clamp(0, num_categories - 1).long()
+
+
+def from_categories(k: Tensor, num_categories: int) -> Tensor:
+    """The inverse of :func:`to_categories`: category ``k`` as the grey level ``2k / (K - 1) - 1``."""
+    return k.float() * (2 / (num_categories - 1)) - 1
 
 
 def to_levels(x: Tensor, levels: int) -> Tensor:

@@ -18,12 +18,13 @@ from torch import nn
 from ._util import require
 from .checkpoints import Checkpoint, CheckpointError, load_checkpoint
 from .models import Model
-from .networks import MLP, UNet, MLPConfig, UNetConfig
+from .networks import MLP, ARTransformer, ARTransformerConfig, MLPConfig, UNet, UNetConfig
 from .process_config import process_from_config
 
 __all__ = ["ModelSpec", "build_network", "load_model"]
 
-_NETWORKS: dict[str, tuple[type, type]] = {"unet": (UNet, UNetConfig), "mlp": (MLP, MLPConfig)}
+_NETWORKS: dict[str, tuple[type, type]] = {"unet": (UNet, UNetConfig), "mlp": (MLP, MLPConfig),
+                                           "ar-transformer": (ARTransformer, ARTransformerConfig)}
 
 
 def build_network(spec: dict[str, Any]) -> nn.Module:
@@ -57,7 +58,8 @@ class ModelSpec:
     learned_variance: bool = False
     data_shape: tuple[int, ...] = ()
     classes: list[str] | None = field(default=None)
-    parameterization: str = "score"          # "energy": EnergyModel, E = |x - net(x)|^2 / 2 (MATH.md 9)
+    parameterization: str = "score"          # "energy": EnergyModel, E = |x - net(x)|^2 / 2 (MATH.md 9);
+    # "categorical" / "autoregressive": multinomial diffusion's factorized or autoregressive model (MATH.md 10)
 
     def build(self) -> Model:
         return self.wrap(build_network(self.network), process_from_config(self.process))
@@ -65,6 +67,11 @@ class ModelSpec:
     def wrap(self, net: nn.Module, process=None) -> Model:
         """The model this spec describes around ``net`` (a built network, or DDP around one)."""
         process = process_from_config(self.process) if process is None else process
+        if self.parameterization in ("categorical", "autoregressive"):      # multinomial diffusion (MATH.md 10)
+            from .discrete import AutoregressiveModel, CategoricalModel
+
+            kind = CategoricalModel if self.parameterization == "categorical" else AutoregressiveModel
+            return kind(net, process)  # type: ignore[return-value]
         if self.parameterization == "energy":
             from .energy import EnergyModel
 

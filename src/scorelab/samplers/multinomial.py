@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from .._util import require
+from ..data import from_categories
 from ._common import Callback, NoiseLike, SampleResult, call_back
 
 __all__ = ["multinomial_ancestral", "step_grid"]
@@ -54,5 +55,4 @@ def multinomial_ancestral(model, shape_or_x: Sequence[int] | Tensor, steps: int 
         t_vec = torch.full((x.shape[0],), t, dtype=torch.long, device=device)
         x = model.sample_reverse(x, t_vec, torch.full_like(t_vec, s), noise)
         call_back(callback, i, steps, s / process.num_steps, x, (i + 1) * per_call)
-    k = process.num_categories
-    return SampleResult(x.float() * (2 / (k - 1)) - 1, steps * per_call, states=x)
+    return SampleResult(from_categories(x, process.num_categories), steps * per_call, states=x)

@@ -20,16 +20,19 @@ from .._util import require
 from ..data import DATASET_HELP, ImageSet
 from ..models import NETWORK_TARGETS
 from ..modelspec import ModelSpec
-from ..networks import PRESETS, MLPConfig, UNetConfig
+from ..networks import PRESETS, ARTransformerConfig, MLPConfig, UNetConfig
 from ..processes import SDE
 
-__all__ = ["TrainConfig", "FRAMEWORKS", "LOSSES", "KERNEL_LOSSES", "Framework", "make_process", "make_model_spec"]
+__all__ = ["TrainConfig", "FRAMEWORKS", "LOSSES", "KERNEL_LOSSES", "DISCRETE_LOSSES", "num_categories", "Framework", "make_process", "make_model_spec"]
 
 #: Loss names: L_simple (Ho et al. eq. 14), DSM with lambda = s^2 (NCSN, score SDEs),
 #: DSM with the likelihood weighting lambda = g^2, DSM with Min-SNR-5 weighting (Hang et al. 2023),
-#: Nichol & Dhariwal's hybrid loss, and
-#: exact and sliced score matching (Hyvarinen 2005; Song et al. 2019), which need no Gaussian kernel.
-LOSSES = ("simple", "dsm", "dsm-likelihood", "min-snr", "edm", "hybrid", "sm", "ssm", "ssm-vr")
+#: Nichol & Dhariwal's hybrid loss,
+#: exact and sliced score matching (Hyvarinen 2005; Song et al. 2019), which need no Gaussian kernel, and
+#: multinomial diffusion's bound (alone, or with D3PM's cross-entropy term).
+LOSSES = ("simple", "dsm", "dsm-likelihood", "min-snr", "edm", "hybrid", "sm", "ssm", "ssm-vr", "vlb", "vlb-ce")
+#: Multinomial diffusion's losses: the variational bound, and D3PM's hybrid with cross-entropy on x_0 (MATH.md 10).
+DISCRETE_LOSSES = ("vlb", "vlb-ce")
 #: The losses that regress on the Gaussian kernel q(x_t | x0) (affine processes only).
 KERNEL_LOSSES = ("simple", "dsm", "dsm-likelihood", "min-snr", "edm", "hybrid")
 
@@ -87,7 +90,15 @@ FRAMEWORKS: dict[str, Framework] = {
     "edm": Framework("Karras et al. 2022", {"name": "edm", "sigma_min": 0.002, "sigma_max": 80.0, "p_mean": -1.2,
                                             "p_std": 1.2, "sigma_data": 0.5},
                      "edm", "edm", 1e-3, 0, None, 0.999, "fourier", 4.0, "heun"),
+    # Hoogeboom et al. 2021 (multinomial diffusion, MATH.md 10): T = 1000, the cosine schedule, the uniform
+    # kernel, the variational bound; the network sees the step as DDPM's does and predicts x_0's logits;
+    # optimisation as DDPM's. --transitions autoregressive takes 4 steps (Esser et al. 2021 use few).
+    "multinomial": Framework("Hoogeboom et al. 2021", {"name": "multinomial", "num_steps": 1000, "schedule": "cosine",
+                                                       "kernel": "uniform"},
+                             "x0", "vlb", 2e-4, 1000, 1.0, 0.9999, "sinusoidal", None, "multinomial"),
 }
+#: Steps of the autoregressive variant unless --process-option num_steps=... says otherwise.
+AUTOREGRESSIVE_STEPS = 4
 
 
 def _opt(default: Any, help: str, **meta: Any) -> Any:
@@ -106,7 +117,8 @@ class TrainConfig:
     """
 
     framework: str = _opt("ddpm", "ddpm: Ho et al. 2020; ncsn: Song & Ermon 2019; vp/subvp/ve: Song et al. "
-                          "2021; edm: Karras et al. 2022; sde: a non-affine SDE by sliced score matching", choices=tuple(sorted(FRAMEWORKS)))
+                          "2021; edm: Karras et al. 2022; sde: a non-affine SDE by sliced score matching; multinomial: categorical "
+                          "pixels (Hoogeboom et al. 2021)", choices=tuple(sorted(FRAMEWORKS)))
     data: str = _opt("digits", DATASET_HELP)
     out: str = _opt("runs/scorelab", "run folder (checkpoints, loss.csv, samples/)")
     steps: int = _opt(10000, "total optimizer steps")
@@ -130,6 +142,11 @@ class TrainConfig:
     parameterization: str = _opt("score", "score: the network predicts --target; energy: it gives an energy "
                                  "E = |x - net(x, t)|^2 / 2 whose gradient is eps (Salimans & Ho 2021; Du et al. "
                                  "2023), for Metropolis-corrected sampling and composition", choices=("score", "energy"))
+    categories: int | None = _opt(None, "multinomial: categories per pixel, evenly spaced grey levels (default: "
+                                  "17 for digits, 256 for 8-bit images; 2 binarizes)")
+    transitions: str = _opt("factorized", "multinomial: reverse transitions factorized over pixels (Hoogeboom et "
+                            "al. 2021) or autoregressive over them (Esser et al. 2021)",
+                            choices=("factorized", "autoregressive"))
     process_options: dict[str, Any] = _opt({}, "override a process field, e.g. num_steps=500, sigma_max=20, "
                                            "drift=double_well (repeatable)", flag="--process-option")
     class_conditional: bool = _opt(False, "condition on labels (for guidance)")
@@ -174,6 +191,24 @@ class TrainConfig:
                 f"unknown network {self.network!r}; choose 'auto', 'mlp' or a U-Net preset: {sorted(PRESETS)}")
         if self.resolved("loss") == "hybrid":
             require(self.framework == "ddpm", "the hybrid loss (learned variances) needs --framework ddpm")
+        discrete = self.framework == "multinomial"
+        loss = self.resolved("loss")
+        if discrete:
+            require(loss in DISCRETE_LOSSES, f"multinomial diffusion trains on its variational bound; use --loss "
+                    f"{' or '.join(DISCRETE_LOSSES)}, not {loss!r}")
+            require(self.parameterization == "score" and self.target is None, "multinomial diffusion's network "
+                    "predicts x_0's categories: drop --parameterization and --target")
+            require(not self.class_conditional, "class conditioning is not built for multinomial diffusion yet; "
+                    "drop --class-conditional")
+            require(self.transitions == "factorized" or loss == "vlb", "the cross-entropy term needs p(x_0 | x_t), "
+                    "which an autoregressive transition does not give: use --loss vlb")
+            require(self.categories is None or (isinstance(self.categories, int) and 2 <= self.categories <= 256),
+                    f"categories must be an integer in 2..256, got {self.categories!r}")
+        else:
+            require(loss not in DISCRETE_LOSSES, f"the loss {loss!r} is multinomial diffusion's: use --framework "
+                    "multinomial")
+            require(self.categories is None and self.transitions == "factorized", "--categories and --transitions "
+                    "are for --framework multinomial (categorical data)")
         if self.framework == "sde":
             require(self.resolved("loss") not in KERNEL_LOSSES,
                     f"the loss {self.resolved('loss')!r} regresses on the Gaussian kernel of an affine process, and "
@@ -211,10 +246,52 @@ def make_process(config: TrainConfig) -> SDE:
     from ..process_config import process_from_config
 
     options = {**config.defaults.process, **config.process_options}
+    if config.framework == "multinomial":
+        options.setdefault("num_categories", num_categories(config))
+        if config.transitions == "autoregressive" and "num_steps" not in config.process_options:
+            options["num_steps"] = AUTOREGRESSIVE_STEPS
     try:
         return process_from_config(options)
     except TypeError as e:
         raise ValueError(f"process options {config.process_options} do not fit the {config.framework} process: {e}") from None
+
+
+def num_categories(config: TrainConfig) -> int:
+    """Multinomial diffusion's K: ``--categories``, else the data's grey levels (17 for digits, 256 for 8-bit)."""
+    from ..data import DIGITS_LEVELS
+
+    if config.categories is not None:
+        return config.categories
+    return DIGITS_LEVELS + 1 if config.data == "digits" else 256
+
+
+def _discrete_spec(config: TrainConfig, data: ImageSet | np.ndarray, process: Any) -> ModelSpec:
+    """Multinomial diffusion's model: a U-Net from one-hot x_t to x_0's logits, or the autoregressive
+    Transformer over the flattened pixels (MATH.md 10)."""
+    require(isinstance(data, ImageSet), "multinomial diffusion here trains on images (categories per pixel); "
+            "for point data use scorelab.discrete directly")
+    shape, states = data.shape, process.num_states
+    if config.transitions == "autoregressive":
+        require(config.network == "auto", "the autoregressive transitions use their Transformer: drop --network")
+        try:
+            network = {"kind": "ar-transformer", **ARTransformerConfig(
+                **{"num_tokens": int(np.prod(shape)), "num_states": states, **config.network_options}).to_dict()}
+        except TypeError as e:
+            raise ValueError(f"network options {config.network_options} do not fit ARTransformerConfig: {e}") from None
+        kind = "autoregressive"
+    else:
+        preset = _auto_preset(shape) if config.network == "auto" else config.network
+        require(preset != "mlp", "multinomial diffusion's factorized model is a U-Net; choose a preset")
+        options = {"embedding": "sinusoidal", "embedding_scale": None, "image_size": shape[1],
+                   "in_channels": shape[0] * states, "out_channels": shape[0] * process.num_categories,
+                   **config.network_options}
+        try:
+            network = {"kind": "unet", **UNetConfig.preset(preset, **options).to_dict()}
+        except TypeError as e:
+            raise ValueError(f"network options {config.network_options} do not fit UNetConfig: {e}") from None
+        kind = "categorical"
+    return ModelSpec(network=network, process=process.config(), target="x0", condition="index",
+                     data_shape=tuple(shape), parameterization=kind)
 
 
 def _auto_preset(shape: tuple[int, ...]) -> str:
@@ -228,6 +305,8 @@ def make_model_spec(config: TrainConfig, data: ImageSet | np.ndarray) -> ModelSp
     """The model a run trains: network (sized to the data), process, target and condition."""
     fw = config.defaults
     process = make_process(config)
+    if getattr(process, "discrete", False):
+        return _discrete_spec(config, data, process)
     loss = config.resolved("loss")
     learned_variance = loss == "hybrid"
     if loss == "sm":

@@ -12,6 +12,7 @@ from ..models import Model
 from ..processes import DDPM
 from ..modelspec import ModelSpec
 from ..samplers import ddim, euler_maruyama
+from ..samplers.multinomial import multinomial_ancestral
 from .plots import plot_points
 
 __all__ = ["save_preview"]
@@ -21,7 +22,7 @@ __all__ = ["save_preview"]
 def save_preview(model: Model, spec: ModelSpec, step: int, out: Path, *, num: int = 64, steps: int = 50,
                  seed: int = 0) -> Path:
     """``out/samples/step-XXXXXXXX.png``: ``num`` DDIM samples (eta = 0, ``steps`` steps; MATH.md 5),
-    or Euler-Maruyama ones on a general SDE.
+    or Euler-Maruyama ones on a general SDE, or multinomial diffusion's chain on ``steps`` of its steps.
 
     Class-conditional models draw class ``k mod num_classes`` in position k.
     """
@@ -33,7 +34,11 @@ def save_preview(model: Model, spec: ModelSpec, step: int, out: Path, *, num: in
     if isinstance(model.process, DDPM):
         steps = min(steps, model.process.num_steps)
     noise = torch.Generator(device).manual_seed(seed)
-    if model.process.affine:
+    if getattr(model.process, "discrete", False):  # multinomial diffusion: its chain (all steps when autoregressive)
+        autoregressive = not hasattr(model, "log_reverse")
+        x = multinomial_ancestral(m, shape, None if autoregressive else min(steps, model.process.num_steps),
+                                  noise=noise).samples
+    elif model.process.affine:
         x = ddim(m, shape, steps, noise=noise).samples
     else:                                          # a general SDE: Euler-Maruyama from the same noise (MATH.md 7)
         x = euler_maruyama(m, shape, steps, noise=noise).samples

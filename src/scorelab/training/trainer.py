@@ -43,7 +43,8 @@ from torch import Tensor, nn
 
 from .._util import BatchNoise, Randomness, atomic_write, check_writable, randn, require
 from ..checkpoints import CheckpointError, config_differences, latest_checkpoint, load_checkpoint, save_checkpoint
-from ..data import ImageSet, load_dataset, take
+from ..data import ImageSet, load_dataset, take, to_categories
+from ..discrete.losses import multinomial_loss
 from ..distributed import Ranks, all_equal, all_mean, barrier, rank_device, resolve_device
 from ..distributed import current as current_ranks
 from ..guidance import Conditional, drop_labels
@@ -93,6 +94,12 @@ def _sliced(variance_reduced: bool):
         m, x0, variance_reduced=variance_reduced, t=t, noise=noise, generator=gen, reduction="mean")
 
 
+def _multinomial(ce_weight: float):
+    """Multinomial diffusion's bound on the batch's grey levels as categories (MATH.md 10), D3PM's lambda = 0.001."""
+    return lambda m, x0, gen, t, noise: multinomial_loss(m, to_categories(x0, m.process.num_categories), t=t,
+                                                         noise=gen, ce_weight=ce_weight)
+
+
 #: Each training loss by name: ``(model, x0, randomness, t, noise) -> per-example loss`` (MATH.md 2-4, 7).
 LOSS_FUNCTIONS = {
     "simple": lambda m, x0, gen, t, noise: simple_loss(m, x0, t=t, noise=noise, generator=gen),
@@ -105,6 +112,8 @@ LOSS_FUNCTIONS = {
                                                            reduction="mean"),
     "ssm": _sliced(False),
     "ssm-vr": _sliced(True),
+    "vlb": _multinomial(0.0),
+    "vlb-ce": _multinomial(0.001),
 }
 
 
