@@ -8,7 +8,8 @@ import pytest
 import torch
 
 import scorelab as sl
-from scorelab.discrete import CategoricalOracle, MultinomialDiffusion, bits_per_dim, multinomial_loss, vlb_term
+from scorelab.discrete import (CategoricalOracle, MultinomialDiffusion, StepImportance, bits_per_dim, multinomial_loss,
+                               vlb_term)
 
 K, D = 3, 3
 
@@ -200,6 +201,16 @@ def test_the_losses_estimate_the_enumerated_bound(oracle):
     whole = torch.stack([bits_per_dim(factorized, x0[:500], _gen(9 + k)) for k in range(4)]).mean() * D * math.log(2)
     assert abs(float(loss.mean() - whole)) < 4 * float(loss.std()) / math.sqrt(4000) + 0.02
     assert exact_terms.shape == (3, 1)
+    # Hoogeboom et al.'s importance sampling: uniform until each t was seen 10 times, then p(t) ∝ sqrt(E[L_t^2])
+    # from the running average 0.1 L_t^2 + 0.9 history, the decoder (t = 1) taking t = 2's weight.
+    imp = StepImportance(3)
+    for k in range(11):
+        torch.testing.assert_close(imp.probabilities(), torch.tensor([0, 1 / 3, 1 / 3, 1 / 3], dtype=torch.float64))
+        imp.update(torch.tensor([1, 2, 3]), torch.tensor([9.0, 2.0, 4.0]))
+    torch.testing.assert_close(imp.probabilities(), torch.tensor([0, 0.25, 0.25, 0.5], dtype=torch.float64),
+                               rtol=0, atol=1e-4)
+    t, p_t = imp.sample(4000, _gen(3))
+    assert abs(float((t == 3).double().mean()) - 0.5) < 0.03 and bool((p_t == imp.probabilities()[t]).all())
 
 
 def test_bad_categorical_input_is_refused_with_one_clear_line():
@@ -249,22 +260,25 @@ def test_the_command_line_trains_samples_and_scores_a_multinomial_model(tmp_path
 
 
 def test_autoregressive_training_resumes_exactly(tmp_path):
-    """The autoregressive variant through the trainer: 4 steps in one go equal 2 + 2 resumed, bit for bit."""
+    """The autoregressive variant through the trainer: 6 steps in one go equal 3 + 3 resumed, bit for bit,
+    the importance sampler's history of L_t included (it takes over once each t was seen 10 times)."""
     from scorelab.training import TrainConfig, train
 
     d = sl.data.load_digits("train")
     data = sl.data.ImageSet(d.images[:16], d.labels[:16], d.classes)
-    kw = dict(framework="multinomial", transitions="autoregressive", categories=2, batch_size=8, lr=1e-3, warmup=0,
+    kw = dict(framework="multinomial", transitions="autoregressive", categories=2, batch_size=16, lr=1e-3, warmup=0,
               ema_decay=0.5, network_options={"width": 16, "heads": 2, "encoder_layers": 1, "decoder_layers": 1},
-              process_options={"num_steps": 2}, sample_every=10**6, checkpoint_every=2, num_preview=2, log_every=1)
-    whole = train(TrainConfig(out=str(tmp_path / "whole"), steps=4, **kw), data=data, progress=False)
-    train(TrainConfig(out=str(tmp_path / "split"), steps=2, **kw), data=data, progress=False)
-    split = train(TrainConfig(out=str(tmp_path / "split"), steps=4, **kw), data=data, resume=True, progress=False)
+              process_options={"num_steps": 3}, sample_every=10**6, checkpoint_every=3, num_preview=2, log_every=1)
+    whole = train(TrainConfig(out=str(tmp_path / "whole"), steps=6, **kw), data=data, progress=False)
+    train(TrainConfig(out=str(tmp_path / "split"), steps=3, **kw), data=data, progress=False)
+    split = train(TrainConfig(out=str(tmp_path / "split"), steps=6, **kw), data=data, resume=True, progress=False)
     assert isinstance(whole.model, sl.discrete.AutoregressiveModel) and whole.model.process.num_categories == 2
     a, b = sl.load_model(tmp_path / "whole")[2], sl.load_model(tmp_path / "split")[2]
     for key, value in a.model.items():
         assert torch.equal(value, b.model[key]), key
-    assert split.losses == whole.losses[2:]
+    assert split.losses == whole.losses[3:]
+    count = a.tensors["step_importance.count"]
+    assert int(count.sum()) == 6 * 16 and bool((count[1:] > 10).all())         # importance sampling took over
 
 
 def test_bad_multinomial_configurations_are_refused_with_one_line():

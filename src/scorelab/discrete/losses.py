@@ -110,7 +110,7 @@ def multinomial_loss(model, x0: Tensor, *, t: Tensor | None = None, noise=None, 
         t, p_t = u + 1, torch.full((n,), 1.0 / big_t, dtype=torch.float64, device=x0.device)
     x_t = process.sample_marginal(x0, t, noise)
     term = vlb_term(model, x0, t, x_t, noise, labels)
-    if importance is not None and model.training:
+    if importance is not None:
         importance.update(t, term)
     loss = term / p_t.to(term.dtype) + process.prior_kl(x0).to(term.dtype)
     if ce_weight:

@@ -147,6 +147,9 @@ class TrainConfig:
     transitions: str = _opt("factorized", "multinomial: reverse transitions factorized over pixels (Hoogeboom et "
                             "al. 2021) or autoregressive over them (Esser et al. 2021)",
                             choices=("factorized", "autoregressive"))
+    step_sampling: str = _opt("importance", "multinomial: draw t by Hoogeboom et al.'s importance sampling "
+                              "(p(t) ~ sqrt(E[L_t^2]), once each t was seen 10 times) or uniformly",
+                              choices=("importance", "uniform"))
     process_options: dict[str, Any] = _opt({}, "override a process field, e.g. num_steps=500, sigma_max=20, "
                                            "drift=double_well (repeatable)", flag="--process-option")
     class_conditional: bool = _opt(False, "condition on labels (for guidance)")
@@ -202,13 +205,15 @@ class TrainConfig:
                     "drop --class-conditional")
             require(self.transitions == "factorized" or loss == "vlb", "the cross-entropy term needs p(x_0 | x_t), "
                     "which an autoregressive transition does not give: use --loss vlb")
+            require(self.step_sampling in ("importance", "uniform"), f"step_sampling must be 'importance' or "
+                    f"'uniform', got {self.step_sampling!r}")
             require(self.categories is None or (isinstance(self.categories, int) and 2 <= self.categories <= 256),
                     f"categories must be an integer in 2..256, got {self.categories!r}")
         else:
             require(loss not in DISCRETE_LOSSES, f"the loss {loss!r} is multinomial diffusion's: use --framework "
                     "multinomial")
-            require(self.categories is None and self.transitions == "factorized", "--categories and --transitions "
-                    "are for --framework multinomial (categorical data)")
+            require(self.categories is None and self.transitions == "factorized" and self.step_sampling == "importance",
+                    "--categories, --transitions and --step-sampling are for --framework multinomial (categorical data)")
         if self.framework == "sde":
             require(self.resolved("loss") not in KERNEL_LOSSES,
                     f"the loss {self.resolved('loss')!r} regresses on the Gaussian kernel of an affine process, and "

@@ -44,7 +44,7 @@ from torch import Tensor, nn
 from .._util import BatchNoise, Randomness, atomic_write, check_writable, randn, require
 from ..checkpoints import CheckpointError, config_differences, latest_checkpoint, load_checkpoint, save_checkpoint
 from ..data import ImageSet, load_dataset, take, to_categories
-from ..discrete.losses import multinomial_loss
+from ..discrete.losses import StepImportance, multinomial_loss
 from ..distributed import Ranks, all_equal, all_mean, barrier, rank_device, resolve_device
 from ..distributed import current as current_ranks
 from ..guidance import Conditional, drop_labels
@@ -95,9 +95,11 @@ def _sliced(variance_reduced: bool):
 
 
 def _multinomial(ce_weight: float):
-    """Multinomial diffusion's bound on the batch's grey levels as categories (MATH.md 10), D3PM's lambda = 0.001."""
-    return lambda m, x0, gen, t, noise: multinomial_loss(m, to_categories(x0, m.process.num_categories), t=t,
-                                                         noise=gen, ce_weight=ce_weight)
+    """Multinomial diffusion's bound on the batch's grey levels as categories (MATH.md 10), D3PM's lambda = 0.001;
+    with ``importance`` (a :class:`StepImportance`) its steps are importance-sampled instead of the given ``t``."""
+    return lambda m, x0, gen, t, noise, importance=None: multinomial_loss(
+        m, to_categories(x0, m.process.num_categories), t=None if importance is not None else t, noise=gen,
+        ce_weight=ce_weight, importance=importance)
 
 
 #: Each training loss by name: ``(model, x0, randomness, t, noise) -> per-example loss`` (MATH.md 2-4, 7).
@@ -118,8 +120,8 @@ LOSS_FUNCTIONS = {
 
 
 def training_loss(model: Model, x0: Tensor, loss: str, generator: Randomness = None,
-                  labels: Tensor | None = None, *, t: Tensor | None = None, noise: Tensor | None = None
-                  ) -> Tensor:
+                  labels: Tensor | None = None, *, t: Tensor | None = None, noise: Tensor | None = None,
+                  importance: StepImportance | None = None) -> Tensor:
     """The per-example loss of one batch (MATH.md 2-4, 7), averaged over dimensions.
 
     ``"simple"``: L_simple (Ho et al. eq. 14); ``"dsm"``: denoising score matching
@@ -129,11 +131,13 @@ def training_loss(model: Model, x0: Tensor, loss: str, generator: Randomness = N
     weighted by ``lambda(t)`` (s^2, or 1 - exp(-int g^2) on a general SDE). ``labels`` condition
     a class-conditional model (-1: no label). ``t`` and ``noise`` (drawn from
     ``generator`` when not given) are the times and ``eps`` of the batch; a general
-    SDE has no eps and simulates ``x_t`` from ``generator`` instead.
+    SDE has no eps and simulates ``x_t`` from ``generator`` instead. ``"vlb"``, ``"vlb-ce"``: multinomial
+    diffusion's bound (MATH.md 10), its steps drawn by ``importance`` when given (which learns from the batch).
     """
     require(loss in LOSS_FUNCTIONS, f"unknown loss {loss!r}; choose one of {sorted(LOSS_FUNCTIONS)}")
     m = model if labels is None else Conditional(model, labels)
-    return LOSS_FUNCTIONS[loss](m, x0, generator, t, noise if model.process.affine else None)
+    extra = {} if importance is None else {"importance": importance}
+    return LOSS_FUNCTIONS[loss](m, x0, generator, t, noise if model.process.affine else None, **extra)
 
 
 def _autocast(device: torch.device, precision: str):
@@ -240,6 +244,7 @@ class _Run:
     ema: nn.Module
     optimizer: torch.optim.Optimizer
     preview: Callable[[Model, ModelSpec, int, Path], None]
+    importance: StepImportance | None = None              # multinomial diffusion's step history (checkpointed)
     train_model: Model | None = None                      # the model the loss sees (DDP-wrapped on ranks)
     start: int = 0                                        # the step this call resumes from
     seconds_before: float = 0.0                           # training time of the run before this call
@@ -287,7 +292,10 @@ def _build(config: TrainConfig, data: ImageSet | np.ndarray | None, ranks: Ranks
     if ranks.main:
         check_output_dir(Path(config.out), 4 * param_bytes * (config.keep_last + 1) + (1 << 20))
     barrier(ranks)
-    return _Run(config, ranks, device, data, spec, model, ema, optimizer, preview)
+    importance = None
+    if getattr(model.process, "discrete", False) and config.step_sampling == "importance":
+        importance = StepImportance(model.process.num_steps).to(device)
+    return _Run(config, ranks, device, data, spec, model, ema, optimizer, preview, importance)
 
 
 def _resume(run: _Run, resume: bool | str | Path, progress: bool) -> None:
@@ -314,6 +322,9 @@ def _resume(run: _Run, resume: bool | str | Path, progress: bool) -> None:
     run.ema.load_state_dict(ckpt.ema)
     run.optimizer.load_state_dict(ckpt.optimizer)
     _set_rng_state(ckpt.tensors, run.device, run.ranks, run.config.seed, ckpt.step)
+    if run.importance is not None:
+        run.importance.load_state_dict({k[len(_IMPORTANCE):]: v for k, v in ckpt.tensors.items()
+                                        if k.startswith(_IMPORTANCE)})
     run.start, run.resume_from, run.last_ckpt = ckpt.step, resume_from, resume_from
     run.seconds_before = float(ckpt.extra.get("seconds", 0.0))
     run.skipped = int(ckpt.extra.get("skipped_batches", 0))
@@ -359,7 +370,7 @@ def _micro_batch_loss(run: _Run, step: int, micro: int) -> Tensor:
         t, noise = t.clone(), noise.clone()
     with _autocast(device, config.precision):
         return training_loss(run.train_model, x0, config.resolved("loss"), BatchNoise(gen, config.batch_size, rows),
-                             y if labels_on else None, t=t, noise=noise).mean()
+                             y if labels_on else None, t=t, noise=noise, importance=run.importance).mean()
 
 
 def _gradients(run: _Run, step: int) -> tuple[float, Tensor, Tensor]:
@@ -420,6 +431,16 @@ def _log(run: _Run, step: int, lr: float, grad_norm: Tensor) -> None:
         run.bar.update(1)
 
 
+_IMPORTANCE = "step_importance."
+
+
+def _importance_tensors(run: _Run) -> dict[str, Tensor]:
+    """Multinomial diffusion's step history, saved beside the RNG states (rank 0's)."""
+    if run.importance is None:
+        return {}
+    return {_IMPORTANCE + k: v for k, v in run.importance.state_dict().items()}
+
+
 def _checkpoint_and_preview(run: _Run, step: int) -> None:
     """Every ``checkpoint_every`` steps (and at the end) a checkpoint with every rank's RNG, written by rank 0;
     every ``sample_every`` steps a preview grid, drawn without touching the training RNG."""
@@ -429,7 +450,7 @@ def _checkpoint_and_preview(run: _Run, step: int) -> None:
         if ranks.main:
             run.last_ckpt = save_checkpoint(
                 run.out / "checkpoints", step, model=run.net.state_dict(), ema=run.ema.state_dict(),
-                optimizer=run.optimizer.state_dict(), tensors=rng,
+                optimizer=run.optimizer.state_dict(), tensors={**rng, **_importance_tensors(run)},
                 config={"model": run.spec.to_dict(), "train": config.to_dict()},
                 extra={"images_seen": step * config.batch_size * config.grad_accum, "skipped_batches": run.skipped,
                        "world_size": ranks.world_size, "seconds": run.seconds_before + time.perf_counter() - run.t_start},
