@@ -108,6 +108,14 @@ CASES: list[tuple[str, str, str]] = [
      "corrector=mala --out {d}/s.png", "has no energy"),
     ("an energy model on an SDE whose drift is not affine", "train --framework sde --parameterization energy "
      "--out {d}/x", "--parameterization score"),
+    ("multinomial diffusion's loss on a Gaussian process", "train --loss vlb --out {d}/x", "--framework multinomial"),
+    ("a Gaussian loss on multinomial diffusion", "train --framework multinomial --loss dsm --out {d}/x",
+     "variational bound"),
+    ("fewer than 2 categories", "train --framework multinomial --categories 1 --out {d}/x", "2..256"),
+    ("a Gaussian-only command on a multinomial model", "interpolate {d}/multinomial --out {d}/i.png",
+     "multinomial diffusion (categorical data)"),
+    ("a Gaussian sampler on a multinomial model", "sample {d}/multinomial --sampler ddim --out {d}/s.png",
+     "does not run on"),
 ]
 
 
@@ -124,6 +132,7 @@ def _setup(d: Path) -> None:
     assert _run(f"train --out {d}/run " + " ".join(FAST), d)[0] == 0
     assert _run(f"train --framework sde --data points:two_moons --out {d}/sde --steps 2 --batch-size 16 "
                 "--sample-every 100", d)[0] == 0
+    assert _run(f"train --framework multinomial --out {d}/multinomial " + " ".join(FAST), d)[0] == 0
     Image.fromarray(np.full((8, 8), 255, np.uint8)).save(d / "white.png")
     assert _run(f"train --out {d}/run100 " + " ".join(FAST) + " --process-option num_steps=100", d)[0] == 0
     assert _run(f"train-classifier {d}/run100 --steps 1 --batch-size 8 --out {d}/clf100", d)[0] == 0

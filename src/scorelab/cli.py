@@ -126,11 +126,15 @@ def _read_config(path: str) -> dict[str, Any]:
     return {k: v for k, v in d.items() if not k.startswith("_")}
 
 
-def _load(args: argparse.Namespace, device=None):
-    from .modelspec import load_model
+def _load(args: argparse.Namespace, device=None, *, any_process: bool = False):
+    """The checkpoint's model; unless ``any_process``, a Gaussian diffusion one (refusing multinomial)."""
+    from .modelspec import load_model, require_gaussian
     from .distributed import resolve_device
 
-    return load_model(args.checkpoint, weights=args.weights, device=device or resolve_device(args.device))
+    loaded = load_model(args.checkpoint, weights=args.weights, device=device or resolve_device(args.device))
+    if not any_process:
+        require_gaussian(loaded[1], f"scorelab {args.command}")
+    return loaded
 
 
 def _classifier_guided(model, spec, args: argparse.Namespace, num: int):
@@ -193,7 +197,7 @@ def _sample_on(args: argparse.Namespace, ranks, device) -> None:
     from .training.plots import plot_points
 
     out = check_writable(args.out, what="sample file")         # before any work (every rank alike)
-    model, spec, ckpt = _load(args, device)
+    model, spec, ckpt = _load(args, device, any_process=True)
     m, labels = (_classifier_guided(model, spec, args, args.num) if args.classifier is not None
                  else _guided(model, spec, args.label, args.guidance, args.num))
     if args.clip_denoised and len(spec.data_shape) == 3 and model.process.affine:   # a general SDE has no x0
@@ -231,7 +235,7 @@ def _nll(args: argparse.Namespace) -> None:
     from .losses import vlb
     from .processes import DDPM
 
-    model, spec, _ = _load(args)
+    model, spec, _ = _load(args, any_process=True)
     data = load_dataset(args.data, args.split)
     if not isinstance(data, ImageSet):
         raise ValueError("bits/dim is defined for 8-bit images; use scorelab.likelihood.ode_log_likelihood for points")
@@ -404,14 +408,14 @@ def _train_classifier(args: argparse.Namespace) -> None:
 def _info(args: argparse.Namespace) -> None:
     from .networks import count_parameters
 
-    model, spec, ckpt = _load(args)
+    model, spec, ckpt = _load(args, any_process=True)
     train = ckpt.config.get("train", {})
     print(f"checkpoint  {ckpt.path}")
     print(f"step        {ckpt.step}  ({ckpt.extra.get('images_seen', '?')} images seen)")
     print(f"framework   {train.get('framework', '?')} on {train.get('data', '?')}")
     print(f"process     {spec.process}")
     print(f"network     {spec.network.get('kind')} with {count_parameters(model.net):,} parameters; "
-          f"predicts {spec.target}, conditioned on {model.condition}")
+          f"predicts {spec.target}, conditioned on {getattr(model, 'condition', spec.condition)}")
     print(f"data shape  {tuple(spec.data_shape)}; classes: {spec.classes or 'none (unconditional)'}")
     print(f"weights     model{', EMA' if ckpt.ema is not None else ''}{', optimizer' if ckpt.optimizer else ''}")
 

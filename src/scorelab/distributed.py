@@ -173,6 +173,15 @@ def broadcast_flag(flag: bool, ranks: Ranks) -> bool:
     return bool(t.item())
 
 
+def broadcast_(x: Tensor, ranks: Ranks) -> Tensor:
+    """Overwrite ``x`` in place with rank 0's values (a no-op for the single process)."""
+    if ranks.distributed:
+        y = x.to(_comm_device()).clone()
+        dist.broadcast(y, src=0)
+        x.copy_(y.to(x.device))
+    return x
+
+
 def all_equal(value: int, ranks: Ranks) -> bool:
     """Whether every rank holds the same ``value`` (the same answer on all ranks)."""
     if not ranks.distributed:

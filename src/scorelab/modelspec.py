@@ -100,6 +100,13 @@ class ModelSpec:
                          "energy" if energy else "score")
 
 
+def require_gaussian(spec: ModelSpec, what: str) -> None:
+    """Refuse a multinomial diffusion model where only a Gaussian one will do, in one line."""
+    require(spec.process.get("name") != "multinomial", f"{what} works on Gaussian diffusion models, and this "
+            "checkpoint is multinomial diffusion (categorical data): it samples (scorelab sample) and gives its "
+            "bits/dim (scorelab nll)")
+
+
 def load_model(path: str | Path, *, weights: str = "ema", device: str | torch.device = "cpu"
                ) -> tuple[Model, ModelSpec, Checkpoint]:
     """Rebuild the model saved at ``path`` (a checkpoint folder or a run's folder: its newest).

@@ -51,7 +51,9 @@ def vlb_term(model, x0: Tensor, t: Tensor, x_t: Tensor | None = None, noise=None
 class StepImportance(nn.Module):
     """Hoogeboom et al.'s importance sampling of ``t``: ``p(t) ∝ sqrt(E[L_t^2])`` from a running average
     (``0.1 L_t^2 + 0.9 history``) once every step has been seen 10 times, uniform before; the decoder's
-    weight is the first KL term's. Buffers, so the history is saved and restored with the network."""
+    weight is the first KL term's. Its buffers (a state dict) stay on the CPU, where the update is
+    deterministic; a step seen several times in a batch is updated once, with the mean of its L_t^2 (their
+    code keeps one of them), and non-finite terms are left out."""
 
     def __init__(self, num_steps: int):
         super().__init__()
@@ -83,10 +85,15 @@ class StepImportance(nn.Module):
 
     @torch.no_grad()
     def update(self, t: Tensor, term: Tensor) -> None:
-        t = t.to(self.history.device)
-        value = 0.1 * term.detach().double().to(self.history.device) ** 2 + 0.9 * self.history[t]
-        self.history.scatter_(0, t, value)
-        self.count.scatter_add_(0, t, torch.ones_like(t))
+        t, term = t.detach().cpu().long(), term.detach().cpu().double()
+        keep = torch.isfinite(term)
+        t, square = t[keep], term[keep] ** 2
+        if not len(t):
+            return
+        steps, inverse, seen = torch.unique(t, return_inverse=True, return_counts=True)
+        mean = torch.zeros(len(steps), dtype=torch.float64).index_add_(0, inverse, square) / seen
+        self.history[steps] = 0.1 * mean + 0.9 * self.history[steps]
+        self.count[steps] += seen
 
 
 def multinomial_loss(model, x0: Tensor, *, t: Tensor | None = None, noise=None, ce_weight: float = 0.0,

@@ -69,11 +69,14 @@ class CategoricalModel(_Discrete):
 
     def x0_logits(self, x_t: Tensor, t: int | Tensor, labels: Tensor | None = None) -> Tensor:
         """Logits of ``p(x_0 | x_t)``, shape ``(*x_t.shape, K)``."""
+        x_t = self.process.check_states(x_t)
         t = self.process._steps(t, x_t)
         c = self._condition(t).float()
         inp = one_hot_input(x_t, self.process.num_states)
         out = self.net(inp, c) if labels is None else self.net(inp, c, labels)
         k = self.process.num_categories
+        require(out.numel() == x_t.numel() * k, f"the network returned {tuple(out.shape)} for x_t of shape "
+                f"{tuple(x_t.shape)}: it must give K={k} logits per dimension ({x_t[0].numel() * k} per example)")
         if x_t.ndim == 4:
             n, _, h, w = out.shape
             out = out.reshape(n, x_t.shape[1], k, h, w).permute(0, 1, 3, 4, 2)
@@ -98,7 +101,8 @@ class CategoricalModel(_Discrete):
     def log_prob_reverse(self, x_s: Tensor, x_t: Tensor, t: int | Tensor, s: int | Tensor | None = None,
                          labels: Tensor | None = None) -> Tensor:
         log_p = self.log_reverse(x_t, t, s, labels)
-        return log_p.gather(-1, x_s.long().unsqueeze(-1)).squeeze(-1).flatten(1).sum(1)
+        x_s = self.process.check_states(x_s, "x_s")
+        return log_p.gather(-1, x_s.unsqueeze(-1)).squeeze(-1).flatten(1).sum(1)
 
     def sample_reverse(self, x_t: Tensor, t: int | Tensor, s: int | Tensor | None = None,
                        generator: torch.Generator | None = None, labels: Tensor | None = None) -> Tensor:
@@ -119,13 +123,20 @@ class AutoregressiveModel(_Discrete):
     """
 
     def _support(self, x_t: Tensor, t: Tensor, s: Tensor) -> Tensor:
-        """``log q(x_t | x_s = j) > log 0`` per dimension and state: where ``x_s`` may lie."""
-        return self.process._log_likelihood_of_x_t(x_t.long(), t, s) > _LOG_ZERO / 2
+        """``log q(x_t | x_s = j) > log 0`` per dimension and state: where ``x_s`` may lie (at ``s = 0``, data:
+        never [MASK])."""
+        support = self.process._log_likelihood_of_x_t(x_t.long(), t, s) > _LOG_ZERO / 2
+        if self.process.mask_state is not None:
+            at_data = (s == 0).reshape((-1,) + (1,) * x_t.ndim)
+            is_mask = torch.arange(self.process.num_states, device=x_t.device) == self.process.mask_state
+            support = support & ~(at_data & is_mask)
+        return support
 
     def conditional_logits(self, x_s: Tensor, x_t: Tensor, t: int | Tensor, s: int | Tensor | None = None,
                            labels: Tensor | None = None) -> Tensor:
         """``log p(x_{s,i} | x_{s,<i}, x_t)`` for every dimension ``i`` and state (teacher forcing), normalized,
         shape ``(*x_t.shape, S)``."""
+        x_t, x_s = self.process.check_states(x_t), self.process.check_states(x_s, "x_s")
         t, s = self._steps(t, s, x_t)
         require(bool((s == t - 1).all()), "an autoregressive model is trained for single steps: s must be t - 1")
         n = x_t.shape[0]
@@ -145,6 +156,7 @@ class AutoregressiveModel(_Discrete):
     def sample_reverse(self, x_t: Tensor, t: int | Tensor, s: int | Tensor | None = None,
                        generator: torch.Generator | None = None, labels: Tensor | None = None) -> Tensor:
         """Dimension by dimension in raster order: ``D`` network calls."""
+        x_t = self.process.check_states(x_t)
         t, s = self._steps(t, s, x_t)
         x_s = torch.zeros_like(x_t, dtype=torch.long)
         flat = x_s.view(x_t.shape[0], -1)

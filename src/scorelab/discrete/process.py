@@ -39,13 +39,14 @@ def log1mexp(a: Tensor) -> Tensor:
     return torch.where(a > -math.log(2), torch.log(-torch.expm1(a)), torch.log1p(-torch.exp(a)))
 
 
-def _alpha_bar(schedule: str, num_steps: int) -> np.ndarray:
+def _alpha_bar(schedule: str, num_steps: int, kernel: str = "uniform") -> np.ndarray:
     """``alpha_bar_t``, t = 0..T (alpha_bar_0 = 1).
 
     ``"cosine"``: Hoogeboom et al.'s code, the square root of Nichol & Dhariwal's cos^2 schedule (their
     alpha is the Gaussian sqrt(alpha)), each step's ratio clipped at sqrt(0.001) as theirs;
     ``"linear"``: ``alpha_bar_t = 1 - t / T``, Austin et al.'s ``beta_t = 1 / (T - t + 1)`` (the
-    mutual-information schedule of the absorbing kernel), which ends exactly at the prior.
+    mutual-information schedule of the absorbing kernel), which ends exactly at the prior. The absorbing
+    kernel's prior is all [MASK], which any ``alpha_bar_T > 0`` can miss, so there the last step absorbs all.
     """
     t = np.arange(num_steps + 1, dtype=np.float64)
     if schedule == "linear":
@@ -53,7 +54,10 @@ def _alpha_bar(schedule: str, num_steps: int) -> np.ndarray:
     s = 0.008
     f = np.cos((t / num_steps + s) / (1 + s) * np.pi / 2) ** 2
     ratios = np.clip(f[1:] / f[:-1], 0.001, 1.0)
-    return np.concatenate([[1.0], np.cumprod(np.sqrt(ratios))])
+    out = np.concatenate([[1.0], np.cumprod(np.sqrt(ratios))])
+    if kernel == "absorbing":
+        out[-1] = 0.0
+    return out
 
 
 class MultinomialDiffusion:
@@ -82,7 +86,7 @@ class MultinomialDiffusion:
         #: States a dimension can take: the K categories, and [MASK] for the absorbing kernel.
         self.num_states = num_categories + (kernel == "absorbing")
         self.mask_state = num_categories if kernel == "absorbing" else None
-        alpha_bar = torch.from_numpy(_alpha_bar(schedule, num_steps))
+        alpha_bar = torch.from_numpy(_alpha_bar(schedule, num_steps, kernel))
         self.log_alpha_bar = torch.log(alpha_bar).clamp(min=_LOG_ZERO)
         self.log_1m_alpha_bar = log1mexp(self.log_alpha_bar.clamp(max=-1e-300)).clamp(min=_LOG_ZERO)
         self.log_1m_alpha_bar[0] = _LOG_ZERO
@@ -113,6 +117,9 @@ class MultinomialDiffusion:
     def check_data(self, x0: Tensor, what: str = "data") -> Tensor:
         """``x0`` as integer categories in ``0..K-1``, or a one-line error."""
         x0 = torch.as_tensor(x0)
+        require(not x0.is_floating_point() or bool(torch.isfinite(x0).all()),
+                f"{what} for multinomial diffusion holds NaN or Inf; it must be integer categories "
+                f"0..{self.num_categories - 1}")
         require(not (x0.is_floating_point() or x0.is_complex()) or bool((x0 == x0.round()).all()),
                 f"{what} for multinomial diffusion must be integer categories 0..{self.num_categories - 1}, got "
                 "fractional values; quantize them first (scorelab.data.to_categories)")
@@ -126,6 +133,17 @@ class MultinomialDiffusion:
             require(lo >= 0 and hi < self.num_categories, f"{what} values must lie in 0..{self.num_categories - 1} "
                     f"(num_categories={self.num_categories}), got {lo}..{hi}")
         return x0
+
+    def check_states(self, x: Tensor, what: str = "x_t") -> Tensor:
+        """States ``x`` as integers in ``0..S-1`` (data or [MASK]), or a one-line error."""
+        x = torch.as_tensor(x)
+        require(not x.is_floating_point() or bool((torch.isfinite(x) & (x == x.round())).all()),
+                f"{what} must hold integer states 0..{self.num_states - 1}, got fractional or non-finite values")
+        x = x.long()
+        require(x.numel() == 0 or (int(x.min()) >= 0 and int(x.max()) < self.num_states),
+                f"{what} must hold states 0..{self.num_states - 1} (K={self.num_categories}"
+                f"{' and [MASK]' if self.mask_state is not None else ''}), got {int(x.min())}..{int(x.max())}")
+        return x
 
     def _steps(self, t: int | Tensor, like: Tensor) -> Tensor:
         t = torch.as_tensor(t, device=like.device)
@@ -173,6 +191,7 @@ class MultinomialDiffusion:
 
     def step_probs(self, x_prev: Tensor, t: int | Tensor, s: int | Tensor | None = None) -> Tensor:
         """``q(x_t | x_s)`` (``s = t - 1`` by default): ``Cat(a x_s + (1 - a) pi)``, ``a = alpha_bar_t / alpha_bar_s``."""
+        x_prev = self.check_states(x_prev, "x_s")
         t = self._steps(t, x_prev)
         s = t - 1 if s is None else self._steps(s, x_prev)
         log_x = self._log_one_hot(x_prev.long())
@@ -202,11 +221,14 @@ class MultinomialDiffusion:
 
     def posterior_probs(self, x_t: Tensor, x0: Tensor, t: int | Tensor, s: int | Tensor | None = None) -> Tensor:
         """``q(x_s | x_t, x_0)`` (``s = t - 1`` by default), shape ``(N, *dims, S)``."""
-        x0 = self.check_data(x0)
+        x0, x_t = self.check_data(x0), self.check_states(x_t)
         t = self._steps(t, x_t)
         s = t - 1 if s is None else self._steps(s, x_t)
         require(bool((s < t).all()), "the posterior goes back in time: s must be below t")
-        return self.log_posterior(x_t.long(), self._log_one_hot(x0), t, s).exp()
+        reachable = self._log_likelihood_of_x_t(x_t, t, torch.zeros_like(t)).gather(-1, x0.unsqueeze(-1))
+        require(bool((reachable > _LOG_ZERO / 2).all()), "x_t cannot be reached from this x_0 (under the absorbing "
+                "kernel an unmasked x_t equals x_0), so there is no posterior q(x_s | x_t, x_0)")
+        return self.log_posterior(x_t, self._log_one_hot(x0), t, s).exp()
 
     def sample_marginal(self, x0: Tensor, t: int | Tensor, noise=None) -> Tensor:
         """``x_t ~ q(x_t | x_0)`` (``noise``: a generator, or see :func:`sample_categorical`)."""

@@ -259,9 +259,10 @@ def _splits(spec: str) -> tuple[ImageSet, ImageSet]:
 
 def _load_for_evaluation(checkpoint: str | Path, config: EvalConfig, device: torch.device):
     """The model and its data's two splits, checked against each other."""
-    from ..modelspec import load_model
+    from ..modelspec import load_model, require_gaussian
 
     model, spec, ckpt = load_model(checkpoint, device=device)
+    require_gaussian(spec, "scorelab evaluate")
     require(len(spec.data_shape) == 3, "evaluate scores image models; this checkpoint models points")
     data_spec = config.data or ckpt.config.get("train", {}).get("data")
     require(bool(data_spec), "the checkpoint does not name its data set; pass --data")

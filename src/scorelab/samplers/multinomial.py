@@ -40,7 +40,7 @@ def multinomial_ancestral(model, shape_or_x: Sequence[int] | Tensor, steps: int 
             f"model, and this one's process is {type(process).__name__}; use 'ancestral'")
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     if isinstance(shape_or_x, Tensor):
-        x = shape_or_x.long().to(device)
+        x = process.check_states(shape_or_x, "x_T").to(device)
     else:
         shape = tuple(shape_or_x)
         require(len(shape) >= 2, f"shape must include the batch, e.g. (16, 1, 8, 8); got {shape}")

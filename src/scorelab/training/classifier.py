@@ -114,12 +114,13 @@ def train_classifier(run: str | Path, *, data: str | None = None, steps: int = 2
 
     from tqdm.auto import tqdm
 
-    from ..modelspec import load_model
+    from ..modelspec import load_model, require_gaussian
 
     require(isinstance(steps, int) and steps >= 1, f"steps must be a positive integer, got {steps!r}")
     require(isinstance(batch_size, int) and batch_size >= 1, f"batch_size must be a positive integer, got {batch_size!r}")
     require(lr > 0 and math.isfinite(lr), f"lr must be a positive number, got {lr}")
     _, spec, ckpt = load_model(run, device="cpu")
+    require_gaussian(spec, "scorelab train-classifier")
     data = data or ckpt.config.get("train", {}).get("data")
     require(data is not None, f"{run} does not say what data it trained on; pass data=")
     train_set, test_set = load_dataset(data, "train"), load_dataset(data, "test")
