@@ -55,7 +55,7 @@ def test_same_seed_same_samples_at_any_batch_size(run, tmp_path):
 
 def test_nll_interpolate_info(run, tmp_path, capsys):
     assert main(["nll", str(run), "--num", "4", "--method", "vlb"]) == 0
-    bpd = float(capsys.readouterr().out.split("test images of digits:")[1].split()[0])
+    bpd = float(capsys.readouterr().out.split("test images of digits (256 levels):")[1].split()[0])
     assert 0 < bpd < 20
     assert main(["interpolate", str(run), "--pair", "0", "5", "--frames", "4", "--out", str(tmp_path / "i.png")]) == 0
     assert Image.open(tmp_path / "i.png").size[0] > Image.open(tmp_path / "i.png").size[1] * 5

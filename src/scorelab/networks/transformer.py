@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .._util import require
+from .._util import require, require_positive_int
 from .embeddings import make_embedding
 
 __all__ = ["ARTransformer", "ARTransformerConfig"]
@@ -37,9 +37,7 @@ class ARTransformerConfig:
 
     def __post_init__(self) -> None:
         for name in ("num_tokens", "num_states", "width", "heads", "encoder_layers", "decoder_layers"):
-            value = getattr(self, name)
-            require(isinstance(value, int) and value > 0, f"ARTransformerConfig.{name} must be a positive integer, "
-                    f"got {value!r}")
+            require_positive_int(name, getattr(self, name))
         require(self.width % self.heads == 0, f"width {self.width} must be divisible by heads {self.heads}")
         require(0.0 <= self.dropout < 1.0, f"dropout must lie in [0, 1), got {self.dropout}")
 
