@@ -7,7 +7,7 @@ in pixels and in an in-domain classifier's features, the classifier two-sample t
 classifier of real digits recognises), with the network calls and seconds per sample.
 
     python benchmarks/multinomial.py --factorized runs/multinomial --autoregressive runs/multinomial-ar \\
-        --ddpm runs/demo/run [--uniform runs/multinomial-uniform]
+        --ddpm runs/demo/run [--uniform runs/multinomial-uniform] [--absorbing runs/multinomial-absorbing]
 
 writes benchmarks/results/multinomial.{json,md} and the sample grids in docs/multinomial/.
 """
@@ -72,6 +72,7 @@ def main() -> None:
     parser.add_argument("--autoregressive", required=True, help="a --transitions autoregressive run")
     parser.add_argument("--ddpm", required=True, help="a DDPM run on the digits (the demo's)")
     parser.add_argument("--uniform", help="optional: a multinomial run trained with --step-sampling uniform")
+    parser.add_argument("--absorbing", help="optional: a factorized run with --process-option kernel=absorbing")
     parser.add_argument("--subsequence", type=int, default=100, help="steps of the factorized model's short chain")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -86,6 +87,8 @@ def main() -> None:
     floor = fidelity_and_diversity(to_model_range(torch.from_numpy(train_set.images[pick])), test.images, features,
                                    args.seed)
     models = {"factorized": args.factorized, "autoregressive": args.autoregressive, "ddpm": args.ddpm}
+    if args.absorbing:
+        models["absorbing"] = args.absorbing
     if args.uniform:
         models["factorized_uniform_t"] = args.uniform
     rows: dict[str, dict] = {}
@@ -104,6 +107,8 @@ def main() -> None:
             continue
         if name == "ddpm":
             draws = {"ddpm_ancestral": ("ancestral", None), "ddpm_dpm++2m": ("dpm++2m", 20)}
+        elif name == "absorbing":
+            draws = {"absorbing": ("multinomial", None)}
         elif name == "factorized":
             draws = {"factorized": ("multinomial", None),
                      f"factorized_{args.subsequence}": ("multinomial", args.subsequence)}

@@ -111,6 +111,27 @@ def test_sliced_score_matching_on_a_non_affine_sde_trains_on_two_ranks_like_one_
     assert _relative_gap(one, two, start, "model/") < 1e-3
 
 
+def test_multinomial_diffusion_with_importance_sampled_steps_trains_on_two_ranks_like_one_process(tmp_path):
+    """Every rank records its rows' terms and the step's whole batch updates the history on all ranks, so
+    the steps drawn once importance sampling takes over (step 3 here) agree with one process."""
+    args = ["train", "--framework", "multinomial", "--data", "digits", "--batch-size", "32", "--grad-accum", "2",
+            "--steps", "4", "--lr", "2e-3", "--warmup", "0", "--process-option", "num_steps=3", "--network",
+            "digits8", "--network-option", "num_res_blocks=1", "--network-option", "base_channels=16",
+            "--network-option", "norm_groups=8", "--device", "cpu", "--seed", "2", "--log-every", "1",
+            "--sample-every", "1000", "--checkpoint-every", "2", "--num-preview", "4", "--preview-steps", "2"]
+    with one_thread():
+        assert main([*args, "--out", str(tmp_path / "one")]) == 0
+    _torchrun([*args, "--out", str(tmp_path / "two")])
+    one, two, start = _state(tmp_path / "one", 4), _state(tmp_path / "two", 4), _state(tmp_path / "one", 2)
+    assert _relative_gap(one, two, start, "model/") < 1e-3
+    history = [load_file(r / "checkpoints" / "step-00000004" / "state.safetensors") for r in (tmp_path / "one",
+                                                                                              tmp_path / "two")]
+    assert torch.equal(history[0]["step_importance.count"], history[1]["step_importance.count"])
+    assert bool((history[0]["step_importance.count"][1:] > 10).all())
+    torch.testing.assert_close(history[1]["step_importance.history"], history[0]["step_importance.history"],
+                               rtol=1e-4, atol=0)
+
+
 def test_a_two_rank_checkpoint_resumes_on_one_process(runs, tmp_path):
     """The checkpoint holds every rank's RNG; one process resumes from it (rank 0's) and trains on alike."""
     shutil.copytree(runs / "two" / "checkpoints" / "step-00000003", tmp_path / "checkpoints" / "step-00000003")

@@ -173,13 +173,14 @@ def broadcast_flag(flag: bool, ranks: Ranks) -> bool:
     return bool(t.item())
 
 
-def broadcast_(x: Tensor, ranks: Ranks) -> Tensor:
-    """Overwrite ``x`` in place with rank 0's values (a no-op for the single process)."""
-    if ranks.distributed:
-        y = x.to(_comm_device()).clone()
-        dist.broadcast(y, src=0)
-        x.copy_(y.to(x.device))
-    return x
+def all_gather_same(x: Tensor, ranks: Ranks) -> Tensor:
+    """Every rank's ``x`` (the same shape on all) concatenated in rank order, on every rank."""
+    if not ranks.distributed:
+        return x
+    y = x.to(_comm_device()).contiguous()
+    parts = [torch.empty_like(y) for _ in range(ranks.world_size)]
+    dist.all_gather(parts, y)
+    return torch.cat(parts).to(x.device)
 
 
 def all_equal(value: int, ranks: Ranks) -> bool:

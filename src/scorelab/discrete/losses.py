@@ -53,13 +53,31 @@ class StepImportance(nn.Module):
     (``0.1 L_t^2 + 0.9 history``) once every step has been seen 10 times, uniform before; the decoder's
     weight is the first KL term's. Its buffers (a state dict) stay on the CPU, where the update is
     deterministic; a step seen several times in a batch is updated once, with the mean of its L_t^2 (their
-    code keeps one of them), and non-finite terms are left out."""
+    code keeps one of them; summed in a fixed order, so the order of the batch does not matter), and
+    non-finite terms are left out. With ``deferred`` the losses only :meth:`record` their terms, and the
+    owner applies them (the trainer: once per step, gathered from every rank, so all ranks agree)."""
 
     def __init__(self, num_steps: int):
         super().__init__()
         self.num_steps = num_steps
         self.register_buffer("history", torch.zeros(num_steps + 1, dtype=torch.float64))
         self.register_buffer("count", torch.zeros(num_steps + 1, dtype=torch.long))
+        self.deferred = False
+        self._pending: list[tuple[Tensor, Tensor]] = []
+
+    def record(self, t: Tensor, term: Tensor) -> None:
+        """A batch's steps and terms: applied now, or kept for :meth:`take_pending` when ``deferred``."""
+        if self.deferred:
+            self._pending.append((t.detach().cpu().long(), term.detach().cpu().double()))
+        else:
+            self.update(t, term)
+
+    def take_pending(self) -> tuple[Tensor, Tensor]:
+        """The recorded ``(t, term)`` since the last call, concatenated, and forgotten."""
+        t = torch.cat([p[0] for p in self._pending]) if self._pending else torch.zeros(0, dtype=torch.long)
+        term = torch.cat([p[1] for p in self._pending]) if self._pending else torch.zeros(0, dtype=torch.float64)
+        self._pending = []
+        return t, term
 
     @property
     def ready(self) -> bool:
@@ -90,6 +108,10 @@ class StepImportance(nn.Module):
         t, square = t[keep], term[keep] ** 2
         if not len(t):
             return
+        order = torch.argsort(square, stable=True)                    # a canonical order of the sums
+        t, square = t[order], square[order]
+        order = torch.argsort(t, stable=True)
+        t, square = t[order], square[order]
         steps, inverse, seen = torch.unique(t, return_inverse=True, return_counts=True)
         mean = torch.zeros(len(steps), dtype=torch.float64).index_add_(0, inverse, square) / seen
         self.history[steps] = 0.1 * mean + 0.9 * self.history[steps]
@@ -118,7 +140,7 @@ def multinomial_loss(model, x0: Tensor, *, t: Tensor | None = None, noise=None, 
     x_t = process.sample_marginal(x0, t, noise)
     term = vlb_term(model, x0, t, x_t, noise, labels)
     if importance is not None:
-        importance.update(t, term)
+        importance.record(t, term)
     loss = term / p_t.to(term.dtype) + process.prior_kl(x0).to(term.dtype)
     if ce_weight:
         require(hasattr(model, "log_x0"), "the cross-entropy term needs a model of p(x_0 | x_t) (a factorized "

@@ -45,7 +45,7 @@ from .._util import BatchNoise, Randomness, atomic_write, check_writable, randn,
 from ..checkpoints import CheckpointError, config_differences, latest_checkpoint, load_checkpoint, save_checkpoint
 from ..data import ImageSet, load_dataset, take, to_categories
 from ..discrete.losses import StepImportance, multinomial_loss
-from ..distributed import Ranks, all_equal, all_mean, barrier, broadcast_, rank_device, resolve_device
+from ..distributed import Ranks, all_equal, all_gather_same, all_mean, barrier, rank_device, resolve_device
 from ..distributed import current as current_ranks
 from ..guidance import Conditional, drop_labels
 from ..losses import dsm_loss, hybrid_loss, score_matching_loss, simple_loss, sliced_score_matching_loss
@@ -295,6 +295,7 @@ def _build(config: TrainConfig, data: ImageSet | np.ndarray | None, ranks: Ranks
     importance = None
     if getattr(model.process, "discrete", False) and config.step_sampling == "importance":
         importance = StepImportance(model.process.num_steps)          # on the CPU, updated deterministically
+        importance.deferred = True                                    # applied once per step, from all ranks
     return _Run(config, ranks, device, data, spec, model, ema, optimizer, preview, importance)
 
 
@@ -514,9 +515,9 @@ def train(config: TrainConfig, *, data: ImageSet | np.ndarray | None = None, res
             for group in run.optimizer.param_groups:
                 group["lr"] = lr_now
             total, loss, grad_norm = _gradients(run, step)
-            if run.importance is not None:                  # every rank draws t from rank 0's history
-                for buffer in run.importance.buffers():
-                    broadcast_(buffer, ranks)
+            if run.importance is not None:                  # the whole global batch's terms, on every rank
+                t, term = run.importance.take_pending()
+                run.importance.update(all_gather_same(t, ranks), all_gather_same(term, ranks))
             _update(run, step, lr_now, total, loss, grad_norm)
             _log(run, step, lr_now, grad_norm)
             _checkpoint_and_preview(run, step)
