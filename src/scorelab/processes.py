@@ -142,13 +142,19 @@ class SDE(ABC):
         require(bool(((t >= 0) & (t <= 1)).all()), "simulate's times must lie in [0, 1]")
         h = t / steps
         sqrt_h = expand_as(h.sqrt(), x0)
-        x, u = x0, torch.zeros_like(t)
-        drift, diffusion = self.drift, self.diffusion           # checked on the first step ...
-        for _ in range(steps):
+        times = [torch.zeros_like(t)]
+        for _ in range(steps - 1):                              # u_k by the same sums as a step-by-step walk
+            times.append(times[-1] + h)
+        g = self.diffusion(times[0])[None]                      # checked on the first step, then ...
+        if steps > 1:                                           # ... all the others at once (g is elementwise)
+            later = torch.stack(times[1:])
+            g = torch.cat([g, torch.broadcast_to(self._unchecked()[1](later), later.shape).to(g.dtype)])
+        x, h_x = x0, expand_as(h, x0)
+        drift = self.drift                                      # the drift is checked on the first step too
+        for k, u in enumerate(times):
             z = normal(x0.shape, generator, device=x0.device, dtype=x0.dtype)
-            x = x + expand_as(h, x) * drift(x, u) + expand_as(diffusion(u), x) * sqrt_h * z
-            u = u + h
-            drift, diffusion = self._unchecked()                # ... then taken as they are (the same numbers)
+            x = x + h_x * drift(x, u) + expand_as(g[k], x) * sqrt_h * z
+            drift = self._unchecked()[0]
         return x
 
     def _unchecked(self) -> tuple[Callable[[Tensor, Tensor], Tensor], Callable[[Tensor], Tensor]]:
