@@ -295,8 +295,8 @@ def _discrete_spec(config: TrainConfig, data: ImageSet | np.ndarray, process: An
         except TypeError as e:
             raise ValueError(f"network options {config.network_options} do not fit UNetConfig: {e}") from None
         kind = "categorical"
-    return ModelSpec(network=network, process=process.config(), target="x0", condition="index",
-                     data_shape=tuple(shape), parameterization=kind)
+    return ModelSpec(network=network, process=process.config(), target="x_prev" if kind == "autoregressive" else "x0",
+                     condition="index", data_shape=tuple(shape), parameterization=kind)
 
 
 def _auto_preset(shape: tuple[int, ...]) -> str:
