@@ -289,7 +289,7 @@ TINY_UNET = ["--network-option", "base_channels=16", "--network-option", "norm_g
 
 def test_the_command_line_trains_samples_and_scores_a_multinomial_model(tmp_path, capsys):
     """`train --framework multinomial` on the digits' 17 grey levels, then `sample` and `nll`. Measured: 150
-    steps of a tiny U-Net at T = 20 reach 2.67 held-out bits/dim (64 test digits, standard error 0.06), against
+    steps of a tiny U-Net at T = 20 reach 2.64 held-out bits/dim (64 test digits, standard error 0.05), against
     log2(17) = 4.09 for uniform pixels and 17 for the untrained network."""
     from scorelab.cli import main
 
