@@ -136,14 +136,27 @@ class AutoregressiveModel(_Discrete):
                            labels: Tensor | None = None) -> Tensor:
         """``log p(x_{s,i} | x_{s,<i}, x_t)`` for every dimension ``i`` and state (teacher forcing), normalized,
         shape ``(*x_t.shape, S)``."""
-        x_t, x_s = self.process.check_states(x_t), self.process.check_states(x_s, "x_s")
+        x_s = self.process.check_states(x_s, "x_s")
+        x_t, t, s, network = self._transition(x_t, t, s, labels)
+        return self._normalized(network(x_s.reshape(x_t.shape[0], -1)), x_t, t, s)
+
+    def _transition(self, x_t: Tensor, t: int | Tensor, s: int | Tensor | None, labels: Tensor | None):
+        """Checked ``(x_t, t, s)`` and ``prev -> raw logits`` for this transition; a network with ``encode`` and
+        ``decode`` (:class:`~scorelab.networks.ARTransformer`) reads ``x_t`` once for all of its calls."""
+        x_t = self.process.check_states(x_t)
         t, s = self._steps(t, s, x_t)
         require(bool((s == t - 1).all()), "an autoregressive model is trained for single steps: s must be t - 1")
-        n = x_t.shape[0]
         c = self._condition(t).float()
-        prev, cond = x_s.long().reshape(n, -1), x_t.long().reshape(n, -1)
-        out = self.net(prev, cond, c) if labels is None else self.net(prev, cond, c, labels)
-        out = out.reshape(*x_t.shape, self.process.num_states).double()
+        cond = x_t.long().reshape(x_t.shape[0], -1)
+        extra = () if labels is None else (labels,)
+        net = getattr(self.net, "module", self.net)
+        if labels is None and callable(getattr(net, "encode", None)) and not torch.is_grad_enabled():
+            memory, step = net.encode(cond, c)
+            return x_t, t, s, lambda prev: net.decode(prev, memory, step)
+        return x_t, t, s, lambda prev: self.net(prev, cond, c, *extra)
+
+    def _normalized(self, raw: Tensor, x_t: Tensor, t: Tensor, s: Tensor) -> Tensor:
+        out = raw.reshape(*x_t.shape, self.process.num_states).double()
         out = out.masked_fill(~self._support(x_t, t, s), _LOG_ZERO)
         return torch.log_softmax(out, -1)
 
@@ -155,13 +168,12 @@ class AutoregressiveModel(_Discrete):
     @torch.no_grad()
     def sample_reverse(self, x_t: Tensor, t: int | Tensor, s: int | Tensor | None = None,
                        generator: torch.Generator | None = None, labels: Tensor | None = None) -> Tensor:
-        """Dimension by dimension in raster order: ``D`` network calls."""
-        x_t = self.process.check_states(x_t)
-        t, s = self._steps(t, s, x_t)
+        """Dimension by dimension in raster order: ``D`` network calls (the encoder's reading of ``x_t`` once)."""
+        x_t, t, s, network = self._transition(x_t, t, s, labels)
         x_s = torch.zeros_like(x_t, dtype=torch.long)
         flat = x_s.view(x_t.shape[0], -1)
         for i in range(flat.shape[1]):
-            log_p = self.conditional_logits(x_s, x_t, t, s, labels).reshape(x_t.shape[0], flat.shape[1], -1)
+            log_p = self._normalized(network(flat), x_t, t, s).reshape(x_t.shape[0], flat.shape[1], -1)
             flat[:, i] = sample_categorical(log_p[:, i], generator)
         return x_s
 

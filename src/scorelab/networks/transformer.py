@@ -12,11 +12,14 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._util import require, require_positive_int
 from .embeddings import make_embedding
+from .unet import UNet, UNetConfig
 
 __all__ = ["ARTransformer", "ARTransformerConfig"]
 
@@ -34,15 +37,32 @@ class ARTransformerConfig:
     dropout: float = 0.0
     embedding: str = "sinusoidal"
     embedding_scale: float | None = None
+    #: ``"unet"``: x_t is read by a small U-Net over the image ``image_shape`` = (C, H, W) (local structure
+    #: for free), then by ``encoder_layers`` Transformer layers (0: none); ``"transformer"``: by those alone.
+    encoder: str = "transformer"
+    image_shape: tuple[int, ...] = ()
+    unet_channels: int = 32
 
     def __post_init__(self) -> None:
-        for name in ("num_tokens", "num_states", "width", "heads", "encoder_layers", "decoder_layers"):
+        object.__setattr__(self, "image_shape", tuple(self.image_shape))
+        for name in ("num_tokens", "num_states", "width", "heads", "decoder_layers", "unet_channels"):
             require_positive_int(name, getattr(self, name))
+        require(isinstance(self.encoder_layers, int) and self.encoder_layers >= 0,
+                f"encoder_layers must be a non-negative integer, got {self.encoder_layers!r}")
+        require(self.encoder in ("transformer", "unet"), f"encoder must be 'transformer' or 'unet', got "
+                f"{self.encoder!r}")
+        require(self.encoder == "transformer" or (len(self.image_shape) == 3 and
+                                                  int(np.prod(self.image_shape)) == self.num_tokens),
+                f"the U-Net encoder needs image_shape (C, H, W) with C*H*W = num_tokens = {self.num_tokens}, "
+                f"got {self.image_shape}")
+        require(self.encoder == "unet" or self.encoder_layers > 0, "a Transformer encoder needs encoder_layers >= 1")
         require(self.width % self.heads == 0, f"width {self.width} must be divisible by heads {self.heads}")
         require(0.0 <= self.dropout < 1.0, f"dropout must lie in [0, 1), got {self.dropout}")
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        d["image_shape"] = list(self.image_shape)
+        return d
 
 
 class ARTransformer(nn.Module):
@@ -60,20 +80,38 @@ class ARTransformer(nn.Module):
         def layer(kind: type) -> nn.Module:
             return kind(w, config.heads, 4 * w, config.dropout, activation="gelu", batch_first=True, norm_first=True)
 
-        self.encoder = nn.TransformerEncoder(layer(nn.TransformerEncoderLayer), config.encoder_layers,
-                                             enable_nested_tensor=False)
+        self.unet = None
+        if config.encoder == "unet":
+            c, size = config.image_shape[0], config.image_shape[1]
+            self.unet = UNet(UNetConfig(image_size=size, in_channels=c * config.num_states, out_channels=c * w,
+                                        base_channels=config.unet_channels, num_res_blocks=1,
+                                        channel_mults=(1, 2) if size % 2 == 0 else (1,),
+                                        attention_resolutions=(), dropout=config.dropout,
+                                        norm_groups=min(32, config.unet_channels), embedding=config.embedding,
+                                        embedding_scale=config.embedding_scale))
+        self.encoder = (nn.TransformerEncoder(layer(nn.TransformerEncoderLayer), config.encoder_layers,
+                                              enable_nested_tensor=False) if config.encoder_layers else nn.Identity())
         self.decoder = nn.TransformerDecoder(layer(nn.TransformerDecoderLayer), config.decoder_layers)
         self.head = nn.Sequential(nn.LayerNorm(w), nn.Linear(w, config.num_states))
         mask = torch.triu(torch.full((config.num_tokens, config.num_tokens), float("-inf")), diagonal=1)
         self.register_buffer("causal_mask", mask, persistent=False)
 
     def forward(self, prev: Tensor, x_t: Tensor, c: Tensor) -> Tensor:
+        return self.decode(prev, *self.encode(x_t, c))
+
+    def encode(self, x_t: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
+        """``(memory, step)``: what the decoder needs of ``x_t`` and the step, computed once per transition."""
         cfg = self.config
-        require(x_t.shape[1:] == (cfg.num_tokens,) and prev.shape == x_t.shape,
-                f"this transformer takes states of shape (N, {cfg.num_tokens}), got {tuple(x_t.shape)} and "
-                f"{tuple(prev.shape)}")
+        require(x_t.shape[1:] == (cfg.num_tokens,), f"this transformer takes states of shape (N, {cfg.num_tokens}), "
+                f"got {tuple(x_t.shape)}")
         step = self.step_embed(c.float())[:, None]
-        memory = self.encoder(self.state_embed(x_t) + self.position + step)
+        return self.encoder(self._read(x_t, c) + self.position + step), step
+
+    def decode(self, prev: Tensor, memory: Tensor, step: Tensor) -> Tensor:
+        """Logits ``(N, D, S)`` of each ``x_{t-1,i}`` given ``prev[:, <i]`` (causal) and the encoded ``x_t``."""
+        cfg = self.config
+        require(prev.shape == memory.shape[:2], f"prev must have shape {tuple(memory.shape[:2])}, got "
+                f"{tuple(prev.shape)}")
         start = torch.full_like(prev[:, :1], cfg.num_states)
         shifted = torch.cat([start, prev[:, :-1]], 1)
         # The encoder's output at i joins the decoder's input at i: x_{t-1,i} is mostly x_{t,i}, a copy that
@@ -81,3 +119,14 @@ class ARTransformer(nn.Module):
         h = self.decoder(self.prev_embed(shifted) + self.position + step + memory, memory,
                          tgt_mask=self.causal_mask, tgt_is_causal=True)
         return self.head(h)
+
+    def _read(self, x_t: Tensor, c: Tensor) -> Tensor:
+        """Per-token features of ``x_t``: its states embedded, or the U-Net's features of the one-hot image."""
+        if self.unet is None:
+            return self.state_embed(x_t)
+        cfg = self.config
+        ch, height, width = cfg.image_shape
+        one_hot = F.one_hot(x_t.reshape(-1, ch, height, width), cfg.num_states).float() * 2 - 1
+        features = self.unet(one_hot.permute(0, 1, 4, 2, 3).reshape(-1, ch * cfg.num_states, height, width), c)
+        return features.reshape(-1, ch, cfg.width, height, width).permute(0, 1, 3, 4, 2).reshape(
+            x_t.shape[0], cfg.num_tokens, cfg.width)

@@ -280,7 +280,8 @@ def _discrete_spec(config: TrainConfig, data: ImageSet | np.ndarray, process: An
         require(config.network == "auto", "the autoregressive transitions use their Transformer: drop --network")
         try:
             network = {"kind": "ar-transformer", **ARTransformerConfig(
-                **{"num_tokens": int(np.prod(shape)), "num_states": states, **config.network_options}).to_dict()}
+                **{"num_tokens": int(np.prod(shape)), "num_states": states, "encoder": "unet", "encoder_layers": 0,
+                   "image_shape": tuple(shape), **config.network_options}).to_dict()}
         except TypeError as e:
             raise ValueError(f"network options {config.network_options} do not fit ARTransformerConfig: {e}") from None
         kind = "autoregressive"
