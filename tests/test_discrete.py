@@ -346,3 +346,27 @@ def test_bad_multinomial_configurations_are_refused_with_one_line():
         with pytest.raises(ValueError) as info:
             TrainConfig(**kw)
         assert words in str(info.value) and "\n" not in str(info.value), str(info.value)
+
+
+@pytest.mark.parametrize("encoder", ["unet", "transformer"])
+def test_the_transition_transformer_is_causal_in_x_prev(encoder):
+    """Logits at i change with x_{t-1,j} for j < i only (and with all of x_t), on a (2, 3, 3) image."""
+    from scorelab.networks import ARTransformer, ARTransformerConfig
+
+    torch.manual_seed(0)
+    net = ARTransformer(ARTransformerConfig(num_tokens=18, num_states=5, width=32, heads=2, encoder=encoder,
+                                            encoder_layers=1, image_shape=(2, 3, 3), unet_channels=8)).eval()
+    g = _gen(0)
+    x_t, prev, c = torch.randint(0, 5, (3, 18), generator=g), torch.randint(0, 5, (3, 18), generator=g), torch.ones(3)
+    with torch.no_grad():
+        out = net(prev, x_t, c)
+        torch.testing.assert_close(net.decode(prev, *net.encode(x_t, c)), out)
+        for i in range(18):
+            changed = prev.clone()
+            changed[:, i:] = (changed[:, i:] + 1 + torch.randint(0, 4, (3, 18 - i), generator=g)) % 5
+            other = net(changed, x_t, c)
+            torch.testing.assert_close(other[:, :i + 1], out[:, :i + 1])             # at or before i: unchanged
+            assert i == 17 or (other[:, i + 1:] - out[:, i + 1:]).abs().max() > 1e-4  # after i: it reads them
+        x_t2 = x_t.clone()
+        x_t2[:, -1] = (x_t2[:, -1] + 1) % 5
+        assert (net(prev, x_t2, c)[:, 0] - out[:, 0]).abs().max() > 1e-4          # all of x_t, even the last pixel
