@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from ._util import TimeLike, as_time, expand_as, require
-from .models import CONDITIONS, Prediction
+from .models import CONDITIONS, Prediction, energy_method
 from .processes import SDE
 
 __all__ = ["EnergyModel", "HasEnergy", "FORMS", "energy_and_score", "has_energy"]
@@ -48,10 +48,7 @@ def energy_and_score(model: object, x: Tensor, t: TimeLike) -> tuple[Tensor, Ten
     both = getattr(model, "energy_and_score", None)
     if callable(both):
         return both(x, t)
-    require(has_energy(model), "this model has no energy (it predicts a score): Metropolis corrections need a "
-            "model with energy(x, t) (--parameterization energy, scorelab.EnergyModel, GaussianMixture.energy_model, "
-            "or a composition of them); use the unadjusted 'langevin' corrector for a score model")
-    return model.energy(x, t), model.predict(x, t).score           # type: ignore[attr-defined]
+    return energy_method(model)(x, t), model.predict(x, t).score  # type: ignore[attr-defined]
 
 
 class EnergyModel(nn.Module):

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from ._util import TimeLike, as_time, expand_as, require
-from .models import DiffusionModel, ModelWrapper, Prediction, ScorePrediction, select_rows
+from .models import DiffusionModel, ModelWrapper, Prediction, ScorePrediction, energy_method, select_rows
 from .networks.embeddings import NO_LABEL
 
 __all__ = ["Conditional", "ClassifierFreeGuidance", "ClassifierGuidance", "unconditional", "guided", "select_rows", "drop_labels", "NO_LABEL"]
@@ -76,9 +76,7 @@ class Conditional(_Labelled):
         return self.energy_and_score(x, t)[0]
 
     def energy_and_score(self, x: Tensor, t: TimeLike) -> tuple[Tensor, Tensor]:
-        both = getattr(self.model, "energy_and_score", None)
-        require(callable(both), "this model has no energy (it predicts a score): Metropolis corrections need an "
-                "energy model (--parameterization energy)")
+        both = energy_method(self.model, "energy_and_score")
         _check_batch(self.labels, x)
         return both(x, t, self.labels.to(x.device))
 
@@ -157,9 +155,7 @@ class ClassifierFreeGuidance(Conditional):
 
     def energy_and_score(self, x: Tensor, t: TimeLike) -> tuple[Tensor, Tensor]:
         """``(1 + w) U(x | y) - w U(x)`` and its score, for an energy model (MATH.md 9)."""
-        both = getattr(self.model, "energy_and_score", None)
-        require(callable(both), "this model has no energy (it predicts a score): Metropolis corrections need an "
-                "energy model (--parameterization energy)")
+        both = energy_method(self.model, "energy_and_score")
         _check_batch(self.labels, x)
         labels = self.labels.to(x.device)
         u_c, s_c = both(x, t, labels)

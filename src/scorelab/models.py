@@ -30,6 +30,7 @@ from ._util import TimeLike, as_time, expand_as, require
 from .processes import DDPM, SDE
 
 __all__ = ["TARGETS", "CONDITIONS", "Prediction", "ScorePrediction", "DiffusionModel", "Model", "ModelWrapper",
+           "energy_method",
            "ProcessAdapter",
            "ClipDenoised", "to_eps", "from_eps", "select_rows", "resolve_variance"]
 
@@ -337,12 +338,19 @@ class ProcessAdapter(ModelWrapper):
     def energy(self, x: Tensor, t: TimeLike) -> Tensor:
         """The base model's energy at the same noise level (``x`` is rescaled, which shifts ``-log p`` by a
         constant), for models that have one (MATH.md 9)."""
-        energy = getattr(self.model, "energy", None)
-        require(callable(energy), "this model has no energy (it predicts a score): Metropolis corrections need "
-                "an energy model (--parameterization energy, scorelab.EnergyModel); use the 'langevin' corrector")
+        energy = energy_method(self.model)
         t = as_time(t, x)
         _, _, t_base, x_base = self._base(x, t)
         return energy(x_base, t_base)
+
+
+def energy_method(model: object, name: str = "energy"):
+    """``model``'s ``energy`` (or ``energy_and_score``) method, or the one-line error that it has none (MATH.md 9)."""
+    method = getattr(model, name, None)
+    require(callable(method), "this model has no energy (it predicts a score): Metropolis corrections and mixtures "
+            "need an energy model (--parameterization energy, scorelab.EnergyModel, GaussianMixture.energy_model, "
+            "or a composition of them); use the unadjusted 'langevin' corrector for a score model")
+    return method
 
 
 class ClipDenoised(ModelWrapper):

@@ -33,12 +33,18 @@ def vlb_term(model, x0: Tensor, t: Tensor, x_t: Tensor | None = None, noise=None
     x0 = process.check_data(x0)
     t = process._steps(t, x0)
     require(bool((t >= 1).all()), "the bound's terms are for steps 1..T")
+    return _vlb_term(model, x0, t, None if x_t is None else process.check_states(x_t), noise, labels)
+
+
+def _vlb_term(model, x0: Tensor, t: Tensor, x_t: Tensor | None, noise, labels: Tensor | None) -> Tensor:
+    """:func:`vlb_term` on checked categories and steps (the losses' inner loop checks them once)."""
+    process = model.process
     if x_t is None:
-        x_t = process.sample_marginal(x0, t, noise)
+        x_t = sample_categorical(process.log_q_probs(x0, t), noise)
     s = t - 1
     log_post = process.log_posterior(x_t, process._log_one_hot(x0), t, s)
     decoder = t == 1
-    if hasattr(model, "log_reverse"):                          # factorized: KL in closed form
+    if model.factorized:                                       # KL in closed form
         log_p = model.log_reverse(x_t, t, s, labels)
         kl = categorical_kl(log_post, log_p).flatten(1).sum(1)
         nll = -log_p.gather(-1, x0.unsqueeze(-1)).squeeze(-1).flatten(1).sum(1)
@@ -132,18 +138,19 @@ def multinomial_loss(model, x0: Tensor, *, t: Tensor | None = None, noise=None, 
     n, big_t = x0.shape[0], process.num_steps
     if t is not None:
         t, p_t = process._steps(t, x0), torch.full((n,), 1.0 / big_t, dtype=torch.float64, device=x0.device)
+        require(bool((t >= 1).all()), "the bound's terms are for steps 1..T")
     elif importance is not None:
         t, p_t = importance.sample(n, noise, device=x0.device)
     else:
         u = sample_categorical(torch.zeros(n, big_t, dtype=torch.float64, device=x0.device), noise)
         t, p_t = u + 1, torch.full((n,), 1.0 / big_t, dtype=torch.float64, device=x0.device)
-    x_t = process.sample_marginal(x0, t, noise)
-    term = vlb_term(model, x0, t, x_t, noise, labels)
+    x_t = sample_categorical(process.log_q_probs(x0, t), noise)
+    term = _vlb_term(model, x0, t, x_t, noise, labels)
     if importance is not None:
         importance.record(t, term)
     loss = term / p_t.to(term.dtype) + process.prior_kl(x0).to(term.dtype)
     if ce_weight:
-        require(hasattr(model, "log_x0"), "the cross-entropy term needs a model of p(x_0 | x_t) (a factorized "
+        require(model.factorized, "the cross-entropy term needs a model of p(x_0 | x_t) (a factorized "
                 "CategoricalModel); drop ce_weight for an autoregressive one")
         log_x0 = model.log_x0(x_t, t, labels)
         loss = loss - ce_weight * log_x0.gather(-1, x0.unsqueeze(-1)).squeeze(-1).flatten(1).sum(1)
@@ -160,5 +167,5 @@ def bits_per_dim(model, x0: Tensor, noise=None, labels: Tensor | None = None) ->
     x0 = process.check_data(x0)
     total = process.prior_kl(x0)
     for step in range(1, process.num_steps + 1):
-        total = total + vlb_term(model, x0, torch.full((x0.shape[0],), step, device=x0.device), None, noise, labels)
+        total = total + _vlb_term(model, x0, torch.full((x0.shape[0],), step, device=x0.device), None, noise, labels)
     return total / (x0[0].numel() * math.log(2))

@@ -67,6 +67,9 @@ class CategoricalModel(_Discrete):
     The network maps ``(N, C*S, H, W)`` to ``(N, C*K, H, W)`` (``(N, D*S) -> (N, D*K)`` for vectors).
     """
 
+    #: Its reverse kernel factorizes over dimensions (``log_reverse``), on any gap ``s < t``.
+    factorized = True
+
     def x0_logits(self, x_t: Tensor, t: int | Tensor, labels: Tensor | None = None) -> Tensor:
         """Logits of ``p(x_0 | x_t)``, shape ``(*x_t.shape, K)``."""
         x_t = self.process.check_states(x_t)
@@ -121,6 +124,9 @@ class AutoregressiveModel(_Discrete):
     States ``x_{t-1}`` that cannot reach ``x_t`` (under the absorbing kernel: anything but ``x_t`` where
     ``x_t`` is not [MASK]) get probability 0, so the model spends nothing on them.
     """
+
+    #: Single steps only, drawn dimension by dimension.
+    factorized = False
 
     def _support(self, x_t: Tensor, t: Tensor, s: Tensor) -> Tensor:
         """``log q(x_t | x_s = j) > log 0`` per dimension and state: where ``x_s`` may lie (at ``s = 0``, data:

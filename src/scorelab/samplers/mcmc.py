@@ -54,11 +54,17 @@ def _sq(v: Tensor) -> Tensor:
     return v.flatten(1).pow(2).sum(1)
 
 
-def _accept(log_alpha: Tensor, noise: NoiseLike, like: Tensor) -> Tensor:
-    u = randn_like(like[:, None] if like.ndim == 1 else like, noise)        # one uniform per sample, via erf
-    u = u.flatten(1)[:, 0]
-    uniform = 0.5 * (1 + torch.erf(u.double() / math.sqrt(2)))
-    return torch.log(uniform.clamp(min=1e-300)) < log_alpha.double()
+def _metropolis(state: MCMCState, x1: Tensor, u1: Tensor, g1: Tensor, log_alpha: Tensor, noise: NoiseLike) -> Tensor:
+    """Accept the proposal ``(x1, U(x1), score(x1))`` per sample with probability ``min(1, exp(log_alpha))``;
+    returns which were taken (the state keeps the others)."""
+    z = randn_like(state.energy[:, None], noise)[:, 0]               # one uniform per sample, by the normal cdf
+    uniform = 0.5 * (1 + torch.erf(z.double() / math.sqrt(2)))
+    take = torch.log(uniform.clamp(min=1e-300)) < log_alpha.double()
+    m = expand_as(take.to(state.x.dtype), state.x)
+    state.x = m * x1 + (1 - m) * state.x
+    state.energy = torch.where(take, u1, state.energy)
+    state.score = m * g1 + (1 - m) * state.score
+    return take
 
 
 def mcmc_step(model: DiffusionModel, state: MCMCState, t: Tensor, step_size: Tensor | float, method: str, *,
@@ -84,12 +90,8 @@ def mcmc_step(model: DiffusionModel, state: MCMCState, t: Tensor, step_size: Ten
         g1 = g1.to(x.dtype)
         log_q_fwd = -_sq(x1 - x - e * g0) / (4 * e_n)
         log_q_bwd = -_sq(x - x1 - e * g1) / (4 * e_n)
-        log_alpha = (u0 - u1) + log_q_bwd - log_q_fwd
-        take = _accept(log_alpha, noise, u0)
-        m = expand_as(take.to(x.dtype), x)
-        state.x = m * x1 + (1 - m) * x
-        state.energy = torch.where(take, u1, u0)
-        state.score = m * g1 + (1 - m) * g0
+        state.score = g0
+        take = _metropolis(state, x1, u1, g1, (u0 - u1) + log_q_bwd - log_q_fwd, noise)
     else:                                                       # hmc
         require(isinstance(leapfrog_steps, int) and leapfrog_steps >= 1,
                 f"leapfrog_steps must be a positive integer, got {leapfrog_steps!r}")
@@ -106,12 +108,9 @@ def mcmc_step(model: DiffusionModel, state: MCMCState, t: Tensor, step_size: Ten
             g1 = g1.to(x.dtype)
             state.nfe += 1
             p1 = p1 + (h if k + 1 < leapfrog_steps else 0.5 * h) * g1
-        h1 = u1 + 0.5 * _sq(p1)
-        take = _accept(h0 - h1, noise, u0)
+        state.score = g0
+        take = _metropolis(state, x1, u1, g1, h0 - (u1 + 0.5 * _sq(p1)), noise)
         m = expand_as(take.to(x.dtype), x)
-        state.x = m * x1 + (1 - m) * x
-        state.energy = torch.where(take, u1, u0)
-        state.score = m * g1 + (1 - m) * g0
         state.momentum = m * p1 - (1 - m) * p                    # a rejection flips the momentum
     state.accepted += float(take.double().sum())
     state.proposed += x.shape[0]

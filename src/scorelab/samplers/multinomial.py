@@ -45,7 +45,7 @@ def multinomial_ancestral(model, shape_or_x: Sequence[int] | Tensor, steps: int 
         shape = tuple(shape_or_x)
         require(len(shape) >= 2, f"shape must include the batch, e.g. (16, 1, 8, 8); got {shape}")
         x = process.prior_sample(shape, noise, device=device)
-    autoregressive = not hasattr(model, "log_reverse")
+    autoregressive = not model.factorized
     steps = process.num_steps if steps is None else steps
     require(not autoregressive or steps == process.num_steps, f"an autoregressive model draws single steps: "
             f"sample it with all {process.num_steps} steps, not {steps}")

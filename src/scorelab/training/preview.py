@@ -35,8 +35,7 @@ def save_preview(model: Model, spec: ModelSpec, step: int, out: Path, *, num: in
         steps = min(steps, model.process.num_steps)
     noise = torch.Generator(device).manual_seed(seed)
     if getattr(model.process, "discrete", False):  # multinomial diffusion: its chain (all steps when autoregressive)
-        autoregressive = not hasattr(model, "log_reverse")
-        x = multinomial_ancestral(m, shape, None if autoregressive else min(steps, model.process.num_steps),
+        x = multinomial_ancestral(m, shape, min(steps, model.process.num_steps) if model.factorized else None,
                                   noise=noise).samples
     elif model.process.affine:
         x = ddim(m, shape, steps, noise=noise).samples
