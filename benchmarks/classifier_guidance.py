@@ -19,15 +19,15 @@ from pathlib import Path
 
 import torch
 
-from scorelab.checkpoints import load_checkpoint
+from scorelab.store import load_checkpoint
 from scorelab.data import load_dataset, to_uint8
 from scorelab.evaluation.classifier import fit_domain_classifier
-from scorelab.guidance import ClassifierGuidance
+from scorelab.models import ClassifierGuidance
 from scorelab.imaging import save_grid
 from scorelab.models import ClipDenoised
-from scorelab.modelspec import load_model
+from scorelab.store import load_model
 from scorelab.samplers import sample
-from scorelab.training.classifier import load_classifier
+from scorelab.training import load_classifier
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "conditional"

@@ -23,7 +23,7 @@ import scorelab as sl
 from scorelab.data import load_digits
 from scorelab.demo import demo_config, fidelity_and_diversity
 from scorelab.evaluation import fit_domain_classifier
-from scorelab.guidance import guided
+from scorelab.models import guided
 from scorelab.samplers import PerSampleNoise, sample, sampler_nfe
 from scorelab.training import train
 

@@ -123,7 +123,7 @@ def composition_quality(seeds: int = 3, n: int = 2000) -> dict:
 
 def composition_picture(run: str, classes: tuple[int, int], num: int = 10, steps: int = 200) -> None:
     """Rows: class a, class b (conditional samples), their product by the reverse SDE alone, and with MALA."""
-    from scorelab.guidance import Conditional
+    from scorelab.models import Conditional
     from scorelab.imaging import save_grid
 
     model, spec, _ = sl.load_model(run)

@@ -26,7 +26,7 @@ from scorelab.data import load_dataset, to_model_range, to_uint8
 from scorelab.evaluation.classifier import fit_domain_classifier
 from scorelab.imaging import save_grid
 from scorelab.models import ClipDenoised
-from scorelab.modelspec import load_model
+from scorelab.store import load_model
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "conditional"

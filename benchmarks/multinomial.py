@@ -29,9 +29,9 @@ from scorelab.data import DIGITS_LEVELS, from_categories, load_digits, to_catego
 from scorelab.demo import _fit_digits_classifier, digits_recognisability, fidelity_and_diversity
 from scorelab.discrete import bits_per_dim as discrete_bits
 from scorelab.evaluation import fit_domain_classifier
-from scorelab.guidance import unconditional
+from scorelab.models import unconditional
 from scorelab.imaging import save_grid
-from scorelab.losses import vlb
+from scorelab.objectives import vlb
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "multinomial"
@@ -43,7 +43,7 @@ def held_out_bits(model, x: torch.Tensor, levels: int, seed: int) -> tuple[float
     """Mean and standard error of the whole bound over the test digits, in bits/dim on ``levels`` levels."""
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        if getattr(model.process, "discrete", False):
+        if model.process.has_kind("categorical"):
             bpd = discrete_bits(model, to_categories(x, model.process.num_categories), gen)
         else:
             x = from_categories(to_categories(x, levels), levels)
@@ -55,7 +55,7 @@ def measure(name: str, model, sampler: str, steps: int | None, real: torch.Tenso
             judge, features, seed: int) -> dict:
     row: dict = {"sampler": sampler, "steps": steps}
     t0 = time.perf_counter()
-    m = model if getattr(model.process, "discrete", False) else unconditional(model, len(real))
+    m = model if model.process.has_kind("categorical") else unconditional(model, len(real))
     res = sl.samplers.sample(m, (len(real),) + tuple(real.shape[1:]), sampler, steps,
                              noise=torch.Generator().manual_seed(seed))
     row["seconds_per_sample"] = (time.perf_counter() - t0) / len(real)

@@ -1,7 +1,7 @@
 """Score matching objectives compared: DSM, sliced SM (plain and variance-reduced) and exact SM.
 
 Trains the same score network from the same initial weights, on the same data
-stream, with each of four losses of ``scorelab.losses`` (all with
+stream, with each of four losses of ``scorelab.objectives`` (all with
 ``reduction="mean"``, lambda = s(t)^2, one Rademacher projection for the sliced ones):
 
 * ``dsm``    ``dsm_loss(weighting="s2")``: regression on the Gaussian kernel;
@@ -55,7 +55,7 @@ import torch
 
 import scorelab as sl
 from scorelab.data import load_digits, to_model_range
-from scorelab.losses import dsm_loss, score_matching_loss, sliced_score_matching_loss
+from scorelab.objectives import dsm_loss, score_matching_loss, sliced_score_matching_loss
 from scorelab.networks import MLP, UNet, MLPConfig, UNetConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))

@@ -54,7 +54,7 @@ import torch
 import torch.nn.functional as F
 
 import scorelab as sl
-from scorelab.losses import simple_loss
+from scorelab.objectives import simple_loss
 from scorelab.networks import UNet, UNetConfig, count_parameters
 
 LR = 2e-4

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import scorelab as sl
-from scorelab.checkpoints import (CheckpointError, latest_checkpoint, list_checkpoints, load_checkpoint,
+from scorelab.store import (CheckpointError, latest_checkpoint, list_checkpoints, load_checkpoint,
                                   save_checkpoint)
 from scorelab.networks import UNet, UNetConfig
 

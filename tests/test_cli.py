@@ -4,9 +4,11 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from scorelab.cli import main
+from scorelab.store import load_checkpoint
 
 TINY = ["--network-option", "base_channels=16", "--network-option", "norm_groups=8",
         "--network-option", "num_res_blocks=1", "--network-option", "attention_resolutions=[]"]
@@ -94,7 +96,8 @@ def test_sampler_options_are_checked(run, tmp_path, capsys):
 
 def test_a_typed_flag_wins_over_the_recipe_even_at_its_default_value(tmp_path):
     """``--config FILE --batch-size 128 --no-flip``: the typed values win although 128 and "no flip" are the
-    flags' defaults; fields typed nowhere come from the file, then from TrainConfig (issue 13, item 5)."""
+    flags' defaults; fields typed nowhere come from the file, then from TrainConfig, and the run's config.json
+    writes every default out (the framework's lr, every option of the process)."""
     recipe = tmp_path / "recipe.json"
     recipe.write_text(json.dumps({"framework": "sde", "data": "points:two_moons", "batch_size": 64, "steps": 2,
                                   "flip": True, "sample_every": 100, "process_options": {"drift": "tanh"}}))
@@ -102,8 +105,9 @@ def test_a_typed_flag_wins_over_the_recipe_even_at_its_default_value(tmp_path):
     assert main(["train", "--config", str(recipe), "--batch-size", "128", "--no-flip",
                  "--process-option", "beta_max=30", "--out", str(out)]) == 0
     train = json.loads((out / "config.json").read_text())["train"]
-    assert (train["batch_size"], train["flip"], train["steps"], train["lr"]) == (128, False, 2, None)
-    assert train["process_options"] == {"drift": "tanh", "beta_max": 30}
+    assert (train["batch_size"], train["flip"], train["steps"], train["lr"]) == (128, False, 2, 1e-3)
+    assert train["process"] == "general"
+    assert train["process_options"] == {"drift": "tanh", "beta_min": 0.1, "beta_max": 30, "t_min": 1e-3}
 
 
 def test_sample_uses_the_frameworks_own_sampler_by_default(tmp_path, capsys):
@@ -153,6 +157,51 @@ def test_edit_and_classifier_guidance_end_to_end(run, tmp_path, capsys):
     assert main(["sample", str(run), "--classifier", str(tmp_path / "clf"), "--guidance", "1",
                  "--out", str(tmp_path / "h.png")]) == 2
     assert "exclude each other" in capsys.readouterr().err
+
+
+def test_a_run_trains_again_from_its_config_json_bit_for_bit(tmp_path):
+    """config.json holds every option the run used, the framework's defaults written in (no None for lr, EMA,
+    loss or target), and ``train --config RUN/config.json`` trains the same weights again."""
+    first = tmp_path / "first"
+    assert main(["train", "--framework", "vp", "--steps", "3", "--batch-size", "16", "--sample-every", "100",
+                 "--network-option", "base_channels=16", "--network-option", "num_res_blocks=1",
+                 "--network-option", "norm_groups=8", "--loss-option", "gamma=3", "--loss", "min-snr",
+                 "--out", str(first)]) == 0
+    saved = json.loads((first / "config.json").read_text())
+    train = saved["train"]
+    assert None not in (train["lr"], train["ema_decay"], train["loss"], train["target"], train["warmup"])
+    assert (train["lr"], train["ema_decay"], train["target"], train["network"]) == (2e-4, 0.9999, "eps", "digits8")
+    assert train["loss_options"] == {"gamma": 3.0} and train["process"] == "vp"
+    assert train["process_options"] == {"beta_min": 0.1, "beta_max": 20.0}
+    again = tmp_path / "again"
+    assert main(["train", "--config", str(first / "config.json"), "--out", str(again)]) == 0
+    a, b = load_checkpoint(first), load_checkpoint(again)
+    assert a.step == b.step == 3 and a.model.keys() == b.model.keys()
+    for key in a.model:
+        assert torch.equal(a.model[key], b.model[key]) and torch.equal(a.ema[key], b.ema[key]), key
+    resaved = json.loads((again / "config.json").read_text())
+    assert {**resaved["train"], "out": None} == {**train, "out": None} and resaved["model"] == saved["model"]
+
+
+def test_an_energy_image_model_takes_metropolis_correctors_with_the_default_flags(tmp_path, capsys):
+    """An energy model of images, class-conditional, under every command that samples, with the default
+    --clip-denoised: the clipping wrapper keeps the energy, and each command reports the acceptance rate."""
+    run = tmp_path / "energy"
+    assert main(["train", "--framework", "vp", "--parameterization", "energy", "--class-conditional", "--steps", "3",
+                 "--batch-size", "16", "--sample-every", "100", "--network-option", "base_channels=16",
+                 "--network-option", "num_res_blocks=1", "--network-option", "norm_groups=8",
+                 "--network-option", "attention_resolutions=[]", "--out", str(run)]) == 0
+    mala = ["--option", "corrector=mala", "--out"]
+    for command in (["sample", str(run), "--sampler", "pc", "--steps", "2", "--num-samples", "4", *mala],
+                    ["sample", str(run), "--sampler", "pc", "--steps", "2", "--num-samples", "4", "--label", "3",
+                     "--guidance", "1", *mala],
+                    ["inpaint", str(run), "--method", "replace", "--sampler", "pc", "--steps", "2", "--images", "0",
+                     "--num-samples", "2", *mala],
+                    ["edit", str(run), "--sampler", "pc", "--steps", "2", "--images", "0", "--num-samples", "2",
+                     *mala]):
+        capsys.readouterr()
+        assert main(command + [str(tmp_path / f"{command[0]}.png")]) == 0, capsys.readouterr().err
+        assert "of Metropolis proposals accepted" in capsys.readouterr().out, command
 
 
 def test_an_energy_model_trains_and_samples_with_a_metropolis_corrector(tmp_path, capsys):

@@ -130,7 +130,7 @@ def test_replace_repaint_and_dps_measured_against_the_exact_posterior(mixture_2d
 
 @pytest.mark.parametrize("process, sampler, steps, options", [
     (sl.DDPM(), "ancestral", 100, {}), (sl.VPSDE(), "ddim", 50, {}), (sl.VESDE(), "dpm++2m", 30, {}),
-    (sl.EDM(), "unipc", 30, {}), (sl.VPSDE(), "heun", 30, {}), (sl.VPSDE(), "pc", 200, {"snr_norm": "batch"}),
+    (sl.VESDE(0.002, 80.0), "unipc", 30, {}), (sl.VPSDE(), "heun", 30, {}), (sl.VPSDE(), "pc", 200, {"snr_norm": "batch"}),
     (sl.SubVPSDE(), "em", 200, {})])
 def test_the_project_hook_sees_each_state_at_its_own_noise_level(process, sampler, steps, options):
     # Data N(0.7, 0.2): a state at marginal coefficients (a, s) has mean 0.7 a and variance 0.2 a^2 + s^2,
@@ -177,7 +177,7 @@ def test_replace_is_exact_for_independent_coordinates_with_every_grid_sampler():
     op, y = C.Mask(torch.tensor([True, False])), torch.full((N, 1), 0.4, dtype=torch.float64)
     for process, sampler, steps, tol in [(sl.DDPM(), "ancestral", 200, ED_TOL), (sl.VPSDE(), "ddim", 100, ED_TOL),
                                          (sl.VPSDE(), "dpm++2m", 30, ED_TOL), (sl.VESDE(), "unipc", 30, ED_TOL),
-                                         (sl.EDM(), "heun", 30, ED_TOL), (sl.VPSDE(), "pc", 300, 2 * ED_TOL),
+                                         (sl.VESDE(0.002, 80.0), "heun", 30, ED_TOL), (sl.VPSDE(), "pc", 300, 2 * ED_TOL),
                                          (sl.NCSN(), "langevin", 50, 2 * ED_TOL)]:
         out = C.linear_inverse(product.model(process), y, op, method="replace", sampler=sampler, steps=steps,
                                noise=_gen(0))
@@ -268,7 +268,7 @@ def test_bad_conditional_input_is_refused_with_a_clear_message(mixture_2d):
         sl.ClassifierGuidance(model, mixture_2d.classifier(sl.VPSDE()), torch.zeros(4, dtype=torch.long))
     with pytest.raises(ValueError, match="unknown mask"):
         C.mask_from_spec("middle", (1, 8, 8))
-    from scorelab.training.classifier import NoiseClassifier
+    from scorelab.training import NoiseClassifier
     config = sl.networks.UNetConfig.preset("digits8", num_res_blocks=1)
     classifier = NoiseClassifier(sl.networks.EncoderClassifier(config, 10), sl.DDPM(), "index", data_shape=(1, 8, 8))
     big = sl.Model(sl.networks.UNet(sl.networks.UNetConfig.preset("digits8", image_size=16, num_res_blocks=1,

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from scorelab.checkpoints import latest_checkpoint
+from scorelab.store import latest_checkpoint
 
 ARGS = ["train", "--data", "digits", "--steps", "24", "--batch-size", "16", "--lr", "1e-3", "--warmup", "0",
         "--checkpoint-every", "1", "--keep-last", "2", "--sample-every", "1000", "--log-every", "1",

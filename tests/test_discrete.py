@@ -274,7 +274,7 @@ def test_bad_categorical_input_is_refused_with_one_clear_line():
         (lambda: sl.samplers.sample(CategoricalOracle(np.full((4, 4), 1 / 16)).model(process), torch.tensor([[0.5, 1]]),
                                     "multinomial"), "integer states"),
         (lambda: sl.samplers.sample(sl.GaussianMixture([1.0], [[0.0]], [1.0]).model(sl.VPSDE()), (4, 1),
-                                    "multinomial"), "continuous"),
+                                    "multinomial"), "needs a categorical process"),
     ]
     for call, words in cases:
         with pytest.raises(ValueError) as info:
@@ -327,7 +327,7 @@ def test_autoregressive_training_resumes_exactly(tmp_path):
     for key, value in a.model.items():
         assert torch.equal(value, b.model[key]), key
     assert split.losses == whole.losses[3:]
-    count = a.tensors["step_importance.count"]
+    count = a.tensors["objective_state.count"]
     assert int(count.sum()) == 6 * 16 and bool((count[1:] > 10).all())         # importance sampling took over
 
 
@@ -335,7 +335,7 @@ def test_bad_multinomial_configurations_are_refused_with_one_line():
     from scorelab.training import TrainConfig
 
     cases = [
-        (dict(framework="multinomial", loss="simple"), "variational bound"),
+        (dict(framework="multinomial", loss="simple"), "--loss vlb or vlb-ce"),
         (dict(framework="ddpm", loss="vlb"), "--framework multinomial"),
         (dict(framework="ddpm", categories=4), "--framework multinomial"),
         (dict(framework="multinomial", categories=1), "2..256"),

@@ -17,7 +17,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from scorelab.checkpoints import latest_checkpoint
+from scorelab.store import latest_checkpoint
 from scorelab.cli import main
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="needs torch.distributed")
@@ -126,9 +126,9 @@ def test_multinomial_diffusion_with_importance_sampled_steps_trains_on_two_ranks
     assert _relative_gap(one, two, start, "model/") < 1e-3
     history = [load_file(r / "checkpoints" / "step-00000004" / "state.safetensors") for r in (tmp_path / "one",
                                                                                               tmp_path / "two")]
-    assert torch.equal(history[0]["step_importance.count"], history[1]["step_importance.count"])
-    assert bool((history[0]["step_importance.count"][1:] > 10).all())
-    torch.testing.assert_close(history[1]["step_importance.history"], history[0]["step_importance.history"],
+    assert torch.equal(history[0]["objective_state.count"], history[1]["objective_state.count"])
+    assert bool((history[0]["objective_state.count"][1:] > 10).all())
+    torch.testing.assert_close(history[1]["objective_state.history"], history[0]["objective_state.history"],
                                rtol=1e-4, atol=0)
 
 

@@ -174,6 +174,26 @@ def test_score_matching_trains_an_energy_model_by_its_exact_gradient(loss):
     torch.testing.assert_close(training_loss(model, x0, loss, _gen(4), t=t, noise=noise).sum(), by_hand)
 
 
+def test_a_loaded_energy_model_keeps_its_score_attached_to_its_weights(mixture_2d):
+    """In eval mode, as load_model returns it, a loss on an energy model still reaches its weights (fine-tuning,
+    or an energy term inside a larger loss), with the gradient of train mode; a sampler, without gradients,
+    gets no graph."""
+    torch.manual_seed(0)
+    model = sl.EnergyModel(sl.networks.MLP(dim=2, hidden=32, depth=2), sl.VPSDE(), form="norm")
+    x0, t = mixture_2d.sample(64, _gen(0)).float(), torch.rand(64, generator=_gen(1), dtype=torch.float64)
+    noise = torch.randn(64, 2, generator=_gen(2))
+    grads = {}
+    for mode in ("train", "eval"):
+        model.train(mode == "train")
+        loss = sl.dsm_loss(model, x0, t=t, noise=noise).mean()
+        assert loss.requires_grad, mode
+        grads[mode] = torch.autograd.grad(loss, list(model.net.parameters()))
+    for g_train, g_eval in zip(grads["train"], grads["eval"]):
+        torch.testing.assert_close(g_eval, g_train)
+    with torch.no_grad():
+        assert not model.predict(x0, t).eps.requires_grad
+
+
 def test_bad_energy_input_is_refused_with_a_clear_message(mixture_2d):
     process = sl.VPSDE()
     x = torch.randn(3, 2)
@@ -185,7 +205,7 @@ def test_bad_energy_input_is_refused_with_a_clear_message(mixture_2d):
         compose.mixture([mixture_2d.energy_model(process)] * 2, [0.5, 0.6])
     with pytest.raises(ValueError, match="share one process"):
         compose.product(mixture_2d.energy_model(process), mixture_2d.energy_model(sl.VESDE()))
-    with pytest.raises(ValueError, match="needs the energy of every part"):
+    with pytest.raises(ValueError, match="has no energy"):
         compose.mixture([mixture_2d.model(process)] * 2, [0.5, 0.5])
     with pytest.raises(ValueError, match="unknown MCMC method"):
         mcmc(mixture_2d.energy_model(process), (3, 2), 2, method="nuts")

@@ -59,7 +59,7 @@ CASES: list[tuple[str, str, str]] = [
      "--process-option num_steps=100 " + " ".join(TINY), "trains another model"),
     ("a run folder that cannot be written", "train --out {d}/a-file/run", "cannot write to the run folder"),
     ("a denoising loss on an SDE whose drift is not affine", "train --framework sde --loss dsm --out {d}/x",
-     "use --loss ssm-vr"),
+     "--loss sm or ssm or ssm-vr"),
     ("an eps target on an SDE whose drift is not affine", "train --framework sde --target eps --out {d}/x",
      "use --target score"),
     ("an SDE drift that is not registered", "train --framework sde --process-option drift=spiral --out {d}/x",
@@ -108,14 +108,16 @@ CASES: list[tuple[str, str, str]] = [
      "corrector=mala --out {d}/s.png", "has no energy"),
     ("an energy model on an SDE whose drift is not affine", "train --framework sde --parameterization energy "
      "--out {d}/x", "--parameterization score"),
+    ("an energy model under EDM's preconditioning", "train --framework edm --parameterization energy --out {d}/x",
+     "no preconditioning"),
     ("multinomial diffusion's loss on a Gaussian process", "train --loss vlb --out {d}/x", "--framework multinomial"),
     ("a Gaussian loss on multinomial diffusion", "train --framework multinomial --loss dsm --out {d}/x",
-     "variational bound"),
+     "--loss vlb or vlb-ce"),
     ("fewer than 2 categories", "train --framework multinomial --categories 1 --out {d}/x", "2..256"),
     ("a Gaussian-only command on a multinomial model", "interpolate {d}/multinomial --out {d}/i.png",
-     "multinomial diffusion (categorical data)"),
+     "is a categorical process"),
     ("a Gaussian sampler on a multinomial model", "sample {d}/multinomial --sampler ddim --out {d}/s.png",
-     "does not run on"),
+     "use one of ['multinomial']"),
 ]
 
 

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import scorelab as sl
+from scorelab._util import as_time
 from fokker_planck import solve_fokker_planck
 
 # p_0 of each coordinate: 0.3 N(-1.5, 0.3^2) + 0.7 N(1, 0.2^2)
@@ -53,7 +54,7 @@ def reference(name: str, cells: int = 2400, steps: int = 2000):
     return solve_fokker_planck(DRIFTS[name], g, p0, x_max=12.0, cells=cells, time_steps=steps, times=TIMES)
 
 
-class ReferenceScore:
+class ReferenceScore(sl.ModelBase):
     """The exact score of the product-form ``p_t`` from the Fokker-Planck reference, as a model: bilinear in
     ``(t, x)`` on the reference's grid, differentiable in ``x`` (the ODE likelihood's exact divergence)."""
 
@@ -65,8 +66,8 @@ class ReferenceScore:
         log_p = np.log(np.maximum(sol.density, 1e-300))
         self.table = torch.as_tensor(np.gradient(log_p, sol.dx, axis=1))
 
-    def predict(self, x: torch.Tensor, t) -> sl.ScorePrediction:
-        t = sl.models.as_time(t, x)
+    def predict(self, x: torch.Tensor, t) -> sl.Prediction:
+        t = as_time(t, x)
         u = ((t - self.times[0]) / (self.times[1] - self.times[0])).clamp(0, len(self.times) - 1 - 1e-9)
         i = u.floor().long()
         v = ((x.double() - self.x[0]) / (self.x[1] - self.x[0])).clamp(0, len(self.x) - 1 - 1e-9)
@@ -75,7 +76,7 @@ class ReferenceScore:
         i = i.reshape(-1, *([1] * (x.ndim - 1))).expand_as(j)
         row = lambda ii: self.table[ii, j] * (1 - fv) + self.table[ii, j + 1] * fv
         score = row(i) * (1 - fu) + row(i + 1) * fu
-        return sl.ScorePrediction(x, t, score.to(x.dtype))
+        return sl.Prediction(x, t, score=score.to(x.dtype))
 
 
 def test_named_drifts_are_the_formulas_and_their_priors_are_the_stationary_densities():
@@ -160,7 +161,7 @@ def test_a_general_sde_refuses_what_needs_a_gaussian_kernel():
     net = torch.nn.Linear(2, 2)
     with pytest.raises(ValueError, match="use target='score'"):
         sl.Model(net, sde, target="eps")
-    with pytest.raises(ValueError, match="does not have"):
+    with pytest.raises(ValueError, match="does not fit GeneralSDE"):
         sl.Model(net, sde, target="score", condition="sigma")
     model = ReferenceScore(sde, "tanh")
     with pytest.raises(ValueError, match=r"use one of \['pc', 'em', 'ode', 'ld'\]"):
@@ -169,7 +170,7 @@ def test_a_general_sde_refuses_what_needs_a_gaussian_kernel():
         model.predict(torch.zeros(3, 2), 0.5).x0
     with pytest.raises(ValueError, match="sliced_score_matching_loss"):
         sl.dsm_loss(sl.Model(net, sde, target="score"), torch.zeros(4, 2))
-    with pytest.raises(ValueError, match="DDPM or NCSN"):
+    with pytest.raises(ValueError, match="DDPM's discrete chain or NCSN's noise ladder"):
         sl.Model(net, sl.VPSDE(), condition="index")
 
 
@@ -189,13 +190,13 @@ def test_a_general_sde_checks_its_functions():
         flat.config()                                          # an unnamed drift cannot go in a checkpoint
     with pytest.raises(ValueError, match="unknown SDE drift 'spiral'"):
         sl.process_from_config({"name": "general", "drift": "spiral"})
-    sl.register_sde("test_ou", lambda rate=1.0: sl.GeneralSDE(lambda x, t: -rate * x, lambda t: torch.ones_like(t),
-                                                               *ok_prior))
+    sl.register_sde("test_ou", lambda rate: sl.GeneralSDE(lambda x, t: -rate * x, lambda t: torch.ones_like(t),
+                                                           *ok_prior), {"rate": 1.0})
     try:
         sde = sl.named_sde("test_ou", rate=2.0)
         assert sl.process_from_config(sde.config()) == sde and sde.config()["rate"] == 2.0
     finally:
-        sl.general_sde.NAMED_SDES.pop("test_ou")
+        sl.processes.NAMED_SDES.pop("test_ou")
 
 
 def _ks_to_p0(x: torch.Tensor) -> float:

@@ -6,7 +6,7 @@ import torch
 import scorelab as sl
 from scorelab import samplers as S
 from scorelab.evaluation import energy_distance
-from scorelab.guidance import drop_labels
+from scorelab.models import drop_labels
 from scorelab.networks import MLP, UNet, UNetConfig
 
 ED_TOL = 0.006          # the 2000-point noise floor measured in test_samplers.py
@@ -26,7 +26,7 @@ def test_guided_eps_is_the_papers_combination_of_exact_scores(mixture_2d):
         uncond = mixture_2d.model(process).predict(x[i:i + 1], t[i:i + 1]).eps
         torch.testing.assert_close(got[i:i + 1], (1 + w) * cond - w * uncond, rtol=1e-10, atol=1e-12)
     # Without labels the model answers with the whole mixture's score (the null class).
-    torch.testing.assert_close(sl.guidance.unconditional(model, 6).predict(x, t).eps,
+    torch.testing.assert_close(sl.models.unconditional(model, 6).predict(x, t).eps,
                                mixture_2d.model(process).predict(x, t).eps)
     # w = 0 is plain conditional sampling.
     torch.testing.assert_close(sl.ClassifierFreeGuidance(model, labels, 0.0).predict(x, t).eps,

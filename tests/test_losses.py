@@ -9,7 +9,7 @@ from scipy.stats import norm
 
 import scorelab as sl
 from conftest import random_spd
-from scorelab.losses import (discretized_gaussian_log_likelihood, dsm_loss, hybrid_loss, prior_kl,
+from scorelab.objectives import (discretized_gaussian_log_likelihood, dsm_loss, hybrid_loss, prior_kl,
                              simple_loss, vlb, vlb_term)
 
 
@@ -31,19 +31,22 @@ def unit_mixture():
 # ---------------------------------------------------------------------------------------
 # The exact model minimises every loss
 # ---------------------------------------------------------------------------------------
-class Perturbed:
+class Perturbed(sl.ModelBase):
     """The exact model with ``delta * d(x, t)`` added to its eps, ``d`` a fixed smooth field."""
 
     def __init__(self, model, delta, frac=None):
         self.model, self.process, self.delta, self.frac = model, model.process, delta, frac
-        self.learned_variance = frac is not None
+
+    @property
+    def learned_variance(self) -> bool:
+        return self.frac is not None
 
     def predict(self, x, t):
         p = self.model.predict(x, t)
         tt = p.t.reshape(-1, *([1] * (x.ndim - 1))).to(x.dtype)
         d = torch.cos(1.3 * x + 2.0 * tt + 0.5) + 0.3
         frac = None if self.frac is None else torch.full_like(x, self.frac)
-        return sl.Prediction(p.x, p.t, p.a, p.s, p.eps + self.delta * d, frac)
+        return sl.Prediction(p.x, p.t, p.a, p.s, eps=p.eps + self.delta * d, variance_frac=frac)
 
 
 def first_order_z(loss_fn, model, h=0.05):
@@ -73,7 +76,7 @@ def loss_cases(mixture):
         return vlb_term(model, data(10), steps, variance="beta", generator=torch.Generator().manual_seed(11))
 
     def hybrid(model):
-        model.frac, model.learned_variance = 0.3, True
+        model.frac = 0.3
         return hybrid_loss(model, data(10), generator=torch.Generator().manual_seed(11))
 
     return [
@@ -87,7 +90,7 @@ def loss_cases(mixture):
         ("dsm g2/vp", sl.VPSDE(), call(dsm_loss, weighting="g2", t=grid)),
         ("dsm g2/ve", sl.VESDE(0.01, 5.0), call(dsm_loss, weighting="g2", t=grid)),
         ("dsm min-snr/ddpm", sl.DDPM(), call(dsm_loss, weighting="min-snr")),
-        ("dsm edm/edm", sl.processes.EDM(sigma_max=5.0), call(dsm_loss, weighting="edm")),
+        ("dsm edm/edm", sl.VESDE(0.002, 5.0), call(dsm_loss, weighting="preconditioned")),
     ]
 
 
@@ -276,7 +279,7 @@ def test_vlb_of_exact_model_bounds_the_data_entropy_and_is_close():
 
 
 @pytest.mark.parametrize("make, words", [
-    (lambda m: vlb_term(m, torch.zeros(2, 2), 5), "variational bound is DDPM's"),
+    (lambda m: vlb_term(m, torch.zeros(2, 2), 5), "variational bound .* needs DDPM's discrete chain"),
     (lambda m: dsm_loss(m, torch.zeros(2, 2), weighting="l2"), "unknown weighting"),
     (lambda m: dsm_loss(m, torch.zeros(2, 2), reduction="max"), "unknown reduction"),
     (lambda m: dsm_loss(m, torch.full((2, 2), float("nan"))), "NaN"),
@@ -320,10 +323,12 @@ def test_min_snr_weighting_is_hang_et_als_x0_loss(unit_mixture):
 def test_edm_preconditioning_loss_and_noise_levels_are_karras_et_als():
     """EDM (Karras et al. 2022, Table 1), computed here from the paper's formulas: D(x; sigma) = c_skip x +
     c_out F(c_in x; c_noise) for any network F (and in y = x / a for a process with a != 1), the loss
-    lambda(sigma) ||D - x0||^2, and ln sigma ~ N(-1.2, 1.2^2) at training."""
+    lambda(sigma) ||D - x0||^2, and ln sigma ~ N(-1.2, 1.2^2) at training (the edm objective's times)."""
     from torch import nn
 
-    from scorelab.processes import EDM
+    from scorelab.objectives import lognormal_times
+
+    edm = sl.VESDE(0.002, 80.0)
 
     class F(nn.Module):                                # any network: a fixed nonlinear map of (x, c)
         def forward(self, x, c):
@@ -332,10 +337,10 @@ def test_edm_preconditioning_loss_and_noise_levels_are_karras_et_als():
     g = torch.Generator().manual_seed(0)
     x0 = torch.randn(256, 3, generator=g, dtype=torch.float64)
     sd = 0.5
-    for process in (EDM(), sl.VPSDE()):
-        model = sl.Model(F(), process, target="edm", condition="log_sigma")
-        t = process.sample_train_times(256, g) if isinstance(process, EDM) else torch.rand(256, generator=g,
-                                                                                              dtype=torch.float64)
+    for process in (edm, sl.VPSDE()):
+        model = sl.Model(F(), process, target="preconditioned", condition="log_sigma")
+        t = lognormal_times(process, 256, g, None, p_mean=-1.2, p_std=1.2) if process is edm else \
+            torch.rand(256, generator=g, dtype=torch.float64)
         noise = torch.randn(x0.shape, generator=g, dtype=torch.float64)
         x_t, _ = process.perturb(x0, t, noise=noise)
         a, s = process.coefficients(t)
@@ -345,7 +350,8 @@ def test_edm_preconditioning_loss_and_noise_levels_are_karras_et_als():
         d = c_skip * y + c_out * F()(c_in * y, torch.log(sigma[:, 0]))
         torch.testing.assert_close(model.predict(x_t, t).x0, d, rtol=1e-9, atol=1e-10)
         lam = (sigma[:, 0] ** 2 + sd**2) / (sigma[:, 0] * sd) ** 2
-        torch.testing.assert_close(dsm_loss(model, x0, weighting="edm", t=t, noise=noise),
+        torch.testing.assert_close(dsm_loss(model, x0, weighting="preconditioned", t=t, noise=noise),
                                    lam * ((d - x0) ** 2).sum(1), rtol=1e-9, atol=1e-10)
-    log_sigma = torch.log(EDM().sigma(EDM().sample_train_times(40000, torch.Generator().manual_seed(1))))
+    log_sigma = torch.log(edm.sigma(lognormal_times(edm, 40000, torch.Generator().manual_seed(1), None, p_mean=-1.2,
+                                                    p_std=1.2)))
     assert abs(float(log_sigma.mean()) + 1.2) < 4 * 1.2 / 200 and abs(float(log_sigma.std()) - 1.2) < 0.03

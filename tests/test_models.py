@@ -121,7 +121,7 @@ def test_a_model_answers_in_another_process_by_matching_noise_levels(mixture_2d,
 @pytest.mark.parametrize("make, words", [
     (lambda: sl.Model(nn.Identity(), sl.VPSDE(), target="noise"), "unknown prediction target"),
     (lambda: sl.Model(nn.Identity(), sl.VPSDE(), condition="step"), "unknown noise condition"),
-    (lambda: sl.Model(nn.Identity(), sl.VPSDE(), condition="index"), "needs a DDPM or NCSN"),
+    (lambda: sl.Model(nn.Identity(), sl.VPSDE(), condition="index"), "needs DDPM's discrete chain or NCSN's noise ladder"),
     (lambda: sl.Model(nn.Identity(), sl.VESDE(), learned_variance=True), "learned_variance"),
     (lambda: sl.to_eps(torch.zeros(2, 2), "mu", torch.zeros(2, 2), torch.ones(2), torch.ones(2)), "unknown prediction target"),
 ])

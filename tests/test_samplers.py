@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import scorelab as sl
+from scorelab._util import as_time
 from scorelab import samplers as S
 from scorelab.evaluation import energy_distance
 from conftest import mixture_16d_params, mixture_2d_params
@@ -260,18 +261,18 @@ def test_learned_variance_ancestral_interpolates_the_fixed_choices(mixture_2d):
     ("pc", sl.DDPM(num_steps=50), 4, {}), ("pc", sl.NCSN(), 3, {"corrector_steps": 2}),
     ("pc", sl.VPSDE(), 4, {"predictor": "none", "corrector": "annealed_langevin"}),
     ("pc", sl.named_sde("tanh"), 4, {}), ("em", sl.VESDE(), 5, {}), ("em", sl.VPSDE(), 5, {"denoise": False}),
-    ("em", sl.named_sde("double_well"), 5, {}), ("heun", sl.VPSDE(), 4, {}), ("dpm++2m", sl.SubVPSDE(), 6, {}), ("dpm++3m", sl.DDPM(), 7, {}), ("unipc", sl.EDM(), 6, {"order": 3}),
+    ("em", sl.named_sde("double_well"), 5, {}), ("heun", sl.VPSDE(), 4, {}), ("dpm++2m", sl.SubVPSDE(), 6, {}), ("dpm++3m", sl.DDPM(), 7, {}), ("unipc", sl.VESDE(0.002, 80.0), 6, {"order": 3}),
     ("langevin", sl.VESDE(), 2, {}), ("langevin", sl.NCSN(num_scales=4), 3, {"final_denoise": False}),
     ("ld", sl.VPSDE(), 5, {}), ("ld", sl.named_sde("tanh"), 5, {}),
 ], ids=lambda v: getattr(type(v), "__name__", str(v)))
 def test_the_registry_declares_each_samplers_own_network_evaluations(mixture_2d, sampler, process, steps, options):
     """``REGISTRY[name].nfe`` (what evaluate's NFE budgets and the CLI read) equals the count the sampler
     itself reports, for every sampler, on affine and general processes and with options that change it."""
-    class LogisticScore:                           # a general SDE's model: any score will do for counting
+    class LogisticScore(sl.ModelBase):             # a general SDE's model: any score will do for counting
         def predict(self, x, t):
-            return sl.ScorePrediction(x, sl.models.as_time(t, x), -torch.tanh(x / 2))
+            return sl.Prediction(x, as_time(t, x), score=-torch.tanh(x / 2))
 
-    model = mixture_2d.model(process) if process.affine else LogisticScore()
+    model = mixture_2d.model(process) if process.has_kind("affine") else LogisticScore()
     model.process = process
     result = S.sample(model, (3, 2), sampler, steps, noise=gen(0), **options)
     assert result.nfe == S.sampler_nfe(process, sampler, steps, **options)

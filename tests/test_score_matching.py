@@ -29,8 +29,8 @@ def test_sliced_score_matching_averages_to_the_exact_objective(mixture_2d, distr
     noise = torch.randn(n, 2, generator=g, dtype=torch.float64)
     rep = lambda v: v.repeat(k, *([1] * (v.ndim - 1)))              # k copies of each example, one projection each
     with torch.no_grad():
-        exact = sl.losses.score_matching_loss(model, x0, t=t, noise=noise)
-        sliced = sl.losses.sliced_score_matching_loss(model, rep(x0), t=rep(t), noise=rep(noise), generator=g,
+        exact = sl.objectives.score_matching_loss(model, x0, t=t, noise=noise)
+        sliced = sl.objectives.sliced_score_matching_loss(model, rep(x0), t=rep(t), noise=rep(noise), generator=g,
                                                        distribution=distribution, variance_reduced=variance_reduced)
     sliced = sliced.reshape(k, n)
     stderr = sliced.std(0) / math.sqrt(k)
@@ -52,7 +52,7 @@ def test_exact_score_matching_and_dsm_differ_by_a_constant_that_does_not_depend_
     noise = torch.randn(n, 2, generator=g, dtype=torch.float64)
     with torch.no_grad():
         dsm = [sl.dsm_loss(m, x0, t=t, noise=noise) for m in (a, b)]
-        sm = [sl.losses.score_matching_loss(m, x0, t=t, noise=noise) for m in (a, b)]
+        sm = [sl.objectives.score_matching_loss(m, x0, t=t, noise=noise) for m in (a, b)]
     gap_dsm, gap_sm = dsm[0] - dsm[1], 2 * (sm[0] - sm[1])
     diff = gap_dsm - gap_sm
     assert abs(float(diff.mean())) < 4 * float(diff.std()) / math.sqrt(n)
@@ -63,11 +63,11 @@ def test_score_matching_refuses_what_it_cannot_do(mixture_2d):
     model = _score_mlp(sl.VPSDE(), 0)
     x0 = mixture_2d.sample(4, torch.Generator().manual_seed(0))
     with pytest.raises(ValueError, match="sliced_score_matching_loss"):
-        sl.losses.score_matching_loss(model, x0, max_dims=1)
+        sl.objectives.score_matching_loss(model, x0, max_dims=1)
     with pytest.raises(ValueError, match="projection distribution"):
-        sl.losses.sliced_score_matching_loss(model, x0, distribution="uniform")
+        sl.objectives.sliced_score_matching_loss(model, x0, distribution="uniform")
     with pytest.raises(ValueError, match="projections must be a positive integer"):
-        sl.losses.sliced_score_matching_loss(model, x0, projections=0)
+        sl.objectives.sliced_score_matching_loss(model, x0, projections=0)
 
 
 def test_langevin_on_one_score_gets_mode_weights_wrong_and_annealing_recovers_them():

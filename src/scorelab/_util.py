@@ -23,7 +23,7 @@ def expand_as(coef: Tensor, x: Tensor) -> Tensor:
     """Reshape per-example ``coef`` of shape ``(N,)`` or ``()`` to broadcast against ``x``.
 
     The result has ``x``'s dtype and device and trailing singleton dimensions,
-    so ``expand_as(a, x) * x`` works for points and images alike (DESIGN.md, item 6).
+    so ``expand_as(a, x) * x`` works for points and images alike (docs/DESIGN.md, "Conventions").
     """
     coef = coef.to(device=x.device, dtype=x.dtype)
     if coef.ndim == 0:
@@ -75,43 +75,9 @@ def mean_except_batch(x: Tensor) -> Tensor:
     return x.reshape(x.shape[0], -1).mean(dim=1)
 
 
-def randn(shape: Sequence[int], generator: torch.Generator | None = None, *,
-          device: torch.device | str | None = None, dtype: torch.dtype = torch.float32) -> Tensor:
-    """Standard normal noise drawn from ``generator`` (randomness is always an argument).
-
-    The draw happens on the generator's device and is then moved to ``device``, so a CPU
-    generator serves CUDA data and gives the same numbers whichever device the data is on.
-    """
-    if generator is None:
-        return torch.randn(tuple(shape), device=device, dtype=dtype)
-    x = torch.randn(tuple(shape), generator=generator, device=generator.device, dtype=dtype)
-    return x if device is None else x.to(device)
-
-
-class BatchNoise:
-    """Standard normals for ``rows`` of a batch of ``batch_size``: every draw is made for the whole
-    batch from ``generator`` and these rows are kept, so the numbers a row gets do not depend on how
-    the batch is split over processes (torchrun ranks)."""
-
-    def __init__(self, generator: torch.Generator | None, batch_size: int, rows: slice | Tensor = slice(None)):
-        self.generator, self.batch_size, self.rows = generator, batch_size, rows
-
-    def randn(self, shape: Sequence[int], *, device: torch.device | str | None = None,
-              dtype: torch.dtype = torch.float32) -> Tensor:
-        full = randn((self.batch_size,) + tuple(shape[1:]), self.generator, device=device, dtype=dtype)
-        return full[self.rows]
-
-
-#: Where a function's randomness comes from: a generator (or the global RNG), or :class:`BatchNoise`.
-Randomness = torch.Generator | BatchNoise | None
-
-
-def normal(shape: Sequence[int], source: Randomness = None, *, device: torch.device | str | None = None,
-           dtype: torch.dtype = torch.float32) -> Tensor:
-    """Standard normal noise of ``shape`` from a generator or from :class:`BatchNoise`."""
-    if isinstance(source, BatchNoise):
-        return source.randn(shape, device=device, dtype=dtype)
-    return randn(shape, source, device=device, dtype=dtype)
+def nats_to_bits_per_dim(nats: Tensor, num_dims: int) -> Tensor:
+    """A per-example negative log-likelihood in nats as bits per dimension (MATH.md 2): ``nats / (D ln 2)``."""
+    return nats / (num_dims * math.log(2))
 
 
 def require(condition: bool, message: str) -> None:

@@ -84,7 +84,8 @@ def _add_config_flags(parser: argparse.ArgumentParser, config_class: type) -> No
         elif kind is bool:
             kw.update(action=argparse.BooleanOptionalAction)
         else:
-            kw.update(type=kind, choices=f.metadata.get("choices"))
+            choices = f.metadata.get("choices")
+            kw.update(type=kind, choices=choices() if callable(choices) else choices)
             if default is not None:
                 kw["help"] += f" (default: {default})"
         parser.add_argument(flag, **kw)
@@ -100,7 +101,7 @@ def _train(args: argparse.Namespace) -> None:
         # The file gives the recipe; every flag typed on the command line wins.
         recipe = _read_config(args.config)
         options = {**recipe, **given}
-        for key in ("network_options", "process_options"):  # KEY=VALUE flags add to the recipe's
+        for key in ("network_options", "process_options", "loss_options"):  # KEY=VALUE flags add to the recipe's
             if key in given and isinstance(recipe.get(key), dict):
                 options[key] = {**recipe[key], **given[key]}
     config = TrainConfig.from_dict(options)
@@ -113,7 +114,8 @@ def _train(args: argparse.Namespace) -> None:
 
 
 def _read_config(path: str) -> dict[str, Any]:
-    """A JSON training recipe: keys are TrainConfig's fields (``_comment`` keys are ignored)."""
+    """A JSON training recipe: keys are TrainConfig's fields (``_comment`` keys are ignored), or a run's
+    ``config.json`` (its ``train`` entry: the run's resolved options, which train it again)."""
     try:
         with open(path) as f:
             d = json.load(f)
@@ -123,17 +125,21 @@ def _read_config(path: str) -> dict[str, Any]:
         raise ValueError(f"config file {path} is not valid JSON ({e}); fix it or pass the options as flags") from None
     if not isinstance(d, dict):
         raise ValueError(f"config file {path} must hold a JSON object of training options")
+    if isinstance(d.get("train"), dict) and ("model" in d or "classifier" in d):     # a run's config.json
+        d = d["train"]
     return {k: v for k, v in d.items() if not k.startswith("_")}
 
 
 def _load(args: argparse.Namespace, device=None, *, any_process: bool = False):
-    """The checkpoint's model; unless ``any_process``, a Gaussian diffusion one (refusing multinomial)."""
-    from .modelspec import load_model, require_gaussian
+    """The checkpoint's model; unless ``any_process``, one of continuous data (refusing categorical)."""
     from .distributed import resolve_device
+    from .processes import require_kind
+    from .store import load_model
 
     loaded = load_model(args.checkpoint, weights=args.weights, device=device or resolve_device(args.device))
     if not any_process:
-        require_gaussian(loaded[1], f"scorelab {args.command}")
+        require_kind(loaded[0].process, ("sde",), f"scorelab {args.command} (Gaussian diffusion)",
+                     "a multinomial diffusion model samples (scorelab sample) and gives its bits/dim (scorelab nll)")
     return loaded
 
 
@@ -141,8 +147,8 @@ def _classifier_guided(model, spec, args: argparse.Namespace, num: int):
     """``--classifier``: the unconditional model steered by a noise-conditional classifier (MATH.md 8)."""
     import torch
 
-    from .guidance import ClassifierGuidance
-    from .training.classifier import load_classifier
+    from .models import ClassifierGuidance
+    from .training import load_classifier
 
     if args.guidance is not None:
         raise ValueError("--guidance (classifier-free) and --classifier (classifier guidance) exclude each other; pick one")
@@ -163,7 +169,7 @@ def _guided(model, spec, labels_arg: list[int] | None, guidance: float | None, n
     """The model to sample from: unconditional, one label per sample, or guided."""
     import torch
 
-    from .guidance import guided
+    from .models import guided
 
     if labels_arg is None and guidance is None:
         return model, None
@@ -192,7 +198,7 @@ def _sample_on(args: argparse.Namespace, ranks, device) -> None:
 
     from .data import to_uint8
     from .imaging import save_grid
-    from .models import ClipDenoised, select_rows
+    from .models import ClipDenoised
     from .samplers import sample_many
     from .training.plots import plot_points
 
@@ -200,7 +206,7 @@ def _sample_on(args: argparse.Namespace, ranks, device) -> None:
     model, spec, ckpt = _load(args, device, any_process=True)
     m, labels = (_classifier_guided(model, spec, args, args.num) if args.classifier is not None
                  else _guided(model, spec, args.label, args.guidance, args.num))
-    if args.clip_denoised and len(spec.data_shape) == 3 and model.process.affine:   # a general SDE has no x0
+    if args.clip_denoised and len(spec.data_shape) == 3 and model.process.has_kind("affine"):   # (needs x0)
         m = ClipDenoised(m)
     options = _key_values(args.option, "--option")
     if args.sampler is None:                                 # the framework's own: EDM's Heun, an SDE's EM, ...
@@ -208,10 +214,11 @@ def _sample_on(args: argparse.Namespace, ranks, device) -> None:
 
         framework = FRAMEWORKS.get(ckpt.config.get("train", {}).get("framework"))
         args.sampler = framework.sampler if framework is not None else "ancestral"
-    x, nfe = sample_many(lambda rows: select_rows(m, rows), spec.data_shape, args.num, args.sampler, args.steps,
-                         seed=args.seed, batch_size=args.batch_size, ranks=ranks, progress=True, **options)
-    if x is None:                                            # not rank 0
+    result = sample_many(m.select_rows, spec.data_shape, args.num, args.sampler, args.steps, seed=args.seed,
+                         batch_size=args.batch_size, ranks=ranks, progress=True, **options)
+    if result is None:                                       # not rank 0
         return
+    x, nfe = result.samples, result.nfe
     out.parent.mkdir(parents=True, exist_ok=True)
     stem = out.with_suffix("")
     if len(spec.data_shape) == 1:
@@ -221,19 +228,24 @@ def _sample_on(args: argparse.Namespace, ranks, device) -> None:
         np.savez(f"{stem}.npz", x=to_uint8(x).numpy(), **({} if labels is None else {"y": labels.cpu().numpy()}))
         nrow = int(labels.max()) + 1 if labels is not None and args.label is None else None
         save_grid(x.clamp(-1, 1), f"{stem}.png", nrow=nrow)
-    print(f"{args.num} samples ({args.sampler}, {nfe} network evaluations each"
+    print(f"{args.num} samples ({args.sampler}, {nfe} network evaluations each{_accepted(result.acceptance)}"
           f"{f', {ranks.world_size} processes' if ranks.distributed else ''}) -> {stem}.png, {stem}.npz")
+
+
+def _accepted(rate: float | None) -> str:
+    """The acceptance rate of a Metropolis-corrected sampler, as a command prints it."""
+    return "" if rate is None else f", {rate:.1%} of Metropolis proposals accepted"
 
 
 def _nll(args: argparse.Namespace) -> None:
     import torch
 
-    from .guidance import unconditional
     from .data import ImageSet, from_categories, load_dataset, to_categories, to_model_range, to_uint8
     from .discrete import bits_per_dim as discrete_bits
     from .likelihood import ode_bits_per_dim
-    from .losses import vlb
-    from .processes import DDPM
+    from .models import unconditional
+    from .objectives import vlb
+    from .objectives.vlb import ddpm_of
 
     model, spec, _ = _load(args, any_process=True)
     data = load_dataset(args.data, args.split)
@@ -245,14 +257,14 @@ def _nll(args: argparse.Namespace) -> None:
     device = next(model.parameters()).device
     gen = torch.Generator(device).manual_seed(args.seed)
     values = []
-    discrete = getattr(model.process, "discrete", False)
+    discrete = model.process.has_kind("categorical")
     levels = model.process.num_categories if discrete else args.levels
     if discrete:
         if args.method != "vlb" or args.levels not in (256, levels):
             raise ValueError(f"a multinomial model's bits/dim is its variational bound on its own {levels} "
                              "categories: use --method vlb and drop --levels")
-    elif args.method == "vlb" and not isinstance(model.process, DDPM):
-        raise ValueError("--method vlb needs a DDPM model; use --method ode for other processes")
+    elif args.method == "vlb":
+        ddpm_of(model)
     if not 2 <= levels <= 256 or (args.method == "ode" and levels != 256):
         raise ValueError(f"--levels must lie in 2..256 (and stay 256 for --method ode), got {levels}")
     for start in range(0, len(images), args.batch_size):
@@ -276,8 +288,8 @@ def _interpolate(args: argparse.Namespace) -> None:
 
     from .data import ImageSet, load_dataset, to_model_range
     from .imaging import save_grid
-    from .guidance import unconditional
     from .likelihood import decode, encode, slerp
+    from .models import unconditional
 
     check_writable(args.out, what="interpolation strip")
     model, spec, _ = _load(args)
@@ -363,7 +375,7 @@ def _inpaint(args: argparse.Namespace) -> None:
     np.savez(out.with_suffix(".npz"), x=to_uint8(filled.flatten(0, 1)).cpu().numpy(),
              mask=known.cpu().numpy(), original=to_uint8(images).cpu().numpy())
     print(f"{len(images)} images x {k} inpaintings ({args.method}, mask {args.mask}, {result.nfe} network "
-          f"evaluations each) -> {path} (rows: original, masked, inpaintings), {out.with_suffix('.npz')}")
+          f"evaluations each{_accepted(result.acceptance)}) -> {path} (rows: original, masked, inpaintings), {out.with_suffix('.npz')}")
 
 
 def _edit(args: argparse.Namespace) -> None:
@@ -382,7 +394,7 @@ def _edit(args: argparse.Namespace) -> None:
     np.savez(out.with_suffix(".npz"), x=to_uint8(edits.flatten(0, 1)).cpu().numpy(),
              original=to_uint8(images).cpu().numpy())
     print(f"{len(images)} images x {k} SDEdit edits (t0 = {args.t0}, {args.sampler}, {result.nfe} network "
-          f"evaluations each) -> {path} (rows: input, edits), {out.with_suffix('.npz')}")
+          f"evaluations each{_accepted(result.acceptance)}) -> {path} (rows: input, edits), {out.with_suffix('.npz')}")
 
 
 def _grid_rows(first, rest):
@@ -399,10 +411,11 @@ def _train_classifier(args: argparse.Namespace) -> None:
     if args.out is not None:
         check_writable(args.out, folder=True, what="classifier folder")
     result = train_classifier(args.checkpoint, data=args.data, steps=args.steps, batch_size=args.batch_size,
-                              lr=args.lr, seed=args.seed, out=args.out, device=resolve_device(args.device))
+                              lr=args.lr, seed=args.seed, out=args.out, device=resolve_device(args.device),
+                              resume=args.resume)
     acc = ", ".join(f"{k} {v:.1%}" for k, v in result.accuracy.items())
     print(f"trained a noise-conditional classifier in {result.seconds:.0f} s -> {result.path}; test accuracy "
-          f"{acc}; sample with: scorelab sample {args.checkpoint} --classifier {result.path.parent} --label 3")
+          f"{acc}; sample with: scorelab sample {args.checkpoint} --classifier {result.path} --label 3")
 
 
 def _info(args: argparse.Namespace) -> None:
@@ -415,7 +428,7 @@ def _info(args: argparse.Namespace) -> None:
     print(f"framework   {train.get('framework', '?')} on {train.get('data', '?')}")
     print(f"process     {spec.process}")
     print(f"network     {spec.network.get('kind')} with {count_parameters(model.net):,} parameters; "
-          f"predicts {spec.target}, conditioned on {getattr(model, 'condition', spec.condition)}")
+          f"predicts {spec.target}, conditioned on {spec.condition or model.process.default_condition}")
     print(f"data shape  {tuple(spec.data_shape)}; classes: {spec.classes or 'none (unconditional)'}")
     print(f"weights     model{', EMA' if ckpt.ema is not None else ''}{', optimizer' if ckpt.optimizer else ''}")
 
@@ -657,7 +670,8 @@ def _add_train_classifier(sub) -> None:
     c.add_argument("--steps", type=int, default=2000)
     c.add_argument("--batch-size", type=int, default=128)
     c.add_argument("--lr", type=float, default=3e-4)
-    c.add_argument("--out", default=None, help="folder for the classifier (default: RUN/classifier)")
+    c.add_argument("--out", default=None, help="the classifier's run folder (default: RUN/classifier)")
+    c.add_argument("--resume", action="store_true", help="continue the classifier's run from its newest checkpoint")
     c.set_defaults(run=_train_classifier)
 
 

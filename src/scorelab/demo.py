@@ -30,7 +30,7 @@ import torch
 
 from .data import DIGITS_LEVELS, load_digits, to_levels, to_model_range, to_uint8
 from .evaluation import fit_domain_classifier, precision_recall, two_sample_classifier_accuracy
-from .guidance import guided, unconditional
+from .models import guided, unconditional
 from .imaging import save_grid
 from .likelihood import vlb_bits_per_dim_sampled
 from .models import Model

@@ -22,7 +22,6 @@ A :class:`Ranks` says who this process is; functions take it as an argument
 from __future__ import annotations
 
 import datetime
-import inspect
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -134,9 +133,9 @@ def start(device: str = "auto") -> tuple[Ranks, torch.device]:
     ranks = Ranks(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0)))
     dev = rank_device(device, ranks)
     if not dist.is_initialized():
-        backend = "nccl" if dev.type == "cuda" else "gloo"
-        bind = dev.type == "cuda" and "device_id" in inspect.signature(dist.init_process_group).parameters
-        dist.init_process_group(backend, timeout=timeout(), **({"device_id": dev} if bind else {}))
+        if dev.type == "cuda":                              # NCCL's collectives run on this rank's own GPU
+            torch.cuda.set_device(dev)
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", timeout=timeout())
     return ranks, dev
 
 

@@ -21,8 +21,9 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from ._util import TimeLike, as_time, expand_as, randn, require
-from .models import Prediction
+from ._util import TimeLike, as_time, expand_as, require
+from .models import ModelBase, Prediction
+from .noise import normal
 from .processes import NoiseProcess
 
 __all__ = ["ExactClassModel", "ExactClassifier", "ExactEnergyModel", "GaussianMixture", "ExactModel"]
@@ -113,7 +114,7 @@ class GaussianMixture:
                ) -> Tensor | tuple[Tensor, Tensor]:
         """Draw ``n`` points, shape ``(n, D)`` (with their component labels when asked)."""
         labels = torch.multinomial(self.weights, n, replacement=True, generator=generator)
-        z = randn((n, self.dim), generator, dtype=torch.float64) * self.eigvals[labels].sqrt()
+        z = normal((n, self.dim), generator, dtype=torch.float64) * self.eigvals[labels].sqrt()
         if self.eigvecs is not None:
             z = torch.einsum("nij,nj->ni", self.eigvecs[labels], z)
         x = (self.means[labels] + z).to(dtype)
@@ -280,7 +281,7 @@ class GaussianMixture:
         return f"GaussianMixture(K={self.num_components}, D={self.dim})"
 
 
-class ExactModel:
+class ExactModel(ModelBase):
     """The optimal model of a :class:`GaussianMixture` under a process (MATH.md 6).
 
     ``predict`` returns ``eps = -s(t) * score``, with the exact score; it takes
@@ -291,12 +292,13 @@ class ExactModel:
         self.mixture = mixture
         self.process = process
 
-    def predict(self, x: Tensor, t: TimeLike) -> Prediction:
+    def predict(self, x: Tensor, t: TimeLike, labels: Tensor | None = None) -> Prediction:
+        require(labels is None, "the exact model of a mixture is unconditional; use GaussianMixture.class_model")
         t = as_time(t, x)
         a, s = self.process.coefficients(t)
         score = self.mixture.score_at(x, a, s)
         eps = -expand_as(s, x) * score
-        return Prediction(x, t, a, s, eps)
+        return Prediction(x, t, a, s, eps=eps)
 
     def log_prob(self, x: Tensor, t: TimeLike) -> Tensor:
         """Exact ``log p_t(x)``."""
@@ -306,10 +308,16 @@ class ExactModel:
 class ExactEnergyModel(ExactModel):
     """:class:`ExactModel` with ``energy(x, t) = -log p_t(x)``, the exact (normalized) energy."""
 
-    def energy(self, x: Tensor, t: TimeLike) -> Tensor:
+    @property
+    def has_energy(self) -> bool:
+        return True
+
+    def energy(self, x: Tensor, t: TimeLike, labels: Tensor | None = None) -> Tensor:
+        require(labels is None, "the exact model of a mixture is unconditional")
         return -self.mixture.marginal_log_prob(x, t, self.process).to(x.dtype)
 
-    def energy_and_score(self, x: Tensor, t: TimeLike) -> tuple[Tensor, Tensor]:
+    def energy_and_score(self, x: Tensor, t: TimeLike, labels: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        require(labels is None, "the exact model of a mixture is unconditional")
         t = as_time(t, x)
         a, s = self.process.coefficients(t)
         return -self.mixture.log_prob_at(x, a, s).to(x.dtype), self.mixture.score_at(x, a, s)
@@ -330,7 +338,7 @@ class ExactClassifier:
         return torch.log_softmax(logp, dim=1)
 
 
-class ExactClassModel:
+class ExactClassModel(ModelBase):
     """Exact class-conditional answers: label k gives component k's score, label -1 (or none) the mixture's.
 
     Ground truth for class conditioning and classifier-free guidance: with
@@ -340,8 +348,11 @@ class ExactClassModel:
     def __init__(self, mixture: GaussianMixture, process: NoiseProcess):
         self.mixture = mixture
         self.process = process
-        self.num_classes = len(mixture.weights)
-        self.components = [mixture.component(k) for k in range(self.num_classes)]
+        self.components = [mixture.component(k) for k in range(len(mixture.weights))]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.components)
 
     def predict(self, x: Tensor, t: TimeLike, labels: Tensor | None = None) -> Prediction:
         t = as_time(t, x)
@@ -353,4 +364,4 @@ class ExactClassModel:
                 rows = labels == k
                 if bool(rows.any()):
                     score[rows] = comp.score_at(x[rows], a[rows], s[rows]).to(score.dtype)
-        return Prediction(x, t, a, s, -expand_as(s, x) * score)
+        return Prediction(x, t, a, s, eps=-expand_as(s, x) * score)

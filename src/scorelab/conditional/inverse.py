@@ -21,8 +21,8 @@ All three run on every affine process (DDPM, VP, sub-VP, VE, NCSN, EDM).
 
 from __future__ import annotations
 
-import inspect
 import math
+from dataclasses import replace
 from typing import Any, Sequence
 
 import torch
@@ -30,21 +30,26 @@ from torch import Tensor
 
 from .._util import require
 from ..models import DiffusionModel
-from ..processes import DDPM, NoiseProcess
-from ..samplers._common import (Callback, NoiseLike, Projection, SampleResult, SigmaView, call_back,
-                                finite_or_raise, initial_noise, randn_like, resolve, time_grid)
-from ..samplers.ancestral import respaced_steps
-from ..samplers.registry import REGISTRY, sample
+from ..noise import Randomness, randn_like
+from ..processes import NoiseProcess, require_kind
+from ..samplers._common import (Callback, Projection, SampleResult, SigmaView, call_back, finite_or_raise,
+                                initial_noise, posterior_step, resolve)
+from ..samplers.grids import ancestral_times
+from ..samplers.registry import REGISTRY, sample, sampler_entry
 from .operators import Greyscale, LinearOperator, Mask
 
-__all__ = ["METHODS", "inpaint", "colorize", "linear_inverse", "replacement", "repaint", "dps",
-           "repaint_schedule", "model_channels"]
+__all__ = ["METHODS", "METHOD_OPTIONS", "inpaint", "colorize", "linear_inverse", "replacement", "repaint", "dps",
+           "repaint_schedule"]
 
 #: The conditional-sampling methods, by name.
 METHODS = ("replace", "repaint", "dps")
+#: The options of the methods that run their paper's own loop, with their defaults (see :func:`repaint`, :func:`dps`).
+METHOD_OPTIONS: dict[str, dict[str, Any]] = {"repaint": {"jump_length": 10, "resample": 10, "process": None,
+                                                         "callback": None},
+                                             "dps": {"scale": 1.0, "process": None, "callback": None}}
 
 
-def replacement(operator: LinearOperator, y: Tensor, noise: NoiseLike = None) -> Projection:
+def replacement(operator: LinearOperator, y: Tensor, noise: Randomness = None) -> Projection:
     """Song et al.'s imputation as a sampler's ``project`` hook (MATH.md 8): ``x`` at ``a x0 + s eps``
     becomes ``x - A^T A x / c^2 + A^T (a y + s c xi) / c^2``, ``xi ~ N(0, I)`` fresh each call."""
     c2 = operator.row_norm2
@@ -57,14 +62,6 @@ def replacement(operator: LinearOperator, y: Tensor, noise: NoiseLike = None) ->
         return x - operator.projection(x) + operator.adjoint(level) / c2
 
     return project
-
-
-def _ancestral_grid(process: NoiseProcess, steps: int) -> Tensor:
-    """The times the ancestral chain visits: DDPM's respaced steps, else ``steps`` uniform times from 1."""
-    require(isinstance(steps, int) and steps >= 1, f"steps must be a positive integer, got {steps!r}")
-    if isinstance(process, DDPM):
-        return process.step_to_time(torch.tensor(respaced_steps(process.num_steps, steps)))
-    return time_grid(process, steps - 1, "time") if steps > 1 else torch.ones(1, dtype=torch.float64)
 
 
 def repaint_schedule(steps: int, jump_length: int, resample: int) -> list[int]:
@@ -87,26 +84,22 @@ def repaint_schedule(steps: int, jump_length: int, resample: int) -> list[int]:
     return [steps - 1 - t for t in [steps] + walk][1:]   # level p = steps - 1 - t: 0 first, steps last
 
 
-def _ancestral_step(y: Tensor, x0: Tensor, sigma: float, sigma_next: float, noise: NoiseLike) -> Tensor:
-    """DDIM with eta = 1 in ``y = x / a`` (DDPM's ancestral step on any grid; MATH.md 5)."""
-    if sigma_next == 0:
-        return x0
-    eps = (y - x0) / sigma
-    std = sigma_next * math.sqrt(max(1 - sigma_next**2 / sigma**2, 0.0))
-    return x0 + math.sqrt(max(sigma_next**2 - std**2, 0.0)) * eps + std * randn_like(y, noise)
+def _ancestral_step(y: Tensor, x0: Tensor, sigma: float, sigma_next: float, noise: Randomness) -> Tensor:
+    """DDIM with eta = 1 in ``y = x / a`` (DDPM's ancestral step on any grid; MATH.md 5), to ``x0`` at the end."""
+    return x0 if sigma_next == 0 else posterior_step(y, x0, sigma, sigma_next, noise)
 
 
 @torch.no_grad()
 def repaint(model: DiffusionModel, operator: LinearOperator, y: Tensor, shape: Sequence[int], steps: int = 250, *,
             jump_length: int = 10, resample: int = 10, process: NoiseProcess | None = None,
-            noise: NoiseLike = None, callback: Callback | None = None) -> SampleResult:
+            noise: Randomness = None, callback: Callback | None = None) -> SampleResult:
     """RePaint (Lugmayr et al. 2022, Algorithm 1; MATH.md 8) on ``steps`` levels of the model's process.
 
     Defaults are the paper's (250 levels, jumps of 10, 10 resamplings: 2,410 NFE); ``resample=1``
     is replacement with ancestral steps. NFE counts the network calls of the whole walk.
     """
     model, process = resolve(model, process)
-    times = _ancestral_grid(process, steps)
+    times = ancestral_times(process, steps)
     levels = len(times)
     view = SigmaView(model, process)
     scales, sigmas = view.grid(times)
@@ -127,7 +120,7 @@ def repaint(model: DiffusionModel, operator: LinearOperator, y: Tensor, shape: S
 
 
 def dps(model: DiffusionModel, operator: LinearOperator, y: Tensor, shape: Sequence[int], steps: int = 1000, *,
-        scale: float = 1.0, process: NoiseProcess | None = None, noise: NoiseLike = None,
+        scale: float = 1.0, process: NoiseProcess | None = None, noise: Randomness = None,
         callback: Callback | None = None) -> SampleResult:
     """Diffusion posterior sampling (Chung et al. 2023, Algorithm 1; MATH.md 8).
 
@@ -140,7 +133,7 @@ def dps(model: DiffusionModel, operator: LinearOperator, y: Tensor, shape: Seque
     require(isinstance(scale, (int, float)) and math.isfinite(scale) and scale > 0,
             f"scale must be a positive number, got {scale!r}")
     model, process = resolve(model, process)
-    times = _ancestral_grid(process, steps)
+    times = ancestral_times(process, steps)
     view = SigmaView(model, process)
     scales, sigmas = view.grid(times)
     sigmas = sigmas + [0.0]
@@ -160,12 +153,6 @@ def dps(model: DiffusionModel, operator: LinearOperator, y: Tensor, shape: Seque
     return SampleResult(x.detach(), view.nfe)
 
 
-def _takes(sampler: str, model: DiffusionModel, keyword: str) -> bool:
-    """Whether the registry's ``sampler`` takes ``keyword`` on ``model``'s process."""
-    function, _ = REGISTRY[sampler].bind(model.process)
-    return keyword in inspect.signature(function).parameters
-
-
 def _check_range(values: Tensor, what: str, data_range: tuple[float, float] | None) -> None:
     if data_range is not None:
         low, high = data_range
@@ -177,7 +164,7 @@ def _check_range(values: Tensor, what: str, data_range: tuple[float, float] | No
 
 def linear_inverse(model: DiffusionModel, y: Tensor, operator: LinearOperator, noise_std: float = 0.0, *,
                    method: str = "dps", sampler: str = "ancestral", steps: int | None = None,
-                   noise: NoiseLike = None, data_range: tuple[float, float] | None = None,
+                   noise: Randomness = None, data_range: tuple[float, float] | None = None,
                    **options: Any) -> SampleResult:
     """Samples of ``p(x | y)`` for observations ``y = A x + n``, ``n ~ N(0, noise_std^2 I)``, one per row of
     ``y`` (repeat rows for several samples of one observation; MATH.md 8).
@@ -197,16 +184,14 @@ def linear_inverse(model: DiffusionModel, y: Tensor, operator: LinearOperator, n
     x_shape = operator.x_shape(tuple(y.shape[1:]))
     operator.check_y(y, x_shape)
     _check_range(y, "observations", data_range)
-    require(model.process.affine, f"conditional sampling needs a(t) and s(t), which "
-            f"{type(model.process).__name__} (a non-affine drift) does not have")
+    require_kind(model.process, ("affine",), "conditional sampling (a(t) and s(t))")
     shape = (y.shape[0],) + tuple(x_shape)
     require(method == "replace" or sampler == "ancestral", f"method {method!r} runs its paper's own ancestral "
             f"loop; a sampler ({sampler!r}) is chosen for method='replace' only")
     if method != "replace":
-        own = [p for p in inspect.signature(dps if method == "dps" else repaint).parameters
-               if p not in ("model", "operator", "y", "shape", "steps", "noise")]
+        own = METHOD_OPTIONS[method]
         unknown = sorted(set(options) - set(own))
-        require(not unknown, f"method {method!r} takes no option {unknown}; it takes {own}")
+        require(not unknown, f"method {method!r} takes no option {unknown}; it takes {list(own)}")
     if method == "dps":
         return dps(model, operator, y, shape, **({} if steps is None else {"steps": steps}), noise=noise, **options)
     require(operator.row_norm2 is not None, f"method {method!r} overwrites the observed part of x, which needs "
@@ -214,17 +199,18 @@ def linear_inverse(model: DiffusionModel, y: Tensor, operator: LinearOperator, n
     if method == "repaint":
         return repaint(model, operator, y, shape, **({} if steps is None else {"steps": steps}), noise=noise,
                        **options)
-    require(sampler in REGISTRY, f"unknown sampler {sampler!r}; choose one of {list(REGISTRY)}")
-    stepping = [name for name in REGISTRY if _takes(name, model, "project")]
-    require(sampler in stepping, f"sampler {sampler!r} adapts its own steps and cannot impute after each; "
-            f"use one of {stepping}")
+    entry = sampler_entry(sampler, model.process)
+    stepping = [name for name, e in REGISTRY.items()
+                if model.process.has_kind(*e.kinds) and e.takes_projection(model.process)]
+    require(entry.takes_projection(model.process), f"sampler {sampler!r} adapts its own steps and cannot impute "
+            f"after each; use one of {stepping}")
     project = replacement(operator, y, noise)
     result = sample(model, shape, sampler, steps, noise=noise, project=project, **options)
-    return SampleResult(project(result.samples, 1.0, 0.0), result.nfe)   # the observed part exactly y
+    return replace(result, samples=project(result.samples, 1.0, 0.0))   # the observed part exactly y
 
 
 def inpaint(model: DiffusionModel, known: Tensor, mask: Tensor, *, method: str = "replace",
-            sampler: str = "ancestral", steps: int | None = None, noise: NoiseLike = None,
+            sampler: str = "ancestral", steps: int | None = None, noise: Randomness = None,
             **options: Any) -> SampleResult:
     """Fill in the pixels of ``known`` ``(N, ...)`` where ``mask`` is False (MATH.md 8).
 
@@ -240,26 +226,12 @@ def inpaint(model: DiffusionModel, known: Tensor, mask: Tensor, *, method: str =
                           noise=noise, **options)
 
 
-def model_channels(model: DiffusionModel) -> int | None:
-    """The channels of a model's images (its network's ``config.in_channels``), if it says."""
-    candidate: Any = model
-    for _ in range(8):
-        net = getattr(candidate, "net", None)
-        channels = getattr(getattr(net, "config", None), "in_channels", None)
-        if channels is not None:
-            return int(channels)
-        candidate = getattr(candidate, "model", None)
-        if candidate is None:
-            break
-    return None
-
-
 def colorize(model: DiffusionModel, grey: Tensor, *, method: str = "replace", sampler: str = "ancestral",
-             steps: int | None = None, noise: NoiseLike = None, **options: Any) -> SampleResult:
+             steps: int | None = None, noise: Randomness = None, **options: Any) -> SampleResult:
     """Colour images whose grey version is ``grey`` ``(N, 1, H, W)`` in [-1, 1], with an RGB model
     (Song et al. 2021, appendix I.3: the grey channel ``(r + g + b) / 3`` is fixed, the two
     directions orthogonal to it sampled; MATH.md 8)."""
-    channels = model_channels(model)
+    channels = None if model.data_shape is None else model.data_shape[0]
     require(channels in (None, 3), f"colourization needs an RGB model (3 channels); this one has {channels}")
     grey = torch.as_tensor(grey)
     require(grey.ndim == 4 and grey.shape[1] == 1, f"grey images must have shape (N, 1, H, W), got {tuple(grey.shape)}")

@@ -11,17 +11,19 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from .._util import require
+from ..noise import Randomness
+from ..objectives import Objective, ObjectiveState, register_objective
+from ..processes import Process, require_kind
 from .process import categorical_kl, sample_categorical
 
 __all__ = ["vlb_term", "multinomial_loss", "bits_per_dim", "StepImportance"]
 
 
 def _check_model(model) -> None:
-    require(getattr(model.process, "discrete", False), "this loss is for multinomial diffusion models "
-            f"(scorelab.discrete); the model's process is {type(model.process).__name__}")
+    require_kind(model.process, ("categorical",), "this loss (multinomial diffusion's bound, MATH.md 10)")
 
 
 def vlb_term(model, x0: Tensor, t: Tensor, x_t: Tensor | None = None, noise=None,
@@ -54,7 +56,7 @@ def _vlb_term(model, x0: Tensor, t: Tensor, x_t: Tensor | None, noise, labels: T
     return torch.where(decoder, 0.0, neg_entropy) - model.log_prob_reverse(x_s, x_t, t, s, labels)
 
 
-class StepImportance(nn.Module):
+class StepImportance(ObjectiveState):
     """Hoogeboom et al.'s importance sampling of ``t``: ``p(t) ∝ sqrt(E[L_t^2])`` from a running average
     (``0.1 L_t^2 + 0.9 history``) once every step has been seen 10 times, uniform before; the decoder's
     weight is the first KL term's. Its buffers (a state dict) stay on the CPU, where the update is
@@ -68,7 +70,6 @@ class StepImportance(nn.Module):
         self.num_steps = num_steps
         self.register_buffer("history", torch.zeros(num_steps + 1, dtype=torch.float64))
         self.register_buffer("count", torch.zeros(num_steps + 1, dtype=torch.long))
-        self.deferred = False
         self._pending: list[tuple[Tensor, Tensor]] = []
 
     def record(self, t: Tensor, term: Tensor) -> None:
@@ -169,3 +170,32 @@ def bits_per_dim(model, x0: Tensor, noise=None, labels: Tensor | None = None) ->
     for step in range(1, process.num_steps + 1):
         total = total + _vlb_term(model, x0, torch.full((x0.shape[0],), step, device=x0.device), None, noise, labels)
     return total / (x0[0].numel() * math.log(2))
+
+
+#: How multinomial diffusion's training draws its steps.
+STEP_SAMPLING = ("importance", "uniform")
+
+
+def _bound(model, x0: Tensor, *, t: Tensor | None, randomness: Randomness, ce_weight: float,
+           state: StepImportance | None = None, **_) -> Tensor:
+    """The trainer's bound on the batch's grey levels as categories (MATH.md 10); with ``state`` (Hoogeboom et
+    al.'s importance sampling) its steps are drawn from the history instead of the given ``t``."""
+    from ..data import to_categories
+
+    return multinomial_loss(model, to_categories(x0, model.process.num_categories),
+                            t=None if state is not None else t, noise=randomness, ce_weight=ce_weight,
+                            importance=state)
+
+
+def _importance(process: Process, *, step_sampling: str, **_) -> StepImportance | None:
+    """Hoogeboom et al.'s step history, kept on the CPU where its update is deterministic."""
+    return StepImportance(process.num_steps) if step_sampling == "importance" else None
+
+
+_OPTIONS = {"step_sampling": "importance"}
+register_objective("vlb", Objective("multinomial diffusion's variational bound (Hoogeboom et al. 2021; MATH.md 10)",
+                                    _bound, ("categorical",), {"ce_weight": 0.0, **_OPTIONS},
+                                    {"step_sampling": STEP_SAMPLING}, state=_importance))
+register_objective("vlb-ce", Objective("the bound plus D3PM's cross-entropy on x_0, lambda = 0.001 (Austin et al. "
+                                       "2021)", _bound, ("categorical",), {"ce_weight": 0.001, **_OPTIONS},
+                                       {"step_sampling": STEP_SAMPLING}, state=_importance))

@@ -20,6 +20,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._util import require
+from ..models import NetworkModel
+from ..networks import ARTransformer, as_network
+from ..processes import Process, require_kind
 from .process import _LOG_ZERO, MultinomialDiffusion, sample_categorical
 
 __all__ = ["CategoricalModel", "AutoregressiveModel", "one_hot_input"]
@@ -35,20 +38,15 @@ def one_hot_input(x: Tensor, num_states: int) -> Tensor:
     return h.reshape(x.shape[0], -1)
 
 
-class _Discrete(nn.Module):
+class _Discrete(NetworkModel):
     """What both kinds share: the process, the step a network is told, and states' checks."""
 
-    def __init__(self, net: nn.Module, process: MultinomialDiffusion):
-        super().__init__()
-        require(isinstance(process, MultinomialDiffusion), f"a categorical model needs a MultinomialDiffusion "
-                f"process, got {type(process).__name__}")
-        self.net, self.process = net, process
-        self.learned_variance = False
+    process: MultinomialDiffusion
 
-    @property
-    def num_classes(self) -> int:
-        net = getattr(self.net, "module", self.net)
-        return int(getattr(getattr(net, "config", None), "num_classes", 0))
+    def __init__(self, net: nn.Module, process: Process, *, num_classes: int | None = None,
+                 data_shape: tuple[int, ...] | None = None):
+        require_kind(process, ("categorical",), "a categorical model", "use scorelab.Model for continuous data")
+        super().__init__(net, process, num_classes=num_classes, data_shape=data_shape)
 
     def _steps(self, t: int | Tensor, s: int | Tensor | None, like: Tensor) -> tuple[Tensor, Tensor]:
         t = self.process._steps(t, like)
@@ -67,8 +65,16 @@ class CategoricalModel(_Discrete):
     The network maps ``(N, C*S, H, W)`` to ``(N, C*K, H, W)`` (``(N, D*S) -> (N, D*K)`` for vectors).
     """
 
+    parameterization = "categorical"
+    target = "x0"
     #: Its reverse kernel factorizes over dimensions (``log_reverse``), on any gap ``s < t``.
     factorized = True
+
+    @property
+    def data_shape(self) -> tuple[int, ...] | None:
+        """The categories' shape: the network's input holds one-hot channels, S per channel (or dimension)."""
+        shape = super().data_shape
+        return None if shape is None else (shape[0] // self.process.num_states,) + tuple(shape[1:])
 
     def x0_logits(self, x_t: Tensor, t: int | Tensor, labels: Tensor | None = None) -> Tensor:
         """Logits of ``p(x_0 | x_t)``, shape ``(*x_t.shape, K)``."""
@@ -125,6 +131,8 @@ class AutoregressiveModel(_Discrete):
     ``x_t`` is not [MASK]) get probability 0, so the model spends nothing on them.
     """
 
+    parameterization = "autoregressive"
+    target = "x_prev"
     #: Single steps only, drawn dimension by dimension.
     factorized = False
 
@@ -155,8 +163,8 @@ class AutoregressiveModel(_Discrete):
         c = self._condition(t).float()
         cond = x_t.long().reshape(x_t.shape[0], -1)
         extra = () if labels is None else (labels,)
-        net = getattr(self.net, "module", self.net)
-        if labels is None and callable(getattr(net, "encode", None)) and not torch.is_grad_enabled():
+        net = as_network(self.net)
+        if labels is None and isinstance(net, ARTransformer) and not torch.is_grad_enabled():
             memory, step = net.encode(cond, c)
             return x_t, t, s, lambda prev: net.decode(prev, memory, step)
         return x_t, t, s, lambda prev: self.net(prev, cond, c, *extra)

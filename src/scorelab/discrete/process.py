@@ -26,6 +26,8 @@ import torch
 from torch import Tensor
 
 from .._util import require
+from ..noise import Randomness, normal
+from ..processes import Process
 
 __all__ = ["MultinomialDiffusion", "KERNELS", "SCHEDULES", "log1mexp"]
 
@@ -60,7 +62,7 @@ def _alpha_bar(schedule: str, num_steps: int, kernel: str = "uniform") -> np.nda
     return out
 
 
-class MultinomialDiffusion:
+class MultinomialDiffusion(Process):
     """Categorical diffusion over ``num_categories`` values per dimension (MATH.md 10).
 
     Args:
@@ -70,9 +72,8 @@ class MultinomialDiffusion:
         kernel: ``"uniform"`` (noise towards Cat(1/K)) or ``"absorbing"`` (towards [MASK], state ``K``).
     """
 
-    #: Not an affine Gaussian process: there is no Gaussian kernel, eps or score.
-    affine = False
-    discrete = True
+    #: A categorical process: there is no Gaussian kernel, eps or score.
+    kinds = ("categorical",)
 
     def __init__(self, num_categories: int, num_steps: int = 1000, schedule: str = "cosine",
                  kernel: str = "uniform"):
@@ -100,15 +101,6 @@ class MultinomialDiffusion:
     def config(self) -> dict[str, Any]:
         return {"name": "multinomial", "num_categories": self.num_categories, "num_steps": self.num_steps,
                 "schedule": self.schedule, "kernel": self.kernel}
-
-    def __repr__(self) -> str:
-        return f"MultinomialDiffusion({', '.join(f'{k}={v!r}' for k, v in self.config().items() if k != 'name')})"
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, MultinomialDiffusion) and other.config() == self.config()
-
-    def __hash__(self) -> int:
-        return hash(tuple(self.config().items()))
 
     @property
     def alpha_bar(self) -> Tensor:
@@ -230,7 +222,7 @@ class MultinomialDiffusion:
                 "kernel an unmasked x_t equals x_0), so there is no posterior q(x_s | x_t, x_0)")
         return self.log_posterior(x_t, self._log_one_hot(x0), t, s).exp()
 
-    def sample_marginal(self, x0: Tensor, t: int | Tensor, noise=None) -> Tensor:
+    def sample_marginal(self, x0: Tensor, t: int | Tensor, noise: Randomness = None) -> Tensor:
         """``x_t ~ q(x_t | x_0)`` (``noise``: a generator, or see :func:`sample_categorical`)."""
         return sample_categorical(self.log_q_probs(self.check_data(x0), t), noise)
 
@@ -239,7 +231,7 @@ class MultinomialDiffusion:
         """``log pi`` per dimension, shape ``(*shape, S)``: the stationary distribution ``p(x_T)``."""
         return self.log_pi.to(device).expand(*shape, self.num_states)
 
-    def prior_sample(self, shape: Sequence[int], noise=None, device: torch.device | str = "cpu") -> Tensor:
+    def prior_sample(self, shape: Sequence[int], noise: Randomness = None, device: torch.device | str = "cpu") -> Tensor:
         """``x_T ~ pi`` per dimension: uniform categories, or all [MASK] under the absorbing kernel."""
         return sample_categorical(self.prior_log_probs(shape, device), noise)
 
@@ -261,15 +253,10 @@ def categorical_kl(log_p: Tensor, log_q: Tensor) -> Tensor:
     return (p * (log_p - log_q)).sum(-1).clamp(min=0)
 
 
-def sample_categorical(log_probs: Tensor, noise=None) -> Tensor:
+def sample_categorical(log_probs: Tensor, noise: Randomness = None) -> Tensor:
     """One draw per position from ``Cat(exp(log_probs))`` (states in the last axis) by the Gumbel-max trick.
-    ``noise``: a ``torch.Generator``, or anything with ``randn(shape, dtype=, device=)`` (the samplers'
-    per-sample seeds, the trainer's batch noise); its normals become uniforms through the normal CDF."""
-    shape, device = log_probs.shape, log_probs.device
-    if noise is not None and callable(getattr(noise, "randn", None)):
-        z = noise.randn(shape, dtype=torch.float64, device=device)
-    else:
-        z = torch.randn(shape, generator=noise, dtype=torch.float64,
-                        device=noise.device if noise is not None else device).to(device)
+    ``noise``: a ``torch.Generator`` or a :class:`~scorelab.noise.Noise` (the samplers' per-sample seeds, the
+    trainer's batch noise); its normals become uniforms through the normal CDF."""
+    z = normal(log_probs.shape, noise, device=log_probs.device, dtype=torch.float64)
     u = torch.special.ndtr(z).clamp(1e-300, 1 - 1e-16)
     return (log_probs.double() - torch.log(-torch.log(u))).argmax(-1)

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from .._util import require
-from ..checkpoints import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
+from ..store import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
 from ..data import ImageSet, to_model_range
 
 __all__ = ["DomainClassifier", "DomainFeatures", "fit_domain_classifier", "cache_dir", "RECIPE", "STATED_ACCURACY"]

@@ -33,9 +33,9 @@ from tqdm.auto import tqdm
 
 from .._util import atomic_write, require
 from ..data import ImageSet, load_dataset, to_uint8
-from ..guidance import guided, unconditional
-from ..models import ClipDenoised, Model
-from ..processes import DDPM
+from ..models import ClipDenoised, DiffusionModel, guided, unconditional
+from ..objectives.vlb import NO_VLB
+from ..processes import kind_error, require_kind
 from ..distributed import Ranks, broadcast_flag, chunk_ranges, gather_chunks
 from ..samplers import SAMPLERS, sample_many
 from ..samplers.registry import steps_for_nfe
@@ -157,7 +157,7 @@ def _score(space: _Space, images: np.ndarray, config: EvalConfig) -> dict[str, A
 # ---------------------------------------------------------------------------------------
 # Sampling
 # ---------------------------------------------------------------------------------------
-def _sampling_model(model: Model, rows: torch.Tensor, num_classes: int, guidance: float | None):
+def _sampling_model(model: DiffusionModel, rows: torch.Tensor, num_classes: int, guidance: float | None):
     """Unconditional samples (a class-conditional network with no label), or guided toward labels k % K."""
     if not num_classes:
         return model
@@ -166,18 +166,18 @@ def _sampling_model(model: Model, rows: torch.Tensor, num_classes: int, guidance
     return guided(model, (rows % num_classes).to(next(model.parameters()).device), guidance)
 
 
-def draw_samples(model: Model, shape: tuple[int, ...], sampler: str, steps: int, config: EvalConfig,
+def draw_samples(model: DiffusionModel, shape: tuple[int, ...], sampler: str, steps: int, config: EvalConfig,
                  progress: bool = True, ranks: Ranks = Ranks()) -> tuple[np.ndarray | None, int]:
     """``config.num_samples`` samples as uint8 (on rank 0; None on the others), sample k seeded by
     ``(seed, k)`` (:func:`scorelab.samplers.sample_many`)."""
     def model_for_rows(rows: torch.Tensor):
         m = _sampling_model(model, rows, model.num_classes, config.guidance)
-        return ClipDenoised(m) if config.clip_denoised and model.process.affine else m
+        return ClipDenoised(m) if config.clip_denoised else m
 
-    x, nfe = sample_many(model_for_rows, shape, config.num_samples, sampler, steps, seed=config.seed,
+    result = sample_many(model_for_rows, shape, config.num_samples, sampler, steps, seed=config.seed,
                          batch_size=config.batch_size, ranks=ranks, progress=progress,
                          desc=f"{sampler} ({steps} steps)", transform=lambda x: to_uint8(x.clamp(-1, 1)))
-    return (None if x is None else x.numpy()), nfe
+    return (None, 0) if result is None else (result.samples.numpy(), result.nfe)
 
 
 # ---------------------------------------------------------------------------------------
@@ -219,7 +219,7 @@ def _write_samples(path: Path, x: np.ndarray, meta: dict[str, Any]) -> None:
 # ---------------------------------------------------------------------------------------
 # Bits/dim
 # ---------------------------------------------------------------------------------------
-def _bits_per_dim(model: Model, method: str, images: np.ndarray, config: EvalConfig,
+def _bits_per_dim(model: DiffusionModel, method: str, images: np.ndarray, config: EvalConfig,
                   ranks: Ranks = Ranks()) -> dict[str, Any] | None:
     """Per-image bits/dim in chunks of ``batch_size`` (chunk j seeded ``seed + j``, drawn by rank j mod W);
     the summary on rank 0, None on the others."""
@@ -259,10 +259,11 @@ def _splits(spec: str) -> tuple[ImageSet, ImageSet]:
 
 def _load_for_evaluation(checkpoint: str | Path, config: EvalConfig, device: torch.device):
     """The model and its data's two splits, checked against each other."""
-    from ..modelspec import load_model, require_gaussian
+    from ..store import load_model
 
     model, spec, ckpt = load_model(checkpoint, device=device)
-    require_gaussian(spec, "scorelab evaluate")
+    require_kind(model.process, ("sde",), "scorelab evaluate (Gaussian diffusion)",
+                 "a multinomial diffusion model samples (scorelab sample) and gives its bits/dim (scorelab nll)")
     require(len(spec.data_shape) == 3, "evaluate scores image models; this checkpoint models points")
     data_spec = config.data or ckpt.config.get("train", {}).get("data")
     require(bool(data_spec), "the checkpoint does not name its data set; pass --data")
@@ -316,7 +317,7 @@ class _Scorer:
         return row
 
 
-def _cell_samples(model: Model, shape: tuple[int, ...], sampler: str, nfe: int, config: EvalConfig, out: Path,
+def _cell_samples(model: DiffusionModel, shape: tuple[int, ...], sampler: str, nfe: int, config: EvalConfig, out: Path,
                   model_id: dict[str, Any], progress: bool, ranks: Ranks):
     """A cell's samples, on every rank alike: rank 0 finds them cached or all ranks draw their shares.
     Returns (images, meta, steps) on rank 0, None on the others."""
@@ -336,13 +337,13 @@ def _cell_samples(model: Model, shape: tuple[int, ...], sampler: str, nfe: int, 
     return images, meta, steps
 
 
-def _all_bits_per_dim(model: Model, images: np.ndarray, config: EvalConfig, out: Path, model_id: dict[str, Any],
+def _all_bits_per_dim(model: DiffusionModel, images: np.ndarray, config: EvalConfig, out: Path, model_id: dict[str, Any],
                       data_spec: str, progress: bool, ranks: Ranks) -> dict[str, Any]:
     """Bits/dim by each method on the test images, cached (rank 0 decides what is done; all ranks compute)."""
     bpd: dict[str, Any] = {}
     for method in tqdm(config.bpd, desc="bits/dim (VLB, ODE)", disable=not progress):
-        if method == "vlb" and not isinstance(model.process, DDPM):
-            bpd[method] = {"skipped": "the VLB is DDPM's; this model's process is " + type(model.process).__name__}
+        if method == "vlb" and not model.process.has_kind("ddpm"):
+            bpd[method] = {"skipped": str(kind_error(model.process, ("ddpm",), "the variational bound", NO_VLB))}
             continue
         key = _key({**model_id, "method": method, "images": len(images), "seed": config.seed,
                     "terms": config.vlb_terms, "rtol": config.ode_rtol, "data": data_spec,

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from .._util import require
+from .base import Network
 from .embeddings import LabelEmbedding, add_label_embedding, make_embedding
 
 __all__ = ["MLPConfig", "MLP"]
@@ -38,7 +39,7 @@ class MLPConfig:
         return asdict(self)
 
 
-class MLP(nn.Module):
+class MLP(Network):
     """``net(x, c, labels=None)``: points ``(N, D)`` and a noise condition ``(N,)`` -> ``(N, D)``.
 
     The embedded condition (plus a label embedding when ``num_classes > 0``) is
@@ -55,6 +56,10 @@ class MLP(nn.Module):
         self.inp = nn.Linear(config.dim + config.hidden, config.hidden)
         self.layers = nn.ModuleList(nn.Linear(config.hidden, config.hidden) for _ in range(config.depth - 1))
         self.out = nn.Linear(config.hidden, config.dim)
+
+    @property
+    def data_shape(self) -> tuple[int, ...]:
+        return (self.config.dim,)
 
     def forward(self, x: Tensor, c: Tensor, labels: Tensor | None = None) -> Tensor:
         if x.ndim != 2 or x.shape[1] != self.config.dim:

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._util import require, require_positive_int
+from .base import Network
 from .embeddings import make_embedding
 from .unet import UNet, UNetConfig
 
@@ -65,7 +66,7 @@ class ARTransformerConfig:
         return d
 
 
-class ARTransformer(nn.Module):
+class ARTransformer(Network):
     def __init__(self, config: ARTransformerConfig | None = None, **kwargs: Any):
         super().__init__()
         config = config or ARTransformerConfig(**kwargs)
@@ -95,6 +96,14 @@ class ARTransformer(nn.Module):
         self.head = nn.Sequential(nn.LayerNorm(w), nn.Linear(w, config.num_states))
         mask = torch.triu(torch.full((config.num_tokens, config.num_tokens), float("-inf")), diagonal=1)
         self.register_buffer("causal_mask", mask, persistent=False)
+
+    @property
+    def num_classes(self) -> int:
+        return 0
+
+    @property
+    def data_shape(self) -> tuple[int, ...]:
+        return tuple(self.config.image_shape) or (self.config.num_tokens,)
 
     def forward(self, prev: Tensor, x_t: Tensor, c: Tensor) -> Tensor:
         return self.decode(prev, *self.encode(x_t, c))

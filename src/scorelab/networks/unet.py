@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._util import require
+from .base import Network
 from .embeddings import LabelEmbedding, add_label_embedding, make_embedding
 
 __all__ = ["UNetConfig", "UNet", "PRESETS"]
@@ -177,7 +178,7 @@ def run_down_path(blocks: nn.ModuleList, h: Tensor, emb: Tensor) -> list[Tensor]
     return hs
 
 
-class UNet(nn.Module):
+class UNet(Network):
     """``net(x, c, labels=None)``: images ``(N, C, H, W)``, a noise condition ``(N,)`` and, for
     class-conditional configurations, labels ``(N,)`` (None or -1: no label) -> ``(N, C or 2C, H, W)``."""
 
@@ -208,6 +209,10 @@ class UNet(nn.Module):
         out_channels = (config.out_channels if config.out_channels is not None
                         else config.in_channels * (2 if config.learned_variance else 1))
         self.head = nn.Sequential(nn.GroupNorm(groups, c), nn.SiLU(), nn.Conv2d(c, out_channels, 3, padding=1))
+
+    @property
+    def data_shape(self) -> tuple[int, ...]:
+        return (self.config.in_channels, self.config.image_size, self.config.image_size)
 
     def forward(self, x: Tensor, c: Tensor, labels: Tensor | None = None) -> Tensor:
         cfg = self.config

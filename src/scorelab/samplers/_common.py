@@ -1,18 +1,18 @@
-"""What every sampler shares: results, noise, time grids and the sigma-space view.
+"""What every sampler shares: results, the start, the sigma-space view, the posterior step, the last denoise.
 
-Samplers are plain functions ``(model, shape or x_T, steps, *, process, noise,
-callback) -> SampleResult``. ``process`` defaults to the model's own; when it
-differs, the model is adapted by matching noise levels
-(:class:`scorelab.models.ProcessAdapter`), so a DDPM-trained network runs under
-the VP SDE's samplers and an NCSN one under the VE SDE's (Song et al. 2021).
+Samplers are plain functions ``(model, shape or x_T, steps, *, times, process, noise, callback) ->
+SampleResult``. ``process`` defaults to the model's own; when it differs, the model is adapted by matching
+noise levels (:class:`scorelab.models.ProcessAdapter`), so a DDPM-trained network runs under the VP SDE's
+samplers and an NCSN one under the VE SDE's (Song et al. 2021).
 
-Randomness comes from ``noise``: a ``torch.Generator`` (one stream for the
-batch) or a :class:`PerSampleNoise` built from one seed per sample, which
-makes sample ``k`` the same whatever the batch size (as EDM's code does).
+Randomness comes from ``noise``: a ``torch.Generator`` (one stream for the batch) or a
+:class:`~scorelab.noise.PerSampleNoise` built from one seed per sample, which makes sample ``k`` the same
+whatever the batch size (as EDM's code does).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -20,12 +20,13 @@ import torch
 from torch import Tensor
 
 from .._util import as_time, require
-from ..models import DiffusionModel, Prediction, ProcessAdapter
-from ..processes import SDE, NoiseProcess
+from ..models import DiffusionModel, Prediction, ProcessAdapter, device_and_dtype
+from ..noise import PerSampleNoise, Randomness, randn_like
+from ..processes import SDE, NoiseProcess, Process
 
-__all__ = ["SampleResult", "PerSampleNoise", "Callback", "StepInfo", "Projection", "projected", "time_grid", "resolve", "flow_process",
-           "trained_t_min",
-           "randn_like", "initial_noise"]
+__all__ = ["SampleResult", "Callback", "StepInfo", "Projection", "projected", "resolve", "flow_process",
+           "trained_t_min", "initial_noise", "SigmaView", "call_back", "finite_or_raise", "final_denoise",
+           "posterior_step"]
 
 
 @dataclass(frozen=True)
@@ -63,69 +64,15 @@ class SampleResult:
     states: Tensor | None = None             # categorical samplers: the integer categories themselves
 
 
-class PerSampleNoise:
-    """One generator per sample, seeded ``seeds[k]``: sample k's noise ignores the batch size."""
-
-    def __init__(self, seeds: Sequence[int], device: torch.device | str = "cpu"):
-        require(len(seeds) > 0, "PerSampleNoise needs at least one seed")
-        self.seeds = [int(s) for s in seeds]
-        self.generators = [torch.Generator(device).manual_seed(s) for s in self.seeds]
-
-    #: Sample k of a job seeded ``seed`` is drawn from ``seed * SEED_STRIDE + k``.
-    SEED_STRIDE = 1_000_003
-
-    @classmethod
-    def for_rows(cls, seed: int, rows: Sequence[int] | Tensor, device: torch.device | str = "cpu"
-                 ) -> "PerSampleNoise":
-        """The noise of samples ``rows`` of a job seeded ``seed``: sample k's own seed ignores batching
-        and the number of processes (``seed * 1_000_003 + k``)."""
-        return cls([int(seed) * cls.SEED_STRIDE + int(k) for k in rows], device)
-
-    def __len__(self) -> int:
-        return len(self.generators)
-
-    def randn(self, shape: Sequence[int], dtype: torch.dtype, device: torch.device) -> Tensor:
-        require(shape[0] == len(self.generators),
-                f"batch of {shape[0]} but PerSampleNoise has {len(self.generators)} seeds")
-        return torch.stack([torch.randn(tuple(shape[1:]), generator=g, dtype=dtype,
-                                        device=g.device).to(device) for g in self.generators])
-
-
-NoiseLike = torch.Generator | PerSampleNoise | None
-
-
-def randn_like(x: Tensor, noise: NoiseLike) -> Tensor:
-    """Standard normal noise shaped like ``x`` from a generator or per-sample seeds."""
-    if isinstance(noise, PerSampleNoise):
-        return noise.randn(x.shape, x.dtype, x.device)
-    return torch.randn(x.shape, generator=noise, dtype=x.dtype,
-                       device=noise.device if noise is not None else x.device).to(x.device)
-
-
-def model_device_dtype(model: object) -> tuple[torch.device, torch.dtype]:
-    """Device and dtype of a model's parameters (the innermost model's, through wrappers such as
-    adapters and guidance), else CPU float32."""
-    candidate = model
-    for _ in range(8):
-        if candidate is None:
-            break
-        params = getattr(candidate, "parameters", None)
-        first = next(params(), None) if callable(params) else None
-        if first is not None:
-            return first.device, first.dtype
-        candidate = getattr(candidate, "model", None)
-    return torch.device("cpu"), torch.float32
-
-
-def initial_noise(process: SDE, shape_or_x: Sequence[int] | Tensor, noise: NoiseLike,
-                  model: object = None) -> Tensor:
+def initial_noise(process: Process, shape_or_x: Sequence[int] | Tensor, noise: Randomness,
+                  model: DiffusionModel) -> Tensor:
     """``x_T``: given as a tensor, or drawn from the process's prior on the model's device and in
-    its dtype (sample k from its own generator with :class:`PerSampleNoise`)."""
+    its dtype (sample k from its own generator with :class:`~scorelab.noise.PerSampleNoise`)."""
     if isinstance(shape_or_x, Tensor):
         return shape_or_x
     shape = tuple(shape_or_x)
     require(len(shape) >= 2, f"shape must include the batch, e.g. (16, 2) or (16, 1, 8, 8); got {shape}")
-    device, dtype = model_device_dtype(model)
+    device, dtype = device_and_dtype(model)
     if isinstance(noise, PerSampleNoise):
         require(shape[0] == len(noise), f"batch of {shape[0]} but PerSampleNoise has {len(noise)} seeds")
         return torch.cat([process.prior_sample((1,) + shape[1:], g, device=g.device, dtype=dtype)
@@ -156,35 +103,29 @@ def trained_t_min(model: DiffusionModel, process: SDE) -> float:
     return float(process.time_of_sigma(base.sigma(base.train_t_min)).clamp(process.train_t_min, 1.0))
 
 
-def time_grid(process: NoiseProcess, num_steps: int, kind: str = "time", *, rho: float = 7.0,
-              t_max: float = 1.0, t_min: float | None = None) -> Tensor:
-    """``num_steps + 1`` decreasing times from ``t_max`` to ``t_min`` (float64).
+def final_denoise(process: SDE, denoise: bool | None) -> bool:
+    """Whether a stochastic sampler ends with Tweedie's ``E[x0 | x_{t_min}]`` (one more network call):
+    ``denoise``, by default where the process has a Gaussian kernel (affine), never on a general SDE."""
+    return process.has_kind("affine") if denoise is None else denoise
 
-    ``kind``: ``"time"`` uniform in t (Score SDE); ``"log_sigma"`` uniform in
-    ``log(s/a)`` (DPM-Solver's logSNR grid); ``"karras"`` EDM's
-    ``sigma_i = (sigma_max^(1/rho) + i/n (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho``
-    with ``rho = 7`` (Karras et al. 2022, eq. 5).
-    """
-    require(isinstance(num_steps, int) and num_steps >= 1,
-            f"num_steps must be a positive integer, got {num_steps!r}")
-    t_min = process.t_min if t_min is None else t_min
-    require(0 <= t_min < t_max <= 1, f"need 0 <= t_min < t_max <= 1, got t_min={t_min}, t_max={t_max}")
-    u = torch.linspace(0, 1, num_steps + 1, dtype=torch.float64)
-    if kind == "time":
-        return t_max + (t_min - t_max) * u
-    lo, hi = process.sigma(as_time(t_min)), process.sigma(as_time(t_max))
-    require(kind not in ("log_sigma", "karras") or float(lo) > 0,
-            f"the {kind!r} grid needs a positive noise level at t_min={t_min}; raise t_min "
-            f"(e.g. to {process.t_min or 1e-3}) or use grid='time'")
-    if kind == "log_sigma":
-        sigmas = torch.exp(torch.log(hi) + (torch.log(lo) - torch.log(hi)) * u)
-    elif kind == "karras":
-        sigmas = (hi ** (1 / rho) + u * (lo ** (1 / rho) - hi ** (1 / rho))) ** rho
-    else:
-        raise ValueError(f"unknown time grid {kind!r}; choose 'time', 'log_sigma' or 'karras'")
-    t = process.time_of_sigma(sigmas)
-    t[0], t[-1] = t_max, t_min  # exact ends
-    return t
+
+def posterior_step(y: Tensor, x0: Tensor, sigma: float, sigma_next: float, noise: Randomness = None, *,
+                   eta: float = 1.0, draw: bool = True) -> Tensor:
+    """One step of DDIM's family in ``y = x / a`` from noise level ``sigma`` to ``sigma_next < sigma``
+    (Song, Meng & Ermon 2021, eq. 12; MATH.md 5):
+
+        y' = x0 + c eps + sigma_eta z,  eps = (y - x0) / sigma,  sigma_eta = eta sigma' sqrt(1 - sigma'^2 / sigma^2),
+
+    ``c = sqrt(sigma'^2 - sigma_eta^2)``, which at ``eta = 1`` is ``sigma'^2 / sigma``: the mean of the forward
+    posterior ``q(y' | y, x0)``, DDPM's ancestral step with ``sigma_t^2 = beta_tilde_t``. ``eta = 0`` is the
+    Euler step of the probability-flow ODE. Without ``draw`` the mean alone (no ``z``)."""
+    eps = (y - x0) / sigma
+    sigma_eta = eta * sigma_next * math.sqrt(max(1 - sigma_next**2 / sigma**2, 0.0))
+    c = sigma_next**2 / sigma if eta == 1.0 else math.sqrt(max(sigma_next**2 - sigma_eta**2, 0.0))
+    y = x0 + c * eps
+    if draw and sigma_eta > 0:
+        y = y + sigma_eta * randn_like(y, noise)
+    return y
 
 
 class SigmaView:

@@ -5,14 +5,10 @@ reads ``y = x0 + sigma eps`` (MATH.md 1). From noise level ``sigma`` to
 ``sigma' < sigma``, the forward posterior ``q(y' | y, x0)`` (DDPM's
 ``q(x_{t-1} | x_t, x0)`` rescaled) has mean ``x0 + (sigma'^2 / sigma) eps`` and
 variance ``sigma'^2 (1 - sigma'^2 / sigma^2)``; DDIM's family keeps the
-marginals with any noise ``eta`` times that standard deviation:
-
-    y' = x0_hat + sqrt(sigma'^2 - sigma_eta^2) eps_hat + sigma_eta z,
-    sigma_eta = eta sigma' sqrt(1 - sigma'^2 / sigma^2)
-
-(Song, Meng & Ermon 2021, eq. 12). ``eta = 1`` is DDPM's ancestral step with
-``sigma_t^2 = beta_tilde_t``; ``eta = 0`` is the Euler step of the
-probability-flow ODE ``dy/dsigma = eps`` (their eq. 14).
+marginals with any noise ``eta`` times that standard deviation
+(:func:`~scorelab.samplers._common.posterior_step`; Song, Meng & Ermon 2021, eq. 12).
+``eta = 1`` is DDPM's ancestral step with ``sigma_t^2 = beta_tilde_t``; ``eta = 0`` is the
+Euler step of the probability-flow ODE ``dy/dsigma = eps`` (their eq. 14).
 """
 
 from __future__ import annotations
@@ -25,32 +21,13 @@ from torch import Tensor
 
 from .._util import require
 from ..models import DiffusionModel, resolve_variance
-from ..processes import DDPM, NoiseProcess
-from ._common import (Callback, NoiseLike, Projection, SampleResult, SigmaView, call_back, finite_or_raise,
-                      initial_noise, projected, randn_like, resolve, time_grid)
+from ..noise import Randomness, randn_like
+from ..processes import NoiseProcess, require_kind
+from ._common import (Callback, Projection, SampleResult, SigmaView, call_back, finite_or_raise, initial_noise,
+                      posterior_step, projected, resolve)
+from .grids import ancestral_times, check_times, ddpm_steps, evaluation_times
 
-__all__ = ["ddpm_ancestral", "ddim", "respaced_steps"]
-
-
-def respaced_steps(num_steps: int, count: int) -> list[int]:
-    """``count`` evenly spaced DDPM steps from 1 to ``num_steps``, descending (improved-diffusion's respacing)."""
-    require(isinstance(count, int) and 1 <= count <= num_steps,
-            f"the number of sampling steps must be between 1 and {num_steps}, got {count!r}")
-    if count == 1:
-        return [num_steps]
-    stride = (num_steps - 1) / (count - 1)
-    return sorted({round(i * stride) + 1 for i in range(count)}, reverse=True)
-
-
-def _ddpm_steps(ddpm: DDPM, steps: int | Sequence[int] | None) -> list[int]:
-    if steps is None:
-        return list(range(ddpm.num_steps, 0, -1))
-    if isinstance(steps, int):
-        return respaced_steps(ddpm.num_steps, steps)
-    seq = sorted({int(s) for s in steps}, reverse=True)
-    require(len(seq) > 0 and seq[-1] >= 1 and seq[0] <= ddpm.num_steps,
-            f"DDPM steps must lie in 1..{ddpm.num_steps}")
-    return seq
+__all__ = ["ddpm_ancestral", "ddim"]
 
 
 def _clip(pred_x0: Tensor, clip_x0: bool) -> Tensor:
@@ -59,8 +36,8 @@ def _clip(pred_x0: Tensor, clip_x0: bool) -> Tensor:
 
 @torch.no_grad()
 def ddpm_ancestral(model: DiffusionModel, shape_or_x: Sequence[int] | Tensor,
-                   steps: int | Sequence[int] | None = None, *, variance: str | None = None,
-                   process: NoiseProcess | None = None, noise: NoiseLike = None,
+                   steps: int | Sequence[int] | None = None, *, times: Sequence[float] | Tensor | None = None,
+                   variance: str | None = None, process: NoiseProcess | None = None, noise: Randomness = None,
                    clip_x0: bool = False, project: Projection | None = None,
                    callback: Callback | None = None) -> SampleResult:
     """Ancestral sampling (Ho et al. 2020, Algorithm 2; MATH.md 2).
@@ -69,7 +46,8 @@ def ddpm_ancestral(model: DiffusionModel, shape_or_x: Sequence[int] | Tensor,
     ``sigma_t^2 = beta_t`` (``variance="beta"``), ``beta_tilde_t`` or learned
     (Nichol & Dhariwal 2021); by default the learned one for a model trained
     with it, else ``beta``. ``steps``: all T (None), a number of evenly
-    respaced steps, or an explicit subsequence; on a subsequence the betas are
+    respaced steps, or an explicit subsequence; ``times``: the steps' times ``i / T`` (a grid of
+    :mod:`~scorelab.samplers.grids`). On a subsequence the betas are
     recomputed from ``alpha_bar`` as improved-diffusion does. ``clip_x0``
     clips the predicted ``x0`` to [-1, 1] (images); ``project`` is applied after every step
     (:data:`~scorelab.samplers.Projection`). Runs on a DDPM process:
@@ -77,12 +55,10 @@ def ddpm_ancestral(model: DiffusionModel, shape_or_x: Sequence[int] | Tensor,
     """
     variance = resolve_variance(model, variance)
     model, ddpm = resolve(model, process)
-    if not isinstance(ddpm, DDPM):
-        raise ValueError(
-            f"ddpm_ancestral follows DDPM's chain but the process is {type(ddpm).__name__}; pass "
-            "process=sl.DDPM() to drive this model through DDPM's steps, or use ddim(eta=1), "
-            "predictor_corrector(predictor='ancestral') or euler_maruyama, which take any process")
-    seq = _ddpm_steps(ddpm, steps)
+    require_kind(ddpm, ("ddpm",), "ddpm_ancestral (it follows DDPM's chain)",
+                 "pass process=sl.DDPM() to drive this model through DDPM's steps, or use ddim(eta=1), "
+                 "predictor_corrector(predictor='ancestral') or euler_maruyama, which take any process")
+    seq = ddpm_steps(ddpm, steps, times)
     x = initial_noise(ddpm, shape_or_x, noise, model)
     view = SigmaView(model, ddpm)
     ab_table = ddpm.alpha_bars
@@ -95,9 +71,7 @@ def ddpm_ancestral(model: DiffusionModel, shape_or_x: Sequence[int] | Tensor,
         y = x / a
         pred = view.predict(y, t, a)
         x0 = _clip(pred.x0, clip_x0)
-        eps = (y - x0) / sigma
-        y_mean = x0 + (sigma_prev**2 / sigma) * eps          # posterior mean mu_tilde, rescaled
-        x = a_prev * y_mean
+        x = a_prev * posterior_step(y, x0, sigma, sigma_prev, draw=False)   # posterior mean mu_tilde, rescaled
         if prev > 0:
             beta = 1 - ab / ab_prev                            # respaced beta_t
             beta_tilde = (1 - ab_prev) / (1 - ab) * beta
@@ -120,45 +94,33 @@ def ddpm_ancestral(model: DiffusionModel, shape_or_x: Sequence[int] | Tensor,
 @torch.no_grad()
 def ddim(model: DiffusionModel, shape_or_x: Sequence[int] | Tensor, steps: int = 50, *,
          eta: float = 0.0, times: Sequence[float] | Tensor | None = None, grid: str | None = None,
-         process: NoiseProcess | None = None, noise: NoiseLike = None, clip_x0: bool = False,
+         process: NoiseProcess | None = None, noise: Randomness = None, clip_x0: bool = False,
          project: Projection | None = None, callback: Callback | None = None) -> SampleResult:
-    """DDIM (Song, Meng & Ermon 2021, eq. 12; MATH.md 5), for any process.
+    """DDIM (Song, Meng & Ermon 2021, eq. 12; MATH.md 5), for any affine process.
 
     ``eta = 0`` is deterministic; ``eta = 1`` is ancestral sampling with
     ``beta_tilde``. Evaluates the model at ``steps`` decreasing times (or the
     given ``times``) and ends with ``x0_hat`` at noise level 0. The default
     times are DDPM's evenly respaced steps for a DDPM process, otherwise
-    ``time_grid(process, steps - 1, grid or "time")``.
+    ``steps`` evaluation times of the ``grid`` (default ``"time"``; :mod:`~scorelab.samplers.grids`).
     """
     require(0.0 <= eta <= 1.0, f"eta must lie in [0, 1], got {eta}")
     model, process = resolve(model, process)
     if times is None:
-        if isinstance(process, DDPM) and grid is None:
-            times = process.step_to_time(torch.tensor(respaced_steps(process.num_steps, steps)))
-        else:
-            require(isinstance(steps, int) and steps >= 1, f"steps must be a positive integer, got {steps!r}")
-            times = time_grid(process, steps - 1, grid or "time") if steps > 1 else torch.ones(1, dtype=torch.float64)
-    times = torch.as_tensor(times, dtype=torch.float64)
-    require(times.ndim == 1 and len(times) >= 1 and bool((times[1:] < times[:-1]).all()),
-            "times must be a decreasing 1-D sequence")
+        times = ancestral_times(process, steps) if grid is None else evaluation_times(process, steps, grid)
+    times = check_times(times)
     x = initial_noise(process, shape_or_x, noise, model)
     view = SigmaView(model, process)
     scales, sigmas = view.grid(times)
     for i, t in enumerate(times):
-        sigma = sigmas[i]
         y = x / scales[i]
         pred = view.predict(y, t, scales[i])
         x0 = _clip(pred.x0, clip_x0)
         if i + 1 == len(times):                               # last step: to noise level 0
             x = projected(project, x0, 1.0, 0.0)
         else:
-            sigma_next = sigmas[i + 1]
-            eps = (y - x0) / sigma
-            sigma_eta = eta * sigma_next * math.sqrt(max(1 - sigma_next**2 / sigma**2, 0.0))
-            y = x0 + math.sqrt(max(sigma_next**2 - sigma_eta**2, 0.0)) * eps
-            if sigma_eta > 0:
-                y = y + sigma_eta * randn_like(y, noise)
-            x = projected(project, scales[i + 1] * y, scales[i + 1], scales[i + 1] * sigma_next)
+            y = posterior_step(y, x0, sigmas[i], sigmas[i + 1], noise, eta=eta)
+            x = projected(project, scales[i + 1] * y, scales[i + 1], scales[i + 1] * sigmas[i + 1])
         call_back(callback, i + 1, len(times), float(times[i + 1]) if i + 1 < len(times) else 0.0, x, view.nfe)
     finite_or_raise(x, "ddim")
     return SampleResult(x, view.nfe)

@@ -26,10 +26,10 @@ import torch
 from torch import Tensor
 
 from .._util import as_time, expand_as, require
-from ..energy import energy_and_score
-from ..models import DiffusionModel
-from ._common import NoiseLike, SampleResult, finite_or_raise, initial_noise, randn_like, resolve
+from ..models import DiffusionModel, require_energy
+from ..noise import Randomness, randn_like
 from ..processes import SDE
+from ._common import SampleResult, finite_or_raise, initial_noise, resolve
 
 __all__ = ["METHODS", "MCMCState", "mcmc_step", "mcmc"]
 
@@ -54,7 +54,7 @@ def _sq(v: Tensor) -> Tensor:
     return v.flatten(1).pow(2).sum(1)
 
 
-def _metropolis(state: MCMCState, x1: Tensor, u1: Tensor, g1: Tensor, log_alpha: Tensor, noise: NoiseLike) -> Tensor:
+def _metropolis(state: MCMCState, x1: Tensor, u1: Tensor, g1: Tensor, log_alpha: Tensor, noise: Randomness) -> Tensor:
     """Accept the proposal ``(x1, U(x1), score(x1))`` per sample with probability ``min(1, exp(log_alpha))``;
     returns which were taken (the state keeps the others)."""
     z = randn_like(state.energy[:, None], noise)[:, 0]               # one uniform per sample, by the normal cdf
@@ -68,7 +68,7 @@ def _metropolis(state: MCMCState, x1: Tensor, u1: Tensor, g1: Tensor, log_alpha:
 
 
 def mcmc_step(model: DiffusionModel, state: MCMCState, t: Tensor, step_size: Tensor | float, method: str, *,
-              leapfrog_steps: int = 3, momentum_refresh: float = 0.0, noise: NoiseLike = None) -> MCMCState:
+              leapfrog_steps: int = 3, momentum_refresh: float = 0.0, noise: Randomness = None) -> MCMCState:
     """One ULA, MALA or HMC step at time ``t`` (``(N,)``) with step ``e`` (scalar or ``(N,)``), per sample."""
     x = state.x
     e_n = torch.as_tensor(step_size, dtype=x.dtype, device=x.device).expand(x.shape[0])   # one step per sample
@@ -80,12 +80,12 @@ def mcmc_step(model: DiffusionModel, state: MCMCState, t: Tensor, step_size: Ten
         state.energy = state.score = None
         return state
     if state.energy is None or state.score is None:
-        state.energy, state.score = energy_and_score(model, x, t)
+        state.energy, state.score = model.energy_and_score(x, t)
         state.nfe += 1
     u0, g0 = state.energy, state.score.to(x.dtype)
     if method == "mala":
         x1 = x + e * g0 + torch.sqrt(2 * e) * randn_like(x, noise)
-        u1, g1 = energy_and_score(model, x1, t)
+        u1, g1 = model.energy_and_score(x1, t)
         state.nfe += 1
         g1 = g1.to(x.dtype)
         log_q_fwd = -_sq(x1 - x - e * g0) / (4 * e_n)
@@ -104,7 +104,7 @@ def mcmc_step(model: DiffusionModel, state: MCMCState, t: Tensor, step_size: Ten
         x1, p1, g1, u1 = x, p + 0.5 * h * g0, g0, u0
         for k in range(leapfrog_steps):
             x1 = x1 + h * p1
-            u1, g1 = energy_and_score(model, x1, t)
+            u1, g1 = model.energy_and_score(x1, t)
             g1 = g1.to(x.dtype)
             state.nfe += 1
             p1 = p1 + (h if k + 1 < leapfrog_steps else 0.5 * h) * g1
@@ -120,7 +120,7 @@ def mcmc_step(model: DiffusionModel, state: MCMCState, t: Tensor, step_size: Ten
 @torch.no_grad()
 def mcmc(model: DiffusionModel, shape_or_x: Sequence[int] | Tensor, steps: int = 100, *, t: float | None = None,
          method: str = "mala", step_size: float = 1e-3, leapfrog_steps: int = 3, momentum_refresh: float = 0.0,
-         process: SDE | None = None, noise: NoiseLike = None) -> SampleResult:
+         process: SDE | None = None, noise: Randomness = None) -> SampleResult:
     """``steps`` MCMC steps at the single time ``t`` (default ``t_min``) targeting ``p_t`` (MATH.md 9).
 
     ``method``: ``"ula"``, ``"mala"`` or ``"hmc"`` (``leapfrog_steps`` steps of size ``sqrt(2 step_size)``,
@@ -130,6 +130,8 @@ def mcmc(model: DiffusionModel, shape_or_x: Sequence[int] | Tensor, steps: int =
     require(isinstance(steps, int) and steps >= 1, f"steps must be a positive integer, got {steps!r}")
     require(step_size > 0, f"step_size must be positive, got {step_size}")
     model, process = resolve(model, process)
+    if method != "ula":
+        require_energy(model)
     t = process.t_min if t is None else t
     require(0 <= t <= 1, f"t must lie in [0, 1], got {t}")
     state = MCMCState(initial_noise(process, shape_or_x, noise, model))

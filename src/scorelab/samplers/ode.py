@@ -23,10 +23,12 @@ import torch
 from torch import Tensor
 
 from .._util import as_time, require
-from ..models import DiffusionModel, select_rows
+from ..models import DiffusionModel
+from ..noise import Randomness, randn_like
 from ..processes import SDE, NoiseProcess
-from ._common import (Callback, NoiseLike, Projection, SampleResult, SigmaView, call_back, finite_or_raise,
-                      flow_process, initial_noise, projected, randn_like, resolve, time_grid, trained_t_min)
+from ._common import (Callback, Projection, SampleResult, SigmaView, call_back, final_denoise, finite_or_raise,
+                      flow_process, initial_noise, projected, resolve, trained_t_min)
+from .grids import check_times, evaluation_times
 
 __all__ = ["dopri5", "solve_probability_flow", "ode_rk45", "ode_euler", "ode_heun", "dpm_solver_pp_2m",
            "dpm_solver_pp_3m", "unipc"]
@@ -113,29 +115,35 @@ def solve_probability_flow(model: DiffusionModel, x: Tensor, t_start: float, t_e
     model, process = resolve(model, flow_process(model, process))
 
     def velocity(t: Tensor, x: Tensor, rows: Tensor) -> Tensor:
-        return process.probability_flow_drift(x, t, select_rows(model, rows).predict(x, t).score)
+        return process.probability_flow_drift(x, t, model.select_rows(rows).predict(x, t).score)
 
     return dopri5(velocity, x, t_start, t_end, rtol=rtol, atol=atol)
 
 
 @torch.no_grad()
 def ode_rk45(model: DiffusionModel, shape_or_x: Sequence[int] | Tensor, *, rtol: float = 1e-5,
-             atol: float = 1e-5, process: SDE | None = None, t_min: float | None = None,
-             denoise: bool | None = None, noise: NoiseLike = None) -> SampleResult:
+             atol: float = 1e-5, times: Sequence[float] | Tensor | None = None, process: SDE | None = None,
+             t_min: float | None = None, denoise: bool | None = None, noise: Randomness = None) -> SampleResult:
     """Sample by solving the probability-flow ODE from ``t = 1`` to ``t_min`` with adaptive RK45.
 
     Needs only ``f``, ``g`` and the score, so it runs on any SDE; a DDPM or NCSN
     model runs on its continuous SDE (:func:`flow_process`), never below the noise
-    level it was trained at. ``denoise`` returns ``E[x0 | x_{t_min}]`` (one more
+    level it was trained at. ``times``: the two ends ``(t_start, t_end)`` instead (the solver picks its own
+    steps between them). ``denoise`` returns ``E[x0 | x_{t_min}]`` (one more
     evaluation; default: for affine processes, never for a general SDE). NFE is the
     number of batched network calls.
     """
     process = flow_process(model, process)
+    t_max = 1.0
+    if times is not None:
+        ends = check_times(times)
+        require(len(ends) == 2, f"ode_rk45 adapts its own steps: pass times=(t_start, t_end), not {len(ends)} times")
+        t_max, t_min = float(ends[0]), float(ends[1])
     t_min = max(process.t_min, trained_t_min(model, process)) if t_min is None else t_min
     model, process = resolve(model, process)
     x = initial_noise(process, shape_or_x, noise, model)
-    x, nfe = solve_probability_flow(model, x, 1.0, t_min, process=process, rtol=rtol, atol=atol)
-    if process.affine if denoise is None else denoise:
+    x, nfe = solve_probability_flow(model, x, t_max, t_min, process=process, rtol=rtol, atol=atol)
+    if final_denoise(process, denoise):
         x = model.predict(x, as_time(t_min, x)).x0
         nfe += 1
     finite_or_raise(x, "ode_rk45")
@@ -144,23 +152,16 @@ def ode_rk45(model: DiffusionModel, shape_or_x: Sequence[int] | Tensor, *, rtol:
 
 def _eval_times(process: NoiseProcess, steps: int, grid: str, rho: float,
                 times: Sequence[float] | Tensor | None, monotone_only: bool = False) -> Tensor:
+    """The given ``times`` (checked), else ``steps`` evaluation times of the ``grid``."""
     if times is not None:
-        times = torch.as_tensor(times, dtype=torch.float64)
-        require(times.ndim == 1 and len(times) >= 1, "times must be a 1-D sequence")
-        steps_ = times[1:] - times[:-1]
-        ok = bool((steps_ < 0).all()) or (monotone_only and bool((steps_ > 0).all()))
-        require(ok, "times must be strictly decreasing" + (" or increasing" if monotone_only else ""))
-        return times
-    require(isinstance(steps, int) and steps >= 1, f"steps must be a positive integer, got {steps!r}")
-    if steps == 1:
-        return torch.ones(1, dtype=torch.float64)
-    return time_grid(process, steps - 1, grid, rho=rho)
+        return check_times(times, increasing=monotone_only)
+    return evaluation_times(process, steps, grid, rho=rho)
 
 
 def _sigma_ode(model: DiffusionModel, shape_or_x: Sequence[int] | Tensor, steps: int, order: int, *,
                grid: str, rho: float, times: Sequence[float] | Tensor | None, churn: float,
                s_tmin: float, s_tmax: float, s_noise: float, process: NoiseProcess | None,
-               noise: NoiseLike, callback: Callback | None, name: str,
+               noise: Randomness, callback: Callback | None, name: str,
                to_zero: bool = True, project: Projection | None = None) -> SampleResult:
     """Karras et al. (2022) Algorithm 2 in ``y = x / a``: Euler (order 1) or Heun (order 2) steps
     through the evaluation ``times`` and, with ``to_zero``, a last step to sigma = 0 (returning
@@ -201,7 +202,7 @@ def _sigma_ode(model: DiffusionModel, shape_or_x: Sequence[int] | Tensor, steps:
 def ode_euler(model: DiffusionModel, shape_or_x: Sequence[int] | Tensor, steps: int = 50, *,
               grid: str = "karras", rho: float = 7.0, times: Sequence[float] | Tensor | None = None,
               churn: float = 0.0, s_tmin: float = 0.0, s_tmax: float = math.inf, s_noise: float = 1.0,
-              process: NoiseProcess | None = None, noise: NoiseLike = None,
+              process: NoiseProcess | None = None, noise: Randomness = None,
               project: Projection | None = None, callback: Callback | None = None) -> SampleResult:
     """Euler on the probability-flow ODE ``dy/dsigma = eps`` (MATH.md 4-5): ``steps`` NFE.
 
@@ -218,7 +219,7 @@ def ode_euler(model: DiffusionModel, shape_or_x: Sequence[int] | Tensor, steps: 
 def ode_heun(model: DiffusionModel, shape_or_x: Sequence[int] | Tensor, steps: int = 18, *,
              grid: str = "karras", rho: float = 7.0, times: Sequence[float] | Tensor | None = None,
              churn: float = 0.0, s_tmin: float = 0.0, s_tmax: float = math.inf, s_noise: float = 1.0,
-             process: NoiseProcess | None = None, noise: NoiseLike = None,
+             process: NoiseProcess | None = None, noise: Randomness = None,
              project: Projection | None = None, callback: Callback | None = None) -> SampleResult:
     """EDM's Heun sampler (Karras et al. 2022, Algorithm 2; MATH.md 5): ``2 steps - 1`` NFE.
 
@@ -235,7 +236,7 @@ def ode_heun(model: DiffusionModel, shape_or_x: Sequence[int] | Tensor, steps: i
 def dpm_solver_pp_2m(model: DiffusionModel, shape_or_x: Sequence[int] | Tensor, steps: int = 20, *,
                      grid: str = "log_sigma", rho: float = 7.0,
                      times: Sequence[float] | Tensor | None = None, lower_order_final: bool = True,
-                     process: NoiseProcess | None = None, noise: NoiseLike = None,
+                     process: NoiseProcess | None = None, noise: Randomness = None,
                      project: Projection | None = None, callback: Callback | None = None) -> SampleResult:
     """DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2; MATH.md 5): ``steps`` NFE.
 
@@ -263,7 +264,7 @@ def dpm_solver_pp_2m(model: DiffusionModel, shape_or_x: Sequence[int] | Tensor, 
 def dpm_solver_pp_3m(model: DiffusionModel, shape_or_x: Sequence[int] | Tensor, steps: int = 20, *,
                      grid: str = "log_sigma", rho: float = 7.0,
                      times: Sequence[float] | Tensor | None = None, lower_order_final: bool = True,
-                     process: NoiseProcess | None = None, noise: NoiseLike = None,
+                     process: NoiseProcess | None = None, noise: Randomness = None,
                      project: Projection | None = None, callback: Callback | None = None) -> SampleResult:
     """DPM-Solver++(3M), the third-order multistep data-prediction solver (Lu et al. 2022): ``steps`` NFE.
 
@@ -289,7 +290,7 @@ def dpm_solver_pp_3m(model: DiffusionModel, shape_or_x: Sequence[int] | Tensor, 
 
 def _dpm_solver_pp(model: DiffusionModel, shape_or_x: Sequence[int] | Tensor, steps: int, order: int, *,
                    grid: str, rho: float, times: Sequence[float] | Tensor | None, lower_order_final: bool,
-                   process: NoiseProcess | None, noise: NoiseLike, callback: Callback | None,
+                   process: NoiseProcess | None, noise: Randomness, callback: Callback | None,
                    name: str, project: Projection | None = None) -> SampleResult:
     """DPM-Solver++'s multistep updates of order up to ``order`` in ``y = x / a``, ``lambda = -log sigma``."""
     model, process = resolve(model, process)
@@ -354,7 +355,7 @@ def _unipc_coefficients(rks: Sequence[float], h: float, variant: str) -> tuple[T
 def unipc(model: DiffusionModel, shape_or_x: Sequence[int] | Tensor, steps: int = 20, *, order: int = 2,
           variant: str = "bh2", corrector: bool = True, grid: str = "log_sigma", rho: float = 7.0,
           times: Sequence[float] | Tensor | None = None, lower_order_final: bool = True,
-          process: NoiseProcess | None = None, noise: NoiseLike = None, project: Projection | None = None,
+          process: NoiseProcess | None = None, noise: Randomness = None, project: Projection | None = None,
           callback: Callback | None = None) -> SampleResult:
     """UniPC (Zhao et al. 2023; MATH.md 5): a multistep predictor (UniP) of order ``order`` and a
     corrector (UniC) that reuses the next step's network call, so ``steps`` NFE.

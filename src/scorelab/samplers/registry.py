@@ -1,57 +1,147 @@
-"""Every sampler by name, in one table: its function, the process it runs on and its cost (DESIGN.md 3).
+"""Every sampler by name, in one table: what it runs on, its options, its cost (docs/DESIGN.md, "Contracts").
 
-``sample(model, shape, "pc", steps=500)`` picks the process a sampler needs
-from the model's own (MATH.md 4, Song et al. 2021, Table 1):
+Each :class:`SamplerEntry` declares, once, what callers ask of a sampler: the process kinds it takes, the
+process it runs on given a model's (``pc`` and ``em`` run a DDPM model on its VP SDE, Song et al. 2021,
+Table 1), its options and their defaults (read here, once, from its function), whether it takes a
+projection hook (``project``: inpainting by replacement) and an explicit time grid (``times``), the grid it
+walks when it starts below ``t = 1`` (SDEdit), and its cost ``nfe(steps, process, options)`` in network
+evaluations per sample (tested against every sampler's own count). The CLI, ``evaluate``, the conditional
+methods and the benchmarks read the table; :func:`register_sampler` adds to it (``scorelab.discrete``
+registers its ``multinomial`` sampler, and a user can register theirs).
 
-* ``ancestral``: DDPM's chain (Algorithm 2) for a DDPM model; any other
-  model runs DDIM with ``eta = 1``, the same ancestral step on its own grid.
-* ``pc``, ``em``: the reverse SDE of the model's continuous process: a DDPM
-  model's VP SDE, an NCSN model's VE SDE, or the SDE it was trained with.
-* ``langevin``: annealed Langevin dynamics on an NCSN ladder (the model's,
-  or NCSNv1's 10 levels over the model's sigma range).
-* ``ode`` (adaptive RK45), ``heun``, ``dpm++2m``, ``dpm++3m``, ``ddim``: any affine process.
-* ``ld``: Langevin dynamics on the single least-noise score (Song & Ermon's
-  starting point, which annealing improves on).
-
-On a general SDE (a non-affine drift, MATH.md 7) only ``em``, ``pc``, ``ode`` and
-``ld`` run: they need ``f``, ``g`` and the score, never ``a(t), s(t)``.
-Each entry declares ``nfe(steps, process, options)``, the network evaluations
-per sample (tested against every sampler's own count); the CLI, ``evaluate``
-and the benchmarks read it.
+* ``ancestral``: DDPM's chain (Algorithm 2) for a DDPM model; any other affine model runs DDIM with
+  ``eta = 1``, the same ancestral step on its own grid.
+* ``pc``, ``em``: the reverse SDE of the model's continuous process; any SDE.
+* ``langevin``: annealed Langevin dynamics on an NCSN ladder (the model's, or NCSNv1's 10 levels over the
+  model's sigma range).
+* ``ode`` (adaptive RK45): any SDE; ``heun``, ``dpm++2m``, ``dpm++3m``, ``unipc``, ``ddim``: any affine process.
+* ``ld``: Langevin dynamics on the single least-noise score (Song & Ermon's starting point).
 """
 
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
+
+from torch import Tensor
 
 from .._util import require
 from ..models import DiffusionModel
-from ..processes import DDPM, NCSN, SDE
-from ._common import NoiseLike, SampleResult
+from ..noise import Randomness
+from ..processes import NCSN, Process, SDE, kind_error
+from ._common import SampleResult, final_denoise
 from .ancestral import ddim, ddpm_ancestral
-from .multinomial import multinomial_ancestral
+from .grids import ancestral_from, evaluations_from, intervals_from
 from .ode import dpm_solver_pp_2m, dpm_solver_pp_3m, ode_heun, ode_rk45, unipc
-from .sde import annealed_langevin, euler_maruyama, langevin_dynamics, predictor_corrector
+from .sde import annealed_langevin, euler_maruyama, langevin_dynamics, pc_cost, predictor_corrector
 
-__all__ = ["SAMPLERS", "REGISTRY", "SamplerEntry", "sample", "sde_process", "sampler_nfe", "steps_for_nfe"]
+__all__ = ["SAMPLERS", "REGISTRY", "SamplerEntry", "register_sampler", "sampler_entry", "samplers_for", "sample",
+           "sde_process", "sampler_nfe", "steps_for_nfe"]
 
-Bind = Callable[[SDE], tuple[Callable[..., SampleResult], dict[str, Any]]]
+#: Parameters every sampler takes that are not options: the model, the start, the randomness, the process.
+_NOT_OPTIONS = ("model", "shape_or_x", "noise", "process")
+Bind = Callable[[Process], tuple[Callable[..., SampleResult], dict[str, Any]]]
+
+
+def _options_of(function: Callable[..., SampleResult], exclude: Sequence[str]) -> dict[str, Any]:
+    """A sampler function's options and their defaults, from its signature (the one place that reads one)."""
+    params = inspect.signature(function).parameters.values()
+    return {p.name: p.default for p in params if p.name not in exclude and p.default is not inspect.Parameter.empty}
 
 
 @dataclass(frozen=True)
 class SamplerEntry:
-    """One sampler: what it is, the function and fixed arguments it runs with on a model's process
-    (``bind``), the keyword its ``steps`` go to, its default steps, its cost, and whether any SDE will do."""
+    """One sampler (see the module's docstring)."""
 
     describe: str
-    bind: Bind
-    default_steps: Callable[[SDE], int] | None          # None: adaptive (no steps)
-    nfe: Callable[[int, SDE, dict[str, Any]], int] | None
+    function: Callable[..., SampleResult]
+    kinds: tuple[str, ...]
+    #: ``cost(steps, process it runs on, resolved options)``: network evaluations per sample; None: adaptive.
+    cost: Callable[[int, Process, dict[str, Any]], int] | None
+    #: Default steps on a process; None: it takes no steps (adaptive).
+    default_steps: Callable[[Process], int] | None
+    #: ``bind(process) -> (function, fixed arguments)`` on a model's process; default ``(function, {})``.
+    bind: Bind | None = None
+    #: ``start(process, steps, t_max) -> times``: its grid from ``t_max < 1``; None: it cannot start there.
+    start: Callable[[Process, int, float], Tensor] | None = None
     steps_keyword: str = "steps"
-    any_sde: bool = False
-    discrete: bool = False                              # for categorical data (multinomial diffusion)
+    _options: dict[Callable[..., SampleResult], dict[str, Any]] = field(default_factory=dict, compare=False,
+                                                                        repr=False)
+
+    def bound(self, process: Process) -> tuple[Callable[..., SampleResult], dict[str, Any]]:
+        """The function and fixed arguments this sampler runs with on a model of ``process``."""
+        return self.bind(process) if self.bind is not None else (self.function, {})
+
+    def runs_on(self, process: Process) -> Process:
+        """The process it runs on for a model of ``process`` (``pc`` on a DDPM model: its VP SDE)."""
+        return self.bound(process)[1].get("process", process)
+
+    def options(self, process: Process) -> dict[str, Any]:
+        """Its options on a model of ``process`` and their defaults."""
+        function, fixed = self.bound(process)
+        if function not in self._options:
+            self._options[function] = _options_of(function, _NOT_OPTIONS + (self.steps_keyword,) + tuple(fixed))
+        return dict(self._options[function])
+
+    def takes_projection(self, process: Process) -> bool:
+        """Whether it applies a ``project`` hook after every step (Song et al.'s imputation)."""
+        return "project" in self.options(process)
+
+    def resolve(self, process: Process, options: dict[str, Any], name: str = "") -> dict[str, Any]:
+        """Every option's value for a model of ``process``: the defaults with ``options`` applied; options it does
+        not take are refused, naming the ones it does."""
+        accepted = self.options(process)
+        unknown = sorted(set(options) - set(accepted))
+        require(not unknown, f"sampler {name!r} takes no option {unknown}; it takes {list(accepted)}")
+        return {**accepted, **options}
+
+    def nfe(self, steps: int | None, process: Process, options: dict[str, Any]) -> int | None:
+        """Network evaluations per sample with ``steps`` (its default when None) and ``options``."""
+        if self.cost is None:
+            return None
+        steps = self.default_steps(process) if steps is None else steps
+        return self.cost(steps, self.runs_on(process), self.resolve(process, options))
+
+
+#: The one table of samplers.
+REGISTRY: dict[str, SamplerEntry] = {}
+#: Sampler names and what ``steps`` means for each (the registry's descriptions).
+SAMPLERS: dict[str, str] = {}
+
+
+def register_sampler(name: str, function: Callable[..., SampleResult], *, kinds: Sequence[str],
+                     cost: Callable[[int, Process, dict[str, Any]], int] | None,
+                     default_steps: Callable[[Process], int] | int | None, describe: str = "",
+                     bind: Bind | None = None, start: Callable[[Process, int, float], Tensor] | None = None,
+                     steps_keyword: str = "steps") -> SamplerEntry:
+    """Add a sampler to the table. ``function(model, shape_or_x, steps, *, noise, ...options)``; ``kinds``: the
+    process kinds it takes; ``cost(steps, process, options)``: its network evaluations per sample (None:
+    adaptive); ``default_steps``: a number or ``process -> number`` (None: it takes none); ``bind``, ``start``,
+    ``steps_keyword``: see :class:`SamplerEntry`."""
+    require(isinstance(name, str) and name and " " not in name, f"a sampler name is a word, got {name!r}")
+    require(callable(function), "the sampler must be a function")
+    fixed_steps = default_steps
+    steps_of = (lambda p: fixed_steps) if isinstance(fixed_steps, int) else fixed_steps
+    entry = SamplerEntry(describe or (function.__doc__ or name).strip().split("\n")[0], function, tuple(kinds),
+                         cost, steps_of, bind, start, steps_keyword)
+    REGISTRY[name] = entry
+    SAMPLERS[name] = entry.describe
+    return entry
+
+
+def samplers_for(process: Process) -> list[str]:
+    """The registered samplers that run on ``process``."""
+    return [name for name, entry in REGISTRY.items() if process.has_kind(*entry.kinds)]
+
+
+def sampler_entry(sampler: str, process: Process) -> SamplerEntry:
+    """The registry's ``sampler``, refusing (in one line) a process of a kind it does not take."""
+    require(sampler in REGISTRY, f"unknown sampler {sampler!r}; choose one of {list(REGISTRY)}")
+    entry = REGISTRY[sampler]
+    if not process.has_kind(*entry.kinds):
+        raise kind_error(process, entry.kinds, f"sampler {sampler!r}", f"use one of {samplers_for(process)}")
+    return entry
 
 
 def sde_process(process: SDE) -> SDE:
@@ -59,112 +149,24 @@ def sde_process(process: SDE) -> SDE:
     return process.sampling_sde()
 
 
-def _ladder(process: SDE) -> NCSN:
+def _ladder(process: Process) -> NCSN:
     """The NCSN ladder annealed Langevin walks: the model's, or NCSNv1's 10 levels over its sigmas."""
-    if isinstance(process, NCSN):
+    if process.has_kind("ncsn"):
         return process
     return NCSN(sigma_max=float(process.sigma(1.0)), sigma_min=float(process.sigma(process.t_min)), num_scales=10)
 
 
-def _denoise(process: SDE, options: dict[str, Any]) -> int:
-    """The final Tweedie call of the SDE samplers: by default on affine processes only."""
-    denoise = options.get("denoise")
-    return int(process.affine if denoise is None else denoise)
-
-
-def _pc_nfe(steps: int, process: SDE, options: dict[str, Any]) -> int:
-    corrector = options.get("corrector", "langevin")
-    k = options.get("corrector_steps", 1)
-    if corrector in ("mala", "hmc"):           # the energy where the chain starts, then one per proposal
-        # (a projection moves the state, so with ``project`` every step starts from a fresh energy)
-        starts = k if options.get("project") is not None else min(k, 1)
-        correct = starts + k * (options.get("leapfrog_steps", 3) if corrector == "hmc" else 1)
-    else:
-        correct = (corrector != "none") * k
-    per_step = (options.get("predictor", "reverse_diffusion") != "none") + correct
-    return steps * per_step + _denoise(sde_process(process), options)
-
-
-#: The one table of samplers.
-REGISTRY: dict[str, SamplerEntry] = {
-    "ancestral": SamplerEntry(
-        "DDPM ancestral sampling (Ho et al. Alg. 2); steps = respaced steps (default: all T)",
-        lambda p: (ddpm_ancestral, {}) if isinstance(p, DDPM) else (ddim, {"eta": 1.0}),
-        lambda p: p.num_steps if isinstance(p, DDPM) else 50, lambda s, p, o: s),
-    "ddim": SamplerEntry("DDIM, eta = 0 (Song, Meng & Ermon); steps (default 50)",
-                         lambda p: (ddim, {}), lambda p: 50, lambda s, p, o: s),
-    "pc": SamplerEntry("predictor-corrector: reverse diffusion + Langevin (Song et al. 2021); steps (default 1000)",
-                       lambda p: (predictor_corrector, {"process": sde_process(p)}), lambda p: 1000, _pc_nfe,
-                       any_sde=True),
-    "em": SamplerEntry("Euler-Maruyama on the reverse SDE (Song et al. 2021); steps (default 1000)",
-                       lambda p: (euler_maruyama, {"process": sde_process(p)}), lambda p: 1000,
-                       lambda s, p, o: s + _denoise(sde_process(p), o), any_sde=True),
-    "ode": SamplerEntry("probability-flow ODE, adaptive RK45 (Song et al. 2021); steps ignored",
-                        lambda p: (ode_rk45, {}), None, None, any_sde=True),
-    "heun": SamplerEntry("EDM's Heun sampler (Karras et al. 2022); steps (default 18, 2 NFE each but the last)",
-                         lambda p: (ode_heun, {}), lambda p: 18, lambda s, p, o: 2 * s - 1),
-    "dpm++2m": SamplerEntry("DPM-Solver++(2M) (Lu et al. 2022); steps (default 20)",
-                            lambda p: (dpm_solver_pp_2m, {}), lambda p: 20, lambda s, p, o: s),
-    "dpm++3m": SamplerEntry("DPM-Solver++(3M) (Lu et al. 2022), third-order multistep; steps (default 20)",
-                            lambda p: (dpm_solver_pp_3m, {}), lambda p: 20, lambda s, p, o: s),
-    "unipc": SamplerEntry("UniPC (Zhao et al. 2023), multistep predictor-corrector, order 2 (order=3 too); "
-                          "steps (default 20)", lambda p: (unipc, {}), lambda p: 20, lambda s, p, o: s),
-    "langevin": SamplerEntry(
-        "annealed Langevin dynamics (Song & Ermon 2019); steps = steps per level (default 100)",
-        lambda p: (annealed_langevin, {"process": _ladder(p)}), lambda p: 100,
-        lambda s, p, o: _ladder(p).num_scales * s + int(o.get("final_denoise", True)),
-        steps_keyword="steps_per_level"),
-    "ld": SamplerEntry("Langevin dynamics on one score, the least-noise one (MATH.md 3); steps (default 1000), "
-                       "step_size", lambda p: (langevin_dynamics, {}), lambda p: 1000, lambda s, p, o: s,
-                       any_sde=True),
-    "multinomial": SamplerEntry(
-        "ancestral sampling of multinomial diffusion (Hoogeboom et al. 2021), factorized or autoregressive "
-        "transitions; steps = a subsequence of the T steps (default all; D calls each when autoregressive)",
-        lambda p: (multinomial_ancestral, {}), lambda p: p.num_steps, lambda s, p, o: s, discrete=True),
-}
-#: Sampler names and what ``steps`` means for each.
-SAMPLERS: dict[str, str] = {name: entry.describe for name, entry in REGISTRY.items()}
-#: The samplers that need only f, g and the score, so run on every SDE (MATH.md 7).
-#: (``multinomial`` is the one for categorical data, MATH.md 10.)
-ANY_SDE = tuple(name for name, entry in REGISTRY.items() if entry.any_sde)
-
-
-def _entry(sampler: str, process: SDE) -> SamplerEntry:
-    require(sampler in REGISTRY, f"unknown sampler {sampler!r}; choose one of {list(REGISTRY)}")
-    discrete = bool(getattr(process, "discrete", False))
-    if discrete or REGISTRY[sampler].discrete:
-        fits = [name for name, entry in REGISTRY.items() if entry.discrete == discrete]
-        require(REGISTRY[sampler].discrete == discrete, f"sampler {sampler!r} does not run on "
-                f"{type(process).__name__} ({'categorical' if discrete else 'continuous'} data); use one of {fits}")
-        return REGISTRY[sampler]
-    require(process.affine or REGISTRY[sampler].any_sde,
-            f"sampler {sampler!r} needs a(t) and s(t) of an affine process, and {type(process).__name__}'s drift is "
-            f"not affine; on a general SDE use one of {list(ANY_SDE)}")
-    return REGISTRY[sampler]
-
-
-def _check_options(sampler: str, function: Callable, options: dict[str, Any]) -> None:
-    """Refuse options the chosen sampler does not take, naming the ones it does."""
-    fixed = {"self", "model", "shape_or_x", "steps", "noise", "process", "steps_per_level"}
-    accepted = [p for p in inspect.signature(function).parameters if p not in fixed]
-    unknown = sorted(set(options) - set(accepted))
-    require(not unknown, f"sampler {sampler!r} takes no option {unknown}; it takes {accepted}")
-
-
-def sampler_nfe(process: SDE, sampler: str, steps: int | None = None, **options: Any) -> int | None:
+def sampler_nfe(process: Process, sampler: str, steps: int | None = None, **options: Any) -> int | None:
     """Network evaluations per sample of ``sampler`` with ``steps`` (its default when None) on a model of
     ``process``; None for the adaptive ODE solver."""
-    entry = _entry(sampler, process)
-    if entry.nfe is None:
-        return None
-    return entry.nfe(entry.default_steps(process) if steps is None else steps, process, options)
+    return sampler_entry(sampler, process).nfe(steps, process, options)
 
 
-def steps_for_nfe(process: SDE, sampler: str, nfe: int, **options: Any) -> int:
+def steps_for_nfe(process: Process, sampler: str, nfe: int, **options: Any) -> int:
     """The most steps of ``sampler`` whose network evaluations do not exceed ``nfe`` (e.g. Heun's
     ``2 steps - 1``, PC's ``2 steps + 1``), from the table's declared cost."""
-    entry = _entry(sampler, process)
-    require(entry.nfe is not None, f"{sampler!r} is adaptive: its NFE follows rtol, not a number of steps")
+    entry = sampler_entry(sampler, process)
+    require(entry.cost is not None, f"{sampler!r} is adaptive: its NFE follows rtol, not a number of steps")
     cost = lambda s: entry.nfe(s, process, options)                      # noqa: E731
     require(cost(2) > cost(1), f"the sampler {sampler!r} does not spend network calls per step")
     require(cost(1) <= nfe, f"{sampler} needs at least {cost(1)} network calls; {nfe} is too few")
@@ -174,14 +176,61 @@ def steps_for_nfe(process: SDE, sampler: str, nfe: int, **options: Any) -> int:
     return steps
 
 
-def sample(model: DiffusionModel, shape: Sequence[int], sampler: str = "ancestral", steps: int | None = None, *,
-           noise: NoiseLike = None, **options: Any) -> SampleResult:
-    """Draw ``shape`` samples with the named sampler (see :data:`REGISTRY`); ``options`` go to it."""
+def sample(model: DiffusionModel, shape: Sequence[int] | Tensor, sampler: str = "ancestral", steps: int | None = None,
+           *, noise: Randomness = None, **options: Any) -> SampleResult:
+    """Draw ``shape`` samples (or carry ``x_T``) with the named sampler (see :data:`REGISTRY`); ``options`` go
+    to it."""
     require(steps is None or (isinstance(steps, int) and steps > 0), f"steps must be a positive integer, got {steps!r}")
-    entry = _entry(sampler, model.process)
-    function, fixed = entry.bind(model.process)
-    _check_options(sampler, function, options)
+    entry = sampler_entry(sampler, model.process)
+    function, fixed = entry.bound(model.process)
+    entry.resolve(model.process, options, sampler)
     kw: dict[str, Any] = {**fixed, **options}
     if steps is not None and entry.default_steps is not None:
         kw[entry.steps_keyword] = steps
     return function(model, shape, noise=noise, **kw)
+
+
+# ---- the built-in samplers ---------------------------------------------------------------
+_AFFINE, _ANY_SDE = ("affine",), ("sde",)
+
+
+def _per_step(steps: int, process: Process, options: dict[str, Any]) -> int:
+    return steps
+
+
+register_sampler("ancestral", ddpm_ancestral, kinds=_AFFINE, cost=_per_step,
+                 default_steps=lambda p: p.num_steps if p.has_kind("ddpm") else 50,
+                 describe="DDPM ancestral sampling (Ho et al. Alg. 2); steps = respaced steps (default: all T)",
+                 bind=lambda p: (ddpm_ancestral, {}) if p.has_kind("ddpm") else (ddim, {"eta": 1.0}),
+                 start=ancestral_from)
+register_sampler("ddim", ddim, kinds=_AFFINE, cost=_per_step, default_steps=50,
+                 describe="DDIM, eta = 0 (Song, Meng & Ermon); steps (default 50)", start=evaluations_from)
+register_sampler("pc", predictor_corrector, kinds=_ANY_SDE, cost=pc_cost, default_steps=1000,
+                 describe="predictor-corrector: reverse diffusion + Langevin (Song et al. 2021); steps (default 1000)",
+                 bind=lambda p: (predictor_corrector, {"process": sde_process(p)}), start=intervals_from)
+register_sampler("em", euler_maruyama, kinds=_ANY_SDE,
+                 cost=lambda s, p, o: s + int(final_denoise(p, o["denoise"])), default_steps=1000,
+                 describe="Euler-Maruyama on the reverse SDE (Song et al. 2021); steps (default 1000)",
+                 bind=lambda p: (euler_maruyama, {"process": sde_process(p)}), start=intervals_from)
+register_sampler("ode", ode_rk45, kinds=_ANY_SDE, cost=None, default_steps=None,
+                 describe="probability-flow ODE, adaptive RK45 (Song et al. 2021); steps ignored")
+register_sampler("heun", ode_heun, kinds=_AFFINE, cost=lambda s, p, o: 2 * s - 1, default_steps=18,
+                 describe="EDM's Heun sampler (Karras et al. 2022); steps (default 18, 2 NFE each but the last)",
+                 start=evaluations_from)
+register_sampler("dpm++2m", dpm_solver_pp_2m, kinds=_AFFINE, cost=_per_step, default_steps=20,
+                 describe="DPM-Solver++(2M) (Lu et al. 2022); steps (default 20)", start=evaluations_from)
+register_sampler("dpm++3m", dpm_solver_pp_3m, kinds=_AFFINE, cost=_per_step, default_steps=20,
+                 describe="DPM-Solver++(3M) (Lu et al. 2022), third-order multistep; steps (default 20)",
+                 start=evaluations_from)
+register_sampler("unipc", unipc, kinds=_AFFINE, cost=_per_step, default_steps=20,
+                 describe="UniPC (Zhao et al. 2023), multistep predictor-corrector, order 2 (order=3 too); "
+                 "steps (default 20)", start=evaluations_from)
+register_sampler("langevin", annealed_langevin, kinds=_AFFINE,
+                 cost=lambda s, p, o: (p.num_scales if o["times"] is None else len(o["times"])) * s
+                 + int(o["final_denoise"]), default_steps=100,
+                 describe="annealed Langevin dynamics (Song & Ermon 2019); steps = steps per level (default 100)",
+                 bind=lambda p: (annealed_langevin, {"process": _ladder(p)}), steps_keyword="steps_per_level")
+register_sampler("ld", langevin_dynamics, kinds=_ANY_SDE, cost=_per_step, default_steps=1000,
+                 describe="Langevin dynamics on one score, the least-noise one (MATH.md 3); steps (default 1000), "
+                 "step_size")
+

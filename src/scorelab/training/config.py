@@ -1,12 +1,13 @@
-"""Training configuration: one dataclass, and each framework's paper defaults (MATH.md 2-4).
+"""Training configuration: one dataclass, and each framework's paper defaults (MATH.md 2-4, 7, 10).
 
 ``TrainConfig(framework="ddpm")`` trains like Ho et al. 2020; ``"ncsn"`` like
-Song & Ermon 2019; ``"vp" | "subvp" | "ve"`` like Song et al. 2021; ``"sde"`` a
-named SDE with a non-affine drift (``process_options={"drift": "double_well"}``)
-by sliced score matching on simulated paths (MATH.md 7). Fields left
-``None`` take the framework's default from :data:`FRAMEWORKS`; every one can
-be overridden. The config is validated once, on creation, and saved in every
-checkpoint.
+Song & Ermon 2019; ``"vp" | "subvp" | "ve"`` like Song et al. 2021; ``"edm"`` like Karras et al. 2022;
+``"sde"`` a named SDE with a non-affine drift (``process_options={"drift": "double_well"}``)
+by sliced score matching on simulated paths (MATH.md 7); ``"multinomial"`` categorical pixels. Fields left
+``None`` take the framework's default from :data:`FRAMEWORKS`; every one can be overridden, the process
+(``process``, any registered one) and the loss's options (``loss_options``) too. The config is validated
+once, on creation; :meth:`TrainConfig.resolve` fills in every default, and a run saves that resolved config,
+so ``scorelab train --config RUN/config.json`` trains the same run again.
 """
 
 from __future__ import annotations
@@ -19,31 +20,22 @@ import numpy as np
 from .._util import require
 from ..data import DATASET_HELP, ImageSet
 from ..models import NETWORK_TARGETS
-from ..modelspec import ModelSpec
 from ..networks import PRESETS, ARTransformerConfig, MLPConfig, UNetConfig
-from ..processes import SDE
+from ..objectives import OBJECTIVES, objective
+from ..processes import Process, kind_error, process_from_config, require_kind
+from ..store import ModelSpec
 
-__all__ = ["TrainConfig", "FRAMEWORKS", "LOSSES", "KERNEL_LOSSES", "DISCRETE_LOSSES", "num_categories", "Framework", "make_process", "make_model_spec"]
-
-#: Loss names: L_simple (Ho et al. eq. 14), DSM with lambda = s^2 (NCSN, score SDEs),
-#: DSM with the likelihood weighting lambda = g^2, DSM with Min-SNR-5 weighting (Hang et al. 2023),
-#: Nichol & Dhariwal's hybrid loss,
-#: exact and sliced score matching (Hyvarinen 2005; Song et al. 2019), which need no Gaussian kernel, and
-#: multinomial diffusion's bound (alone, or with D3PM's cross-entropy term).
-LOSSES = ("simple", "dsm", "dsm-likelihood", "min-snr", "edm", "hybrid", "sm", "ssm", "ssm-vr", "vlb", "vlb-ce")
-#: Multinomial diffusion's losses: the variational bound, and D3PM's hybrid with cross-entropy on x_0 (MATH.md 10).
-DISCRETE_LOSSES = ("vlb", "vlb-ce")
-#: The losses that regress on the Gaussian kernel q(x_t | x0) (affine processes only).
-KERNEL_LOSSES = ("simple", "dsm", "dsm-likelihood", "min-snr", "edm", "hybrid")
+__all__ = ["TrainConfig", "FRAMEWORKS", "Framework", "make_process", "make_model_spec", "num_categories"]
 
 
 @dataclass(frozen=True)
 class Framework:
-    """A paper's defaults: process, target, loss, optimisation, and the sampler ``scorelab sample`` uses."""
+    """A paper's defaults: process, target, loss, optimisation, and the sampler ``scorelab sample`` uses.
+    ``process`` None: the run trains for another run's model and takes its process (classifier guidance)."""
 
     paper: str
-    process: dict[str, Any]
-    target: str
+    process: dict[str, Any] | None
+    target: str | None
     loss: str
     lr: float
     warmup: int
@@ -83,19 +75,22 @@ FRAMEWORKS: dict[str, Framework] = {
     # the time is embedded as 1000 t as for VP. Adam 1e-3 without warm-up, as NCSN.
     "sde": Framework("Song et al. 2021, Song et al. 2019", {"name": "general", "drift": "tanh"},
                      "score", "ssm-vr", 1e-3, 0, 1.0, 0.999, "sinusoidal", 1000.0, "em"),
-    # Karras et al. 2022 (EDM, CIFAR-10): sigma in [0.002, 80], log-normal training sigmas (P_mean -1.2,
-    # P_std 1.2), the preconditioned denoiser with sigma_data = 0.5 and its loss weighting lambda(sigma);
-    # c_noise = ln(sigma) / 4 through Fourier features (here: log sigma at scale 16 / 4); Adam 1e-3, no
-    # gradient clipping, EMA half-life 0.5 Mimg at batch 512 (decay 0.999). Sample with its Heun sampler.
-    "edm": Framework("Karras et al. 2022", {"name": "edm", "sigma_min": 0.002, "sigma_max": 80.0, "p_mean": -1.2,
-                                            "p_std": 1.2, "sigma_data": 0.5},
-                     "edm", "edm", 1e-3, 0, None, 0.999, "fourier", 4.0, "heun"),
+    # Karras et al. 2022 (EDM, CIFAR-10): the VE SDE over sigma in [0.002, 80], the preconditioned denoiser
+    # and its loss (log-normal training sigmas, P_mean -1.2, P_std 1.2, sigma_data = 0.5: the edm loss's
+    # options); c_noise = ln(sigma) / 4 through Fourier features (here: log sigma at scale 16 / 4); Adam 1e-3,
+    # no gradient clipping, EMA half-life 0.5 Mimg at batch 512 (decay 0.999). Sample with its Heun sampler.
+    "edm": Framework("Karras et al. 2022", {"name": "ve", "sigma_min": 0.002, "sigma_max": 80.0},
+                     "preconditioned", "edm", 1e-3, 0, None, 0.999, "fourier", 4.0, "heun"),
     # Hoogeboom et al. 2021 (multinomial diffusion, MATH.md 10): T = 1000, the cosine schedule, the uniform
     # kernel, the variational bound; the network sees the step as DDPM's does and predicts x_0's logits;
     # optimisation as DDPM's. --transitions autoregressive takes 4 steps (Esser et al. 2021 use few).
     "multinomial": Framework("Hoogeboom et al. 2021", {"name": "multinomial", "num_steps": 1000, "schedule": "cosine",
                                                        "kernel": "uniform"},
-                             "x0", "vlb", 2e-4, 1000, 1.0, 0.9999, "sinusoidal", None, "multinomial"),
+                             None, "vlb", 2e-4, 1000, 1.0, 0.9999, "sinusoidal", None, "multinomial"),
+    # Dhariwal & Nichol 2021 (classifier guidance, MATH.md 8): a noise-conditional classifier trained by
+    # cross-entropy on the diffusion model's own x_t (scorelab train-classifier RUN); Adam 3e-4, no EMA.
+    "classifier": Framework("Dhariwal & Nichol 2021", None, None, "cross-entropy", 3e-4, 0, None, 0.0,
+                            "sinusoidal", None, ""),
 }
 #: Steps of the autoregressive variant unless --process-option num_steps=... says otherwise.
 AUTOREGRESSIVE_STEPS = 4
@@ -108,17 +103,23 @@ def _opt(default: Any, help: str, **meta: Any) -> Any:
     return field(default=default, metadata={"help": help, **meta})
 
 
+def _losses() -> tuple[str, ...]:
+    """The registered losses (read when the command line is built, after every package registered its own)."""
+    return tuple(sorted(OBJECTIVES))
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything a training run needs. ``None`` means "the framework's default".
 
     Each field is one ``scorelab train`` flag (``--batch-size`` for ``batch_size``; the
-    dictionaries are the repeatable ``--network-option`` / ``--process-option KEY=VALUE``).
+    dictionaries are the repeatable ``--network-option`` / ``--process-option`` / ``--loss-option KEY=VALUE``).
     """
 
     framework: str = _opt("ddpm", "ddpm: Ho et al. 2020; ncsn: Song & Ermon 2019; vp/subvp/ve: Song et al. "
-                          "2021; edm: Karras et al. 2022; sde: a non-affine SDE by sliced score matching; multinomial: categorical "
-                          "pixels (Hoogeboom et al. 2021)", choices=tuple(sorted(FRAMEWORKS)))
+                          "2021; edm: Karras et al. 2022; sde: a non-affine SDE by sliced score matching; multinomial: "
+                          "categorical pixels (Hoogeboom et al. 2021); classifier: classifier guidance's classifier "
+                          "(scorelab train-classifier)", choices=tuple(sorted(FRAMEWORKS)))
     data: str = _opt("digits", DATASET_HELP)
     out: str = _opt("runs/scorelab", "run folder (checkpoints, loss.csv, samples/)")
     steps: int = _opt(10000, "total optimizer steps")
@@ -127,7 +128,7 @@ class TrainConfig:
     lr: float | None = _opt(None, "peak learning rate (default: the framework's)")
     warmup: int | None = _opt(None, "linear warm-up steps (default: the framework's)")
     weight_decay: float = _opt(0.0, "AdamW weight decay")
-    grad_clip: float | None = _opt(None, "clip the gradient norm (default: the framework's)")
+    grad_clip: float | None = _opt(None, "clip the gradient norm (default: the framework's; 0: none)")
     ema_decay: float | None = _opt(None, "EMA decay (default: the framework's)")
     precision: str = _opt("fp32", "bf16 = autocast", choices=("fp32", "bf16"))
     device: str = _opt("auto", "auto, cpu, cuda, cuda:1, ...")
@@ -138,7 +139,9 @@ class TrainConfig:
     network_options: dict[str, Any] = _opt({}, "override a network field, e.g. base_channels=64 or dropout=0.1 "
                                            "(repeatable)", flag="--network-option")
     target: str | None = _opt(None, "what the network predicts (default: the framework's)", choices=NETWORK_TARGETS)
-    loss: str | None = _opt(None, "the training loss (default: the framework's)", choices=LOSSES)
+    loss: str | None = _opt(None, "the training loss (default: the framework's)", choices=_losses)
+    loss_options: dict[str, Any] = _opt({}, "set an option of the loss, e.g. gamma=3 (min-snr), projections=4 "
+                                        "(ssm), step_sampling=uniform (vlb) (repeatable)", flag="--loss-option")
     parameterization: str = _opt("score", "score: the network predicts --target; energy: it gives an energy "
                                  "E = |x - net(x, t)|^2 / 2 whose gradient is eps (Salimans & Ho 2021; Du et al. "
                                  "2023), for Metropolis-corrected sampling and composition", choices=("score", "energy"))
@@ -147,9 +150,7 @@ class TrainConfig:
     transitions: str = _opt("factorized", "multinomial: reverse transitions factorized over pixels (Hoogeboom et "
                             "al. 2021) or autoregressive over them (Esser et al. 2021)",
                             choices=("factorized", "autoregressive"))
-    step_sampling: str = _opt("importance", "multinomial: draw t by Hoogeboom et al.'s importance sampling "
-                              "(p(t) ~ sqrt(E[L_t^2]), once each t was seen 10 times) or uniformly",
-                              choices=("importance", "uniform"))
+    process: str | None = _opt(None, "the noise process, by its registered name (default: the framework's)")
     process_options: dict[str, Any] = _opt({}, "override a process field, e.g. num_steps=500, sigma_max=20, "
                                            "drift=double_well (repeatable)", flag="--process-option")
     class_conditional: bool = _opt(False, "condition on labels (for guidance)")
@@ -188,49 +189,79 @@ class TrainConfig:
         require(isinstance(self.seed, int) and self.seed >= 0, f"seed must be a non-negative integer, got {self.seed!r}")
         require(self.target is None or self.target in NETWORK_TARGETS,
                 f"unknown target {self.target!r}; choose one of {NETWORK_TARGETS}")
-        require(self.loss is None or self.loss in LOSSES, f"unknown loss {self.loss!r}; choose one of {LOSSES}")
         require(0.0 <= self.label_dropout < 1.0, f"label_dropout must lie in [0, 1), got {self.label_dropout}")
         require(self.network == "auto" or self.network in PRESETS or self.network == "mlp",
                 f"unknown network {self.network!r}; choose 'auto', 'mlp' or a U-Net preset: {sorted(PRESETS)}")
-        if self.resolved("loss") == "hybrid":
-            require(self.framework == "ddpm", "the hybrid loss (learned variances) needs --framework ddpm")
-        discrete = self.framework == "multinomial"
-        loss = self.resolved("loss")
-        if discrete:
-            require(loss in DISCRETE_LOSSES, f"multinomial diffusion trains on its variational bound; use --loss "
-                    f"{' or '.join(DISCRETE_LOSSES)}, not {loss!r}")
+        for name in ("network_options", "process_options", "loss_options"):
+            require(isinstance(getattr(self, name), dict), f"{name} must be a dict of KEY=VALUE settings")
+            object.__setattr__(self, name, dict(getattr(self, name)))
+        require(self.categories is None or (isinstance(self.categories, int) and 2 <= self.categories <= 256),
+                f"categories must be an integer in 2..256, got {self.categories!r}")
+        self.loss_settings()                                  # the loss exists and its options fit it
+        if self.defaults.process is not None:                 # a classifier takes another run's process
+            self._check_against(make_process(self))
+
+    def _check_against(self, process: Process) -> None:
+        """What the process's kind asks of the loss, the target and the categorical options."""
+        loss, chosen = self.resolved("loss"), self.objective
+        if not process.has_kind(*chosen.kinds):
+            fits = [name for name, o in sorted(OBJECTIVES.items())
+                    if process.has_kind(*o.kinds) and o.labels == chosen.labels]
+            frameworks = [name for name, kind in _framework_kinds().items() if kind in chosen.kinds]
+            raise kind_error(process, chosen.kinds, f"the loss {loss!r}",
+                             (f"use --framework {' or '.join(frameworks)}, or " if frameworks else "use ")
+                             + f"a loss for this process: --loss {' or '.join(fits)}")
+        categorical = process.has_kind("categorical")
+        if categorical:
             require(self.parameterization == "score" and self.target is None, "multinomial diffusion's network "
                     "predicts x_0's categories: drop --parameterization and --target")
             require(not self.class_conditional, "class conditioning is not built for multinomial diffusion yet; "
                     "drop --class-conditional")
-            require(self.transitions == "factorized" or loss == "vlb", "the cross-entropy term needs p(x_0 | x_t), "
-                    "which an autoregressive transition does not give: use --loss vlb")
-            require(self.step_sampling in ("importance", "uniform"), f"step_sampling must be 'importance' or "
-                    f"'uniform', got {self.step_sampling!r}")
-            require(self.categories is None or (isinstance(self.categories, int) and 2 <= self.categories <= 256),
-                    f"categories must be an integer in 2..256, got {self.categories!r}")
+            require(self.transitions == "factorized" or not self.loss_settings().get("ce_weight"), "the "
+                    "cross-entropy term needs p(x_0 | x_t), which an autoregressive transition does not give: use "
+                    "--loss vlb")
         else:
-            require(loss not in DISCRETE_LOSSES, f"the loss {loss!r} is multinomial diffusion's: use --framework "
-                    "multinomial")
-            require(self.categories is None and self.transitions == "factorized" and self.step_sampling == "importance",
-                    "--categories, --transitions and --step-sampling are for --framework multinomial (categorical data)")
-        if self.framework == "sde":
-            require(self.resolved("loss") not in KERNEL_LOSSES,
-                    f"the loss {self.resolved('loss')!r} regresses on the Gaussian kernel of an affine process, and "
-                    "the sde framework's drift is not affine; use --loss ssm-vr, ssm or sm")
-            require(self.resolved("target") == "score", f"the sde framework's drift is not affine, so there is no "
-                    f"{self.resolved('target')} target (it needs a(t), s(t)); use --target score")
-        object.__setattr__(self, "network_options", dict(self.network_options))
-        object.__setattr__(self, "process_options", dict(self.process_options))
+            require(self.categories is None and self.transitions == "factorized",
+                    "--categories and --transitions are for --framework multinomial (categorical data)")
+            if self.resolved("target") != "score" and self.parameterization == "score":
+                require_kind(process, ("affine",), f"the {self.resolved('target')} target (a(t), s(t))",
+                             "use --target score")
 
     @property
     def defaults(self) -> Framework:
         return FRAMEWORKS[self.framework]
 
+    @property
+    def objective(self):
+        """The loss's entry of :data:`scorelab.objectives.OBJECTIVES`."""
+        return objective(self.resolved("loss"))
+
+    def loss_settings(self) -> dict[str, Any]:
+        """Every option of the loss: its defaults with ``loss_options`` applied."""
+        return self.objective.resolve(self.resolved("loss"), self.loss_options)
+
     def resolved(self, name: str) -> Any:
         """The field's value, or the framework's default when it is None."""
         value = getattr(self, name)
         return getattr(FRAMEWORKS[self.framework], name) if value is None else value
+
+    def resolve(self, data_shape: tuple[int, ...] | None = None) -> "TrainConfig":
+        """This config with every default written in: the framework's optimisation, target and loss, every
+        option of the loss and of the process, the categories and, for ``data_shape``, the network preset."""
+        changes: dict[str, Any] = {name: self.resolved(name) for name in ("lr", "warmup", "grad_clip", "ema_decay",
+                                                                          "loss")}
+        changes["loss_options"] = self.loss_settings()
+        if self.defaults.process is not None:
+            process = make_process(self).config()
+            changes["process"] = process.pop("name")
+            changes["process_options"] = process
+            changes["target"] = self.resolved("target")
+            if process_is_categorical(self):
+                changes["categories"] = num_categories(self)
+        if self.network == "auto" and data_shape is not None and len(data_shape) == 3 \
+                and self.transitions == "factorized":
+            changes["network"] = _auto_preset(tuple(data_shape))
+        return replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -246,19 +277,31 @@ class TrainConfig:
         return replace(self, **changes)
 
 
-def make_process(config: TrainConfig) -> SDE:
-    """The framework's process with ``process_options`` applied."""
-    from ..process_config import process_from_config
+def _framework_kinds() -> dict[str, str]:
+    """Each framework's process kind (for the error that names the frameworks a loss fits)."""
+    return {name: make_process(TrainConfig(framework=name)).kind for name, fw in sorted(FRAMEWORKS.items())
+            if fw.process is not None}
 
-    options = {**config.defaults.process, **config.process_options}
-    if config.framework == "multinomial":
+
+def process_is_categorical(config: TrainConfig) -> bool:
+    return config.defaults.process is not None and make_process(config).has_kind("categorical")
+
+
+def make_process(config: TrainConfig) -> Process:
+    """The run's process: ``config.process`` (default: the framework's) with ``process_options`` applied over the
+    framework's settings of that process."""
+    framework = config.defaults.process
+    require(framework is not None or config.process is not None, f"the {config.framework} framework trains for "
+            "another run's model and takes its process: scorelab train-classifier RUN")
+    name = config.process or framework["name"]
+    options = {k: v for k, v in (framework or {}).items() if k != "name"} if framework and name == framework["name"] \
+        else {}
+    options.update(config.process_options)
+    if name == "multinomial":                       # categorical data's own settings (MATH.md 10)
         options.setdefault("num_categories", num_categories(config))
         if config.transitions == "autoregressive" and "num_steps" not in config.process_options:
             options["num_steps"] = AUTOREGRESSIVE_STEPS
-    try:
-        return process_from_config(options)
-    except TypeError as e:
-        raise ValueError(f"process options {config.process_options} do not fit the {config.framework} process: {e}") from None
+    return process_from_config({"name": name, **options})
 
 
 def num_categories(config: TrainConfig) -> int:
@@ -311,14 +354,14 @@ def make_model_spec(config: TrainConfig, data: ImageSet | np.ndarray) -> ModelSp
     """The model a run trains: network (sized to the data), process, target and condition."""
     fw = config.defaults
     process = make_process(config)
-    if getattr(process, "discrete", False):
+    if process.has_kind("categorical"):
         return _discrete_spec(config, data, process)
-    loss = config.resolved("loss")
-    learned_variance = loss == "hybrid"
-    if loss == "sm":
+    settings = config.loss_settings()
+    learned_variance = config.objective.learned_variance
+    if "max_dims" in settings:                          # exact score matching: one backward pass per dimension
         dims = int(np.prod(data.shape)) if isinstance(data, ImageSet) else int(np.asarray(data).shape[1])
-        require(dims <= 128, f"exact score matching (--loss sm) takes one backward pass per dimension and the "
-                f"data has {dims}; use --loss ssm-vr")
+        require(dims <= settings["max_dims"], f"exact score matching (--loss sm) takes one backward pass per "
+                f"dimension and the data has {dims}; use --loss ssm-vr")
     classes = None
     num_classes = 0
     if config.class_conditional:
@@ -353,15 +396,18 @@ def make_model_spec(config: TrainConfig, data: ImageSet | np.ndarray) -> ModelSp
         except TypeError as e:
             raise ValueError(f"network options {config.network_options} do not fit MLPConfig: {e}") from None
     if config.parameterization == "energy":
-        require(process.affine, "an energy model needs s(t) to scale its energy; the sde framework's drift is "
-                "not affine: use --parameterization score")
+        require_kind(process, ("affine",), "an energy model (s(t) scales its energy)", "use --parameterization score")
         require(config.target is None, "with --parameterization energy the network gives an energy (its gradient "
                 "is eps); drop --target")
+        require(config.resolved("target") != "preconditioned", "an energy model has no preconditioning (EDM's "
+                "c_skip, c_out and c_in): train it with --framework ve or vp, or --framework edm with "
+                "--parameterization score")
         require(not learned_variance, "an energy model has a fixed variance: drop --loss hybrid, or use "
                 "--parameterization score")
     return ModelSpec(network=network, process=process.config(),
                      target="eps" if config.parameterization == "energy" else config.resolved("target"),
                      condition=process.default_condition, learned_variance=learned_variance,
-                     data_shape=tuple(shape), classes=classes, parameterization=config.parameterization)
+                     data_shape=tuple(shape), classes=classes, parameterization=config.parameterization,
+                     sigma_data=settings.get("sigma_data", 0.5))
 
 

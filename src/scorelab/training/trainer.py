@@ -1,9 +1,9 @@
 """The training loop: AdamW with warm-up, clipping, EMA, bf16, accumulation, exact resume.
 
-The math of one step is :func:`training_loss` (a loss of :mod:`scorelab.losses`
-on a batch); :func:`train` runs the loop around it. A run's folder holds
+The math of one step is :func:`training_loss` (an objective of :mod:`scorelab.objectives`,
+by name, on a batch); :func:`train` runs the loop around it and holds no table of losses. A run's folder holds
 
-    config.json               the TrainConfig and the model it trains
+    config.json               the resolved TrainConfig (every default written in) and the model it trains
     checkpoints/step-*/       safetensors weights, EMA, optimizer, RNG state (atomic)
     loss.csv, loss.png        the loss log and its curve
     samples/step-*.png        sample grids from the EMA weights every ``sample_every`` steps
@@ -35,26 +35,45 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar, Protocol
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .._util import BatchNoise, Randomness, atomic_write, check_writable, randn, require
-from ..checkpoints import CheckpointError, config_differences, latest_checkpoint, load_checkpoint, save_checkpoint
-from ..data import ImageSet, load_dataset, take, to_categories
-from ..discrete.losses import StepImportance, multinomial_loss
+from .._util import atomic_write, check_writable, require
+from ..data import ImageSet, load_dataset, take
 from ..distributed import Ranks, all_equal, all_gather_same, all_mean, barrier, rank_device, resolve_device
 from ..distributed import current as current_ranks
-from ..guidance import Conditional, drop_labels
-from ..losses import dsm_loss, hybrid_loss, score_matching_loss, simple_loss, sliced_score_matching_loss
-from ..models import Model
-from ..modelspec import ModelSpec
+from ..models import Conditional, DiffusionModel, drop_labels
+from ..noise import BatchNoise, Randomness, normal
+from ..objectives import Objective, ObjectiveState, objective
+from ..processes import require_kind
+from ..store import CheckpointError, ModelSpec, config_differences, latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import TrainConfig, make_model_spec
 from .ema import ema_decay_at, update_ema
 
-__all__ = ["train", "training_loss", "TrainResult", "resolve_device", "step_generator", "batch_indices"]
+__all__ = ["train", "training_loss", "TrainResult", "Spec", "resolve_device", "step_generator", "batch_indices"]
+
+
+class Spec(Protocol):
+    """What the trainer asks of a model description (:class:`~scorelab.store.ModelSpec`, a classifier's
+    :class:`~scorelab.training.classifier.ClassifierSpec`): it builds the model (a ``net`` and its
+    ``process``), wraps a (DDP) network, and is saved, as JSON, under its ``kind``."""
+
+    kind: ClassVar[str]
+    classes: list[str] | None
+    data_shape: tuple[int, ...]
+
+    def build(self) -> Any: ...
+
+    def wrap(self, net: nn.Module, process: Any = None) -> Any: ...
+
+    def to_dict(self) -> dict[str, Any]: ...
+
+
+#: ``preview(model, spec, step, out)``: the sample grids a run draws now and then.
+Preview = Callable[[Any, Spec, int, Path], None]
 
 
 @dataclass
@@ -64,8 +83,8 @@ class TrainResult:
     out: Path
     step: int
     checkpoint: Path
-    model: Model            # the EMA weights, in eval mode
-    spec: ModelSpec
+    model: Any              # the EMA weights, in eval mode
+    spec: Spec
     losses: list[float]     # the loss of every step this call ran
     seconds: float
 
@@ -84,60 +103,28 @@ def batch_indices(n: int, batch_size: int, seed: int, index: int) -> np.ndarray:
     return order[k * batch_size:(k + 1) * batch_size]
 
 
-def _dsm(weighting: str, reduction: str = "mean"):
-    return lambda m, x0, gen, t, noise: dsm_loss(m, x0, weighting=weighting, t=t, noise=noise, generator=gen,
-                                                 reduction=reduction)
-
-
-def _sliced(variance_reduced: bool):
-    return lambda m, x0, gen, t, noise: sliced_score_matching_loss(
-        m, x0, variance_reduced=variance_reduced, t=t, noise=noise, generator=gen, reduction="mean")
-
-
-def _multinomial(ce_weight: float):
-    """Multinomial diffusion's bound on the batch's grey levels as categories (MATH.md 10), D3PM's lambda = 0.001;
-    with ``importance`` (a :class:`StepImportance`) its steps are importance-sampled instead of the given ``t``."""
-    return lambda m, x0, gen, t, noise, importance=None: multinomial_loss(
-        m, to_categories(x0, m.process.num_categories), t=None if importance is not None else t, noise=gen,
-        ce_weight=ce_weight, importance=importance)
-
-
-#: Each training loss by name: ``(model, x0, randomness, t, noise) -> per-example loss`` (MATH.md 2-4, 7).
-LOSS_FUNCTIONS = {
-    "simple": lambda m, x0, gen, t, noise: simple_loss(m, x0, t=t, noise=noise, generator=gen),
-    "dsm": _dsm("s2"),
-    "dsm-likelihood": _dsm("g2"),
-    "min-snr": _dsm("min-snr"),
-    "edm": _dsm("edm"),
-    "hybrid": lambda m, x0, gen, t, noise: hybrid_loss(m, x0, t=t, noise=noise, generator=gen),
-    "sm": lambda m, x0, gen, t, noise: score_matching_loss(m, x0, t=t, noise=noise, generator=gen,
-                                                           reduction="mean"),
-    "ssm": _sliced(False),
-    "ssm-vr": _sliced(True),
-    "vlb": _multinomial(0.0),
-    "vlb-ce": _multinomial(0.001),
-}
-
-
-def training_loss(model: Model, x0: Tensor, loss: str, generator: Randomness = None,
+def training_loss(model: DiffusionModel, x0: Tensor, loss: str, randomness: Randomness = None,
                   labels: Tensor | None = None, *, t: Tensor | None = None, noise: Tensor | None = None,
-                  importance: StepImportance | None = None) -> Tensor:
-    """The per-example loss of one batch (MATH.md 2-4, 7), averaged over dimensions.
+                  state: ObjectiveState | None = None, loss_options: dict[str, Any] | None = None) -> Tensor:
+    """The per-example loss of one batch (MATH.md 2-4, 7, 8, 10), averaged over dimensions: the objective
+    ``loss`` of :data:`scorelab.objectives.OBJECTIVES` with ``loss_options`` over its defaults.
 
-    ``"simple"``: L_simple (Ho et al. eq. 14); ``"dsm"``: denoising score matching
-    with lambda = s^2; ``"dsm-likelihood"``: with lambda = g^2; ``"min-snr"``: Min-SNR-5; ``"hybrid"``:
-    L_simple + 0.001 L_vlb (Nichol & Dhariwal); ``"sm"``, ``"ssm"``, ``"ssm-vr"``:
-    exact and sliced score matching (one Rademacher projection) on ``x_t ~ p_t``,
-    weighted by ``lambda(t)`` (s^2, or 1 - exp(-int g^2) on a general SDE). ``labels`` condition
-    a class-conditional model (-1: no label). ``t`` and ``noise`` (drawn from
-    ``generator`` when not given) are the times and ``eps`` of the batch; a general
-    SDE has no eps and simulates ``x_t`` from ``generator`` instead. ``"vlb"``, ``"vlb-ce"``: multinomial
-    diffusion's bound (MATH.md 10), its steps drawn by ``importance`` when given (which learns from the batch).
+    ``t`` and ``noise`` (drawn from ``randomness`` when not given) are the times and ``eps`` of the batch; a
+    general SDE has no eps and its objectives simulate ``x_t`` from ``randomness`` instead. ``labels``
+    condition a class-conditional model (-1: no label), or are what the objective predicts (a classifier's).
+    ``state`` is what the objective keeps over a run (multinomial diffusion's step history).
     """
-    require(loss in LOSS_FUNCTIONS, f"unknown loss {loss!r}; choose one of {sorted(LOSS_FUNCTIONS)}")
-    m = model if labels is None else Conditional(model, labels)
-    extra = {} if importance is None else {"importance": importance}
-    return LOSS_FUNCTIONS[loss](m, x0, generator, t, noise if model.process.affine else None, **extra)
+    chosen = objective(loss)
+    return _objective_loss(chosen, chosen.resolve(loss, loss_options or {}), model, x0, randomness, labels, t, noise,
+                           state)
+
+
+def _objective_loss(chosen: Objective, options: dict[str, Any], model: DiffusionModel, x0: Tensor,
+                    randomness: Randomness, labels: Tensor | None, t: Tensor | None, noise: Tensor | None,
+                    state: ObjectiveState | None) -> Tensor:
+    if chosen.labels == "condition" and labels is not None:
+        model, labels = Conditional(model, labels), None
+    return chosen.loss(model, x0, t=t, noise=noise, randomness=randomness, labels=labels, state=state, **options)
 
 
 def _autocast(device: torch.device, precision: str):
@@ -239,13 +226,15 @@ class _Run:
     ranks: Ranks
     device: torch.device
     data: ImageSet | np.ndarray
-    spec: ModelSpec
-    model: Model
+    spec: Spec
+    model: Any                                            # a model with its ``net`` and ``process``
     ema: nn.Module
     optimizer: torch.optim.Optimizer
-    preview: Callable[[Model, ModelSpec, int, Path], None]
-    importance: StepImportance | None = None              # multinomial diffusion's step history (checkpointed)
-    train_model: Model | None = None                      # the model the loss sees (DDP-wrapped on ranks)
+    preview: Preview
+    objective: Objective
+    options: dict[str, Any]                               # every option of the objective
+    state: ObjectiveState | None = None                   # what the objective keeps over the run (checkpointed)
+    train_model: Any = None                               # the model the loss sees (DDP-wrapped on ranks)
     start: int = 0                                        # the step this call resumes from
     seconds_before: float = 0.0                           # training time of the run before this call
     resume_from: Path | None = None
@@ -272,17 +261,22 @@ class _Run:
         return self.model.net
 
 
-def _build(config: TrainConfig, data: ImageSet | np.ndarray | None, ranks: Ranks, preview) -> _Run:
+def _build(config: TrainConfig, data: ImageSet | np.ndarray | None, ranks: Ranks, preview: Preview,
+           spec: Spec | None) -> _Run:
     """Data, model (seeded), EMA copy and optimizer; the run folder checked for room before any work."""
     device = rank_device(config.device, ranks)
     ranks.rows(config.batch_size)                         # refuses a batch that does not split over the ranks
+    chosen, options = config.objective, config.loss_settings()
     if data is None:
-        data = load_dataset(config.data, "train", image_size=config.image_size, labels=config.class_conditional)
+        data = load_dataset(config.data, "train", image_size=config.image_size,
+                            labels=config.class_conditional or chosen.labels == "target")
     require(len(data) >= config.batch_size, f"the dataset has {len(data)} examples, fewer than "
             f"batch_size={config.batch_size}; lower --batch-size")
-    spec = make_model_spec(config, data)
+    spec = make_model_spec(config, data) if spec is None else spec
+    config = config.resolve(tuple(spec.data_shape))      # every default written in: config.json says it all
     torch.manual_seed(config.seed)                        # weights' initialisation and dropout
     model = spec.build().to(device)
+    require_kind(model.process, chosen.kinds, f"the loss {config.resolved('loss')!r}")
     if ranks.distributed:                                 # each rank its own dropout masks
         _seed_rank(config.seed, ranks.rank)
     ema = copy.deepcopy(model.net).requires_grad_(False).eval()
@@ -292,11 +286,10 @@ def _build(config: TrainConfig, data: ImageSet | np.ndarray | None, ranks: Ranks
     if ranks.main:
         check_output_dir(Path(config.out), 4 * param_bytes * (config.keep_last + 1) + (1 << 20))
     barrier(ranks)
-    importance = None
-    if getattr(model.process, "discrete", False) and config.step_sampling == "importance":
-        importance = StepImportance(model.process.num_steps)          # on the CPU, updated deterministically
-        importance.deferred = True                                    # applied once per step, from all ranks
-    return _Run(config, ranks, device, data, spec, model, ema, optimizer, preview, importance)
+    state = chosen.state(model.process, **options) if chosen.state is not None else None
+    if state is not None:
+        state.deferred = True                             # applied once per step, from all ranks
+    return _Run(config, ranks, device, data, spec, model, ema, optimizer, preview, chosen, options, state)
 
 
 def _resume(run: _Run, resume: bool | str | Path, progress: bool) -> None:
@@ -315,7 +308,9 @@ def _resume(run: _Run, resume: bool | str | Path, progress: bool) -> None:
             print(f"no checkpoint in {ckpt_dir} yet: starting from step 0")
         return
     ckpt = load_checkpoint(resume_from, map_location="cpu")
-    diffs = config_differences(ckpt.config.get("model"), run.spec.to_dict())
+    saved = ckpt.config.get(run.spec.kind)
+    diffs = config_differences(ModelSpec.from_dict(saved).to_dict() if run.spec.kind == "model" and saved else saved,
+                               run.spec.to_dict())
     if diffs:
         raise CheckpointError(f"cannot resume from {ckpt.path}: it trains another model ({'; '.join(diffs[:5])}); "
                               f"resume with the settings in {run.out / 'config.json'}, or start anew in another --out")
@@ -323,9 +318,8 @@ def _resume(run: _Run, resume: bool | str | Path, progress: bool) -> None:
     run.ema.load_state_dict(ckpt.ema)
     run.optimizer.load_state_dict(ckpt.optimizer)
     _set_rng_state(ckpt.tensors, run.device, run.ranks, run.config.seed, ckpt.step)
-    if run.importance is not None:
-        run.importance.load_state_dict({k[len(_IMPORTANCE):]: v for k, v in ckpt.tensors.items()
-                                        if k.startswith(_IMPORTANCE)})
+    if run.state is not None:
+        run.state.load_state_dict({k[len(_STATE):]: v for k, v in ckpt.tensors.items() if k.startswith(_STATE)})
     run.start, run.resume_from, run.last_ckpt = ckpt.step, resume_from, resume_from
     run.seconds_before = float(ckpt.extra.get("seconds", 0.0))
     run.skipped = int(ckpt.extra.get("skipped_batches", 0))
@@ -362,16 +356,18 @@ def _micro_batch_loss(run: _Run, step: int, micro: int) -> Tensor:
     flip_gen = gen if device.type == "cpu" else step_generator(config.seed, step, micro, torch.device("cpu"))
     x0, y = take(run.data, idx, flip_gen, flip=config.flip, rows=rows)
     x0 = x0.to(device)
-    labels_on = run.spec.classes is not None
-    if labels_on:
-        y = drop_labels(y.to(device), config.label_dropout, gen, share=(config.batch_size, rows))
-    t = run.model.process.sample_train_times(config.batch_size, gen, device=device)[rows]
-    noise = randn((config.batch_size,) + tuple(x0.shape[1:]), gen, device=device, dtype=x0.dtype)[rows]
+    labels = None
+    if run.objective.labels == "target":                  # what the model predicts (a classifier's classes)
+        labels = y.to(device)
+    elif run.spec.classes is not None:                    # conditioning, dropped for guidance
+        labels = drop_labels(y.to(device), config.label_dropout, gen, share=(config.batch_size, rows))
+    t = run.objective.draw_times(run.model.process, config.batch_size, gen, device, run.options)[rows]
+    noise = normal((config.batch_size,) + tuple(x0.shape[1:]), gen, device=device, dtype=x0.dtype)[rows]
     if run.ranks.distributed:                             # let the rest of the global batch's noise go
         t, noise = t.clone(), noise.clone()
     with _autocast(device, config.precision):
-        return training_loss(run.train_model, x0, config.resolved("loss"), BatchNoise(gen, config.batch_size, rows),
-                             y if labels_on else None, t=t, noise=noise, importance=run.importance).mean()
+        return _objective_loss(run.objective, run.options, run.train_model, x0, BatchNoise(gen, config.batch_size, rows),
+                               labels, t, noise, run.state).mean()
 
 
 def _gradients(run: _Run, step: int) -> tuple[float, Tensor, Tensor]:
@@ -432,14 +428,15 @@ def _log(run: _Run, step: int, lr: float, grad_norm: Tensor) -> None:
         run.bar.update(1)
 
 
-_IMPORTANCE = "step_importance."
+_STATE = "objective_state."
 
 
-def _importance_tensors(run: _Run) -> dict[str, Tensor]:
-    """Multinomial diffusion's step history, saved beside the RNG states (rank 0's)."""
-    if run.importance is None:
+def _state_tensors(run: _Run) -> dict[str, Tensor]:
+    """What the objective keeps over the run (multinomial diffusion's step history), saved beside the RNG
+    states (rank 0's)."""
+    if run.state is None:
         return {}
-    return {_IMPORTANCE + k: v for k, v in run.importance.state_dict().items()}
+    return {_STATE + k: v for k, v in run.state.state_dict().items()}
 
 
 def _checkpoint_and_preview(run: _Run, step: int) -> None:
@@ -451,8 +448,8 @@ def _checkpoint_and_preview(run: _Run, step: int) -> None:
         if ranks.main:
             run.last_ckpt = save_checkpoint(
                 run.out / "checkpoints", step, model=run.net.state_dict(), ema=run.ema.state_dict(),
-                optimizer=run.optimizer.state_dict(), tensors={**rng, **_importance_tensors(run)},
-                config={"model": run.spec.to_dict(), "train": config.to_dict()},
+                optimizer=run.optimizer.state_dict(), tensors={**rng, **_state_tensors(run)},
+                config={run.spec.kind: run.spec.to_dict(), "train": config.to_dict()},
                 extra={"images_seen": step * config.batch_size * config.grad_accum, "skipped_batches": run.skipped,
                        "world_size": ranks.world_size, "seconds": run.seconds_before + time.perf_counter() - run.t_start},
                 keep_last=config.keep_last)
@@ -469,7 +466,7 @@ def _open_logs(run: _Run, progress: bool) -> None:
     config = run.config
     if not run.ranks.main:
         return
-    atomic_write(run.out / "config.json", json.dumps({"train": config.to_dict(), "model": run.spec.to_dict(),
+    atomic_write(run.out / "config.json", json.dumps({"train": config.to_dict(), run.spec.kind: run.spec.to_dict(),
                                                       "paper": config.defaults.paper,
                                                       "world_size": run.ranks.world_size}, indent=1, sort_keys=True))
     run.log = _LossLog(run.out / "loss.csv", run.start)
@@ -481,10 +478,13 @@ def _open_logs(run: _Run, progress: bool) -> None:
 
 
 def train(config: TrainConfig, *, data: ImageSet | np.ndarray | None = None, resume: bool | str | Path = False,
-          progress: bool = True, preview: Callable[[Model, ModelSpec, int, Path], None] | None = None,
-          ranks: Ranks | None = None) -> TrainResult:
+          progress: bool = True, preview: Preview | None = None, ranks: Ranks | None = None,
+          spec: Spec | None = None) -> TrainResult:
     """Train ``config`` (data from ``config.data`` unless ``data`` is given); returns the EMA model.
 
+    The model is the one ``config`` describes (:func:`~scorelab.training.make_model_spec`) unless ``spec`` is
+    given (a classifier's, for another run's process). The run's folder records ``config`` resolved
+    (:meth:`TrainConfig.resolve`), so training it again from its ``config.json`` gives the same run.
     ``resume=True`` continues from the newest checkpoint in ``config.out`` (or
     starts afresh when there is none); a path resumes from that checkpoint.
     ``config.steps`` is the total number of optimizer steps, so resuming a
@@ -497,11 +497,12 @@ def train(config: TrainConfig, *, data: ImageSet | np.ndarray | None = None, res
     from .preview import save_preview
 
     if preview is None:
-        def preview(m: Model, sp: ModelSpec, k: int, folder: Path) -> None:
+        def preview(m: Any, sp: Spec, k: int, folder: Path) -> None:
             save_preview(m, sp, k, folder, num=config.num_preview, steps=config.preview_steps, seed=config.seed)
     ranks = current_ranks() if ranks is None else ranks
     progress = progress and ranks.main
-    run = _build(config, data, ranks, preview)
+    run = _build(config, data, ranks, preview, spec)
+    config = run.config
     _resume(run, resume, progress)
     _distribute(run)
     _open_logs(run, progress)
@@ -515,9 +516,9 @@ def train(config: TrainConfig, *, data: ImageSet | np.ndarray | None = None, res
             for group in run.optimizer.param_groups:
                 group["lr"] = lr_now
             total, loss, grad_norm = _gradients(run, step)
-            if run.importance is not None:                  # the whole global batch's terms, on every rank
-                t, term = run.importance.take_pending()
-                run.importance.update(all_gather_same(t, ranks), all_gather_same(term, ranks))
+            if run.state is not None:                       # the whole global batch's terms, on every rank
+                t, term = run.state.take_pending()
+                run.state.update(all_gather_same(t, ranks), all_gather_same(term, ranks))
             _update(run, step, lr_now, total, loss, grad_norm)
             _log(run, step, lr_now, grad_norm)
             _checkpoint_and_preview(run, step)
@@ -535,8 +536,8 @@ def train(config: TrainConfig, *, data: ImageSet | np.ndarray | None = None, res
                        run.spec, run.losses, time.perf_counter() - run.t_start)
 
 
-def _eval_model(spec: ModelSpec, weights: nn.Module, device: torch.device) -> Model:
-    """A fresh Model around a copy of ``weights`` (the EMA network), in eval mode."""
+def _eval_model(spec: Spec, weights: nn.Module, device: torch.device) -> Any:
+    """A fresh model around a copy of ``weights`` (the EMA network), in eval mode."""
     model = spec.build()
     model.net.load_state_dict(weights.state_dict())
     return model.to(device).eval()

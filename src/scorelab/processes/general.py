@@ -29,12 +29,11 @@ prior takes longer. From toy data within +-4 the total variation between
 ``p_1`` and ``pi`` is below 0.03 (Fokker-Planck solutions; see the tests).
 
 A model trained under a named SDE saves ``{"name": "general", "drift": NAME, **options}``
-and is rebuilt from it; :func:`register_sde` adds names.
+and is rebuilt from it; :func:`register_sde` adds names, each with its options and their defaults.
 """
 
 from __future__ import annotations
 
-import inspect
 import math
 from abc import ABC, abstractmethod
 from typing import Any, Callable, Sequence
@@ -42,8 +41,8 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import Tensor
 
-from ._util import TimeLike, as_time, expand_as, require, sum_except_batch
-from .processes import SDE
+from .._util import TimeLike, as_time, expand_as, require, sum_except_batch
+from .base import SDE
 
 __all__ = ["GeneralSDE", "register_sde", "named_sde", "NAMED_SDES", "langevin_sde",
            "Potential", "LogisticPotential", "DoubleWellPotential"]
@@ -126,8 +125,8 @@ class GeneralSDE(SDE):
     def config(self) -> dict[str, Any]:
         if self.name is None or self.name not in NAMED_SDES:
             raise ValueError("this GeneralSDE's drift is a Python function that a checkpoint cannot store; "
-                             "register a factory with sl.register_sde('my_sde', factory) and build the SDE "
-                             "with sl.named_sde('my_sde', **options) so that the checkpoint can rebuild it")
+                             "register a factory with sl.register_sde('my_sde', factory, defaults) and build the "
+                             "SDE with sl.named_sde('my_sde', **options) so that the checkpoint can rebuild it")
         return {"name": "general", "drift": self.name, **self.options}
 
     def _label(self) -> str:
@@ -135,7 +134,7 @@ class GeneralSDE(SDE):
 
     def __repr__(self) -> str:
         if self.name is None:
-            return f"GeneralSDE(drift={getattr(self._drift, '__name__', self._drift)!r}, t_min={self.t_min})"
+            return f"GeneralSDE(drift={self._drift!r}, t_min={self.t_min})"
         return f"GeneralSDE({self.name!r}, {', '.join(f'{k}={v!r}' for k, v in self.options.items())})"
 
     def __eq__(self, other: object) -> bool:
@@ -248,30 +247,32 @@ def _double_well_sde(beta_min: float = 0.1, beta_max: float = 40.0, width: float
     return langevin_sde(DoubleWellPotential(width), beta_min, beta_max, t_min)
 
 
-#: Named SDEs a checkpoint can rebuild: name -> factory(**options) -> GeneralSDE.
-NAMED_SDES: dict[str, Callable[..., GeneralSDE]] = {"tanh": _tanh_sde, "double_well": _double_well_sde}
+#: Named SDEs a checkpoint can rebuild: name -> (factory(**options) -> GeneralSDE, every option's default).
+NAMED_SDES: dict[str, tuple[Callable[..., GeneralSDE], dict[str, Any]]] = {
+    "tanh": (_tanh_sde, {"beta_min": 0.1, "beta_max": 40.0, "t_min": 1e-3}),
+    "double_well": (_double_well_sde, {"beta_min": 0.1, "beta_max": 40.0, "width": 1.5, "t_min": 1e-3}),
+}
 
 
-def register_sde(name: str, factory: Callable[..., GeneralSDE]) -> None:
-    """Make ``named_sde(name, **options)`` build ``factory(**options)``, so checkpoints can rebuild it."""
+def register_sde(name: str, factory: Callable[..., GeneralSDE], defaults: dict[str, Any]) -> None:
+    """Make ``named_sde(name, **options)`` build ``factory(**{**defaults, **options})``, so checkpoints can
+    rebuild it; ``defaults`` names every option the factory takes (a checkpoint stores them all)."""
     require(isinstance(name, str) and name and name.replace("_", "").replace("-", "").isalnum(),
             f"an SDE name is a word such as 'my_sde', got {name!r}")
     require(callable(factory), "factory must be a function returning a GeneralSDE")
-    NAMED_SDES[name] = factory
+    require(isinstance(defaults, dict) and all(isinstance(k, str) for k in defaults),
+            "defaults must be a dict of every option the factory takes and its default, e.g. {'rate': 1.0}")
+    NAMED_SDES[name] = (factory, dict(defaults))
 
 
 def named_sde(name: str, **options: Any) -> GeneralSDE:
     """The registered SDE ``name`` built with ``options`` (built-in: ``"tanh"``, ``"double_well"``)."""
     require(name in NAMED_SDES, f"unknown SDE drift {name!r}; the named ones are {sorted(NAMED_SDES)} "
-            "(register your own with sl.register_sde(name, factory) before building or loading it)")
-    factory = NAMED_SDES[name]
-    try:
-        bound = inspect.signature(factory).bind(**options)
-    except TypeError as e:
-        raise ValueError(f"options {options} do not fit the SDE {name!r}: {e}; it takes "
-                         f"{list(inspect.signature(factory).parameters)}") from None
-    bound.apply_defaults()                        # the checkpoint stores every option, defaults included
-    options = dict(bound.arguments)
+            "(register your own with sl.register_sde(name, factory, defaults) before building or loading it)")
+    factory, defaults = NAMED_SDES[name]
+    unknown = sorted(set(options) - set(defaults))
+    require(not unknown, f"options {unknown} do not fit the SDE {name!r}; it takes {sorted(defaults)}")
+    options = {**defaults, **options}                       # the checkpoint stores every option, defaults included
     sde = factory(**options)
     require(isinstance(sde, GeneralSDE), f"the factory of {name!r} must return a GeneralSDE, "
             f"got {type(sde).__name__}")

@@ -25,7 +25,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from ._util import require
+from .._util import require
 
 __all__ = ["config_differences", "Checkpoint", "save_checkpoint", "load_checkpoint", "latest_checkpoint", "list_checkpoints",
            "flatten_optimizer_state", "unflatten_optimizer_state", "CheckpointError"]
@@ -174,7 +174,7 @@ def config_differences(saved: Any, expected: Any, prefix: str = "") -> list[str]
 
 def load_checkpoint(path: str | Path, expected_config: dict[str, Any] | None = None,
                     map_location: str | torch.device = "cpu") -> Checkpoint:
-    """Read and verify a checkpoint folder (or the newest one in a run folder).
+    """Read and verify a checkpoint folder, or the newest one in a folder of checkpoints or a run's folder.
 
     Raises :class:`CheckpointError` for a missing or incomplete checkpoint, a
     file whose checksum does not match (truncated or edited), or a config that
@@ -183,6 +183,8 @@ def load_checkpoint(path: str | Path, expected_config: dict[str, Any] | None = N
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"no checkpoint at {path}: the path does not exist")
+    if path.is_dir() and not (path / "meta.json").exists() and (path / "checkpoints").is_dir():
+        path = path / "checkpoints"                          # a run's folder
     if path.is_dir() and not (path / "meta.json").exists():
         latest = latest_checkpoint(path)
         if latest is None:

@@ -10,48 +10,28 @@ network's output is, and ``U = -log p_t(x) + const`` when the model is exact. Tw
   (Du et al.'s toy models write ``||net(x) - x||^2``); with ``net = 0`` it is ``||x||^2 / 2``, whose
   ``eps = x`` is exact where the data is forgotten.
 
-``predict`` differentiates the energy (``create_graph`` while training, so DSM trains it by double
-backpropagation); every sampler and loss takes the model as it takes a score model, and the
-Metropolis-corrected samplers (:mod:`scorelab.samplers.mcmc`) use the energy itself.
+``predict`` differentiates the energy, keeping the graph whenever gradients are wanted (training, a loss on
+a loaded model, a caller differentiating through ``x``), so DSM trains it by double backpropagation; every
+sampler and loss takes the model as it takes a score model, and the Metropolis-corrected samplers
+(:mod:`scorelab.samplers.mcmc`) use the energy itself.
 """
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
-
 import torch
 from torch import Tensor, nn
 
-from ._util import TimeLike, as_time, expand_as, require
-from .models import CONDITIONS, Prediction, energy_method
-from .processes import SDE
+from .._util import TimeLike, as_time, expand_as, require
+from ..models import NetworkModel, Prediction, resolve_condition
+from ..processes import Process, require_kind
 
-__all__ = ["EnergyModel", "HasEnergy", "FORMS", "energy_and_score", "has_energy"]
+__all__ = ["EnergyModel", "FORMS"]
 
 #: How a network's output becomes an energy.
 FORMS = ("scalar", "norm")
 
 
-@runtime_checkable
-class HasEnergy(Protocol):
-    """A model with ``energy(x, t) -> (N,)``, ``U = -log p_t(x) + const`` (its score is ``-grad_x U``)."""
-
-    def energy(self, x: Tensor, t: TimeLike) -> Tensor: ...
-
-
-def has_energy(model: object) -> bool:
-    return callable(getattr(model, "energy", None))
-
-
-def energy_and_score(model: object, x: Tensor, t: TimeLike) -> tuple[Tensor, Tensor]:
-    """``(U(x, t), score(x, t))`` of a model with an energy, in one pass where it can."""
-    both = getattr(model, "energy_and_score", None)
-    if callable(both):
-        return both(x, t)
-    return energy_method(model)(x, t), model.predict(x, t).score  # type: ignore[attr-defined]
-
-
-class EnergyModel(nn.Module):
+class EnergyModel(NetworkModel):
     """A network giving an energy per sample, under an affine process (MATH.md 9).
 
     Args:
@@ -59,26 +39,24 @@ class EnergyModel(nn.Module):
         process: the affine process it is trained under.
         form: ``"scalar"`` or ``"norm"`` (see the module's docstring).
         condition: what the network is told about the noise level (default: the process's).
+        num_classes, data_shape: see :class:`scorelab.models.NetworkModel`.
     """
 
-    def __init__(self, net: nn.Module, process: SDE, form: str = "scalar", condition: str | None = None):
-        super().__init__()
+    parameterization = "energy"
+    #: The energy's gradient is on the scale of eps (``eps = grad_x E_theta``).
+    target = "eps"
+
+    def __init__(self, net: nn.Module, process: Process, form: str = "scalar", condition: str | None = None, *,
+                 num_classes: int | None = None, data_shape: tuple[int, ...] | None = None):
         require(form in FORMS, f"unknown energy form {form!r}; choose one of {FORMS}")
-        require(process.affine, f"an energy model needs s(t) to scale its energy; {type(process).__name__} "
-                "has a non-affine drift: use a score model (target='score') there")
-        condition = condition or process.default_condition
-        require(condition in CONDITIONS and condition in process.conditions,
-                f"the noise condition {condition!r} does not fit {type(process).__name__}; "
-                f"it takes {list(process.conditions)}")
-        self.net, self.process, self.form, self.condition = net, process, form, condition
-        self.target = "energy"
-        self.learned_variance = False
+        require_kind(process, ("affine",), "an energy model (s(t) scales its energy)",
+                     "use a score model (target='score') there")
+        super().__init__(net, process, num_classes=num_classes, data_shape=data_shape)
+        self.form, self.condition = form, resolve_condition(process, condition)
 
     @property
-    def num_classes(self) -> int:
-        """Number of classes of a class-conditional network (``net.config.num_classes``), else 0."""
-        net = getattr(self.net, "module", self.net)
-        return int(getattr(getattr(net, "config", None), "num_classes", 0))
+    def has_energy(self) -> bool:
+        return True
 
     def network_energy(self, x: Tensor, t: Tensor, labels: Tensor | None = None) -> Tensor:
         """``E_theta(x, t)``, shape ``(N,)``: on the scale of eps (``eps = grad_x E_theta``)."""
@@ -107,9 +85,13 @@ class EnergyModel(nn.Module):
         u, eps = self._energy_and_eps(x, t, labels)
         return u, -eps / expand_as(self.process.noise_std(t), x)
 
+    def _wants_graph(self, x: Tensor) -> bool:
+        """Whether the caller will differentiate the answer: gradients are on, and ``x`` or a parameter
+        requires them (a loss in train or eval mode; a sampler runs without gradients and gets none)."""
+        return torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in self.net.parameters()))
+
     def _energy_and_eps(self, x: Tensor, t: Tensor, labels: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        # A graph for training, or for a caller who differentiates through x (score matching's trace).
-        create = torch.is_grad_enabled() and (self.training or x.requires_grad)
+        create = self._wants_graph(x)
         with torch.enable_grad():
             xg = x if (create and x.requires_grad) else x.detach().requires_grad_(True)
             e = self.network_energy(xg, t, labels)
@@ -119,12 +101,12 @@ class EnergyModel(nn.Module):
         return (u, eps) if create else (u.detach(), eps.detach())
 
     def predict(self, x: Tensor, t: TimeLike, labels: Tensor | None = None) -> Prediction:
-        """The score ``-grad_x U`` as a :class:`Prediction` (``eps = grad_x E_theta``); ``labels`` for a
-        class-conditional network (reached through :class:`scorelab.guidance.Conditional`)."""
+        """The score ``-grad_x U`` as a :class:`~scorelab.models.Prediction` (``eps = grad_x E_theta``); ``labels``
+        for a class-conditional network (reached through :class:`scorelab.models.Conditional`)."""
         t = as_time(t, x)
         _, eps = self._energy_and_eps(x, t, labels)
         a, s = self.process.coefficients(t)
-        return Prediction(x, t, a, s, eps)
+        return Prediction(x, t, a, s, eps=eps)
 
     def forward(self, x: Tensor, t: TimeLike) -> Prediction:
         return self.predict(x, t)

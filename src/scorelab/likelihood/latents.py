@@ -1,0 +1,84 @@
+"""Latents: data <-> noise through the probability-flow ODE (RK45) or DDIM inversion, and :func:`slerp`
+between latents (MATH.md 4-5; the survey's link to flows' invertible maps)."""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+from .._util import require
+from ..models import DiffusionModel
+from ..processes import NoiseProcess
+from ..samplers._common import flow_process, resolve
+from ..samplers.grids import time_grid
+from ..samplers.ode import _sigma_ode, solve_probability_flow
+
+__all__ = ["encode", "decode", "slerp"]
+
+
+def _latent_times(process: NoiseProcess, steps: int, t_min: float) -> Tensor:
+    return time_grid(process, steps, "log_sigma", t_min=t_min).flip(0)  # t_min .. 1
+
+
+@torch.no_grad()
+def encode(model: DiffusionModel, x: Tensor, *, method: str = "ode", process: NoiseProcess | None = None,
+           t_min: float | None = None, steps: int = 100, rtol: float = 1e-5, atol: float = 1e-5) -> Tensor:
+    """Map data ``x`` (at ``t_min``) to its latent at ``t = 1`` (MATH.md 4-5).
+
+    ``method="ode"``: the probability-flow ODE with adaptive RK45; ``"ddim"``:
+    DDIM inversion, ``steps`` Euler steps in ``dy/dsigma = eps`` with increasing sigma.
+    """
+    require(method in ("ode", "ddim"), f"unknown method {method!r}; choose 'ode' or 'ddim'")
+    if method == "ode":
+        process = flow_process(model, process)
+    model, process = resolve(model, process)
+    t_min = process.t_min if t_min is None else t_min
+    if method == "ode":
+        return solve_probability_flow(model, x, t_min, 1.0, process=process, rtol=rtol, atol=atol)[0]
+    return _walk(model, process, x, _latent_times(process, steps, t_min))
+
+
+@torch.no_grad()
+def decode(model: DiffusionModel, z: Tensor, *, method: str = "ode", process: NoiseProcess | None = None,
+           t_min: float | None = None, steps: int = 100, rtol: float = 1e-5, atol: float = 1e-5) -> Tensor:
+    """Map a latent ``z`` at ``t = 1`` back to data at ``t_min``: the inverse of :func:`encode`."""
+    require(method in ("ode", "ddim"), f"unknown method {method!r}; choose 'ode' or 'ddim'")
+    if method == "ode":
+        process = flow_process(model, process)
+    model, process = resolve(model, process)
+    t_min = process.t_min if t_min is None else t_min
+    if method == "ode":
+        return solve_probability_flow(model, z, 1.0, t_min, process=process, rtol=rtol, atol=atol)[0]
+    return _walk(model, process, z, _latent_times(process, steps, t_min).flip(0))
+
+
+def _walk(model: DiffusionModel, process: NoiseProcess, x: Tensor, times: Tensor) -> Tensor:
+    return _sigma_ode(model, x, len(times), 1, grid="time", rho=7.0, times=times, churn=0.0, s_tmin=0.0,
+                      s_tmax=math.inf, s_noise=1.0, process=process, noise=None, callback=None,
+                      name="ddim", to_zero=False).samples
+
+
+def slerp(z0: Tensor, z1: Tensor, alpha: float | Sequence[float] | Tensor) -> Tensor:
+    """Spherical interpolation between latents, per example (Shoemake 1985).
+
+    ``alpha`` scalar gives a batch like ``z0``; a sequence of ``m`` values gives
+    ``(m, *z0.shape)``. Falls back to linear interpolation for parallel latents.
+    """
+    require(z0.shape == z1.shape, f"latents differ in shape: {tuple(z0.shape)} vs {tuple(z1.shape)}")
+    alphas = torch.as_tensor(alpha, dtype=torch.float64)
+    a0, a1 = z0.reshape(z0.shape[0], -1).double(), z1.reshape(z1.shape[0], -1).double()
+    cos = (a0 * a1).sum(1) / (a0.norm(dim=1) * a1.norm(dim=1))
+    theta = torch.arccos(cos.clamp(-1, 1))[:, None]
+
+    def one(a: Tensor) -> Tensor:
+        small = theta < 1e-6
+        w0 = torch.where(small, 1 - a, torch.sin((1 - a) * theta) / torch.sin(theta).clamp(min=1e-12))
+        w1 = torch.where(small, a, torch.sin(a * theta) / torch.sin(theta).clamp(min=1e-12))
+        return (w0 * a0 + w1 * a1).reshape(z0.shape).to(z0.dtype)
+
+    if alphas.ndim == 0:
+        return one(alphas)
+    return torch.stack([one(a) for a in alphas])
