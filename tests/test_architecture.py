@@ -153,7 +153,8 @@ sl.register_sampler("toy-euler", toy_euler, kinds=("affine",), cost=lambda steps
 
 def test_a_process_and_a_sampler_from_outside_work_everywhere(tmp_path, mixture_2d):
     """The toy process and sampler above, registered from this file alone: on the exact oracle the sampler draws
-    the mixture through the process (energy distance at the noise floor of 2,000 samples, measured 0.0016)
+    the mixture through the process (energy distance near the noise floor of 2,000 samples: measured at most
+    0.0019 over 5 seeds at 200 steps, 0.007-0.011 at 50, the floor +-0.001)
     and equals the library's Euler on the same grid; the trainer trains a model under the process (its loss
     falls), a checkpoint rebuilds it, and sample_many draws from it, the same samples before and after."""
     from scorelab.evaluation import energy_distance
@@ -162,7 +163,7 @@ def test_a_process_and_a_sampler_from_outside_work_everywhere(tmp_path, mixture_
     exact = mixture_2d.model(LinearVE(20.0))
     drawn = sl.sample(exact, (2000, 2), "toy-euler", 200, noise=torch.Generator().manual_seed(0))
     assert drawn.nfe == 200 == sl.samplers.sampler_nfe(exact.process, "toy-euler", 200)
-    assert energy_distance(drawn.samples.double(), mixture_2d.sample(4000, torch.Generator().manual_seed(1))) < 0.01
+    assert energy_distance(drawn.samples.double(), mixture_2d.sample(4000, torch.Generator().manual_seed(1))) < 0.005
     x_T = torch.randn(16, 2, generator=torch.Generator().manual_seed(2), dtype=torch.float64) * 20.0
     times = sl.samplers.grids.evaluation_times(exact.process, 12)
     torch.testing.assert_close(toy_euler(exact, x_T, times=times).samples,

@@ -31,28 +31,29 @@ def encode(model: DiffusionModel, x: Tensor, *, method: str = "ode", process: No
     ``method="ode"``: the probability-flow ODE with adaptive RK45; ``"ddim"``:
     DDIM inversion, ``steps`` Euler steps in ``dy/dsigma = eps`` with increasing sigma.
     """
-    require(method in ("ode", "ddim"), f"unknown method {method!r}; choose 'ode' or 'ddim'")
-    if method == "ode":
-        process = flow_process(model, process)
-    model, process = resolve(model, process)
-    t_min = process.t_min if t_min is None else t_min
-    if method == "ode":
-        return solve_probability_flow(model, x, t_min, 1.0, process=process, rtol=rtol, atol=atol)[0]
-    return _walk(model, process, x, _latent_times(process, steps, t_min))
+    return _carry(model, x, method, process, t_min, steps, rtol, atol, to_latent=True)
 
 
 @torch.no_grad()
 def decode(model: DiffusionModel, z: Tensor, *, method: str = "ode", process: NoiseProcess | None = None,
            t_min: float | None = None, steps: int = 100, rtol: float = 1e-5, atol: float = 1e-5) -> Tensor:
     """Map a latent ``z`` at ``t = 1`` back to data at ``t_min``: the inverse of :func:`encode`."""
+    return _carry(model, z, method, process, t_min, steps, rtol, atol, to_latent=False)
+
+
+def _carry(model: DiffusionModel, x: Tensor, method: str, process: NoiseProcess | None, t_min: float | None,
+           steps: int, rtol: float, atol: float, to_latent: bool) -> Tensor:
+    """``x`` carried between ``t_min`` and 1 (up with ``to_latent``) by the ODE or DDIM's Euler steps."""
     require(method in ("ode", "ddim"), f"unknown method {method!r}; choose 'ode' or 'ddim'")
     if method == "ode":
         process = flow_process(model, process)
     model, process = resolve(model, process)
     t_min = process.t_min if t_min is None else t_min
     if method == "ode":
-        return solve_probability_flow(model, z, 1.0, t_min, process=process, rtol=rtol, atol=atol)[0]
-    return _walk(model, process, z, _latent_times(process, steps, t_min).flip(0))
+        ends = (t_min, 1.0) if to_latent else (1.0, t_min)
+        return solve_probability_flow(model, x, *ends, process=process, rtol=rtol, atol=atol)[0]
+    times = _latent_times(process, steps, t_min)
+    return _walk(model, process, x, times if to_latent else times.flip(0))
 
 
 def _walk(model: DiffusionModel, process: NoiseProcess, x: Tensor, times: Tensor) -> Tensor:

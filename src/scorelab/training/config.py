@@ -22,7 +22,7 @@ from ..data import DATASET_HELP, ImageSet
 from ..models import NETWORK_TARGETS
 from ..networks import PRESETS, ARTransformerConfig, MLPConfig, UNetConfig
 from ..objectives import OBJECTIVES, objective
-from ..processes import Process, kind_error, process_from_config, require_kind
+from ..processes import PROCESSES, Process, kind_error, process_from_config, require_kind
 from ..store import ModelSpec
 
 __all__ = ["TrainConfig", "FRAMEWORKS", "Framework", "make_process", "make_model_spec", "num_categories"]
@@ -108,6 +108,11 @@ def _losses() -> tuple[str, ...]:
     return tuple(sorted(OBJECTIVES))
 
 
+def _processes() -> tuple[str, ...]:
+    """The registered processes (read when the command line is built)."""
+    return tuple(sorted(PROCESSES))
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything a training run needs. ``None`` means "the framework's default".
@@ -150,7 +155,8 @@ class TrainConfig:
     transitions: str = _opt("factorized", "multinomial: reverse transitions factorized over pixels (Hoogeboom et "
                             "al. 2021) or autoregressive over them (Esser et al. 2021)",
                             choices=("factorized", "autoregressive"))
-    process: str | None = _opt(None, "the noise process, by its registered name (default: the framework's)")
+    process: str | None = _opt(None, "the noise process, by its registered name (default: the framework's)",
+                               choices=_processes)
     process_options: dict[str, Any] = _opt({}, "override a process field, e.g. num_steps=500, sigma_max=20, "
                                            "drift=double_well (repeatable)", flag="--process-option")
     class_conditional: bool = _opt(False, "condition on labels (for guidance)")
