@@ -19,7 +19,6 @@ from pathlib import Path
 
 import torch
 
-from scorelab.store import load_checkpoint
 from scorelab.data import load_dataset, to_uint8
 from scorelab.evaluation.classifier import fit_domain_classifier
 from scorelab.models import ClassifierGuidance
@@ -63,7 +62,8 @@ def main() -> None:
         print(f"scale {scale:5.1f}: the in-domain classifier gives the asked class to {agreement:.1%}", flush=True)
         save_grid(out.samples[: 4 * k].clamp(-1, 1), DOCS / f"classifier-guidance-{args.name}-{scale:g}.png", nrow=k,
                   scale=max(2, 64 // int(out.samples.shape[-1])))
-    guide_accuracy = load_checkpoint(args.classifier or Path(args.run) / "classifier").extra.get("accuracy", {})
+    folder = Path(args.classifier or Path(args.run) / "classifier")
+    guide_accuracy = json.loads((folder / "accuracy.json").read_text())["accuracy"]
     result = {"run": args.run, "guide_accuracy": guide_accuracy, "sampler": args.sampler, "steps": args.steps, "num": args.num,
               "judge_accuracy": judge.accuracy, "date": time.strftime("%Y-%m-%d"), "scales": rows}
     out_path = RESULTS / f"classifier-guidance-{args.name}"

@@ -12,6 +12,7 @@ argument, never global).
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import Sequence
 
 import torch
@@ -22,12 +23,13 @@ from ._util import require
 __all__ = ["Noise", "PerSampleNoise", "BatchNoise", "Randomness", "normal", "randn_like"]
 
 
-class Noise:
+class Noise(ABC):
     """A source of standard normal draws for a batch: ``randn(shape, dtype=, device=)`` with ``shape[0]`` rows."""
 
+    @abstractmethod
     def randn(self, shape: Sequence[int], *, dtype: torch.dtype = torch.float32,
               device: torch.device | str | None = None) -> Tensor:
-        raise NotImplementedError
+        """Draws of ``shape`` for the batch's rows."""
 
 
 #: Any source of randomness scorelab takes.

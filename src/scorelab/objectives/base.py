@@ -10,6 +10,7 @@ same table, so a loss registered with :func:`register_objective` is trained with
 
 from __future__ import annotations
 
+from abc import ABCMeta, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -30,19 +31,20 @@ __all__ = ["Objective", "ObjectiveState", "OBJECTIVES", "register_objective", "o
 LossFunction = Callable[..., Tensor]
 
 
-class ObjectiveState(nn.Module):
+class ObjectiveState(nn.Module, metaclass=ABCMeta):
     """What an objective keeps over a run (its buffers are checkpointed). With ``deferred`` the losses only
     record their terms; the trainer applies them once per optimizer step, gathered from every rank in a fixed
     order, so all ranks hold the same state (:meth:`take_pending`, :meth:`update`)."""
 
     deferred: bool = False
 
+    @abstractmethod
     def take_pending(self) -> tuple[Tensor, Tensor]:
         """The recorded ``(times, terms)`` since the last call, and forget them."""
-        raise NotImplementedError
 
+    @abstractmethod
     def update(self, t: Tensor, term: Tensor) -> None:
-        raise NotImplementedError
+        """Apply a step's ``(times, terms)``, gathered from every rank."""
 
 
 @dataclass(frozen=True)
