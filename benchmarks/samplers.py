@@ -44,7 +44,7 @@ from conftest import mixture_16d_params, mixture_2d_params  # noqa: E402
 
 BUDGETS = [10, 20, 50, 100, 1000]
 VE = sl.VESDE(0.01, 50.0)
-#: The issue-14 targets: best error over the noise floor at 10 and 20 NFE.
+#: The targets: best error over the noise floor at 10 and 20 NFE.
 TARGETS = {10: 1.5, 20: 1.1}
 #: Log-sigma grids that stop at these noise levels (then one data prediction) instead of DDPM's 0.01.
 SIGMA_ENDS = (0.05, 0.1)

@@ -12,7 +12,7 @@ torch.set_num_threads(int(os.environ.get("SCORELAB_TEST_THREADS", max(1, 2 // _W
 
 
 #: The slowest files start first, so that two workers finish together (longest first).
-_SLOW_FIRST = ("test_demo", "test_crash", "test_evaluation", "test_distributed", "test_training")
+_SLOW_FIRST = ("test_demo", "test_commands", "test_crash", "test_evaluation", "test_distributed", "test_training")
 
 
 def pytest_collection_modifyitems(items):
@@ -21,6 +21,16 @@ def pytest_collection_modifyitems(items):
         return _SLOW_FIRST.index(name) if name in _SLOW_FIRST else len(_SLOW_FIRST)
 
     items.sort(key=rank)                                  # stable: the order within a file is kept
+
+
+@pytest.fixture(scope="session")
+def shared_cache(tmp_path_factory):
+    """One ``SCORELAB_CACHE`` for this test run, shared by pytest-xdist's workers (their temporary folders'
+    parent is the run's): the in-domain feature classifier is fitted once, not once per test."""
+    base = tmp_path_factory.getbasetemp()
+    path = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "scorelab-cache"
+    path.mkdir(exist_ok=True)
+    return path
 
 
 def random_spd(rng: np.random.Generator, d: int, low: float, high: float) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Benchmarks run by hand; their summaries must survive an option that turns a part off (issue 13, item 7)."""
+"""Benchmarks run by hand; their summaries must survive an option that turns a part off."""
 
 import importlib.util
 from pathlib import Path

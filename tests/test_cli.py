@@ -137,6 +137,33 @@ def test_inpaint_writes_original_masked_and_filled_rows(run, tmp_path, method, e
     assert f"{method}, mask left" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("command", [["inpaint", "--method", "repaint", "--steps", "3"],
+                                     ["edit", "--sampler", "pc", "--steps", "2", "--t0", "0.5"]])
+def test_an_images_results_do_not_depend_on_the_other_images_or_the_batch_size(run, tmp_path, command):
+    """Result j of image i is drawn from its own seed (--seed, i, j): with other images beside it, in other
+    batches, it comes out the same."""
+    name, *flags = command
+    assert main([name, str(run), *flags, "--images", "3", "--num-samples", "2", "--batch-size", "1",
+                 "--out", str(tmp_path / "alone.png")]) == 0
+    assert main([name, str(run), *flags, "--images", "0", "3", "7", "--num-samples", "2", "--batch-size", "4",
+                 "--out", str(tmp_path / "together.png")]) == 0
+    alone, together = np.load(tmp_path / "alone.npz")["x"], np.load(tmp_path / "together.npz")["x"]
+    assert together.shape == (6, 1, 8, 8) and np.array_equal(alone, together[2:4])
+    assert not np.array_equal(together[0:2], together[2:4])
+
+
+def test_inpainting_defaults_fit_a_ddpm_with_fewer_steps(run, tmp_path, capsys):
+    """RePaint's 250 levels and DPS's 1000 steps are the papers'; a DDPM of 50 steps takes all 50 (RePaint's
+    walk: 50 levels and 9 resamplings of 10 levels at 4 jump points, 410 network calls)."""
+    for method, nfe in (("repaint", 410), ("dps", 50)):
+        assert main(["inpaint", str(run), "--method", method, "--images", "0", "--num-samples", "1",
+                     "--out", str(tmp_path / f"{method}.png")]) == 0
+        assert f"{nfe} network evaluations each" in capsys.readouterr().out
+    assert main(["inpaint", str(run), "--method", "dps", "--steps", "60", "--images", "0", "--out",
+                 str(tmp_path / "x.png")]) == 2
+    assert "--steps" in capsys.readouterr().err
+
+
 def test_edit_and_classifier_guidance_end_to_end(run, tmp_path, capsys):
     mask = tmp_path / "mask.png"
     Image.fromarray(np.tile(np.array([0, 255], np.uint8).repeat(16), (32, 1))).save(mask)   # right half known

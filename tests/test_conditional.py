@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -275,3 +276,19 @@ def test_bad_conditional_input_is_refused_with_a_clear_message(mixture_2d):
                                                                       attention_resolutions=(8,))), sl.DDPM())
     with pytest.raises(ValueError, match="this classifier takes images of shape"):
         sl.ClassifierGuidance(big, classifier, torch.zeros(2, dtype=torch.long)).predict(torch.zeros(2, 1, 16, 16), 0.5)
+
+
+def test_a_mask_png_hides_its_dark_and_its_transparent_pixels(tmp_path):
+    """A PNG mask's white, opaque pixels are known: a hole drawn dark or erased to transparency is filled in."""
+    from PIL import Image
+
+    dark = np.full((8, 8), 255, np.uint8)
+    dark[2:6, 1:3] = 0
+    Image.fromarray(dark).save(tmp_path / "dark.png")
+    rgba = np.full((8, 8, 4), 255, np.uint8)
+    rgba[0:3, 4:8, 3] = 0                                     # white but transparent
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "clear.png")
+    expected_dark, expected_clear = torch.ones(8, 8, dtype=torch.bool), torch.ones(8, 8, dtype=torch.bool)
+    expected_dark[2:6, 1:3], expected_clear[0:3, 4:8] = False, False
+    assert torch.equal(C.mask_from_spec(str(tmp_path / "dark.png"), (1, 8, 8))[0], expected_dark)
+    assert torch.equal(C.mask_from_spec(str(tmp_path / "clear.png"), (3, 8, 8))[2], expected_clear)

@@ -1,5 +1,5 @@
 """A real training process killed with SIGKILL at random moments, resumed each time, ends bit-identical to an
-uninterrupted run (issue 6). With a checkpoint every step, kills often land while a checkpoint is being written
+uninterrupted run. With a checkpoint every step, kills often land while a checkpoint is being written
 (the half-written folder it leaves behind is counted and printed)."""
 
 import os

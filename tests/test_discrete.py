@@ -340,7 +340,7 @@ def test_bad_multinomial_configurations_are_refused_with_one_line():
         (dict(framework="ddpm", categories=4), "--framework multinomial"),
         (dict(framework="multinomial", categories=1), "2..256"),
         (dict(framework="multinomial", transitions="autoregressive", loss="vlb-ce"), "--loss vlb"),
-        (dict(framework="multinomial", class_conditional=True), "class conditioning"),
+        (dict(framework="multinomial", transitions="autoregressive", class_conditional=True), "class conditioning"),
     ]
     for kw, words in cases:
         with pytest.raises(ValueError) as info:
@@ -370,3 +370,39 @@ def test_the_transition_transformer_is_causal_in_x_prev(encoder):
         x_t2 = x_t.clone()
         x_t2[:, -1] = (x_t2[:, -1] + 1) % 5
         assert (net(prev, x_t2, c)[:, 0] - out[:, 0]).abs().max() > 1e-4          # all of x_t, even the last pixel
+
+
+def test_classifier_free_guidance_of_a_categorical_model_draws_the_guided_posterior():
+    """A class-conditional factorized model under :class:`ClassifierFreeGuidance`: its prediction is Ho &
+    Salimans' eq. 6 in log space, ``p(x_0 | x_t, y)^(1+w) p(x_0 | x_t)^(-w)`` renormalized, computed here from
+    the network's raw logits; at T = 1 the multinomial sampler's x_0 is a draw from exactly that row."""
+    from torch import nn
+
+    from scorelab.discrete import CategoricalModel, multinomial_ancestral
+    from scorelab.models import ClassifierFreeGuidance
+
+    class Net(nn.Module):                                      # logits that depend on the label and on x_t
+        def __init__(self):
+            super().__init__()
+            self.table = nn.Parameter(torch.randn(3, 2 * K, generator=_gen(1)))      # rows: no label, 0, 1
+
+        def forward(self, inp, c, labels=None):
+            labels = torch.full((inp.shape[0],), -1) if labels is None else labels
+            return self.table[labels + 1] + inp.sum(1, keepdim=True) * 0.3
+
+    process = MultinomialDiffusion(K, 1)
+    model = CategoricalModel(Net(), process, num_classes=2, data_shape=(2,))
+    w, n = 2.0, 40000
+    labels = torch.tensor([1] * n)
+    guided = ClassifierFreeGuidance(model, labels, w)
+    x_1 = torch.zeros(n, 2, dtype=torch.long)
+    with torch.no_grad():
+        inp = torch.nn.functional.one_hot(x_1[:1], K).float().flatten(1)
+        raw = model.net(inp, None, torch.tensor([1])), model.net(inp, None, None)
+        cond, uncond = (torch.log_softmax(r.double().reshape(2, K), -1) for r in raw)
+        want = torch.softmax((1 + w) * cond - w * uncond, -1)
+        torch.testing.assert_close(guided.predict(x_1, 1).log_x0[0].exp(), want)
+        result = multinomial_ancestral(guided, x_1, steps=1, noise=_gen(2))
+    counts = torch.stack([torch.bincount(result.states[:, d], minlength=K) for d in range(2)]).double() / n
+    assert (counts - want).abs().max() < 4 * (0.25 / n) ** 0.5, (counts, want)     # 4 standard errors at most
+    assert (want - torch.softmax(cond, -1)).abs().max() > 0.05                      # guidance changed the row

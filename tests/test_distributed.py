@@ -1,4 +1,4 @@
-"""torchrun with two gloo processes on the CPU (issue 6): training equals one process with the same global
+"""torchrun with two gloo processes on the CPU: training equals one process with the same global
 batch, and a sample job over 2 ranks gives the same images as over 1.
 
 The reference runs are the ordinary single-process code paths; the two-rank runs are real ``torchrun``

@@ -207,6 +207,11 @@ def test_bad_energy_input_is_refused_with_a_clear_message(mixture_2d):
         compose.product(mixture_2d.energy_model(process), mixture_2d.energy_model(sl.VESDE()))
     with pytest.raises(ValueError, match="has no energy"):
         compose.mixture([mixture_2d.model(process)] * 2, [0.5, 0.5])
+    learned = sl.EnergyModel(sl.networks.MLP(dim=2), process, form="norm")
+    with pytest.raises(ValueError, match="known only up to a constant"):    # it would weigh the parts by exp(-c_k)
+        compose.mixture([mixture_2d.energy_model(process), learned], [0.5, 0.5])
+    with pytest.raises(ValueError, match="known only up to a constant"):    # a rescaled energy is shifted
+        compose.mixture([sl.ProcessAdapter(mixture_2d.energy_model(sl.DDPM()), process)] * 2, [0.5, 0.5])
     with pytest.raises(ValueError, match="unknown MCMC method"):
         mcmc(mixture_2d.energy_model(process), (3, 2), 2, method="nuts")
 

@@ -17,8 +17,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 import pytest
+import torch
 
 from scorelab.cli import main
+from scorelab.store import load_checkpoint, save_checkpoint
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "errors.md"
 TINY = ["--network-option", "base_channels=16", "--network-option", "norm_groups=8",
@@ -79,7 +81,7 @@ CASES: list[tuple[str, str, str]] = [
     ("an option the sampler does not take", "sample {d}/run --sampler ddim --option snr=0.1", "takes no option"),
     ("a sampler that needs a(t), s(t) on a non-affine SDE", "sample {d}/sde --sampler heun", "use one of"),
     ("a label asked of an unconditional model", "sample {d}/run --label 3", "class-conditional model"),
-    ("bits/dim on data of another shape", "nll {d}/run --data fashion-mnist:{shared}/fashion-mnist",
+    ("bits/dim on data of another shape", "nll {d}/run --data array:{d}/big.npy --split train",
      "but the model takes"),
     ("an adaptive sampler given an NFE budget", "evaluate {d}/run --samplers ode --out {d}/e", "adaptive"),
     ("Inception features without the weights", "evaluate {d}/run --features inception --out {d}/e",
@@ -118,6 +120,11 @@ CASES: list[tuple[str, str, str]] = [
      "is a categorical process"),
     ("a Gaussian sampler on a multinomial model", "sample {d}/multinomial --sampler ddim --out {d}/s.png",
      "use one of ['multinomial']"),
+    ("bits/dim of a model whose weights are NaN", "nll {d}/run-nan --num 4 --levels 17", "NaN or Inf"),
+    ("a multinomial model whose weights are NaN", "sample {d}/multinomial-nan --steps 2 --num-samples 2 --out "
+     "{d}/s.png", "NaN or Inf logits"),
+    ("a sampler option only the library can pass", "sample {d}/run --steps 2 --option callback=print --out {d}/s.png",
+     "the command line takes options"),
 ]
 
 
@@ -127,6 +134,7 @@ def _setup(d: Path) -> None:
     (d / "corrupt" / "a.png").write_bytes(b"not a png")
     (d / "notes.npz").write_text("hello")
     np.save(d / "float.npy", np.random.default_rng(0).random((4, 1, 8, 8)))
+    np.save(d / "big.npy", np.random.default_rng(0).integers(0, 256, (4, 1, 16, 16), dtype=np.uint8))
     (d / "broken.json").write_text("{steps: 3")
     (d / "unknown.json").write_text(json.dumps({"steps": 3, "depth": 4}))
     (d / "a-file").write_text("x")
@@ -146,6 +154,10 @@ def _setup(d: Path) -> None:
     meta = json.loads((d / "edited" / "meta.json").read_text())
     meta["files"]["model.safetensors"] = "0" * 64
     (d / "edited" / "meta.json").write_text(json.dumps(meta))
+    for run in ("run", "multinomial"):                          # a diverged run: every weight NaN
+        good = load_checkpoint(d / run)
+        nan = {k: torch.full_like(v, float("nan")) if v.is_floating_point() else v for k, v in good.model.items()}
+        save_checkpoint(d / f"{run}-nan" / "checkpoints", good.step, model=nan, ema=nan, config=good.config)
 
 
 def _cell(text: str) -> str:

@@ -89,8 +89,8 @@ class _FakeInception(torch.nn.Module):
         return f, self.fc(f)
 
 
-def test_evaluate_end_to_end_then_resumes(tiny_run, tmp_path, monkeypatch):
-    monkeypatch.setenv("SCORELAB_CACHE", str(tmp_path / "cache"))
+def test_evaluate_end_to_end_then_resumes(tiny_run, tmp_path, monkeypatch, shared_cache):
+    monkeypatch.setenv("SCORELAB_CACHE", str(shared_cache))
     monkeypatch.setattr(inception_module, "load_inception", lambda weights, device="cpu": _FakeInception())
     out = tiny_run / "eval"
     args = ["evaluate", str(tiny_run / "run"), "--samplers", "ddim,heun", "--nfe", "3,6", "--num-samples", "60",
@@ -125,7 +125,7 @@ def test_evaluate_end_to_end_then_resumes(tiny_run, tmp_path, monkeypatch):
     assert json.loads((out / "metrics.json").read_text())["rows"] == metrics["rows"]
     # More NFE budgets: only the new cells are drawn.
     monkeypatch.undo()
-    monkeypatch.setenv("SCORELAB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("SCORELAB_CACHE", str(shared_cache))
     monkeypatch.setattr(inception_module, "load_inception", lambda weights, device="cpu": _FakeInception())
     drawn = []
     real_draw = run_module.draw_samples

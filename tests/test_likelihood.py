@@ -130,7 +130,7 @@ def test_sampled_vlb_is_an_unbiased_estimate_of_the_full_bound():
 def test_a_ddpm_model_flows_on_its_vp_sde_and_is_never_asked_below_step_1(mixture_2d):
     """DDPM's probability-flow ODE runs on the VP SDE it discretizes (smooth coefficients: fewer RK45
     evaluations than on DDPM's piecewise-constant rate, 110 against 182 here), and neither sampling nor the
-    likelihood asks the network for a step index below 0 (step 1), outside its training (issue 13, item 3)."""
+    likelihood asks the network for a step index below 0 (step 1), outside its training."""
     from torch import nn
 
     ddpm = sl.DDPM()

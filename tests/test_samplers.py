@@ -281,7 +281,7 @@ def test_the_registry_declares_each_samplers_own_network_evaluations(mixture_2d,
 
 def test_annealed_langevin_codes_step_rule_is_the_papers_with_twice_epsilon(mixture_2d):
     """ermongroup/ncsn's update x + alpha s + sqrt(2 alpha) z is Algorithm 1's x + alpha'/2 s + sqrt(alpha') z
-    with alpha' = 2 alpha: the same draws give the same samples (issue 13, item 4)."""
+    with alpha' = 2 alpha: the same draws give the same samples."""
     ladder = sl.NCSN(sigma_max=3.0, sigma_min=0.1, num_scales=4)
     model = mixture_2d.model(ladder)
     x_T = torch.randn(64, 2, generator=gen(3), dtype=torch.float64)

@@ -1,4 +1,4 @@
-"""The trainer: every framework learns, checkpoints rebuild the model, resuming is exact (issue 4)."""
+"""The trainer: every framework learns, checkpoints rebuild the model, resuming is exact."""
 
 import numpy as np
 import pytest
@@ -105,7 +105,7 @@ def test_bad_configurations_are_refused_with_a_reason(digits32):
 def test_noise_levels_are_the_papers_relative_to_the_data_range():
     """Song & Ermon's NCSN sigmas (1..0.01) and Score SDE's VE sigmas (0.01..50) were set for images on [0, 1];
     scorelab's images are on [-1, 1], twice as wide, so the frameworks' sigmas are twice the papers' (MATH.md 1):
-    the same noise relative to the data (issue 13, item 1)."""
+    the same noise relative to the data."""
 
     width = float(to_model_range(torch.tensor([255])) - to_model_range(torch.tensor([0])))  # the data's range
     papers = {"ncsn": {"sigma_max": 1.0, "sigma_min": 0.01}, "ve": {"sigma_max": 50.0, "sigma_min": 0.01}}

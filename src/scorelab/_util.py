@@ -75,6 +75,17 @@ def mean_except_batch(x: Tensor) -> Tensor:
     return x.reshape(x.shape[0], -1).mean(dim=1)
 
 
+def progress_bar(iterable=None, **kwargs):
+    """A tqdm progress bar that a log file can bear: redrawn at most every 10 s when stderr is no terminal
+    (a redirected run writes a line now and then, not one per step), as often as tqdm likes on a terminal."""
+    import sys
+
+    from tqdm.auto import tqdm
+
+    kwargs.setdefault("mininterval", 0.1 if sys.stderr.isatty() else 10.0)
+    return tqdm(iterable, **kwargs)
+
+
 def nats_to_bits_per_dim(nats: Tensor, num_dims: int) -> Tensor:
     """A per-example negative log-likelihood in nats as bits per dimension (MATH.md 2): ``nats / (D ln 2)``."""
     return nats / (num_dims * math.log(2))

@@ -9,6 +9,7 @@
     scorelab edit runs/ddpm --input sketch.png --t0 0.5
     scorelab train-classifier runs/ddpm && scorelab sample runs/ddpm --classifier runs/ddpm/classifier --label 3
     scorelab evaluate runs/ddpm --samplers ddim,dpm++2m --nfe 10,20,50 --num-samples 1000
+    scorelab export runs/ddpm --out model.pt2
     scorelab info runs/ddpm
     torchrun --standalone --nproc-per-node 8 -m scorelab.cli train ...   (train, sample, evaluate: several processes)
 
@@ -45,6 +46,25 @@ def _key_values(items: Sequence[str] | None, flag: str) -> dict[str, Any]:
         except json.JSONDecodeError:
             out[key] = value
     return out
+
+
+#: Sampler and method options only the library can pass: Python functions and objects, and the randomness.
+_LIBRARY_ONLY = {"callback": "a Python function", "project": "a Python function", "process": "a process object",
+                 "data_range": "a check of the library's", "noise": "the randomness (set --seed)"}
+
+
+def _typed_options(args: argparse.Namespace, flags: Sequence[str]) -> dict[str, Any]:
+    """``--option KEY=VALUE`` settings, refusing the ones that are flags of their own here and the ones only the
+    library can pass."""
+    options = _key_values(args.option, "--option")
+    for name in options:
+        if name in flags:
+            raise ValueError(f"{name} is a flag of its own here: write --{name.replace('_', '-')} instead of "
+                             f"--option {name}=...")
+        if name in _LIBRARY_ONLY:
+            raise ValueError(f"--option {name}: the command line takes options a person can type, and {name} is "
+                             f"{_LIBRARY_ONLY[name]} that only scorelab's functions take")
+    return options
 
 
 # ---------------------------------------------------------------------------------------
@@ -208,7 +228,7 @@ def _sample_on(args: argparse.Namespace, ranks, device) -> None:
                  else _guided(model, spec, args.label, args.guidance, args.num))
     if args.clip_denoised and len(spec.data_shape) == 3 and model.process.has_kind("affine"):   # (needs x0)
         m = ClipDenoised(m)
-    options = _key_values(args.option, "--option")
+    options = _typed_options(args, ("steps", "sampler", "label", "guidance", "seed"))
     if args.sampler is None:                                 # the framework's own: EDM's Heun, an SDE's EM, ...
         from .training import FRAMEWORKS
 
@@ -237,28 +257,43 @@ def _accepted(rate: float | None) -> str:
     return "" if rate is None else f", {rate:.1%} of Metropolis proposals accepted"
 
 
+def _run_images(args: argparse.Namespace, ckpt, spec, command: str):
+    """``--data`` (default: the data the run trained on, at its ``--image-size``) as an image set of the
+    model's shape, or the one-line error of data that is not."""
+    from .data import ImageSet, load_dataset
+
+    train = ckpt.config.get("train", {})
+    args.data = args.data or train.get("data") or "digits"          # what the command reports it used
+    data = load_dataset(args.data, args.split, image_size=train.get("image_size"))
+    if not isinstance(data, ImageSet):
+        raise ValueError(f"{command} takes images; pick an image dataset with --data")
+    if tuple(data.shape) != tuple(spec.data_shape):
+        raise ValueError(f"the data's images are {data.shape} but the model takes {tuple(spec.data_shape)}")
+    return data
+
+
 def _nll(args: argparse.Namespace) -> None:
     import torch
 
-    from .data import ImageSet, from_categories, load_dataset, to_categories, to_model_range, to_uint8
+    from .data import from_categories, to_categories, to_model_range, to_uint8
     from .discrete import bits_per_dim as discrete_bits
     from .likelihood import ode_bits_per_dim
     from .models import unconditional
     from .objectives import vlb
     from .objectives.vlb import ddpm_of
 
-    model, spec, _ = _load(args, any_process=True)
-    data = load_dataset(args.data, args.split)
-    if not isinstance(data, ImageSet):
+    model, spec, ckpt = _load(args, any_process=True)
+    if len(spec.data_shape) != 3:
         raise ValueError("bits/dim is defined for 8-bit images; use scorelab.likelihood.ode_log_likelihood for points")
-    if tuple(data.shape) != tuple(spec.data_shape):
-        raise ValueError(f"the data's images are {data.shape} but the model takes {tuple(spec.data_shape)}")
+    data = _run_images(args, ckpt, spec, "nll")
     images = torch.from_numpy(data.images[: args.num])
     device = next(model.parameters()).device
     gen = torch.Generator(device).manual_seed(args.seed)
     values = []
     discrete = model.process.has_kind("categorical")
     levels = model.process.num_categories if discrete else args.levels
+    if args.method is None:                            # the bound where there is a chain, else the exact ODE one
+        args.method = "vlb" if discrete or model.process.has_kind("ddpm") else "ode"
     if discrete:
         if args.method != "vlb" or args.levels not in (256, levels):
             raise ValueError(f"a multinomial model's bits/dim is its variational bound on its own {levels} "
@@ -277,8 +312,13 @@ def _nll(args: argparse.Namespace) -> None:
             x = from_categories(to_categories(x, levels), levels)
             values.append(vlb(m, x, generator=gen, num_bins=levels).bits_per_dim.cpu())
         else:
-            values.append(ode_bits_per_dim(m, to_uint8(x), generator=gen)[0].cpu())
+            tolerance = dict(rtol=args.ode_rtol, atol=args.ode_rtol)
+            values.append(ode_bits_per_dim(m, to_uint8(x), generator=gen, **tolerance)[0].cpu())
     bpd = torch.cat(values).double()
+    if not bool(torch.isfinite(bpd).all()):
+        raise FloatingPointError(f"bits/dim came out NaN or Inf for {int((~torch.isfinite(bpd)).sum())} of {len(bpd)} "
+                                 "images: the model returns non-finite values; check the checkpoint (resume from an "
+                                 "earlier one)")
     print(f"{args.method} bits/dim on {len(bpd)} {args.split} images of {args.data} ({levels} levels): "
           f"{bpd.mean():.4f} +- {bpd.std() / len(bpd) ** 0.5:.4f} (standard error)")
 
@@ -286,46 +326,42 @@ def _nll(args: argparse.Namespace) -> None:
 def _interpolate(args: argparse.Namespace) -> None:
     import torch
 
-    from .data import ImageSet, load_dataset, to_model_range
+    from .data import to_model_range
     from .imaging import save_grid
     from .likelihood import decode, encode, slerp
     from .models import unconditional
 
     check_writable(args.out, what="interpolation strip")
-    model, spec, _ = _load(args)
-    data = load_dataset(args.data, args.split)
-    if not isinstance(data, ImageSet):
-        raise ValueError("interpolate takes images; pick an image dataset with --data")
+    model, spec, ckpt = _load(args)
+    data = _run_images(args, ckpt, spec, "interpolate")
     for i in args.pair:
         if not 0 <= i < len(data):
             raise ValueError(f"--pair index {i} is outside the dataset's 0..{len(data) - 1}")
     device = next(model.parameters()).device
     x = to_model_range(torch.from_numpy(data.images[list(args.pair)])).to(device)
-    z = encode(unconditional(model, 2), x, method=args.method)
+    args.method = args.method or ("ddim" if model.process.has_kind("affine") else "ode")
+    carry = dict(method=args.method, steps=args.steps, rtol=args.ode_rtol, atol=args.ode_rtol)
+    z = encode(unconditional(model, 2), x, **carry)
     alphas = torch.linspace(0, 1, args.frames)
     zs = slerp(z[0:1], z[1:2], alphas).reshape((args.frames,) + tuple(x.shape[1:]))
-    frames = decode(unconditional(model, args.frames), zs, method=args.method).clamp(-1, 1)
+    frames = decode(unconditional(model, args.frames), zs, **carry).clamp(-1, 1)
     path = save_grid(torch.cat([x[:1], frames.to(x.dtype), x[1:]]).cpu(), args.out, nrow=args.frames + 2)
     print(f"{args.frames} frames between images {args.pair[0]} and {args.pair[1]} ({args.method} latents) -> {path}")
 
 
-def _images_of(args: argparse.Namespace, spec, device):
+def _images_of(args: argparse.Namespace, ckpt, spec, device):
     """The images a conditional command works on: ``--input`` files, else ``--images`` of ``--data``."""
     import numpy as np
     import torch
 
-    from .data import ImageSet, load_dataset, load_image, to_model_range
+    from .data import load_image, to_model_range
 
     if len(spec.data_shape) != 3:
         raise ValueError(f"{args.command} works on image models; this one makes points of shape {tuple(spec.data_shape)}")
-    if getattr(args, "input", None):
+    if args.input:
         pictures = np.stack([load_image(p, spec.data_shape) for p in args.input])
     else:
-        data = load_dataset(args.data or args.train_data, args.split)
-        if not isinstance(data, ImageSet):
-            raise ValueError(f"{args.command} takes images; pick an image dataset with --data")
-        if tuple(data.shape) != tuple(spec.data_shape):
-            raise ValueError(f"the data's images are {data.shape} but the model takes {tuple(spec.data_shape)}")
+        data = _run_images(args, ckpt, spec, args.command)
         for i in args.images:
             if not 0 <= i < len(data):
                 raise ValueError(f"--images index {i} is outside the dataset's 0..{len(data) - 1}")
@@ -334,24 +370,35 @@ def _images_of(args: argparse.Namespace, spec, device):
 
 
 def _conditional_setup(args: argparse.Namespace):
-    """Model (clipped to [-1, 1] as ``sample`` does), spec, images, options and generator for inpaint/edit."""
-    import torch
-
+    """Model (clipped to [-1, 1] as ``sample`` does), spec, images, options and output path for inpaint/edit."""
     from .models import ClipDenoised
 
     if args.num < 1:
         raise ValueError(f"--num-samples must be at least 1, got {args.num}")
     out = check_writable(args.out, what="grid")
     model, spec, ckpt = _load(args)
-    args.train_data = ckpt.config.get("train", {}).get("data")
     device = next(model.parameters()).device
-    images = _images_of(args, spec, device)
-    m = ClipDenoised(model) if args.clip_denoised else model
-    options = _key_values(args.option, "--option")
-    for flag in ("steps", "sampler", "method", "noise", "t0", "mask"):
-        if flag in options:
-            raise ValueError(f"{flag} is a flag of its own here: write --{flag.replace('_', '-')} instead of --option {flag}=...")
-    return m, spec, images, options, torch.Generator(device).manual_seed(args.seed), out
+    images = _images_of(args, ckpt, spec, device)
+    m = ClipDenoised(model) if args.clip_denoised and model.process.has_kind("affine") else model
+    options = _typed_options(args, ("steps", "sampler", "method", "t0", "mask", "seed", "batch_size"))
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
+    return m, spec, images, options, out
+
+
+def _each(args: argparse.Namespace, images, run, desc: str):
+    """``run(inputs, noise)`` on ``--num-samples`` copies of each image, in chunks of ``--batch-size``; result j of
+    the image at index i (of the data set, or of the ``--input`` files) is drawn from its own seed (``--seed``,
+    i, j), so it depends neither on the other images nor on the batch size."""
+    import numpy as np
+
+    from .samplers import map_chunks
+
+    ids = range(len(images)) if args.input else args.images
+    seeds = [int(np.random.SeedSequence([args.seed, i, j]).generate_state(1)[0]) for i in ids for j in range(args.num)]
+    batch = images.repeat_interleave(args.num, dim=0)
+    return map_chunks(lambda rows, noise: run(batch[rows.start:rows.stop], noise), seeds, batch_size=args.batch_size,
+                      device=batch.device, progress=True, desc=desc)
 
 
 def _inpaint(args: argparse.Namespace) -> None:
@@ -362,13 +409,13 @@ def _inpaint(args: argparse.Namespace) -> None:
     from .data import to_uint8
     from .imaging import save_grid
 
-    m, spec, images, options, gen, out = _conditional_setup(args)
+    m, spec, images, options, out = _conditional_setup(args)
     known = mask_from_spec(args.mask, spec.data_shape, torch.Generator().manual_seed(args.seed)).to(images.device)
     k = args.num
-    batch = images.repeat_interleave(k, dim=0)
     if args.sampler is not None:
         options["sampler"] = args.sampler
-    result = inpaint(m, batch, known, method=args.method, steps=args.steps, noise=gen, **options)
+    result = _each(args, images, lambda x, noise: inpaint(
+        m, x, known, method=args.method, steps=args.steps, noise=noise, **options), "inpaint")
     filled = result.samples.clamp(-1, 1).reshape(len(images), k, *images.shape[1:])
     shown = torch.where(known, images, torch.zeros_like(images))           # unknown pixels grey
     path = save_grid(_grid_rows([images, shown], filled.to(images.dtype)).cpu(), out, nrow=k + 2)
@@ -385,10 +432,10 @@ def _edit(args: argparse.Namespace) -> None:
     from .data import to_uint8
     from .imaging import save_grid
 
-    m, spec, images, options, gen, out = _conditional_setup(args)
+    m, spec, images, options, out = _conditional_setup(args)
     k = args.num
-    result = sdedit(m, images.repeat_interleave(k, dim=0), args.t0, sampler=args.sampler, steps=args.steps,
-                    noise=gen, **options)
+    result = _each(args, images, lambda x, noise: sdedit(
+        m, x, args.t0, sampler=args.sampler, steps=args.steps, noise=noise, **options), "edit")
     edits = result.samples.clamp(-1, 1).reshape(len(images), k, *images.shape[1:]).to(images.dtype)
     path = save_grid(_grid_rows([images], edits).cpu(), out, nrow=k + 1)
     np.savez(out.with_suffix(".npz"), x=to_uint8(edits.flatten(0, 1)).cpu().numpy(),
@@ -414,8 +461,19 @@ def _train_classifier(args: argparse.Namespace) -> None:
                               lr=args.lr, seed=args.seed, out=args.out, device=resolve_device(args.device),
                               resume=args.resume)
     acc = ", ".join(f"{k} {v:.1%}" for k, v in result.accuracy.items())
-    print(f"trained a noise-conditional classifier in {result.seconds:.0f} s -> {result.path}; test accuracy "
+    print(f"trained a noise-conditional classifier in {result.seconds:.0f} s -> {result.path}; {result.split} accuracy "
           f"{acc}; sample with: scorelab sample {args.checkpoint} --classifier {result.path} --label 3")
+
+
+def _export(args: argparse.Namespace) -> None:
+    from .store import export_model
+
+    out = check_writable(args.out, what="exported program")
+    model, spec, ckpt = _load(args, any_process=True)
+    path = export_model(model, spec, out)
+    about = json.loads(path.with_suffix(".json").read_text())
+    print(f"{ckpt.path} -> {path} (a torch.export program: ({', '.join(about['inputs'])}) -> {about['output']}; "
+          f"torch.export.load('{path.name}').module() runs it), {path.with_suffix('.json')}")
 
 
 def _info(args: argparse.Namespace) -> None:
@@ -468,7 +526,7 @@ def _evaluate(args: argparse.Namespace) -> None:
     with session(args.device) as (ranks, device):
         result = evaluate(args.checkpoint, args.out, config, device=device, ranks=ranks)
     if result is not None:
-        print(f"evaluated {len(config.samplers) * len(config.nfe)} cells -> {result.report}")
+        print(f"evaluated {len(result.metrics['rows']) - 1} cells -> {result.report}")
 
 
 def _demo(args: argparse.Namespace) -> None:
@@ -551,13 +609,17 @@ def _add_nll(sub) -> None:
 
     n = sub.add_parser("nll", help="bits/dim on a data split, by DDPM's VLB or the probability-flow ODE")
     _model_args(n)
-    n.add_argument("--data", default="digits", help=DATASET_HELP)
+    n.add_argument("--data", default=None, help="images to score (default: the data the model trained on); "
+                   + DATASET_HELP)
     n.add_argument("--split", choices=["train", "test"], default="test")
-    n.add_argument("--method", choices=["vlb", "ode"], default="vlb")
+    n.add_argument("--method", choices=["vlb", "ode"], default=None,
+                   help="vlb: the variational bound (DDPM and multinomial runs, the default there); ode: the "
+                   "probability-flow ODE's exact likelihood (the default for SDE runs)")
     n.add_argument("--levels", type=int, default=256,
                    help="grey levels the data is counted on: DDPM's VLB decoder bins the data to this many levels "
                         "(17 for the digits as stored; default 256, 8-bit); a multinomial model uses its categories")
     n.add_argument("--num", type=int, default=256, help="number of images")
+    n.add_argument("--ode-rtol", type=float, default=1e-5, help="RK45 rtol = atol of --method ode (Score SDE: 1e-5)")
     n.add_argument("--batch-size", type=int, default=128)
     n.set_defaults(run=_nll)
 
@@ -567,11 +629,16 @@ def _add_interpolate(sub) -> None:
 
     i = sub.add_parser("interpolate", help="encode two images, slerp the latents, decode: a strip PNG")
     _model_args(i)
-    i.add_argument("--data", default="digits", help=DATASET_HELP)
+    i.add_argument("--data", default=None, help="images to interpolate (default: the data the model trained on); "
+                   + DATASET_HELP)
     i.add_argument("--split", choices=["train", "test"], default="test")
     i.add_argument("--pair", type=int, nargs=2, default=[0, 1], metavar=("I", "J"), help="image indices")
     i.add_argument("--frames", type=int, default=8)
-    i.add_argument("--method", choices=["ode", "ddim"], default="ddim")
+    i.add_argument("--method", choices=["ode", "ddim"], default=None,
+                   help="latents by DDIM inversion (the default for affine processes) or the probability-flow ODE "
+                   "(the default, and the only way, for a general SDE)")
+    i.add_argument("--steps", type=int, default=100, help="DDIM inversion's steps each way (--method ddim)")
+    i.add_argument("--ode-rtol", type=float, default=1e-5, help="RK45 rtol = atol of --method ode")
     i.add_argument("--out", default="interpolation.png")
     i.set_defaults(run=_interpolate)
 
@@ -593,7 +660,8 @@ def _add_evaluate(sub) -> None:
     _model_args(e)
     e.add_argument("--data", default=None, help="reference data (default: the data set the model was trained on); "
                    + DATASET_HELP)
-    e.add_argument("--samplers", default="ddim,dpm++2m,ancestral", help="comma-separated sampler names")
+    e.add_argument("--samplers", default="", help="comma-separated sampler names (default: ddim,dpm++2m,ancestral, "
+                   "or for a general SDE em,pc)")
     e.add_argument("--nfe", default="10,20,50,100", help="comma-separated budgets of network evaluations")
     e.add_argument("--num-samples", type=int, default=1000, help="samples per (sampler, NFE) cell")
     e.add_argument("--batch-size", type=int, default=250)
@@ -627,6 +695,8 @@ def _conditional_args(q: argparse.ArgumentParser) -> None:
     q.add_argument("--input", nargs="+", default=None, metavar="FILE",
                    help="image files to work on instead (resized to the model's size)")
     q.add_argument("--num-samples", "--num", dest="num", type=int, default=4, help="results per image")
+    q.add_argument("--batch-size", type=int, default=256,
+                   help="inputs drawn at once (each from its own seed: the results do not depend on it)")
     q.add_argument("--option", action="append", metavar="KEY=VALUE",
                    help="method or sampler option, e.g. jump_length=5, resample=3, scale=0.5 (repeatable)")
     q.add_argument("--clip-denoised", action=argparse.BooleanOptionalAction, default=True,
@@ -675,6 +745,13 @@ def _add_train_classifier(sub) -> None:
     c.set_defaults(run=_train_classifier)
 
 
+def _add_export(sub) -> None:
+    x = sub.add_parser("export", help="the model as a torch.export program a serving stack runs without scorelab")
+    _model_args(x)
+    x.add_argument("--out", default="model.pt2", help="the program (.pt2); what it computes goes beside it (.json)")
+    x.set_defaults(run=_export)
+
+
 def _add_info(sub) -> None:
     f = sub.add_parser("info", help="what a checkpoint holds")
     _model_args(f)
@@ -683,7 +760,7 @@ def _add_info(sub) -> None:
 
 #: Each command's parser, in the order ``scorelab --help`` lists them.
 _COMMANDS = (_add_demo, _add_train, _add_sample, _add_nll, _add_interpolate, _add_inpaint, _add_edit,
-             _add_train_classifier, _add_download, _add_evaluate, _add_info)
+             _add_train_classifier, _add_download, _add_evaluate, _add_export, _add_info)
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -311,6 +311,23 @@ def load_image(path: str | Path, shape: Sequence[int]) -> np.ndarray:
     return a[None] if a.ndim == 2 else a.transpose(2, 0, 1).copy()
 
 
+def load_alpha(path: str | Path, size: int) -> np.ndarray | None:
+    """An image file's transparency as uint8 ``(size, size)`` (255 = opaque), resized and centre-cropped as
+    :func:`load_image` does; None when the file has none."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            if "A" not in im.getbands() and "transparency" not in im.info:
+                return None
+            alpha = _fit_square(im.convert("RGBA").getchannel("A"), size)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no image at {path}; check the path") from None
+    except (UnidentifiedImageError, OSError, SyntaxError) as e:
+        raise ValueError(f"cannot read image {path}: {e}; give a PNG or JPEG") from None
+    return np.asarray(alpha, dtype=np.uint8)
+
+
 def load_image_folder(root: str | Path, *, image_size: int | None = None, mode: str = "auto",
                       labels: bool = False, on_error: str = "skip") -> ImageSet:
     """Every PNG/JPEG (and BMP, GIF, WebP) below ``root``, recursively.
@@ -398,6 +415,12 @@ def toy_points(name: str, n: int, seed: int = 0) -> np.ndarray:
 DATASET_HELP = ("digits | mnist:DIR | fashion-mnist:DIR | cifar10:PATH (.npz or cifar-10-batches-bin) | "
                 "folder:DIR | array:FILE.npz/.npy | points:NAME (two_moons, swiss_roll, checkerboard, "
                 "gaussian_mixture)")
+
+
+def has_test_split(spec: str) -> bool:
+    """Whether the data set named by ``spec`` has a held-out split (a folder or an array file has one only as
+    another ``--data``)."""
+    return spec.partition(":")[0] not in ("folder", "array")
 
 
 def load_dataset(spec: str, split: str = "train", *, image_size: int | None = None, labels: bool = False,

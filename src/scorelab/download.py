@@ -20,7 +20,7 @@ import urllib.request
 from pathlib import Path
 from typing import Callable
 
-from ._util import require
+from ._util import progress_bar, require
 
 __all__ = ["DATASETS", "download_dataset", "download_inception"]
 
@@ -64,9 +64,7 @@ def _fetch(url: str, target: Path, check: Callable[[Path], str | None], progress
         with urllib.request.urlopen(url, timeout=60) as response, open(tmp, "wb") as f:
             total = int(response.headers.get("Content-Length") or 0) or None
             if progress:
-                from tqdm.auto import tqdm
-
-                bar = tqdm(total=total, unit="B", unit_scale=True, desc=target.name)
+                bar = progress_bar(total=total, unit="B", unit_scale=True, desc=target.name)
             for chunk in iter(lambda: response.read(1 << 20), b""):
                 f.write(chunk)
                 if bar is not None:

@@ -312,6 +312,10 @@ class ExactEnergyModel(ExactModel):
     def has_energy(self) -> bool:
         return True
 
+    @property
+    def normalized_energy(self) -> bool:
+        return True
+
     def energy(self, x: Tensor, t: TimeLike, labels: Tensor | None = None) -> Tensor:
         require(labels is None, "the exact model of a mixture is unconditional")
         return -self.mixture.marginal_log_prob(x, t, self.process).to(x.dtype)

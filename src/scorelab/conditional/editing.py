@@ -1,8 +1,9 @@
 """SDEdit (Meng et al. 2022): edit an image by noising it part way and running the reverse SDE or ODE
 from there (MATH.md 8).
 
-``x(t0) = a(t0) x + s(t0) z``; then any sampler that can start below ``t = 1`` (its registry entry names the
-grid it walks from there) carries it back to data. Small ``t0`` keeps the input's details, large ``t0`` only
+``x(t0) = a(t0) x + s(t0) z`` (on a general SDE, ``x(t0)`` simulated by Euler-Maruyama from ``x``, MATH.md 7);
+then any sampler that can start below ``t = 1`` (its registry entry names the grid it walks from there)
+carries it back to data. Small ``t0`` keeps the input's details, large ``t0`` only
 its layout; ``t0 = 1`` is plain sampling (the input forgotten). With the deterministic samplers (``ddim``,
 ``dpm++2m``, ...) the noise is drawn once and the rest is the probability-flow ODE.
 """
@@ -18,7 +19,6 @@ from torch import Tensor
 from .._util import as_time, require
 from ..models import DiffusionModel, ProcessAdapter, device_and_dtype
 from ..noise import Randomness, randn_like
-from ..processes import require_kind
 from ..samplers import REGISTRY, SampleResult, sample, sampler_entry
 
 __all__ = ["sdedit"]
@@ -53,13 +53,15 @@ def sdedit(model: DiffusionModel, x: Tensor, t0: float, *, sampler: str = "em", 
     require(entry.start is not None, f"SDEdit needs a sampler that starts below t = 1 on a grid; choose one of "
             f"{starts}, not {sampler!r}")
     runs_on = entry.runs_on(process)
-    require_kind(runs_on, ("affine",), "SDEdit (x(t0) = a(t0) x + s(t0) z)")
     steps = max(1, round(entry.default_steps(runs_on) * t0)) if steps is None else steps
     require(isinstance(steps, int) and steps >= 1, f"steps must be a positive integer, got {steps!r}")
     times = entry.start(runs_on, steps, t0)
     t0 = float(times[0])                                   # DDPM's chain starts at its step nearest t0
-    a, s = runs_on.coefficients(as_time(t0))
-    start = float(a) * x + float(s) * randn_like(x, noise)
+    if runs_on.has_kind("affine"):
+        a, s = runs_on.coefficients(as_time(t0))
+        start = float(a) * x + float(s) * randn_like(x, noise)
+    else:                                                  # no closed form: the forward SDE, simulated
+        start = runs_on.sample_marginal(x, as_time(t0, x), noise)
     if process != model.process:                           # the model answering in the chosen process's time
         model = ProcessAdapter(model, process)
     return sample(model, start, sampler, noise=noise, times=times, **options)

@@ -64,6 +64,13 @@ def replacement(operator: LinearOperator, y: Tensor, noise: Randomness = None) -
     return project
 
 
+def _levels(process: NoiseProcess, steps: int | None, paper: int) -> int:
+    """A method's levels: ``steps``, else the paper's number, at most a DDPM's own steps."""
+    if steps is not None:
+        return steps
+    return min(paper, process.num_steps) if process.has_kind("ddpm") else paper
+
+
 def repaint_schedule(steps: int, jump_length: int, resample: int) -> list[int]:
     """RePaint's walk over levels ``0..steps`` (0 = the noisiest, ``steps`` = clean), as its code's
     ``get_schedule_jump``: down one level at a time; on reaching each level ``steps - 1 - k j``
@@ -90,16 +97,17 @@ def _ancestral_step(y: Tensor, x0: Tensor, sigma: float, sigma_next: float, nois
 
 
 @torch.no_grad()
-def repaint(model: DiffusionModel, operator: LinearOperator, y: Tensor, shape: Sequence[int], steps: int = 250, *,
+def repaint(model: DiffusionModel, operator: LinearOperator, y: Tensor, shape: Sequence[int],
+            steps: int | None = None, *,
             jump_length: int = 10, resample: int = 10, process: NoiseProcess | None = None,
             noise: Randomness = None, callback: Callback | None = None) -> SampleResult:
     """RePaint (Lugmayr et al. 2022, Algorithm 1; MATH.md 8) on ``steps`` levels of the model's process.
 
-    Defaults are the paper's (250 levels, jumps of 10, 10 resamplings: 2,410 NFE); ``resample=1``
-    is replacement with ancestral steps. NFE counts the network calls of the whole walk.
+    Defaults are the paper's (250 levels, or all of a DDPM's when it has fewer; jumps of 10, 10 resamplings:
+    2,410 NFE); ``resample=1`` is replacement with ancestral steps. NFE counts the network calls of the whole walk.
     """
     model, process = resolve(model, process)
-    times = ancestral_times(process, steps)
+    times = ancestral_times(process, _levels(process, steps, 250))
     levels = len(times)
     view = SigmaView(model, process)
     scales, sigmas = view.grid(times)
@@ -119,7 +127,7 @@ def repaint(model: DiffusionModel, operator: LinearOperator, y: Tensor, shape: S
     return SampleResult(state, view.nfe)
 
 
-def dps(model: DiffusionModel, operator: LinearOperator, y: Tensor, shape: Sequence[int], steps: int = 1000, *,
+def dps(model: DiffusionModel, operator: LinearOperator, y: Tensor, shape: Sequence[int], steps: int | None = None, *,
         scale: float = 1.0, process: NoiseProcess | None = None, noise: Randomness = None,
         callback: Callback | None = None) -> SampleResult:
     """Diffusion posterior sampling (Chung et al. 2023, Algorithm 1; MATH.md 8).
@@ -128,12 +136,13 @@ def dps(model: DiffusionModel, operator: LinearOperator, y: Tensor, shape: Seque
     ``x_{i-1} = x'_{i-1} - scale grad_{x_i} ||y - A x0_hat||`` (the norm per sample, as the
     authors' code takes it with one image per batch; their step size ``zeta_i = scale / ||y - A x0_hat||``
     on the squared norm, up to a factor 2). ``scale = 1`` is the paper's choice for inpainting and
-    super-resolution. NFE counts forward calls; each also takes a backward pass.
+    super-resolution. ``steps``: the paper's 1000 by default (all of a DDPM's when it has fewer). NFE counts
+    forward calls; each also takes a backward pass.
     """
     require(isinstance(scale, (int, float)) and math.isfinite(scale) and scale > 0,
             f"scale must be a positive number, got {scale!r}")
     model, process = resolve(model, process)
-    times = ancestral_times(process, steps)
+    times = ancestral_times(process, _levels(process, steps, 1000))
     view = SigmaView(model, process)
     scales, sigmas = view.grid(times)
     sigmas = sigmas + [0.0]
@@ -184,7 +193,8 @@ def linear_inverse(model: DiffusionModel, y: Tensor, operator: LinearOperator, n
     x_shape = operator.x_shape(tuple(y.shape[1:]))
     operator.check_y(y, x_shape)
     _check_range(y, "observations", data_range)
-    require_kind(model.process, ("affine",), "conditional sampling (a(t) and s(t))")
+    require_kind(model.process, ("affine",), "conditional sampling (a(t) and s(t))",
+                 "use scorelab edit (SDEdit simulates any SDE), or train on an affine process (--framework vp)")
     shape = (y.shape[0],) + tuple(x_shape)
     require(method == "replace" or sampler == "ancestral", f"method {method!r} runs its paper's own ancestral "
             f"loop; a sampler ({sampler!r}) is chosen for method='replace' only")

@@ -247,15 +247,18 @@ MASKS = ("center", "left", "right", "top", "bottom", "random:P")
 def mask_from_spec(spec: str, x_shape: Sequence[int], generator: torch.Generator | None = None) -> Tensor:
     """A named mask for images ``(C, H, W)`` (True = known): ``center`` hides the middle half
     square, ``left``/``right``/``top``/``bottom`` hide that half, ``random:P`` hides each pixel with
-    probability P (the same pixels in every channel); a PNG file's white pixels (grey >= 128, after
-    resizing to the images' size) are known."""
+    probability P (the same pixels in every channel); a PNG file's white, opaque pixels (grey >= 128 and
+    alpha >= 128, after resizing to the images' size) are known: erasing to transparency hides pixels too."""
     require(len(x_shape) == 3, f"named masks are for images (C, H, W), got shape {tuple(x_shape)}")
     _, h, w = x_shape
     known = torch.ones(h, w, dtype=torch.bool)
     if spec.lower().endswith((".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")):
-        from ..data import load_image
+        from ..data import load_alpha, load_image
 
         known = torch.from_numpy(load_image(spec, (1, h, w))[0] >= 128)
+        alpha = load_alpha(spec, h)
+        if alpha is not None:
+            known &= torch.from_numpy(alpha >= 128)
     elif spec == "center":
         known[h // 4: h - h // 4, w // 4: w - w // 4] = False
     elif spec == "left":

@@ -177,14 +177,14 @@ STEP_SAMPLING = ("importance", "uniform")
 
 
 def _bound(model, x0: Tensor, *, t: Tensor | None, randomness: Randomness, ce_weight: float,
-           state: StepImportance | None = None, **_) -> Tensor:
+           state: StepImportance | None = None, labels: Tensor | None = None, **_) -> Tensor:
     """The trainer's bound on the batch's grey levels as categories (MATH.md 10); with ``state`` (Hoogeboom et
     al.'s importance sampling) its steps are drawn from the history instead of the given ``t``."""
     from ..data import to_categories
 
     return multinomial_loss(model, to_categories(x0, model.process.num_categories),
                             t=None if state is not None else t, noise=randomness, ce_weight=ce_weight,
-                            importance=state)
+                            importance=state, labels=labels)
 
 
 def _importance(process: Process, *, step_sampling: str, **_) -> StepImportance | None:
@@ -195,7 +195,7 @@ def _importance(process: Process, *, step_sampling: str, **_) -> StepImportance 
 _OPTIONS = {"step_sampling": "importance"}
 register_objective("vlb", Objective("multinomial diffusion's variational bound (Hoogeboom et al. 2021; MATH.md 10)",
                                     _bound, ("categorical",), {"ce_weight": 0.0, **_OPTIONS},
-                                    {"step_sampling": STEP_SAMPLING}, state=_importance))
+                                    {"step_sampling": STEP_SAMPLING}, labels="argument", state=_importance))
 register_objective("vlb-ce", Objective("the bound plus D3PM's cross-entropy on x_0, lambda = 0.001 (Austin et al. "
                                        "2021)", _bound, ("categorical",), {"ce_weight": 0.001, **_OPTIONS},
-                                       {"step_sampling": STEP_SAMPLING}, state=_importance))
+                                       {"step_sampling": STEP_SAMPLING}, labels="argument", state=_importance))

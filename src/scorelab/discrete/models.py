@@ -19,13 +19,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._util import require
-from ..models import NetworkModel
+from .._util import TimeLike, require
+from ..models import NetworkModel, guide
+from ..noise import Randomness
 from ..networks import ARTransformer, as_network
 from ..processes import Process, require_kind
 from .process import _LOG_ZERO, MultinomialDiffusion, sample_categorical
 
-__all__ = ["CategoricalModel", "AutoregressiveModel", "one_hot_input"]
+__all__ = ["CategoricalModel", "AutoregressiveModel", "CategoricalPrediction", "reverse_draw", "one_hot_input"]
 
 
 def one_hot_input(x: Tensor, num_states: int) -> Tensor:
@@ -36,6 +37,41 @@ def one_hot_input(x: Tensor, num_states: int) -> Tensor:
         n, c, hh, ww, s = h.shape
         return h.permute(0, 1, 4, 2, 3).reshape(n, c * s, hh, ww)
     return h.reshape(x.shape[0], -1)
+
+
+def _finite(logits: Tensor) -> Tensor:
+    """Logits to sample from, or the one-line error of a network that returned NaN or Inf (a draw from NaN
+    logits would be category 0 everywhere, silently)."""
+    if not bool(torch.isfinite(logits).all()):
+        raise FloatingPointError("the network returned NaN or Inf logits; check its weights (a diverged "
+                                 "checkpoint: resume from an earlier one, or lower the learning rate)")
+    return logits
+
+
+class CategoricalPrediction:
+    """What a factorized categorical model says about states ``x_t`` at steps ``t``: ``log p(x_0 | x_t)`` over the
+    S states, shape ``(*x_t.shape, S)`` (MATH.md 10). Like :class:`scorelab.models.Prediction` it gives the rows of
+    a batch and classifier-free guidance, so the label wrappers of :mod:`scorelab.models` take categorical models
+    too."""
+
+    __slots__ = ("x", "t", "log_x0")
+
+    def __init__(self, x: Tensor, t: Tensor, log_x0: Tensor):
+        self.x, self.t, self.log_x0 = x, t, log_x0
+
+    def rows(self, index: slice) -> "CategoricalPrediction":
+        return CategoricalPrediction(self.x[index], self.t[index], self.log_x0[index])
+
+    def guided(self, uncond: "CategoricalPrediction", w: float) -> "CategoricalPrediction":
+        """Classifier-free guidance in log space, ``p(x_0 | x_t, y)^(1+w) p(x_0 | x_t)^(-w)`` renormalized per
+        dimension (Ho & Salimans 2022's eq. 6 for a categorical prediction; MATH.md 10)."""
+        return CategoricalPrediction(self.x, self.t, torch.log_softmax(guide(self.log_x0, uncond.log_x0, w), -1))
+
+
+def reverse_draw(process: MultinomialDiffusion, x_t: Tensor, log_x0: Tensor, t: Tensor, s: Tensor,
+                 noise: Randomness = None) -> Tensor:
+    """``x_s ~ sum_{x_0} q(x_s | x_t, x_0) p(x_0 | x_t)`` per dimension, from ``log p(x_0 | x_t)`` (MATH.md 10)."""
+    return sample_categorical(_finite(process.log_posterior(x_t.long(), log_x0, t, s)), noise)
 
 
 class _Discrete(NetworkModel):
@@ -79,7 +115,10 @@ class CategoricalModel(_Discrete):
     def x0_logits(self, x_t: Tensor, t: int | Tensor, labels: Tensor | None = None) -> Tensor:
         """Logits of ``p(x_0 | x_t)``, shape ``(*x_t.shape, K)``."""
         x_t = self.process.check_states(x_t)
-        t = self.process._steps(t, x_t)
+        return self.logits(x_t, self.process._steps(t, x_t), labels)
+
+    def logits(self, x_t: Tensor, t: Tensor, labels: Tensor | None = None) -> Tensor:
+        """:meth:`x0_logits` for checked states and steps ``(N,)`` (what an exported program computes)."""
         c = self._condition(t).float()
         inp = one_hot_input(x_t, self.process.num_states)
         out = self.net(inp, c) if labels is None else self.net(inp, c, labels)
@@ -113,9 +152,16 @@ class CategoricalModel(_Discrete):
         x_s = self.process.check_states(x_s, "x_s")
         return log_p.gather(-1, x_s.unsqueeze(-1)).squeeze(-1).flatten(1).sum(1)
 
+    def predict(self, x: Tensor, t: TimeLike, labels: Tensor | None = None) -> CategoricalPrediction:
+        """``log p(x_0 | x_t)`` at states ``x`` and steps ``t`` (the samplers' and the label wrappers' call)."""
+        x = self.process.check_states(x)
+        t = self.process._steps(t, x)
+        return CategoricalPrediction(x, t, self.log_x0(x, t, labels))
+
     def sample_reverse(self, x_t: Tensor, t: int | Tensor, s: int | Tensor | None = None,
                        generator: torch.Generator | None = None, labels: Tensor | None = None) -> Tensor:
-        return sample_categorical(self.log_reverse(x_t, t, s, labels), generator)
+        t, s = self._steps(t, s, x_t)
+        return reverse_draw(self.process, x_t, self.log_x0(x_t, t, labels), t, s, generator)
 
     def forward(self, x_t: Tensor, t: int | Tensor) -> Tensor:
         return self.x0_logits(x_t, t)
@@ -187,9 +233,13 @@ class AutoregressiveModel(_Discrete):
         x_s = torch.zeros_like(x_t, dtype=torch.long)
         flat = x_s.view(x_t.shape[0], -1)
         for i in range(flat.shape[1]):
-            log_p = self._normalized(network(flat), x_t, t, s).reshape(x_t.shape[0], flat.shape[1], -1)
+            log_p = self._normalized(_finite(network(flat)), x_t, t, s).reshape(x_t.shape[0], flat.shape[1], -1)
             flat[:, i] = sample_categorical(log_p[:, i], generator)
         return x_s
+
+    def predict(self, x: Tensor, t: TimeLike, labels: Tensor | None = None) -> CategoricalPrediction:
+        raise ValueError("an autoregressive model draws x_{t-1} dimension by dimension, from no single prediction: "
+                         "sample it as it is, with the multinomial sampler")
 
     def forward(self, x_s: Tensor, x_t: Tensor, t: int | Tensor) -> Tensor:
         return self.conditional_logits(x_s, x_t, t)

@@ -16,6 +16,7 @@ from ..processes import require_kind
 from ..samplers import SampleResult, register_sampler
 from ..samplers._common import Callback, call_back
 from ..samplers.grids import check_times, step_grid
+from .models import AutoregressiveModel, reverse_draw
 
 __all__ = ["multinomial_ancestral"]
 
@@ -43,7 +44,7 @@ def multinomial_ancestral(model, shape_or_x: Sequence[int] | Tensor, steps: int 
         shape = tuple(shape_or_x)
         require(len(shape) >= 2, f"shape must include the batch, e.g. (16, 1, 8, 8); got {shape}")
         x = process.prior_sample(shape, noise, device=device)
-    autoregressive = not model.factorized
+    autoregressive = isinstance(model, AutoregressiveModel)
     if times is not None:
         grid = (check_times(times) * process.num_steps).round().long().tolist()
         require(grid[-1] == 0, "multinomial ancestral sampling's times end at 0 (the data)")
@@ -56,7 +57,10 @@ def multinomial_ancestral(model, shape_or_x: Sequence[int] | Tensor, steps: int 
     per_call = x[0].numel() if autoregressive else 1
     for i, (t, s) in enumerate(zip(grid[:-1], grid[1:])):
         t_vec = torch.full((x.shape[0],), t, dtype=torch.long, device=device)
-        x = model.sample_reverse(x, t_vec, torch.full_like(t_vec, s), noise)
+        if autoregressive:
+            x = model.sample_reverse(x, t_vec, torch.full_like(t_vec, s), noise)
+        else:                                  # through any label wrapper: p(x_0 | x_t), then the posterior
+            x = reverse_draw(process, x, model.predict(x, t_vec).log_x0, t_vec, torch.full_like(t_vec, s), noise)
         call_back(callback, i, steps, s / process.num_steps, x, (i + 1) * per_call)
     return SampleResult(from_categories(x, process.num_categories), steps * per_call, states=x)
 

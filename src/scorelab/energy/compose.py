@@ -51,8 +51,11 @@ class Composition(ModelWrapper):
             require(w.shape == (len(parts),), f"{len(parts)} models but weights of shape {tuple(w.shape)}")
             require(bool((w > 0).all()) and abs(float(w.sum()) - 1) < 1e-6,
                     f"mixture weights must be positive and sum to 1, got {w.tolist()}")
-            for part in parts:                     # U = -logsumexp(log w_k - U_k) needs every part's energy
+            for part in parts:                     # U = -logsumexp(log w_k - U_k) needs every part's energy ...
                 require_energy(part)
+                require(part.normalized_energy, "a mixture weighs each part by its normalized density, and this "
+                        "part's energy is known only up to a constant (a trained energy model's is): mix exact "
+                        "energies, or weigh trained ones by estimates of their normalizing constants yourself")
             self.log_weights = torch.log(w)
 
     @property
@@ -62,6 +65,11 @@ class Composition(ModelWrapper):
     @property
     def learned_variance(self) -> bool:
         return False
+
+    @property
+    def normalized_energy(self) -> bool:
+        """A mixture of normalized parts is normalized; a product or a power is not."""
+        return self.log_weights is not None
 
     def energy_and_score(self, x: Tensor, t: TimeLike, labels: Tensor | None = None) -> tuple[Tensor, Tensor]:
         require(labels is None, "a composition takes no labels; bind them to its parts (scorelab.Conditional)")

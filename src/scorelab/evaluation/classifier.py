@@ -23,9 +23,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
-from .._util import require
+from .._util import progress_bar, require
 from ..store import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
 from ..data import ImageSet, to_model_range
 
@@ -150,7 +149,7 @@ def fit_domain_classifier(train: ImageSet, test: ImageSet, *, seed: int = 0, cac
         order = np.empty(0, dtype=np.int64)
         labels = torch.from_numpy(train.labels.astype(np.int64))
         net.train()
-        for _ in tqdm(range(steps), desc="in-domain classifier", disable=not progress, leave=False):
+        for _ in progress_bar(range(steps), desc="in-domain classifier", disable=not progress, leave=False):
             if len(order) < batch:
                 order = np.concatenate([order, rng.permutation(len(train))])
             idx, order = order[:batch], order[batch:]

@@ -166,7 +166,8 @@ def inception_score(probs: ArrayLike, *, splits: int = 10) -> tuple[float, float
 def two_sample_classifier_accuracy(a: ArrayLike, b: ArrayLike, *, folds: int = 5, seed: int = 0) -> float:
     """Classifier two-sample test (Lopez-Paz & Oquab 2017): mean held-out accuracy over ``folds``
     stratified folds of scikit-learn's histogram gradient-boosted trees labelling rows of ``a`` 0 and
-    rows of ``b`` 1. Equal set sizes make 0.5 the chance level."""
+    rows of ``b`` 1, scored by balanced accuracy (the mean of the two classes' recalls), so 0.5 is the chance
+    level at any set sizes."""
     from sklearn.ensemble import HistGradientBoostingClassifier
     from sklearn.model_selection import StratifiedKFold, cross_val_score
 
@@ -175,4 +176,4 @@ def two_sample_classifier_accuracy(a: ArrayLike, b: ArrayLike, *, folds: int = 5
     y = np.r_[np.zeros(len(a)), np.ones(len(b))]
     clf = HistGradientBoostingClassifier(random_state=seed)
     cv = StratifiedKFold(folds, shuffle=True, random_state=seed)
-    return float(cross_val_score(clf, x, y, cv=cv, scoring="accuracy").mean())
+    return float(cross_val_score(clf, x, y, cv=cv, scoring="balanced_accuracy").mean())

@@ -23,37 +23,49 @@ import hashlib
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
-from .._util import atomic_write, require
+from .._util import atomic_write, progress_bar, require
 from ..data import ImageSet, load_dataset, to_uint8
 from ..models import ClipDenoised, DiffusionModel, guided, unconditional
 from ..objectives.vlb import NO_VLB
-from ..processes import kind_error, require_kind
+from ..processes import Process, kind_error, require_kind
 from ..distributed import Ranks, broadcast_flag, chunk_ranges, gather_chunks
 from ..samplers import SAMPLERS, sample_many
-from ..samplers.registry import steps_for_nfe
+from ..samplers.registry import samplers_for, steps_for_nfe
 from .classifier import fit_domain_classifier
 from .metrics import FeatureStats, feature_stats, fid_from_features, inception_score, kernel_inception_distance, \
     precision_recall
 
-__all__ = ["EvalConfig", "EvalResult", "evaluate", "steps_for_nfe", "FEATURES", "BPD_METHODS"]
+__all__ = ["EvalConfig", "EvalResult", "evaluate", "steps_for_nfe", "default_samplers", "EVAL_SAMPLERS", "FEATURES",
+           "BPD_METHODS"]
 
 FEATURES = ("domain", "inception")
 BPD_METHODS = ("vlb", "ode")
+
+
+#: The samplers ``evaluate`` compares by default, in order of preference (fixed NFE budgets each).
+EVAL_SAMPLERS = ("ddim", "dpm++2m", "ancestral", "em", "pc")
+
+
+def default_samplers(process: Process) -> tuple[str, ...]:
+    """The first three of :data:`EVAL_SAMPLERS` that run on ``process`` (a general SDE: Euler-Maruyama and
+    predictor-corrector)."""
+    fits = samplers_for(process)
+    return tuple(s for s in EVAL_SAMPLERS if s in fits)[:3]
 
 
 @dataclass(frozen=True)
 class EvalConfig:
     """What ``scorelab evaluate`` measures. ``data=None``: the data set the checkpoint was trained on."""
 
-    samplers: tuple[str, ...] = ("ddim", "dpm++2m", "ancestral")
+    #: Empty: the first three of :data:`EVAL_SAMPLERS` that the model's process takes.
+    samplers: tuple[str, ...] = ()
     nfe: tuple[int, ...] = (10, 20, 50, 100)
     num_samples: int = 1000
     batch_size: int = 250
@@ -81,7 +93,7 @@ class EvalConfig:
         require(not unknown, f"unknown sampler(s) {unknown}; choose from {list(SAMPLERS)}")
         require("ode" not in self.samplers, "'ode' is adaptive (its NFE follows rtol, not a budget); evaluate "
                 "fixed budgets with heun, dpm++2m or ddim, and the ODE's likelihood with --bpd ode")
-        require(len(self.samplers) > 0 and len(self.nfe) > 0, "give at least one sampler and one NFE budget")
+        require(len(self.nfe) > 0, "give at least one NFE budget")
         require(all(n >= 1 for n in self.nfe), f"NFE budgets must be positive integers, got {list(self.nfe)}")
         require(self.num_samples >= max(2, self.pr_k + 1),
                 f"num_samples must be at least {max(2, self.pr_k + 1)}, got {self.num_samples}")
@@ -341,7 +353,7 @@ def _all_bits_per_dim(model: DiffusionModel, images: np.ndarray, config: EvalCon
                       data_spec: str, progress: bool, ranks: Ranks) -> dict[str, Any]:
     """Bits/dim by each method on the test images, cached (rank 0 decides what is done; all ranks compute)."""
     bpd: dict[str, Any] = {}
-    for method in tqdm(config.bpd, desc="bits/dim (VLB, ODE)", disable=not progress):
+    for method in progress_bar(config.bpd, desc="bits/dim (VLB, ODE)", disable=not progress):
         if method == "vlb" and not model.process.has_kind("ddpm"):
             bpd[method] = {"skipped": str(kind_error(model.process, ("ddpm",), "the variational bound", NO_VLB))}
             continue
@@ -374,6 +386,8 @@ def evaluate(checkpoint: str | Path, out: str | Path, config: EvalConfig = EvalC
     t_start = time.perf_counter()
     device = torch.device(device)
     model, spec, ckpt, data_spec, train_set, test_set = _load_for_evaluation(checkpoint, config, device)
+    if not config.samplers:
+        config = replace(config, samplers=default_samplers(model.process))
     out = Path(out)
     progress = progress and ranks.main
     if ranks.main:
@@ -396,7 +410,7 @@ def evaluate(checkpoint: str | Path, out: str | Path, config: EvalConfig = EvalC
             "classifier": info.get("domain", {}).get("classifier_key")})
         rows.append(score("data", real, {"sampler": "data", "nfe": 0, "steps": 0,
                                          "sample_key": {"real": len(real), "seed": config.seed}}))
-    bar = tqdm([(s, n) for s in config.samplers for n in config.nfe], desc="evaluate", disable=not progress)
+    bar = progress_bar([(s, n) for s in config.samplers for n in config.nfe], desc="evaluate", disable=not progress)
     for sampler, nfe in bar:
         bar.set_postfix_str(f"{sampler} @ {nfe} NFE")
         cell = _cell_samples(model, tuple(spec.data_shape), sampler, nfe, config, out, model_id, progress, ranks)

@@ -11,7 +11,7 @@ from torch import Tensor
 
 from .._util import require
 from ..models import DiffusionModel
-from ..processes import NoiseProcess
+from ..processes import NoiseProcess, require_kind
 from ..samplers._common import flow_process, resolve
 from ..samplers.grids import time_grid
 from ..samplers.ode import _sigma_ode, solve_probability_flow
@@ -52,6 +52,7 @@ def _carry(model: DiffusionModel, x: Tensor, method: str, process: NoiseProcess 
     if method == "ode":
         ends = (t_min, 1.0) if to_latent else (1.0, t_min)
         return solve_probability_flow(model, x, *ends, process=process, rtol=rtol, atol=atol)[0]
+    require_kind(process, ("affine",), "DDIM inversion (MATH.md 4)", "use method='ode' (the probability-flow ODE)")
     times = _latent_times(process, steps, t_min)
     return _walk(model, process, x, times if to_latent else times.flip(0))
 

@@ -179,6 +179,8 @@ class DiffusionModel(Protocol):
     learned_variance: bool
     #: Whether it has an energy ``U = -log p_t + const`` (``energy_and_score``).
     has_energy: bool
+    #: Whether that energy is normalized, ``U = -log p_t`` exactly (an exact one; a trained energy is not).
+    normalized_energy: bool
     #: One example's shape, where the model knows it.
     data_shape: tuple[int, ...] | None
 
@@ -207,6 +209,10 @@ class ModelBase:
 
     @property
     def has_energy(self) -> bool:
+        return False
+
+    @property
+    def normalized_energy(self) -> bool:
         return False
 
     @property
@@ -269,6 +275,10 @@ class ModelWrapper(ModelBase):
     @property
     def has_energy(self) -> bool:
         return all(p.has_energy for p in self.parts)
+
+    @property
+    def normalized_energy(self) -> bool:
+        return self.model.normalized_energy
 
     @property
     def data_shape(self) -> tuple[int, ...] | None:

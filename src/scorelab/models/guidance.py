@@ -102,6 +102,10 @@ class ClassifierFreeGuidance(Conditional):
         super().__init__(model, labels)
         self.w = float(w)
 
+    @property
+    def normalized_energy(self) -> bool:
+        return False                                          # a power of densities is not normalized
+
     def predict(self, x: Tensor, t: TimeLike, labels: Tensor | None = None) -> Prediction:
         bound = self._bound(x, labels)
         t = as_time(t, x)
@@ -150,6 +154,10 @@ class ClassifierGuidance(_Labelled):
         require(bool(((labels >= 0) & (labels < classifier.num_classes)).all()),
                 f"labels must lie in 0..{classifier.num_classes - 1} for this classifier")
         self.classifier, self.labels, self.scale = classifier, labels, float(scale)
+
+    @property
+    def normalized_energy(self) -> bool:
+        return False                                          # p(x) p(y | x)^scale is not normalized
 
     def log_likelihood_and_grad(self, x: Tensor, t: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
         """``log p_phi(labels | x, t)`` per sample and its gradient in ``x`` (one backward pass)."""

@@ -41,6 +41,11 @@ class ProcessAdapter(ModelWrapper):
     def process(self) -> Process:
         return self._process
 
+    @property
+    def normalized_energy(self) -> bool:
+        """False: the base model's energy at a rescaled ``x`` is ``-log p`` shifted by the rescaling's log-determinant."""
+        return False
+
     def _base(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """``(a, s)`` here, and the base model's time and input at the same noise level."""
         base = self.model.process

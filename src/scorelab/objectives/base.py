@@ -58,7 +58,8 @@ class Objective:
     choices: dict[str, tuple[Any, ...]] = field(default_factory=dict)
     #: ``times(process, n, generator, device, **options)``: how training times are drawn; None: the process's.
     times: Callable[..., Tensor] | None = None
-    #: ``"condition"``: labels condition a class-conditional model; ``"target"``: they are what it predicts.
+    #: ``"condition"``: labels condition a class-conditional model (bound to it by a wrapper); ``"argument"``: they
+    #: do, and the loss hands them to the model itself; ``"target"``: they are what the model predicts.
     labels: str = "condition"
     #: The model must predict its variance (Nichol & Dhariwal's learned variance).
     learned_variance: bool = False

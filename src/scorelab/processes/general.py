@@ -88,7 +88,7 @@ class GeneralSDE(SDE):
             got = tuple(f.shape) if isinstance(f, Tensor) else type(f).__name__
             raise ValueError(f"the drift of {self._label()} returned {got} for x of shape {tuple(x.shape)}; "
                              "it must return a tensor of x's shape, f(x, t) for every example")
-        if not bool(torch.isfinite(f).all()):
+        if not torch.compiler.is_exporting() and not bool(torch.isfinite(f).all()):
             raise ValueError(f"the drift of {self._label()} returned NaN or Inf at times in "
                              f"[{float(t.min()):.3g}, {float(t.max()):.3g}]; check it for overflow at large |x| "
                              "(or take more steps so the state stays in range)")
@@ -102,7 +102,7 @@ class GeneralSDE(SDE):
         if g.shape != t.shape:
             raise ValueError(f"the diffusion of {self._label()} returned shape {tuple(g.shape)} for times of "
                              f"shape {tuple(t.shape)}; it must return g(t) per example")
-        if not bool((torch.isfinite(g) & (g > 0)).all()):
+        if not torch.compiler.is_exporting() and not bool((torch.isfinite(g) & (g > 0)).all()):
             raise ValueError(f"the diffusion of {self._label()} must be positive and finite, got values in "
                              f"[{float(g.min()):.3g}, {float(g.max()):.3g}] for t in "
                              f"[{float(t.min()):.3g}, {float(t.max()):.3g}]; use g(t) > 0 on [0, 1]")

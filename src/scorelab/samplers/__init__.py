@@ -10,7 +10,7 @@ from ..noise import PerSampleNoise
 from . import grids, mcmc
 from ._common import Projection, SampleResult, StepInfo, posterior_step
 from .ancestral import ddim, ddpm_ancestral
-from .batched import sample_many
+from .batched import map_chunks, sample_many
 from .grids import evaluation_times, respaced_steps, time_grid
 from .mcmc import mcmc_step
 from .ode import (dopri5, dpm_solver_pp_2m, dpm_solver_pp_3m, ode_euler, ode_heun, ode_rk45, solve_probability_flow,
@@ -26,5 +26,5 @@ __all__ = [
     "predictor_corrector", "PREDICTORS", "CORRECTORS", "default_snr", "ode_rk45", "ode_euler", "ode_heun",
     "dpm_solver_pp_2m", "dpm_solver_pp_3m", "unipc", "dopri5", "solve_probability_flow", "posterior_step", "mcmc",
     "mcmc_step", "SAMPLERS", "REGISTRY", "SamplerEntry", "register_sampler", "sampler_entry", "samplers_for",
-    "sample", "sampler_nfe", "steps_for_nfe", "sde_process", "sample_many",
+    "sample", "sampler_nfe", "steps_for_nfe", "sde_process", "sample_many", "map_chunks",
 ]

@@ -16,13 +16,45 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import Tensor
 
+from .._util import progress_bar
 from ..distributed import Ranks, chunk_ranges, gather_chunks, gather_same
 from ..models import DiffusionModel, device_and_dtype
 from ..noise import PerSampleNoise
 from ._common import SampleResult
 from .registry import sample
 
-__all__ = ["sample_many"]
+__all__ = ["sample_many", "map_chunks"]
+
+Chunk = Callable[[range, PerSampleNoise], SampleResult]
+
+
+def _local_chunks(run: Chunk, num: int, batch_size: int, seeds: Callable[[range], PerSampleNoise],
+                  ranks: Ranks, transform: Callable[[Tensor], Tensor] | None, progress: bool, desc: str,
+                  empty_shape: Sequence[int]) -> tuple[Tensor, Tensor]:
+    """This rank's chunks, ``run(rows, seeds(rows))`` each: ``(samples, tallies)`` with the tallies ``[most NFE,
+    accepted proposals (weighted by rows), rows with an acceptance rate]``."""
+    chunks, nfe, accepted, proposed = [], 0, 0.0, 0
+    for rows in progress_bar(chunk_ranges(num, batch_size, ranks), desc=desc, disable=not (progress and ranks.main),
+                             leave=False):
+        with torch.no_grad():
+            result = run(rows, seeds(rows))
+        x = result.samples.detach().float()
+        chunks.append((transform(x) if transform is not None else x).cpu())
+        nfe = max(nfe, int(result.nfe))
+        if result.acceptance is not None:                  # each chunk's rate weighed by its samples
+            accepted, proposed = accepted + result.acceptance * len(rows), proposed + len(rows)
+    if chunks:
+        local = torch.cat(chunks)
+    else:                                                  # more ranks than chunks
+        empty = torch.zeros((0,) + tuple(empty_shape))
+        local = transform(empty).cpu() if transform is not None else empty
+    return local, torch.tensor([float(nfe), accepted, float(proposed)], dtype=torch.float64)
+
+
+def _result(samples: Tensor, tallies: Sequence[Tensor]) -> SampleResult:
+    total = torch.stack(list(tallies))
+    acceptance = float(total[:, 1].sum() / total[:, 2].sum()) if float(total[:, 2].sum()) > 0 else None
+    return SampleResult(samples, int(total[:, 0].max()), acceptance)
 
 
 def sample_many(model_for_rows: Callable[[Tensor], DiffusionModel], shape: Sequence[int], num: int,
@@ -37,30 +69,24 @@ def sample_many(model_for_rows: Callable[[Tensor], DiffusionModel], shape: Seque
     the most network evaluations any chunk took and, for a Metropolis-corrected sampler, the share of
     proposals accepted over all chunks; the other ranks get None.
     """
-    from tqdm.auto import tqdm
+    def run(rows: range, noise: PerSampleNoise) -> SampleResult:
+        model = model_for_rows(torch.arange(rows.start, rows.stop))
+        return sample(model, (len(rows),) + tuple(shape), sampler, steps, noise=noise, **options)
 
-    chunks, nfe, accepted, proposed = [], 0, 0.0, 0
-    for rows in tqdm(chunk_ranges(num, batch_size, ranks), desc=desc, disable=not (progress and ranks.main),
-                     leave=False):
-        index = torch.arange(rows.start, rows.stop)
-        model = model_for_rows(index)
-        noise = PerSampleNoise.for_rows(seed, rows, device_and_dtype(model)[0])
-        with torch.no_grad():
-            result = sample(model, (len(rows),) + tuple(shape), sampler, steps, noise=noise, **options)
-        x = result.samples.detach().float()
-        chunks.append((transform(x) if transform is not None else x).cpu())
-        nfe = max(nfe, int(result.nfe))
-        if result.acceptance is not None:                  # each chunk's rate weighed by its samples
-            accepted, proposed = accepted + result.acceptance * len(rows), proposed + len(rows)
-    if chunks:
-        local = torch.cat(chunks)
-    else:                                                  # more ranks than chunks
-        empty = torch.zeros((0,) + tuple(shape))
-        local = transform(empty).cpu() if transform is not None else empty
-    tallies = gather_same(torch.tensor([float(nfe), accepted, float(proposed)], dtype=torch.float64), ranks)
+    device = device_and_dtype(model_for_rows(torch.arange(0)))[0]
+    local, tallies = _local_chunks(run, num, batch_size, lambda rows: PerSampleNoise.for_rows(seed, rows, device),
+                                   ranks, transform, progress, desc, shape)
+    gathered = gather_same(tallies, ranks)
     samples = gather_chunks(local, num, batch_size, ranks)
-    if samples is None or tallies is None:
-        return None
-    total = torch.stack(tallies)
-    acceptance = float(total[:, 1].sum() / total[:, 2].sum()) if float(total[:, 2].sum()) > 0 else None
-    return SampleResult(samples, int(total[:, 0].max()), acceptance)
+    return None if samples is None or gathered is None else _result(samples, gathered)
+
+
+def map_chunks(run: Chunk, seeds: Sequence[int], *, batch_size: int = 256, device: torch.device | str = "cpu",
+               progress: bool = False, desc: str = "sampling") -> SampleResult:
+    """``run(rows, noise)`` on the rows of ``seeds`` in chunks of ``batch_size`` on one process, row k drawing from
+    its own seed ``seeds[k]``, so its result depends neither on the other rows nor on the batch size: conditional
+    sampling of many inputs (``scorelab inpaint``, ``edit``). The results' samples are concatenated in order."""
+    local, tallies = _local_chunks(run, len(seeds), batch_size,
+                                   lambda rows: PerSampleNoise([seeds[k] for k in rows], device), Ranks(), None,
+                                   progress, desc, ())
+    return _result(local, [tallies])

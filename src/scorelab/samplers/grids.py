@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from .._util import as_time, require
-from ..processes import DDPM, NoiseProcess
+from ..processes import DDPM, NoiseProcess, require_kind
 
 __all__ = ["time_grid", "evaluation_times", "ancestral_times", "check_times", "respaced_steps", "ddpm_steps",
            "step_grid", "intervals_from", "evaluations_from", "ancestral_from", "GRIDS"]
@@ -46,6 +46,7 @@ def time_grid(process: NoiseProcess, num_steps: int, kind: str = "time", *, rho:
     if kind == "time":
         return t_max + (t_min - t_max) * u
     require(kind in GRIDS, f"unknown time grid {kind!r}; choose one of {GRIDS}")
+    require_kind(process, ("affine",), f"the {kind!r} grid (spaced in the noise level sigma(t))", "use grid='time'")
     lo, hi = process.sigma(as_time(t_min)), process.sigma(as_time(t_max))
     require(float(lo) > 0, f"the {kind!r} grid needs a positive noise level at t_min={t_min}; raise t_min "
             f"(e.g. to {process.t_min or 1e-3}) or use grid='time'")
@@ -71,7 +72,8 @@ def evaluation_times(process: NoiseProcess, steps: int, kind: str = "time", *, r
 def respaced_steps(num_steps: int, count: int) -> list[int]:
     """``count`` evenly spaced DDPM steps from 1 to ``num_steps``, descending (improved-diffusion's respacing)."""
     require(isinstance(count, int) and 1 <= count <= num_steps,
-            f"the number of sampling steps must be between 1 and {num_steps}, got {count!r}")
+            f"the number of sampling steps (steps, --steps) must be between 1 and {num_steps}, the DDPM's own "
+            f"steps, got {count!r}")
     if count == 1:
         return [num_steps]
     stride = (num_steps - 1) / (count - 1)

@@ -21,10 +21,11 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from .._util import TimeLike, as_time, atomic_write, expand_as, require
-from ..data import ImageSet, load_dataset, take
+from .._util import TimeLike, as_time, atomic_write, require
+from ..data import ImageSet, has_test_split, load_dataset, take
 from ..networks import EncoderClassifier, UNetConfig
-from ..processes import Process, process_from_config
+from ..objectives import OBJECTIVES
+from ..processes import Process, process_from_config, require_kind
 from ..store import CheckpointError, load_checkpoint, load_model
 
 __all__ = ["ClassifierSpec", "NoiseClassifier", "train_classifier", "load_classifier", "ClassifierResult",
@@ -86,7 +87,8 @@ class ClassifierSpec:
 @dataclass(frozen=True)
 class ClassifierResult:
     path: Path                          # the classifier's run folder
-    accuracy: dict[str, float]          # test accuracy at each time of ACCURACY_TIMES (key: f"t={t}")
+    accuracy: dict[str, float]          # accuracy at each time of ACCURACY_TIMES (key: f"t={t}")
+    split: str                          # the images it was measured on: "test", or "train" for data without one
     seconds: float
 
 
@@ -108,10 +110,9 @@ def _accuracy(classifier: NoiseClassifier, data: ImageSet, t: float, generator: 
     for start in range(0, len(idx), batch_size):
         x0, y = take(data, idx[start:start + batch_size])
         x0, y = x0.to(device), y.to(device)
-        a, s = process.coefficients(as_time(t, x0))
-        eps = torch.randn(x0.shape, generator=generator).to(device)
         with torch.no_grad():
-            logits = classifier(expand_as(a, x0) * x0 + expand_as(s, x0) * eps, as_time(t, x0))
+            x_t = process.sample_marginal(x0, as_time(t, x0), generator)          # closed form, or simulated
+            logits = classifier(x_t, as_time(t, x0))
         correct += int((logits.argmax(1) == y).sum())
     return correct / len(idx)
 
@@ -123,8 +124,9 @@ def train_classifier(run: str | Path, *, data: str | None = None, steps: int = 2
     """Train a noise-conditional classifier on the process of the model saved in ``run`` (MATH.md 8).
 
     ``data``: a labelled image set (default: the one the run trained on). Writes the run folder ``out``
-    (default ``RUN/classifier``; ``resume`` continues it) and returns it with the test accuracy at
-    :data:`ACCURACY_TIMES` (also in its ``accuracy.json``).
+    (default ``RUN/classifier``; ``resume`` continues it) and returns it with the accuracy at
+    :data:`ACCURACY_TIMES` (also in its ``accuracy.json``), on the test split, or on the training images for data
+    that has none (a folder, an array file).
     """
     import time
 
@@ -133,18 +135,22 @@ def train_classifier(run: str | Path, *, data: str | None = None, steps: int = 2
 
     start = time.perf_counter()
     _, spec, ckpt = load_model(run, device="cpu")
+    process = process_from_config(spec.process)
+    require_kind(process, OBJECTIVES["cross-entropy"].kinds, "classifier guidance (a classifier of noisy x_t)",
+                 "train the model itself with --class-conditional and sample with --label and --guidance "
+                 "(classifier-free guidance)")
     base = ckpt.config.get("train", {})
     data = data or base.get("data")
     require(data is not None, f"{run} does not say what data it trained on; pass data=")
     image_size = base.get("image_size")
     train_set = load_dataset(data, "train", image_size=image_size, labels=True)
-    test_set = load_dataset(data, "test", image_size=image_size, labels=True)
+    split = "test" if has_test_split(data) else "train"
+    test_set = load_dataset(data, "test", image_size=image_size, labels=True) if split == "test" else train_set
     require(isinstance(train_set, ImageSet) and train_set.labels is not None,
             f"a classifier needs labelled images, and {data} has none")
     require(tuple(train_set.shape) == tuple(spec.data_shape), f"the data's images are {train_set.shape} but the "
             f"model takes {tuple(spec.data_shape)}; train the classifier on the model's own data")
     num_classes = int(train_set.labels.max()) + 1
-    process = process_from_config(spec.process)
     cspec = ClassifierSpec(_network_config(spec.network).to_dict(), num_classes, spec.process,
                            spec.condition or process.default_condition, tuple(spec.data_shape),
                            train_set.classes or spec.classes or [str(k) for k in range(num_classes)])
@@ -158,9 +164,9 @@ def train_classifier(run: str | Path, *, data: str | None = None, steps: int = 2
     eval_gen = torch.Generator().manual_seed(seed + 1)
     device = torch.device(device)
     accuracy = {f"t={t}": _accuracy(classifier, test_set, t, eval_gen, device) for t in ACCURACY_TIMES}
-    atomic_write(folder / "accuracy.json", json.dumps({"model_checkpoint": str(ckpt.path), "accuracy": accuracy},
-                                                      indent=1))
-    return ClassifierResult(folder, accuracy, time.perf_counter() - start)
+    atomic_write(folder / "accuracy.json", json.dumps({"model_checkpoint": str(ckpt.path), "split": split,
+                                                       "accuracy": accuracy}, indent=1))
+    return ClassifierResult(folder, accuracy, split, time.perf_counter() - start)
 
 
 def load_classifier(path: str | Path, device: str | torch.device = "cpu") -> NoiseClassifier:

@@ -212,7 +212,7 @@ class TrainConfig:
         loss, chosen = self.resolved("loss"), self.objective
         if not process.has_kind(*chosen.kinds):
             fits = [name for name, o in sorted(OBJECTIVES.items())
-                    if process.has_kind(*o.kinds) and o.labels == chosen.labels]
+                    if process.has_kind(*o.kinds) and (o.labels == "target") == (chosen.labels == "target")]
             frameworks = [name for name, kind in _framework_kinds().items() if kind in chosen.kinds]
             raise kind_error(process, chosen.kinds, f"the loss {loss!r}",
                              (f"use --framework {' or '.join(frameworks)}, or " if frameworks else "use ")
@@ -221,8 +221,9 @@ class TrainConfig:
         if categorical:
             require(self.parameterization == "score" and self.target is None, "multinomial diffusion's network "
                     "predicts x_0's categories: drop --parameterization and --target")
-            require(not self.class_conditional, "class conditioning is not built for multinomial diffusion yet; "
-                    "drop --class-conditional")
+            require(not self.class_conditional or self.transitions == "factorized", "class conditioning is built "
+                    "for factorized transitions (their network reads labels); drop --class-conditional, or use "
+                    "--transitions factorized")
             require(self.transitions == "factorized" or not self.loss_settings().get("ce_weight"), "the "
                     "cross-entropy term needs p(x_0 | x_t), which an autoregressive transition does not give: use "
                     "--loss vlb")
@@ -319,12 +320,27 @@ def num_categories(config: TrainConfig) -> int:
     return DIGITS_LEVELS + 1 if config.data == "digits" else 256
 
 
+def _classes(config: TrainConfig, data: ImageSet | np.ndarray) -> list[str] | None:
+    """The class names a class-conditional run is conditioned on (None: unconditional)."""
+    if not config.class_conditional:
+        return None
+    require(isinstance(data, ImageSet) and data.labels is not None,
+            "class conditioning needs labels: this dataset has none (for a folder, put each class in "
+            "its own sub-folder)")
+    num_classes = len(data.classes) if data.classes else int(data.labels.max()) + 1
+    require(int(data.labels.min()) >= 0 and int(data.labels.max()) < num_classes,
+            f"labels must lie in 0..{num_classes - 1} for class conditioning, got "
+            f"{int(data.labels.min())}..{int(data.labels.max())}")
+    return data.classes or [str(k) for k in range(num_classes)]
+
+
 def _discrete_spec(config: TrainConfig, data: ImageSet | np.ndarray, process: Any) -> ModelSpec:
     """Multinomial diffusion's model: a U-Net from one-hot x_t to x_0's logits, or the autoregressive
     Transformer over the flattened pixels (MATH.md 10)."""
     require(isinstance(data, ImageSet), "multinomial diffusion here trains on images (categories per pixel); "
             "for point data use scorelab.discrete directly")
     shape, states = data.shape, process.num_states
+    classes = _classes(config, data)
     if config.transitions == "autoregressive":
         require(config.network == "auto", "the autoregressive transitions use their Transformer: drop --network")
         try:
@@ -339,14 +355,14 @@ def _discrete_spec(config: TrainConfig, data: ImageSet | np.ndarray, process: An
         require(preset != "mlp", "multinomial diffusion's factorized model is a U-Net; choose a preset")
         options = {"embedding": "sinusoidal", "embedding_scale": None, "image_size": shape[1],
                    "in_channels": shape[0] * states, "out_channels": shape[0] * process.num_categories,
-                   **config.network_options}
+                   "num_classes": len(classes) if classes else 0, **config.network_options}
         try:
             network = {"kind": "unet", **UNetConfig.preset(preset, **options).to_dict()}
         except TypeError as e:
             raise ValueError(f"network options {config.network_options} do not fit UNetConfig: {e}") from None
         kind = "categorical"
     return ModelSpec(network=network, process=process.config(), target="x_prev" if kind == "autoregressive" else "x0",
-                     condition="index", data_shape=tuple(shape), parameterization=kind)
+                     condition="index", data_shape=tuple(shape), classes=classes, parameterization=kind)
 
 
 def _auto_preset(shape: tuple[int, ...]) -> str:
@@ -368,17 +384,8 @@ def make_model_spec(config: TrainConfig, data: ImageSet | np.ndarray) -> ModelSp
         dims = int(np.prod(data.shape)) if isinstance(data, ImageSet) else int(np.asarray(data).shape[1])
         require(dims <= settings["max_dims"], f"exact score matching (--loss sm) takes one backward pass per "
                 f"dimension and the data has {dims}; use --loss ssm-vr")
-    classes = None
-    num_classes = 0
-    if config.class_conditional:
-        require(isinstance(data, ImageSet) and data.labels is not None,
-                "class conditioning needs labels: this dataset has none (for a folder, put each class in "
-                "its own sub-folder)")
-        num_classes = len(data.classes) if data.classes else int(data.labels.max()) + 1
-        require(int(data.labels.min()) >= 0 and int(data.labels.max()) < num_classes,
-                f"labels must lie in 0..{num_classes - 1} for class conditioning, got "
-                f"{int(data.labels.min())}..{int(data.labels.max())}")
-        classes = data.classes or [str(k) for k in range(num_classes)]
+    classes = _classes(config, data)
+    num_classes = len(classes) if classes else 0
     embedding = {"embedding": fw.embedding, "embedding_scale": fw.embedding_scale}
     if isinstance(data, ImageSet):
         require(config.network != "mlp", "the MLP is for point data; use a U-Net preset for images")

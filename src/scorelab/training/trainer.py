@@ -41,7 +41,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .._util import atomic_write, check_writable, require
+from .._util import atomic_write, check_writable, progress_bar, require
 from ..data import ImageSet, load_dataset, take
 from ..distributed import Ranks, all_equal, all_gather_same, all_mean, barrier, rank_device, resolve_device
 from ..distributed import current as current_ranks
@@ -471,9 +471,7 @@ def _open_logs(run: _Run, progress: bool) -> None:
                                                       "world_size": run.ranks.world_size}, indent=1, sort_keys=True))
     run.log = _LossLog(run.out / "loss.csv", run.start)
     if progress:
-        from tqdm.auto import tqdm
-
-        run.bar = tqdm(total=config.steps, initial=run.start, unit="step", dynamic_ncols=True,
+        run.bar = progress_bar(total=config.steps, initial=run.start, unit="step", dynamic_ncols=True,
                        desc=f"train {config.framework}")
 
 
