@@ -1,5 +1,7 @@
 """The trainer: every framework learns, checkpoints rebuild the model, resuming is exact."""
 
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -98,6 +100,8 @@ def test_bad_configurations_are_refused_with_a_reason(digits32):
         TrainConfig(framework="vp", loss="hybrid")
     with pytest.raises(ValueError, match="labels"):
         make_model_spec(TrainConfig(class_conditional=True), ImageSet(digits32.images))
+    with pytest.raises(ValueError, match="removes the noise and label embedding"):   # one channel a group
+        make_model_spec(TrainConfig(network_options={"channel_mults": [1, 1], "norm_groups": 32}), digits32)
     with pytest.raises(ValueError, match="batch_size"):
         train(TrainConfig(batch_size=64, out="/nonexistent/never"), data=digits32, progress=False)
 
@@ -190,3 +194,13 @@ def test_an_unwritable_or_full_output_folder_is_refused_before_training(tmp_path
     with pytest.raises(ValueError, match="MiB free but the checkpoints need"):
         train(tiny_config(tmp_path / "run", steps=2), data=digits32, progress=False)
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_without_a_terminal_the_progress_bar_redraws_rarely(tmp_path, digits32, capsys):
+    # A log file, not a terminal: tqdm redraws at most every 10 s (plus its first and last line), not once per
+    # logged step (30 here).
+    t0 = time.perf_counter()
+    train(tiny_config(tmp_path, framework="ddpm", steps=30, log_every=1, batch_size=4), data=digits32, progress=True)
+    seconds = time.perf_counter() - t0
+    err = capsys.readouterr().err
+    assert "train ddpm" in err and err.count("\r") <= 3 + seconds / 10, (err.count("\r"), seconds)

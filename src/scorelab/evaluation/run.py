@@ -412,7 +412,7 @@ def evaluate(checkpoint: str | Path, out: str | Path, config: EvalConfig = EvalC
                                          "sample_key": {"real": len(real), "seed": config.seed}}))
     bar = progress_bar([(s, n) for s in config.samplers for n in config.nfe], desc="evaluate", disable=not progress)
     for sampler, nfe in bar:
-        bar.set_postfix_str(f"{sampler} @ {nfe} NFE")
+        bar.set_postfix_str(f"{sampler} @ {nfe} NFE", refresh=False)
         cell = _cell_samples(model, tuple(spec.data_shape), sampler, nfe, config, out, model_id, progress, ranks)
         if cell is None:                                          # not rank 0
             continue

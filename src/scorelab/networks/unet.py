@@ -83,17 +83,29 @@ class UNetConfig:
         require(name in PRESETS, f"unknown U-Net preset {name!r}; choose one of {sorted(PRESETS)}")
         return replace(PRESETS[name], **overrides)
 
+    def require_conditioning(self) -> None:
+        """Refuse a denoiser that cannot see its condition. A residual block adds the noise (and label) embedding
+        per channel and then group-normalizes: with one channel a group that subtracts the embedding again, so a
+        network with one channel a group at every level sees neither the noise level nor the label."""
+        widths = sorted({self.base_channels * m for m in self.channel_mults})
+        require(any(w > self.norm_groups for w in widths),
+                f"with norm_groups={self.norm_groups} every level {widths} has one channel per group, so group "
+                "normalization removes the noise and label embedding; lower norm_groups or widen a level")
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["channel_mults"], d["attention_resolutions"] = list(self.channel_mults), list(self.attention_resolutions)
         return d
 
 
-#: Ho et al.'s CIFAR-10 model, and small models that train on a laptop CPU.
+#: Ho et al.'s CIFAR-10 model, and small models that train on a laptop CPU. Ho et al. normalize 128 channels in
+#: 32 groups; with one channel a group a block's noise and label embedding, added per channel, is normalized
+#: away, so ``digits8`` uses 8 groups. ``mnist28``'s 32-channel level still has one channel a group (the
+#: Fashion-MNIST figures in docs/benchmarks.md were measured with it); pass ``norm_groups=8`` to avoid that.
 PRESETS: dict[str, UNetConfig] = {
     "cifar10": UNetConfig(),
     "digits8": UNetConfig(image_size=8, in_channels=1, base_channels=32, channel_mults=(1, 2),
-                          num_res_blocks=2, attention_resolutions=(4,), dropout=0.0),
+                          num_res_blocks=2, attention_resolutions=(4,), dropout=0.0, norm_groups=8),
     "mnist28": UNetConfig(image_size=28, in_channels=1, base_channels=32, channel_mults=(1, 2, 2),
                           num_res_blocks=2, attention_resolutions=(7,), dropout=0.1),
     "cifar32-small": UNetConfig(image_size=32, in_channels=3, base_channels=64, channel_mults=(1, 2, 2),

@@ -356,13 +356,20 @@ def _discrete_spec(config: TrainConfig, data: ImageSet | np.ndarray, process: An
         options = {"embedding": "sinusoidal", "embedding_scale": None, "image_size": shape[1],
                    "in_channels": shape[0] * states, "out_channels": shape[0] * process.num_categories,
                    "num_classes": len(classes) if classes else 0, **config.network_options}
-        try:
-            network = {"kind": "unet", **UNetConfig.preset(preset, **options).to_dict()}
-        except TypeError as e:
-            raise ValueError(f"network options {config.network_options} do not fit UNetConfig: {e}") from None
+        network = _unet(preset, options, config.network_options)
         kind = "categorical"
     return ModelSpec(network=network, process=process.config(), target="x_prev" if kind == "autoregressive" else "x0",
                      condition="index", data_shape=tuple(shape), classes=classes, parameterization=kind)
+
+
+def _unet(preset: str, options: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
+    """The U-Net denoiser's network spec: the preset with ``options``; refused if its blocks cannot see t."""
+    try:
+        unet = UNetConfig.preset(preset, **options)
+    except TypeError as e:
+        raise ValueError(f"network options {given} do not fit UNetConfig: {e}") from None
+    unet.require_conditioning()
+    return {"kind": "unet", **unet.to_dict()}
 
 
 def _auto_preset(shape: tuple[int, ...]) -> str:
@@ -395,10 +402,7 @@ def make_model_spec(config: TrainConfig, data: ImageSet | np.ndarray) -> ModelSp
                    "image_size": shape[1], "in_channels": shape[0], **config.network_options}
         require(shape[1] == shape[2], f"images must be square for the U-Net, got {shape[1]}x{shape[2]}; "
                 "resize them (image_size)")
-        try:
-            network = {"kind": "unet", **UNetConfig.preset(preset, **options).to_dict()}
-        except TypeError as e:
-            raise ValueError(f"network options {config.network_options} do not fit UNetConfig: {e}") from None
+        network = _unet(preset, options, config.network_options)
     else:
         require(config.network in ("auto", "mlp"), "point data trains an MLP; use --network mlp (or auto)")
         require(not learned_variance, "the hybrid loss is for images; use 'simple' or 'dsm' on points")

@@ -422,7 +422,7 @@ def _log(run: _Run, step: int, lr: float, grad_norm: Tensor) -> None:
         run.log.write({"step": step, "loss": float(np.mean(run.window)), "lr": lr, "grad_norm": float(grad_norm),
                        "images_per_s": ips, "seconds": run.seconds_before + now - run.t_start})
         if run.bar is not None:
-            run.bar.set_postfix(loss=f"{np.mean(run.window):.4f}", img_s=f"{ips:.0f}")
+            run.bar.set_postfix(loss=f"{np.mean(run.window):.4f}", img_s=f"{ips:.0f}", refresh=False)
         run.window, run.t_window = [], now
     if run.bar is not None:
         run.bar.update(1)
