@@ -1,10 +1,14 @@
+import contextlib
+import io
 import os
+import re
 
 import numpy as np
 import pytest
 import torch
 
 import scorelab as sl
+from scorelab.cli import main as cli_main
 
 # Two threads in all: one process with two, or under pytest-xdist's two workers one each.
 _WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
@@ -23,10 +27,30 @@ def pytest_collection_modifyitems(items):
     items.sort(key=rank)                                  # stable: the order within a file is kept
 
 
+#: A tqdm line: "desc:  40%|####  | 2/5 [...]" or, without a total, "desc: 12it [...]".
+_PROGRESS = re.compile(r"\d+%\||\d+it \[")
+
+
+def run_cli(args: list[str]) -> tuple[int, str]:
+    """``scorelab ARGS`` in this process: the exit code, and what stderr says from the first ``scorelab`` line
+    on, progress bars left out (so a message that runs over several lines keeps all of them)."""
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        try:
+            code = cli_main(args)
+        except SystemExit as e:                   # argparse exits
+            code = int(e.code or 0)
+    lines = [line.rsplit("\r", 1)[-1] for line in err.getvalue().splitlines()]
+    lines = [line for line in lines if line.strip() and not _PROGRESS.search(line)]
+    first = next((i for i, line in enumerate(lines) if line.startswith("scorelab")), len(lines))
+    return code, "\n".join(lines[first:])
+
+
 @pytest.fixture(scope="session")
 def shared_cache(tmp_path_factory):
     """One ``SCORELAB_CACHE`` for this test run, shared by pytest-xdist's workers (their temporary folders'
-    parent is the run's): the in-domain feature classifier is fitted once, not once per test."""
+    parent is the run's): the in-domain feature classifier is fitted once per data set, not once per test (two
+    workers that miss it at the same moment each fit it, and the cache keeps either copy: they are identical)."""
     base = tmp_path_factory.getbasetemp()
     path = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "scorelab-cache"
     path.mkdir(exist_ok=True)

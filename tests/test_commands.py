@@ -8,14 +8,12 @@ budgets. A cell passes when the command exits 0, or, where a refusal is listed i
 
 from __future__ import annotations
 
-import contextlib
-import io
 import time
 from pathlib import Path
 
 import pytest
 
-from scorelab.cli import main
+from conftest import run_cli
 
 TINY = ("--network-option base_channels=16 --network-option norm_groups=8 --network-option num_res_blocks=1 "
         "--network-option attention_resolutions=[] --steps 2 --batch-size 16 --sample-every 100")
@@ -62,14 +60,8 @@ REFUSED: dict[tuple[str, str], str] = {
 
 def _run(line: str) -> tuple[int, str, float]:
     t0 = time.perf_counter()
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-        try:
-            code = main(line.split())
-        except SystemExit as e:
-            code = int(e.code or 0)
-    lines = [t for t in err.getvalue().splitlines() if t.startswith("scorelab")]   # progress bars are not errors
-    return code, "\n".join(lines), time.perf_counter() - t0
+    code, message = run_cli(line.split())
+    return code, message, time.perf_counter() - t0
 
 
 def outcomes(name: str, d: Path) -> dict[str, tuple[int, str, float]]:

@@ -381,23 +381,24 @@ def test_classifier_free_guidance_of_a_categorical_model_draws_the_guided_poster
     from scorelab.discrete import CategoricalModel, multinomial_ancestral
     from scorelab.models import ClassifierFreeGuidance
 
-    class Net(nn.Module):                                      # logits that depend on the label and on x_t
+    class Net(nn.Module):                   # logits: a row per label plus a fixed random mixing of the input
         def __init__(self):
             super().__init__()
             self.table = nn.Parameter(torch.randn(3, 2 * K, generator=_gen(1)))      # rows: no label, 0, 1
+            self.mix = nn.Parameter(0.3 * torch.randn(2 * K, 2 * K, generator=_gen(3)))
 
         def forward(self, inp, c, labels=None):
             labels = torch.full((inp.shape[0],), -1) if labels is None else labels
-            return self.table[labels + 1] + inp.sum(1, keepdim=True) * 0.3
+            return self.table[labels + 1] + inp @ self.mix
 
     process = MultinomialDiffusion(K, 1)
-    model = CategoricalModel(Net(), process, num_classes=2, data_shape=(2,))
+    model = CategoricalModel(Net(), process, num_classes=2, data_shape=(2 * K,))
     w, n = 2.0, 40000
     labels = torch.tensor([1] * n)
     guided = ClassifierFreeGuidance(model, labels, w)
     x_1 = torch.zeros(n, 2, dtype=torch.long)
     with torch.no_grad():
-        inp = torch.nn.functional.one_hot(x_1[:1], K).float().flatten(1)
+        inp = torch.nn.functional.one_hot(x_1[:1], K).float().flatten(1) * 2 - 1     # one-hot in {-1, 1}
         raw = model.net(inp, None, torch.tensor([1])), model.net(inp, None, None)
         cond, uncond = (torch.log_softmax(r.double().reshape(2, K), -1) for r in raw)
         want = torch.softmax((1 + w) * cond - w * uncond, -1)

@@ -7,8 +7,6 @@ that exact line. ``python tests/test_errors.py`` prints the table anew (paths sh
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import shutil
 import sys
@@ -19,7 +17,7 @@ from PIL import Image
 import pytest
 import torch
 
-from scorelab.cli import main
+from conftest import run_cli
 from scorelab.store import load_checkpoint, save_checkpoint
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "errors.md"
@@ -82,6 +80,10 @@ CASES: list[tuple[str, str, str]] = [
     ("an edited checkpoint description", "sample {d}/edited", "checksum"),
     ("zero samples", "sample {d}/run --num-samples 0", "--num-samples must be at least 1"),
     ("an option the sampler does not take", "sample {d}/run --sampler ddim --option snr=0.1", "takes no option"),
+    ("a sampling option that is the command's own", "sample {d}/run --option batch_size=4 --out {d}/s.png",
+     "takes no option"),
+    ("an option the command sets itself", "inpaint {d}/run --images 0 --option known=1 --out {d}/p.png",
+     "sets known itself"),
     ("a sampler that needs a(t), s(t) on a non-affine SDE", "sample {d}/sde --sampler heun", "use one of"),
     ("a label asked of an unconditional model", "sample {d}/run --label 3", "class-conditional model"),
     ("bits/dim on data of another shape", "nll {d}/run --data array:{d}/big.npy --split train",
@@ -170,16 +172,8 @@ def _cell(text: str) -> str:
 
 def _run(line: str, d: Path) -> tuple[int, str]:
     shared = Path(__file__).resolve().parents[2] / "shared" / "data"
-    args = line.format(d=d, shared=shared).split()
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-        try:
-            code = main(args)
-        except SystemExit as e:                   # argparse exits
-            code = int(e.code or 0)
-    text = err.getvalue().strip().splitlines()
-    text = [t for t in text if t.startswith("scorelab")]   # progress bars are not errors
-    return code, "\n".join(text).replace(str(d), "<dir>").replace(str(shared), "<shared>")
+    code, message = run_cli(line.format(d=d, shared=shared).split())
+    return code, message.replace(str(d), "<dir>").replace(str(shared), "<shared>")
 
 
 @pytest.fixture(scope="module")

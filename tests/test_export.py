@@ -1,4 +1,5 @@
-"""``torch.export`` programs of trained models: loaded without scorelab's classes, they give the library's answers."""
+"""``torch.export`` programs of trained models: read back with ``torch.export.load``, they give the library's
+answers."""
 
 import pytest
 import torch
@@ -11,7 +12,9 @@ from scorelab.store import ModelSpec, export_model, network_spec
 def _round_trip(model, tmp_path, name, classes=None):
     spec = ModelSpec(network_spec(model.net), model.process.config(), data_shape=(2,), classes=classes,
                      parameterization=model.parameterization)
+    training, grads = model.training, [p.requires_grad for p in model.parameters()]
     path = export_model(model, spec, tmp_path / f"{name}.pt2")
+    assert (model.training, [p.requires_grad for p in model.parameters()]) == (training, grads)   # left as it was
     return torch.export.load(str(path)).module()
 
 

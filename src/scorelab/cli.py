@@ -51,6 +51,8 @@ def _key_values(items: Sequence[str] | None, flag: str) -> dict[str, Any]:
 #: Sampler and method options only the library can pass: Python functions and objects, and the randomness.
 _LIBRARY_ONLY = {"callback": "a Python function", "project": "a Python function", "process": "a process object",
                  "data_range": "a check of the library's", "noise": "the randomness (set --seed)"}
+#: What every command passes itself: its model, the inputs it read and their mask.
+_SET_BY_COMMAND = ("model", "x", "known", "mask", "shape_or_x", "labels")
 
 
 def _typed_options(args: argparse.Namespace, flags: Sequence[str]) -> dict[str, Any]:
@@ -61,6 +63,8 @@ def _typed_options(args: argparse.Namespace, flags: Sequence[str]) -> dict[str, 
         if name in flags:
             raise ValueError(f"{name} is a flag of its own here: write --{name.replace('_', '-')} instead of "
                              f"--option {name}=...")
+        if name in _SET_BY_COMMAND:
+            raise ValueError(f"--option {name}: the command sets {name} itself from its run and flags")
         if name in _LIBRARY_ONLY:
             raise ValueError(f"--option {name}: the command line takes options a person can type, and {name} is "
                              f"{_LIBRARY_ONLY[name]} that only scorelab's functions take")
@@ -219,7 +223,7 @@ def _sample_on(args: argparse.Namespace, ranks, device) -> None:
     from .data import to_uint8
     from .imaging import save_grid
     from .models import ClipDenoised
-    from .samplers import sample_many
+    from .samplers import sample_many, sampler_entry
     from .training.plots import plot_points
 
     out = check_writable(args.out, what="sample file")         # before any work (every rank alike)
@@ -234,6 +238,7 @@ def _sample_on(args: argparse.Namespace, ranks, device) -> None:
 
         framework = FRAMEWORKS.get(ckpt.config.get("train", {}).get("framework"))
         args.sampler = framework.sampler if framework is not None else "ancestral"
+    sampler_entry(args.sampler, model.process).resolve(model.process, options, args.sampler)   # names it takes
     result = sample_many(m.select_rows, spec.data_shape, args.num, args.sampler, args.steps, seed=args.seed,
                          batch_size=args.batch_size, ranks=ranks, progress=True, **options)
     if result is None:                                       # not rank 0
@@ -257,13 +262,17 @@ def _accepted(rate: float | None) -> str:
     return "" if rate is None else f", {rate:.1%} of Metropolis proposals accepted"
 
 
+_SPLIT_HELP = "default: test, or train for folder: and array: data, which hold one split"
+
+
 def _run_images(args: argparse.Namespace, ckpt, spec, command: str):
-    """``--data`` (default: the data the run trained on, at its ``--image-size``) as an image set of the
-    model's shape, or the one-line error of data that is not."""
-    from .data import ImageSet, load_dataset
+    """``--data`` (default: the data the run trained on, at its ``--image-size``) and ``--split`` as an image set
+    of the model's shape, or the one-line error of data that is not."""
+    from .data import ImageSet, has_test_split, load_dataset
 
     train = ckpt.config.get("train", {})
     args.data = args.data or train.get("data") or "digits"          # what the command reports it used
+    args.split = args.split or ("test" if has_test_split(args.data) else "train")
     data = load_dataset(args.data, args.split, image_size=train.get("image_size"))
     if not isinstance(data, ImageSet):
         raise ValueError(f"{command} takes images; pick an image dataset with --data")
@@ -418,7 +427,7 @@ def _inpaint(args: argparse.Namespace) -> None:
         m, x, known, method=args.method, steps=args.steps, noise=noise, **options), "inpaint")
     filled = result.samples.clamp(-1, 1).reshape(len(images), k, *images.shape[1:])
     shown = torch.where(known, images, torch.zeros_like(images))           # unknown pixels grey
-    path = save_grid(_grid_rows([images, shown], filled.to(images.dtype)).cpu(), out, nrow=k + 2)
+    path = save_grid(_grid_rows([images, shown], filled.to(images)).cpu(), out, nrow=k + 2)
     np.savez(out.with_suffix(".npz"), x=to_uint8(filled.flatten(0, 1)).cpu().numpy(),
              mask=known.cpu().numpy(), original=to_uint8(images).cpu().numpy())
     print(f"{len(images)} images x {k} inpaintings ({args.method}, mask {args.mask}, {result.nfe} network "
@@ -436,7 +445,7 @@ def _edit(args: argparse.Namespace) -> None:
     k = args.num
     result = _each(args, images, lambda x, noise: sdedit(
         m, x, args.t0, sampler=args.sampler, steps=args.steps, noise=noise, **options), "edit")
-    edits = result.samples.clamp(-1, 1).reshape(len(images), k, *images.shape[1:]).to(images.dtype)
+    edits = result.samples.clamp(-1, 1).reshape(len(images), k, *images.shape[1:]).to(images)
     path = save_grid(_grid_rows([images], edits).cpu(), out, nrow=k + 1)
     np.savez(out.with_suffix(".npz"), x=to_uint8(edits.flatten(0, 1)).cpu().numpy(),
              original=to_uint8(images).cpu().numpy())
@@ -611,7 +620,7 @@ def _add_nll(sub) -> None:
     _model_args(n)
     n.add_argument("--data", default=None, help="images to score (default: the data the model trained on); "
                    + DATASET_HELP)
-    n.add_argument("--split", choices=["train", "test"], default="test")
+    n.add_argument("--split", choices=["train", "test"], default=None, help=_SPLIT_HELP)
     n.add_argument("--method", choices=["vlb", "ode"], default=None,
                    help="vlb: the variational bound (DDPM and multinomial runs, the default there); ode: the "
                    "probability-flow ODE's exact likelihood (the default for SDE runs)")
@@ -631,7 +640,7 @@ def _add_interpolate(sub) -> None:
     _model_args(i)
     i.add_argument("--data", default=None, help="images to interpolate (default: the data the model trained on); "
                    + DATASET_HELP)
-    i.add_argument("--split", choices=["train", "test"], default="test")
+    i.add_argument("--split", choices=["train", "test"], default=None, help=_SPLIT_HELP)
     i.add_argument("--pair", type=int, nargs=2, default=[0, 1], metavar=("I", "J"), help="image indices")
     i.add_argument("--frames", type=int, default=8)
     i.add_argument("--method", choices=["ode", "ddim"], default=None,
@@ -689,7 +698,7 @@ def _conditional_args(q: argparse.ArgumentParser) -> None:
     _model_args(q)
     q.add_argument("--data", default=None, help="images to work on (default: the data the model trained on); "
                    + DATASET_HELP)
-    q.add_argument("--split", choices=["train", "test"], default="test")
+    q.add_argument("--split", choices=["train", "test"], default=None, help=_SPLIT_HELP)
     q.add_argument("--images", type=int, nargs="+", default=list(range(8)), metavar="I",
                    help="indices of the images to work on (default: the first 8)")
     q.add_argument("--input", nargs="+", default=None, metavar="FILE",

@@ -444,7 +444,8 @@ def load_dataset(spec: str, split: str = "train", *, image_size: int | None = No
         return load_cifar10(arg, split)
     if kind == "points":
         return toy_points(arg, num_points, seed=seed if split == "train" else seed + 1)
-    require(split == "train", f"{kind} data has no separate test split; point --data at the held-out files")
+    require(split == "train" or has_test_split(spec), f"{kind} data has no separate test split; pass --split "
+            "train, or point --data at the held-out files")
     if kind == "folder":
         return load_image_folder(arg, image_size=image_size, labels=labels)
     if kind == "array":

@@ -235,20 +235,14 @@ def _span(floor: dict[str, Any], key: str) -> str:
     return f"{low:.3f} to {high:.3f}"
 
 
-def _write_report(out: Path, run: Path, n: dict[str, Any], num_eval: int) -> Path:
-    rel = run.relative_to(out) if run.is_relative_to(out) else run
-    rows = "\n".join(
-        f"| {name} | {DEMO_SAMPLERS[name][1] or 'adaptive'} | {n[f'samples_{name}']['nfe']} | "
-        f"{_pct(n[f'samples_{name}']['confident_and_as_asked'])} | ![{name}](samples_{name}.png) |"
-        for name in DEMO_SAMPLERS)
+def _fd(row: dict[str, Any]) -> str:
+    """A row's precision/recall (pixels, features) and two-sample accuracy as table cells."""
+    return (f"{row['precision_pixels']:.3f} / {row['recall_pixels']:.3f} | {row['precision_features']:.3f} / "
+            f"{row['recall_features']:.3f} | {row['two_sample_accuracy']:.3f}")
 
-    def fd(row: dict[str, float]) -> str:
-        return (f"{row['precision_pixels']:.3f} / {row['recall_pixels']:.3f} | {row['precision_features']:.3f} / "
-                f"{row['recall_features']:.3f} | {row['two_sample_accuracy']:.3f}")
-    fd_rows = "\n".join(f"| {name} | {fd(n[f'samples_{name}'])} |" for name in DEMO_SAMPLERS)
-    un, main, floor = n["unconditional_100"], n[f"samples_{MAIN}"], n[f"real_training_digits_{num_eval}"]
-    at = main[f"at_{num_eval}"]
-    text = f"""# scorelab demo: a diffusion model on the 8x8 digits
+
+def _intro(n: dict[str, Any]) -> str:
+    return f"""# scorelab demo: a diffusion model on the 8x8 digits
 
 A class-conditional DDPM (Ho et al. 2020: T = 1000 linear betas, eps target, L_simple; label dropout 0.1)
 with a small U-Net, trained for {n['train_steps']} steps of batch {DEMO_BATCH} on 1,617 digits in
@@ -256,7 +250,13 @@ with a small U-Net, trained for {n['train_steps']} steps of batch {DEMO_BATCH} o
 each grid has one row per class (0 at the top), each sample asked for its row's digit (classifier-free
 guidance w = {n['guidance_w']:g}: {'plain conditional sampling' if n['guidance_w'] == 0 else 'guided'}). The first, {MAIN}, is the demo's choice.
 
-## Fidelity and diversity: {num_eval} samples against the 180 held-out digits
+"""
+
+
+def _fidelity_section(n: dict[str, Any], num_eval: int) -> str:
+    main, floor = n[f"samples_{MAIN}"], n[f"real_training_digits_{num_eval}"]
+    at = main[f"at_{num_eval}"]
+    return f"""## Fidelity and diversity: {num_eval} samples against the 180 held-out digits
 
 {num_eval} {MAIN} samples, 50 per class, written as the digits are stored (17 grey levels), against the
 held-out digits: improved precision and recall (Kynkaanniemi et al. 2019, k = 3) in pixel space and in the
@@ -269,14 +269,24 @@ is {num_eval} real training digits scored the same way, the mean of {floor['draw
 
 | samples | precision / recall (pixels) | precision / recall (features) | two-sample test accuracy |
 |---|---|---|---|
-| {MAIN}, {main['nfe']} network calls | {fd(at)} |
-| real training digits (the floor) | {fd(floor)} |
+| {MAIN}, {main['nfe']} network calls | {_fd(at)} |
+| real training digits (the floor) | {_fd(floor)} |
 
 Of all {main['samples']}, {_pct(main['confident_and_as_asked'])} are recognised as asked: a classifier trained on
 real digits (scikit-learn MLP) gives the requested class with probability >= 0.9. On real held-out digits it
 scores {_pct(n['real_test_digits']['confident_and_as_asked'])}.
 
-## Four samplers, one network
+"""
+
+
+def _samplers_section(n: dict[str, Any]) -> str:
+    rows = "\n".join(
+        f"| {name} | {DEMO_SAMPLERS[name][1] or 'adaptive'} | {n[f'samples_{name}']['nfe']} | "
+        f"{_pct(n[f'samples_{name}']['confident_and_as_asked'])} | ![{name}](samples_{name}.png) |"
+        for name in DEMO_SAMPLERS)
+    fd_rows = "\n".join(f"| {name} | {_fd(n[f'samples_{name}'])} |" for name in DEMO_SAMPLERS)
+    un, floor = n["unconditional_100"], n[f"real_training_digits_{GRID}"]
+    return f"""## Four samplers, one network
 
 | sampler | steps | network calls | recognised as asked | samples |
 |---|---|---|---|---|
@@ -288,12 +298,16 @@ Each grid's {GRID} samples scored as above (the floor: {GRID} real training digi
 | samples | precision / recall (pixels) | precision / recall (features) | two-sample test accuracy |
 |---|---|---|---|
 {fd_rows}
-| real training digits | {fd(n[f'real_training_digits_{GRID}'])} |
+| real training digits | {_fd(floor)} |
 
 {GRID} unconditional samples (no label, {MAIN}): {_pct(un['confident'])} recognised with confidence >= 0.9,
 {un['classes_seen']} of 10 classes seen. ![unconditional](samples_unconditional.png)
 
-## Held-out likelihood
+"""
+
+
+def _closing_sections(n: dict[str, Any], rel: Path) -> str:
+    return f"""## Held-out likelihood
 
 The variational bound on the 180 held-out digits: **{n['test_bits_per_dim_vlb']['value']:.3f} bits/dim**
 (+- {n['test_bits_per_dim_vlb']['stderr']:.3f}; the 999 middle terms estimated from
@@ -314,6 +328,12 @@ Run folder: `{rel}` (checkpoint, `loss.csv`, `config.json`, sample grids during 
 Sample more with `scorelab sample {rel} --sampler {DEMO_SAMPLERS[MAIN][0]} --steps {DEMO_SAMPLERS[MAIN][1]} --label 3`
 (add `--guidance 1` for more typical, less varied digits).
 """
+
+
+def _write_report(out: Path, run: Path, n: dict[str, Any], num_eval: int) -> Path:
+    """``out/report.md`` from the demo's numbers, beside a copy of the run's loss curve."""
+    rel = run.relative_to(out) if run.is_relative_to(out) else run
+    text = _intro(n) + _fidelity_section(n, num_eval) + _samplers_section(n) + _closing_sections(n, rel)
     path = out / "report.md"
     path.write_text(text)
     shutil.copy(run / "loss.png", out / "loss.png")

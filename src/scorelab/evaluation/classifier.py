@@ -136,8 +136,8 @@ def fit_domain_classifier(train: ImageSet, test: ImageSet, *, seed: int = 0, cac
             net.load_state_dict(ckpt.model)
             return DomainFeatures(net.eval(), float(ckpt.extra["accuracy"]), classes, key,
                                   float(ckpt.extra["feature_scale"]))
-        except (CheckpointError, RuntimeError, KeyError):
-            pass                                   # a damaged cache entry: train again and overwrite it
+        except (CheckpointError, RuntimeError, KeyError, OSError):
+            pass              # a damaged entry, or one another process is replacing: train again and overwrite it
 
     with torch.random.fork_rng():
         torch.manual_seed(seed)
@@ -163,7 +163,10 @@ def fit_domain_classifier(train: ImageSet, test: ImageSet, *, seed: int = 0, cac
     # order 1 like Inception's pool features and KID's kernel (x.y / D + 1)^3 stays well conditioned.
     feats, _ = DomainFeatures(net, accuracy, classes, key)(train.images[:10000])
     scale = float(np.sqrt(np.mean(feats ** 2)))
-    save_checkpoint(folder / key, steps, model=net.state_dict(), config=config,
-                    extra={"accuracy": accuracy, "feature_scale": scale, "train_images": len(train),
-                           "test_images": len(test)}, keep_last=1)
+    try:
+        save_checkpoint(folder / key, steps, model=net.state_dict(), config=config,
+                        extra={"accuracy": accuracy, "feature_scale": scale, "train_images": len(train),
+                               "test_images": len(test)}, keep_last=1)
+    except OSError:           # another process storing the same deterministic classifier, or no writable cache:
+        pass                  # the classifier serves all the same
     return DomainFeatures(net, accuracy, classes, key, scale)

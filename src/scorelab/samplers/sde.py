@@ -294,6 +294,25 @@ def _metropolis_level(model: DiffusionModel, chain: MCMCState, x: Tensor, t: Ten
     return chain.x, ((chain.accepted - accepted) / done if done else None)
 
 
+def _correct(model: DiffusionModel, net: _Counter, process: SDE, corrector: str, x: Tensor, t: Tensor,
+             t_next: Tensor, at_t: tuple[float, float], *, steps: int, target_snr: float, snr_norm: str,
+             chain: MCMCState, scale: float, target_acceptance: float | None, project: Projection | None,
+             noise: Randomness, kernel: dict[str, Any]) -> tuple[Tensor, float]:
+    """One noise level's ``steps`` corrector steps from ``x`` at ``t``: Langevin-type ones on the score, or
+    Metropolis-adjusted ones on the energy (step scaled by ``scale``, which moves toward
+    ``target_acceptance``). Returns the new ``x`` and step scale."""
+    chosen = CORRECTORS[corrector]
+    if chosen.metropolis:
+        e = scale * 2 * process.langevin_alpha(t, t_next) * (target_snr * process.noise_std(t)) ** 2
+        x, rate = _metropolis_level(model, chain, x, t, e, corrector, steps, at_t, project, noise, **kernel)
+        if target_acceptance is not None and rate is not None:
+            scale *= math.exp(rate - target_acceptance)
+    elif chosen.run is not None:
+        for _ in range(steps):
+            x = projected(project, chosen.run(net, process, x, t, t_next, target_snr, snr_norm, noise), *at_t)
+    return x, scale
+
+
 @torch.no_grad()
 def predictor_corrector(model: DiffusionModel, shape_or_x: Sequence[int] | Tensor, steps: int = 1000, *,
                         predictor: str = "reverse_diffusion", corrector: str = "langevin",
@@ -356,17 +375,10 @@ def predictor_corrector(model: DiffusionModel, shape_or_x: Sequence[int] | Tenso
     for i in range(steps):
         t_val, t_next_val = times[i].item(), times[i + 1].item()
         t, t_next = as_time(t_val, x), as_time(t_next_val, x)
-        at_t = _coefficients(process, t_val, project)
-        if chosen.metropolis:
-            e = scale * 2 * process.langevin_alpha(t, t_next) * (target_snr * process.noise_std(t)) ** 2
-            x, rate = _metropolis_level(model, chain, x, t, e, corrector, corrector_steps, at_t, project, noise,
-                                        leapfrog_steps=leapfrog_steps, momentum_refresh=momentum_refresh)
-            if target_acceptance is not None and rate is not None:
-                scale *= math.exp(rate - target_acceptance)
-        elif chosen.run is not None:
-            for _ in range(corrector_steps):
-                x = chosen.run(net, process, x, t, t_next, target_snr, snr_norm, noise)
-                x = projected(project, x, *at_t)
+        x, scale = _correct(model, net, process, corrector, x, t, t_next, _coefficients(process, t_val, project),
+                            steps=corrector_steps, target_snr=target_snr, snr_norm=snr_norm, chain=chain,
+                            scale=scale, target_acceptance=target_acceptance, project=project, noise=noise,
+                            kernel={"leapfrog_steps": leapfrog_steps, "momentum_refresh": momentum_refresh})
         step = PREDICTORS[predictor].run
         if step is not None:
             x = step(net, process, x, t, t_next, i + 1 == steps, noise)

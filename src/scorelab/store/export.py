@@ -20,6 +20,7 @@ An autoregressive categorical model draws dimension by dimension and is not expo
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 from typing import Any
@@ -55,8 +56,8 @@ class _Program(nn.Module):
 
 def _output(model: NetworkModel) -> str:
     kind = model.parameterization
-    require(kind in EXPORTED, f"a {kind} model is not exported: it draws dimension by dimension; export a "
-            "factorized categorical model, a score model or an energy model")
+    require(kind in EXPORTED, f"a {kind} model is not exported (its sampler calls the network more than once "
+            "per step); export a score model, an energy model or a factorized categorical model")
     if kind == "score":
         return "x0" if model.process.has_kind("affine") else "score"
     return "energy" if kind == "energy" else "x0_logits"
@@ -81,16 +82,21 @@ def export_model(model: NetworkModel, spec: ModelSpec, path: str | Path) -> Path
     """Write ``model`` as a ``torch.export`` program at ``path`` (``.pt2``) and what it computes beside it
     (``.json``); see the module's docstring. Any batch size runs the program."""
     output = _output(model)
-    program = _Program(model.eval(), output).requires_grad_(False)
-    example = _example(model, spec, 2)
-    batch = torch.export.Dim("batch", min=1, max=1 << 20)
-    names = ("x", "t", "labels")[: len(example)]
-    exported = torch.export.export(program, example, dynamic_shapes={n: {0: batch} for n in names}, strict=False)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{path.name}")
-    torch.export.save(exported, str(tmp))
-    tmp.replace(path)
+    training, grads = model.training, [p.requires_grad for p in model.parameters()]
+    try:                                      # traced in eval mode without gradients; the model is given back as it was
+        program = _Program(model.eval(), output).requires_grad_(False)
+        example = _example(model, spec, 2)
+        batch = torch.export.Dim("batch", min=1, max=1 << 20)
+        names = ("x", "t", "labels")[: len(example)]
+        exported = torch.export.export(program, example, dynamic_shapes={n: {0: batch} for n in names},
+                                       strict=False)
+    finally:
+        model.train(training)
+        for p, g in zip(model.parameters(), grads):
+            p.requires_grad_(g)
+    buffer = io.BytesIO()
+    torch.export.save(exported, buffer)
+    path = atomic_write(path, buffer.getvalue())
     about: dict[str, Any] = {
         "inputs": {"x": f"(N, {', '.join(map(str, spec.data_shape))}) "
                         + ("integer states" if output == "x0_logits" else "float32, on the data's scale [-1, 1]"),
