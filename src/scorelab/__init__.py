@@ -13,11 +13,12 @@ contract, trained networks, wrappers and guidance), ``objectives`` (training los
 specs), ``training``, ``evaluation``, and the ``scorelab`` command (``cli``).
 """
 
-from . import (conditional, data, discrete, energy, evaluation, likelihood, models, networks, noise, objectives,
+from . import (conditional, data, diffflow, discrete, energy, evaluation, likelihood, models, networks, noise, objectives,
                processes, samplers, store, training)
 from .energy import EnergyModel, compose
 from .models import (CONDITIONS, TARGETS, ClassifierFreeGuidance, ClassifierGuidance, ClipDenoised, Conditional,
                      DiffusionModel, Model, ModelBase, ModelWrapper, Prediction, ProcessAdapter, from_eps, to_eps)
+from .diffflow import DiffFlow
 from .noise import PerSampleNoise
 from .objectives import VLB, dsm_loss, hybrid_loss, simple_loss, vlb, vlb_term
 from .oracle import ExactModel, GaussianMixture
@@ -29,12 +30,12 @@ from .store import ModelSpec, load_model
 __version__ = "0.2.0"
 
 __all__ = [
-    "Process", "SDE", "NoiseProcess", "DDPM", "NCSN", "VPSDE", "SubVPSDE", "VESDE", "GeneralSDE", "named_sde",
+    "Process", "SDE", "NoiseProcess", "DDPM", "NCSN", "VPSDE", "SubVPSDE", "VESDE", "GeneralSDE", "DiffFlow", "named_sde",
     "register_sde", "register_process", "process_from_config", "require_kind",
     "Model", "ModelBase", "ModelWrapper", "ProcessAdapter", "ClipDenoised", "Prediction", "DiffusionModel",
     "TARGETS", "CONDITIONS", "to_eps", "from_eps", "Conditional", "ClassifierFreeGuidance", "ClassifierGuidance",
     "GaussianMixture", "ExactModel", "EnergyModel", "compose", "PerSampleNoise", "sample", "register_sampler",
     "ModelSpec", "load_model", "simple_loss", "dsm_loss", "vlb", "vlb_term", "VLB", "hybrid_loss",
-    "processes", "models", "objectives", "samplers", "likelihood", "conditional", "energy", "discrete", "store",
+    "processes", "models", "objectives", "samplers", "likelihood", "conditional", "energy", "discrete", "diffflow", "store",
     "training", "evaluation", "networks", "data", "noise",
 ]

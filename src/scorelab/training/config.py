@@ -87,6 +87,13 @@ FRAMEWORKS: dict[str, Framework] = {
     "multinomial": Framework("Hoogeboom et al. 2021", {"name": "multinomial", "num_steps": 1000, "schedule": "cosine",
                                                        "kernel": "uniform"},
                              None, "vlb", 2e-4, 1000, 1.0, 0.9999, "sinusoidal", None, "multinomial"),
+    # Zhang & Chen 2021 (DiffFlow, MATH.md 11): the drift and the score are both networks, trained together by the
+    # path KL (eq. 16) on N = 30 steps of t_i = (i/N)^0.9 T, T = 0.05, g = 1 (their images' settings), each
+    # example's grid jittered as their code does; Adam 2e-4 for both networks (their MNIST and CIFAR-10
+    # settings; their 2-D toys take 1e-2). Sample with the backward chain the loss trains.
+    "diffflow": Framework("Zhang & Chen 2021", {"name": "diffflow", "num_steps": 30, "beta": 0.9, "horizon": 0.05,
+                                                "g": 1.0},
+                          "score", "diffflow", 2e-4, 0, 1.0, 0.999, "sinusoidal", 1000.0, "diffflow"),
     # Dhariwal & Nichol 2021 (classifier guidance, MATH.md 8): a noise-conditional classifier trained by
     # cross-entropy on the diffusion model's own x_t (scorelab train-classifier RUN); Adam 3e-4, no EMA.
     "classifier": Framework("Dhariwal & Nichol 2021", None, None, "cross-entropy", 3e-4, 0, None, 0.0,
@@ -123,7 +130,8 @@ class TrainConfig:
 
     framework: str = _opt("ddpm", "ddpm: Ho et al. 2020; ncsn: Song & Ermon 2019; vp/subvp/ve: Song et al. "
                           "2021; edm: Karras et al. 2022; sde: a non-affine SDE by sliced score matching; multinomial: "
-                          "categorical pixels (Hoogeboom et al. 2021); classifier: classifier guidance's classifier "
+                          "categorical pixels (Hoogeboom et al. 2021); diffflow: a learned forward SDE (Zhang & Chen "
+                          "2021); classifier: classifier guidance's classifier "
                           "(scorelab train-classifier)", choices=tuple(sorted(FRAMEWORKS)))
     data: str = _opt("digits", DATASET_HELP)
     out: str = _opt("runs/scorelab", "run folder (checkpoints, loss.csv, samples/)")
@@ -217,6 +225,14 @@ class TrainConfig:
             raise kind_error(process, chosen.kinds, f"the loss {loss!r}",
                              (f"use --framework {' or '.join(frameworks)}, or " if frameworks else "use ")
                              + f"a loss for this process: --loss {' or '.join(fits)}")
+        require(process.has_kind("learned") == ("learned" in chosen.kinds), "a learned forward process (DiffFlow) "
+                "is trained by its path loss, which trains its drift too: use --framework diffflow with --loss "
+                "diffflow" if process.has_kind("learned") else f"the loss {loss!r} trains a learned forward process: "
+                "use --framework diffflow")
+        if process.has_kind("learned"):
+            require(self.parameterization == "score" and self.resolved("target") == "score"
+                    and not self.class_conditional, "DiffFlow's networks are an unconditional drift and score: "
+                    "drop --parameterization, --target and --class-conditional")
         categorical = process.has_kind("categorical")
         if categorical:
             require(self.parameterization == "score" and self.target is None, "multinomial diffusion's network "
@@ -412,6 +428,10 @@ def make_model_spec(config: TrainConfig, data: ImageSet | np.ndarray) -> ModelSp
                                                      **config.network_options}).to_dict()}
         except TypeError as e:
             raise ValueError(f"network options {config.network_options} do not fit MLPConfig: {e}") from None
+    parameterization = config.parameterization
+    if process.has_kind("learned"):                     # DiffFlow: a drift network beside the score's (MATH.md 11)
+        network = {"kind": "diffflow", "drift": network, "score": network}
+        parameterization = "diffflow"
     if config.parameterization == "energy":
         require_kind(process, ("affine",), "an energy model (s(t) scales its energy)", "use --parameterization score")
         require(config.target is None, "with --parameterization energy the network gives an energy (its gradient "
@@ -424,7 +444,7 @@ def make_model_spec(config: TrainConfig, data: ImageSet | np.ndarray) -> ModelSp
     return ModelSpec(network=network, process=process.config(),
                      target="eps" if config.parameterization == "energy" else config.resolved("target"),
                      condition=process.default_condition, learned_variance=learned_variance,
-                     data_shape=tuple(shape), classes=classes, parameterization=config.parameterization,
+                     data_shape=tuple(shape), classes=classes, parameterization=parameterization,
                      sigma_data=settings.get("sigma_data", 0.5))
 
 

@@ -16,8 +16,8 @@ from .plots import plot_points
 __all__ = ["save_preview", "PREVIEW_SAMPLERS"]
 
 #: The sampler of the grids, by the process's kind: DDIM (eta = 0, MATH.md 5), Euler-Maruyama on a general
-#: SDE (MATH.md 7), multinomial diffusion's chain (MATH.md 10).
-PREVIEW_SAMPLERS = {"affine": "ddim", "sde": "em", "categorical": "multinomial"}
+#: SDE (MATH.md 7), multinomial diffusion's chain (MATH.md 10), DiffFlow's backward chain (MATH.md 11).
+PREVIEW_SAMPLERS = {"affine": "ddim", "sde": "em", "categorical": "multinomial", "learned": "diffflow"}
 
 
 @torch.no_grad()
@@ -39,6 +39,8 @@ def save_preview(model: Any, spec: ModelSpec, step: int, out: Path, *, num: int 
     chosen: int | None = steps
     if process.has_kind("categorical") and (not model.factorized or process.num_steps <= steps):
         chosen = None                                    # every step (an autoregressive model takes no fewer)
+    if process.has_kind("learned"):
+        chosen = None                                    # DiffFlow's chain on the grid it was trained on
     noise = torch.Generator(device).manual_seed(seed)
     x = sample(m, shape, PREVIEW_SAMPLERS[process.kind], chosen, noise=noise).samples
     path = Path(out) / "samples" / f"step-{step:08d}.png"
