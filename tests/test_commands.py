@@ -31,6 +31,7 @@ RUNS = {
     "energy": "--framework vp --parameterization energy",
     "multinomial": "--framework multinomial --process-option num_steps=20",
     "multinomial-labels": "--framework multinomial --process-option num_steps=20 --class-conditional",
+    "diffflow": "--framework diffflow --process-option num_steps=4",
 }
 
 #: name: command line, ``{run}`` the run folder and ``{d}`` a scratch folder
@@ -55,6 +56,9 @@ REFUSED: dict[tuple[str, str], str] = {
     **{(name, cmd): "a multinomial diffusion model samples" for name in _CATEGORICAL
        for cmd in ("interpolate", "evaluate", "inpaint", "edit")},
     **{(name, "train-classifier"): "train the model itself with --class-conditional" for name in _CATEGORICAL},
+    ("diffflow", "inpaint"): "use scorelab edit",
+    ("diffflow", "train-classifier"): "DiffFlow's is learned",
+    ("diffflow", "export"): "a DiffFlow model calls two",
 }
 
 

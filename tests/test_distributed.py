@@ -111,6 +111,21 @@ def test_sliced_score_matching_on_a_non_affine_sde_trains_on_two_ranks_like_one_
     assert _relative_gap(one, two, start, "model/") < 1e-3
 
 
+def test_diffflow_trains_on_two_ranks_like_one_process(tmp_path):
+    """DiffFlow's paths, jittered grids and progressive stage are drawn for the global batch (BatchNoise) and
+    its drift network sits beside the score network under one DistributedDataParallel: two ranks equal one."""
+    args = ["train", "--framework", "diffflow", "--data", "points:two_moons", "--batch-size", "64", "--steps", "4",
+            "--device", "cpu", "--seed", "5", "--lr", "1e-2", "--log-every", "1", "--sample-every", "1000",
+            "--checkpoint-every", "2", "--num-preview", "4", "--process-option", "num_steps=4",
+            "--loss-option", "progressive=2", "--loss-option", "stage_steps=2"]
+    with one_thread():
+        assert main([*args, "--out", str(tmp_path / "one")]) == 0
+    _torchrun([*args, "--out", str(tmp_path / "two")])
+    one, two, start = _state(tmp_path / "one", 4), _state(tmp_path / "two", 4), _state(tmp_path / "one", 2)
+    assert _relative_gap(one, two, start, "model/") < 1e-3
+    assert {k for k in one if k.startswith("model/drift.")} and _relative_gap(one, two, start, "model/drift.") < 1e-3
+
+
 def test_multinomial_diffusion_with_importance_sampled_steps_trains_on_two_ranks_like_one_process(tmp_path):
     """Every rank records its rows' terms and the step's whole batch updates the history on all ranks, so
     the steps drawn once importance sampling takes over (step 3 here) agree with one process."""

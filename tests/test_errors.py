@@ -128,6 +128,18 @@ CASES: list[tuple[str, str, str]] = [
     ("bits/dim of a model whose weights are NaN", "nll {d}/run-nan --num 4 --levels 17", "NaN or Inf"),
     ("a multinomial model whose weights are NaN", "sample {d}/multinomial-nan --steps 2 --num-samples 2 --out "
      "{d}/s.png", "NaN or Inf logits"),
+    ("DiffFlow with no steps", "train --framework diffflow --process-option num_steps=0 --out {d}/x",
+     "integer >= 1"),
+    ("DiffFlow's grid exponent not positive", "train --framework diffflow --process-option beta=0 --out {d}/x",
+     "beta must be a positive number"),
+    ("DiffFlow's horizon T out of range", "train --framework diffflow --process-option horizon=2 --out {d}/x",
+     "must lie in (0, 1]"),
+    ("a fixed process's loss on DiffFlow", "train --framework diffflow --loss ssm-vr --out {d}/x", "--loss diffflow"),
+    ("DiffFlow's loss on a fixed process", "train --framework vp --loss diffflow --out {d}/x", "--framework diffflow"),
+    ("a fixed process's sampler on a DiffFlow model", "sample {d}/diffflow --sampler ddim --out {d}/s.png",
+     "'diffflow'"),
+    ("a DiffFlow model where a fixed process is needed", "train-classifier {d}/diffflow --out {d}/c",
+     "DiffFlow's is learned"),
     ("a sampler option only the library can pass", "sample {d}/run --steps 2 --option callback=print --out {d}/s.png",
      "the command line takes options"),
 ]
@@ -148,6 +160,8 @@ def _setup(d: Path) -> None:
     assert _run(f"train --framework sde --data points:two_moons --out {d}/sde --steps 2 --batch-size 16 "
                 "--sample-every 100", d)[0] == 0
     assert _run(f"train --framework multinomial --out {d}/multinomial " + " ".join(FAST), d)[0] == 0
+    assert _run(f"train --framework diffflow --data points:two_moons --out {d}/diffflow --steps 2 --batch-size 16 "
+                "--sample-every 100 --process-option num_steps=3", d)[0] == 0
     Image.fromarray(np.full((8, 8), 255, np.uint8)).save(d / "white.png")
     assert _run(f"train --out {d}/run100 " + " ".join(FAST) + " --process-option num_steps=100", d)[0] == 0
     assert _run(f"train-classifier {d}/run100 --steps 1 --batch-size 8 --out {d}/clf100", d)[0] == 0

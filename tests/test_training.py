@@ -36,8 +36,10 @@ def eval_loss(model, config, x0, labels=None):
 
 @pytest.mark.parametrize("framework", [f for f in sorted(FRAMEWORKS) if FRAMEWORKS[f].process is not None])
 def test_a_few_steps_lower_the_loss_on_a_fixed_batch(tmp_path, digits32, framework):
-    steps = 120 if framework == "ncsn" else 40   # a raw score target (no 1/sigma scaling) learns slower
-    config = tiny_config(tmp_path, framework=framework, steps=steps)
+    steps = {"ncsn": 120, "diffflow": 20}.get(framework, 40)   # a raw score target (no 1/sigma scaling) learns slower
+    extra = {"process_options": {"num_steps": 3}, "loss_options": {"recompute": False}} \
+        if framework == "diffflow" else {}                          # DiffFlow: 3 network pairs a step
+    config = tiny_config(tmp_path, framework=framework, steps=steps, **extra)
     torch.manual_seed(config.seed)                     # the trainer initialises the same way
     untrained = make_model_spec(config, digits32).build()
     result = train(config, data=digits32, progress=False)

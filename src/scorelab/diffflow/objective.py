@@ -107,8 +107,9 @@ def trajectory_nll(model: DiffusionModel, x0: Tensor, *, num_steps: int | None =
 
 
 # ---- the registered objective -------------------------------------------------------------
-def _schedule(progressive: str, final: int) -> list[int]:
+def _schedule(progressive: str | int, final: int) -> list[int]:
     """``"10,20"`` -> ``[10, 20, final]``: the grid sizes of the stages, each larger than the last."""
+    progressive = str(progressive)                      # the command line reads "10" as a number
     if not progressive.strip():
         return [final]
     try:

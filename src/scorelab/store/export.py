@@ -56,8 +56,10 @@ class _Program(nn.Module):
 
 def _output(model: NetworkModel) -> str:
     kind = model.parameterization
-    require(kind in EXPORTED, f"a {kind} model is not exported (its sampler calls the network more than once "
-            "per step); export a score model, an energy model or a factorized categorical model")
+    require(kind in EXPORTED, f"a {kind} model is not exported: the program is one network's answer to a sampler "
+            "(an autoregressive model calls its network once a pixel, a DiffFlow model calls two, its drift and its "
+            "score); export a score model, an energy model or a factorized categorical model, or load this one "
+            "with sl.load_model(RUN)")
     if kind == "score":
         return "x0" if model.process.has_kind("affine") else "score"
     return "energy" if kind == "energy" else "x0_logits"

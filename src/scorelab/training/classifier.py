@@ -139,6 +139,9 @@ def train_classifier(run: str | Path, *, data: str | None = None, steps: int = 2
     require_kind(process, OBJECTIVES["cross-entropy"].kinds, "classifier guidance (a classifier of noisy x_t)",
                  "train the model itself with --class-conditional and sample with --label and --guidance "
                  "(classifier-free guidance)")
+    require(not process.has_kind("learned"), "classifier guidance trains a classifier on the x_t of a fixed forward "
+            "process, and DiffFlow's is learned (its x_t follow its drift network); guide a model of an affine "
+            "process (--framework ddpm, vp, ...) instead")
     base = ckpt.config.get("train", {})
     data = data or base.get("data")
     require(data is not None, f"{run} does not say what data it trained on; pass data=")

@@ -220,7 +220,8 @@ class TrainConfig:
         loss, chosen = self.resolved("loss"), self.objective
         if not process.has_kind(*chosen.kinds):
             fits = [name for name, o in sorted(OBJECTIVES.items())
-                    if process.has_kind(*o.kinds) and (o.labels == "target") == (chosen.labels == "target")]
+                    if process.has_kind(*o.kinds) and (o.labels == "target") == (chosen.labels == "target")
+                    and process.has_kind("learned") == ("learned" in o.kinds)]
             frameworks = [name for name, kind in _framework_kinds().items() if kind in chosen.kinds]
             raise kind_error(process, chosen.kinds, f"the loss {loss!r}",
                              (f"use --framework {' or '.join(frameworks)}, or " if frameworks else "use ")
