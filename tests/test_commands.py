@@ -40,6 +40,7 @@ COMMANDS = {
     "sample-guided": "sample {run} --steps 3 --num-samples 4 --label 3 --guidance 1 --out {d}/g.png",
     "interpolate": "interpolate {run} --frames 3 --steps 2 --ode-rtol 1e-2 --out {d}/i.png",
     "nll": "nll {run} --num 4 --ode-rtol 1e-2",
+    "nll-trajectory": "nll {run} --num 4 --method trajectory",
     "evaluate": "evaluate {run} --nfe 2 --num-samples 8 --bpd-images 4 --vlb-terms 2 --ode-rtol 1e-2 --out {d}/e",
     "inpaint": "inpaint {run} --images 0 1 --num-samples 1 --steps 3 --out {d}/p.png",
     "edit": "edit {run} --images 0 --num-samples 1 --t0 0.3 --steps 2 --out {d}/e.png",
@@ -56,6 +57,8 @@ REFUSED: dict[tuple[str, str], str] = {
     **{(name, cmd): "a multinomial diffusion model samples" for name in _CATEGORICAL
        for cmd in ("interpolate", "evaluate", "inpaint", "edit")},
     **{(name, "train-classifier"): "train the model itself with --class-conditional" for name in _CATEGORICAL},
+    **{(name, "nll-trajectory"): "--method vlb" if name in _CATEGORICAL else "use --method ode"
+       for name in RUNS if name != "diffflow"},
     ("diffflow", "inpaint"): "use scorelab edit",
     ("diffflow", "train-classifier"): "DiffFlow's is learned",
     ("diffflow", "export"): "a DiffFlow model calls two",

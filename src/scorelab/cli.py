@@ -286,7 +286,9 @@ def _nll(args: argparse.Namespace) -> None:
 
     from .data import from_categories, to_categories, to_model_range, to_uint8
     from .discrete import bits_per_dim as discrete_bits
-    from .likelihood import ode_bits_per_dim
+    from .diffflow import trajectory_nll
+    from .likelihood import dequantize, dequantized_bits_per_dim, ode_bits_per_dim
+    from .processes import require_kind
     from .models import unconditional
     from .objectives import vlb
     from .objectives.vlb import ddpm_of
@@ -309,6 +311,9 @@ def _nll(args: argparse.Namespace) -> None:
                              "categories: use --method vlb and drop --levels")
     elif args.method == "vlb":
         ddpm_of(model)
+    elif args.method == "trajectory":
+        require_kind(model.process, ("learned",), "--method trajectory (DiffFlow's bound on its chain)",
+                     "use --method ode, or vlb for a DDPM run")
     if not 2 <= levels <= 256 or (args.method == "ode" and levels != 256):
         raise ValueError(f"--levels must lie in 2..256 (and stay 256 for --method ode), got {levels}")
     for start in range(0, len(images), args.batch_size):
@@ -320,6 +325,10 @@ def _nll(args: argparse.Namespace) -> None:
         if args.method == "vlb":                        # the data binned to `levels` grey levels (MATH.md 2)
             x = from_categories(to_categories(x, levels), levels)
             values.append(vlb(m, x, generator=gen, num_bins=levels).bits_per_dim.cpu())
+        elif args.method == "trajectory":               # the chain's bound on the dequantized data (MATH.md 4, 11)
+            x = dequantize(to_uint8(x), gen).to(x.dtype)
+            nll = trajectory_nll(model, x, randomness=gen)
+            values.append(dequantized_bits_per_dim(-nll, x[0].numel()).cpu())
         else:
             tolerance = dict(rtol=args.ode_rtol, atol=args.ode_rtol)
             values.append(ode_bits_per_dim(m, to_uint8(x), generator=gen, **tolerance)[0].cpu())
@@ -621,9 +630,10 @@ def _add_nll(sub) -> None:
     n.add_argument("--data", default=None, help="images to score (default: the data the model trained on); "
                    + DATASET_HELP)
     n.add_argument("--split", choices=["train", "test"], default=None, help=_SPLIT_HELP)
-    n.add_argument("--method", choices=["vlb", "ode"], default=None,
+    n.add_argument("--method", choices=["vlb", "ode", "trajectory"], default=None,
                    help="vlb: the variational bound (DDPM and multinomial runs, the default there); ode: the "
-                   "probability-flow ODE's exact likelihood (the default for SDE runs)")
+                   "probability-flow ODE's exact likelihood (the default for SDE runs); trajectory: DiffFlow's "
+                   "bound on its backward chain's likelihood (MATH.md 11)")
     n.add_argument("--levels", type=int, default=256,
                    help="grey levels the data is counted on: DDPM's VLB decoder bins the data to this many levels "
                         "(17 for the digits as stored; default 256, 8-bit); a multinomial model uses its categories")
