@@ -96,6 +96,15 @@ def test_two_gloo_ranks_train_like_one_process_with_the_same_global_batch(runs):
     assert latest_checkpoint(runs / "two" / "checkpoints").name == "step-00000006"
 
 
+def _one_and_two(args: list[str], tmp_path: Path) -> tuple[dict, dict, dict]:
+    """Train ``args`` (4 steps, a checkpoint every 2) in one process and on two ranks: the states at step 4 of
+    each, and the one process's at step 2."""
+    with one_thread():
+        assert main([*args, "--out", str(tmp_path / "one")]) == 0
+    _torchrun([*args, "--out", str(tmp_path / "two")])
+    return _state(tmp_path / "one", 4), _state(tmp_path / "two", 4), _state(tmp_path / "one", 2)
+
+
 def test_sliced_score_matching_on_a_non_affine_sde_trains_on_two_ranks_like_one_process(tmp_path):
     """The simulated x_t and the SSM projections are drawn for the global batch and sharded (BatchNoise):
     two ranks equal one process (measured relative gap 5e-6; ranks drawing from the step's generator for
@@ -104,10 +113,7 @@ def test_sliced_score_matching_on_a_non_affine_sde_trains_on_two_ranks_like_one_
             "--data", "points:two_moons", "--batch-size", "64", "--steps", "4", "--device", "cpu", "--seed", "5",
             "--lr", "1e-2", "--log-every", "1", "--sample-every", "1000", "--checkpoint-every", "2",
             "--num-preview", "4", "--preview-steps", "2"]
-    with one_thread():
-        assert main([*args, "--out", str(tmp_path / "one")]) == 0
-    _torchrun([*args, "--out", str(tmp_path / "two")])
-    one, two, start = _state(tmp_path / "one", 4), _state(tmp_path / "two", 4), _state(tmp_path / "one", 2)
+    one, two, start = _one_and_two(args, tmp_path)
     assert _relative_gap(one, two, start, "model/") < 1e-3
 
 
@@ -118,10 +124,7 @@ def test_diffflow_trains_on_two_ranks_like_one_process(tmp_path):
             "--device", "cpu", "--seed", "5", "--lr", "1e-2", "--log-every", "1", "--sample-every", "1000",
             "--checkpoint-every", "2", "--num-preview", "4", "--process-option", "num_steps=4",
             "--loss-option", "progressive=2", "--loss-option", "stage_steps=2"]
-    with one_thread():
-        assert main([*args, "--out", str(tmp_path / "one")]) == 0
-    _torchrun([*args, "--out", str(tmp_path / "two")])
-    one, two, start = _state(tmp_path / "one", 4), _state(tmp_path / "two", 4), _state(tmp_path / "one", 2)
+    one, two, start = _one_and_two(args, tmp_path)
     assert _relative_gap(one, two, start, "model/") < 1e-3
     assert {k for k in one if k.startswith("model/drift.")} and _relative_gap(one, two, start, "model/drift.") < 1e-3
 
@@ -134,10 +137,7 @@ def test_multinomial_diffusion_with_importance_sampled_steps_trains_on_two_ranks
             "digits8", "--network-option", "num_res_blocks=1", "--network-option", "base_channels=16",
             "--network-option", "norm_groups=8", "--device", "cpu", "--seed", "2", "--log-every", "1",
             "--sample-every", "1000", "--checkpoint-every", "2", "--num-preview", "4", "--preview-steps", "2"]
-    with one_thread():
-        assert main([*args, "--out", str(tmp_path / "one")]) == 0
-    _torchrun([*args, "--out", str(tmp_path / "two")])
-    one, two, start = _state(tmp_path / "one", 4), _state(tmp_path / "two", 4), _state(tmp_path / "one", 2)
+    one, two, start = _one_and_two(args, tmp_path)
     assert _relative_gap(one, two, start, "model/") < 1e-3
     history = [load_file(r / "checkpoints" / "step-00000004" / "state.safetensors") for r in (tmp_path / "one",
                                                                                               tmp_path / "two")]
