@@ -8,7 +8,8 @@ digits the classifier two-sample test (0.5: indistinguishable) against the held-
 probability-flow ODE's NLL of held-out points (nats per point; exact divergence on the toys), and DiffFlow's
 trajectory bound at each N. Pictures: learned forward trajectories beside VP's.
 
-    python benchmarks/diffflow.py [--seconds 90] [--digits-seconds 300] [--only toys|digits]
+    python benchmarks/diffflow.py [--seconds 60] [--digits-seconds 300] [--only toys|digits|memory]
+    python benchmarks/diffflow.py --only digits-likelihood --scratch DIR     # the saved digits runs' bits/dim
 
 writes benchmarks/results/diffflow-{toys,digits,memory}.json, benchmarks/results/diffflow.md and docs/diffflow/*.png.
 """
@@ -176,6 +177,33 @@ def digits(seconds: float, scratch: Path) -> dict:
     return row
 
 
+def digits_likelihood(scratch: Path, num: int = 100) -> None:
+    """Held-out bits/dim of the digits runs the ``digits`` part trained (in ``scratch``), added to its results:
+    the probability-flow ODE's for both (RK45, rtol 1e-4, one Hutchinson probe) and DiffFlow's trajectory bound
+    at each N (one path per image), on ``num`` test digits, uniformly dequantized."""
+    from scorelab.likelihood import dequantize, dequantized_bits_per_dim, ode_bits_per_dim
+
+    path = RESULTS / "diffflow-digits.json"
+    saved = json.loads(path.read_text())
+    images = torch.from_numpy(load_digits("test").images[:num])
+    for key in ("diffflow", "vp"):
+        model, _, _ = sl.load_model(scratch / f"digits-{key}")
+        gen = torch.Generator().manual_seed(0)
+        bpd, _ = ode_bits_per_dim(model, images, generator=gen, rtol=1e-4, atol=1e-4)
+        entry = saved["results"]["models"][key]
+        entry["ode_bits_per_dim"] = float(bpd.mean())
+        print("digits", key, "ode bits/dim", float(bpd.mean()), flush=True)
+        if key == "diffflow":
+            for n in STEPS:
+                x = dequantize(images, torch.Generator().manual_seed(n)).float()
+                nll = sl.diffflow.trajectory_nll(model, x, num_steps=n, randomness=torch.Generator().manual_seed(n))
+                entry["by_steps"][str(n)]["trajectory_bits_per_dim"] = float(
+                    dequantized_bits_per_dim(-nll, x[0].numel()).mean())
+                print("digits trajectory", n, entry["by_steps"][str(n)]["trajectory_bits_per_dim"], flush=True)
+    saved["likelihood_images"] = num
+    path.write_text(json.dumps(saved, indent=1))
+
+
 def _memory_probe(n: int, recompute: bool) -> int:
     """Peak resident memory added by one training loss and its backward pass (bytes; Linux, a fresh process)."""
     import resource
@@ -228,9 +256,14 @@ def write_markdown() -> None:
             for model, entry in row["models"].items():
                 values = ", ".join(f"{entry['by_steps'][str(n)][key]:.4f}" if part == "toys" else
                                    f"{entry['by_steps'][str(n)][key]:.3f}" for n in STEPS)
-                nll = f"{entry['ode_nll']:.3f}" if "ode_nll" in entry else "-"
+                nll = f"{entry['ode_nll']:.3f}" if "ode_nll" in entry else \
+                    f"{entry['ode_bits_per_dim']:.3f} bits/dim" if "ode_bits_per_dim" in entry else "-"
                 lines.append(f"| {name} | {model} | {entry['steps']} ({entry['seconds_per_step']:.3f}) | {nll} | "
                              f"{values} | {row['floor']:.4f} |")
+        bound = rows.get("digits (8x8)", {}).get("models", {}).get("diffflow", {}).get("by_steps", {})
+        if bound and "trajectory_bits_per_dim" in bound[str(STEPS[0])]:
+            lines += ["", "DiffFlow's trajectory bound on the digits (bits/dim) at N = " + ", ".join(map(str, STEPS))
+                      + ": " + ", ".join(f"{bound[str(n)]['trajectory_bits_per_dim']:.3f}" for n in STEPS)]
         if part == "toys":
             lines += ["", "DiffFlow's trajectory bound (nats per point) at N = " + ", ".join(map(str, STEPS)) + ":", ""]
             for name, row in rows.items():
@@ -250,9 +283,9 @@ def write_markdown() -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seconds", type=float, default=90.0, help="training seconds per toy model")
+    parser.add_argument("--seconds", type=float, default=60.0, help="training seconds per toy model")
     parser.add_argument("--digits-seconds", type=float, default=300.0, help="training seconds per digits model")
-    parser.add_argument("--only", choices=("toys", "digits", "memory"), default=None)
+    parser.add_argument("--only", choices=("toys", "digits", "memory", "digits-likelihood"), default=None)
     parser.add_argument("--scratch", default="/tmp/diffflow-bench")
     parser.add_argument("--toys", default=",".join(TOYS), help="comma-separated toy sets")
     args = parser.parse_args()
@@ -262,6 +295,10 @@ def main() -> None:
     machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
     runs = (("toys", lambda sec, d: toys(sec, d, args.toys.split(",")), args.seconds),
             ("digits", digits, args.digits_seconds), ("memory", lambda sec, d: memory(), 0))
+    if args.only == "digits-likelihood":                  # the saved digits runs, their bits/dim added
+        digits_likelihood(scratch)
+        write_markdown()
+        return
     for part, run, seconds in runs:
         if args.only not in (None, part):
             continue

@@ -323,6 +323,9 @@ def test_stopping_and_resuming_is_exact_with_progressive_steps(tmp_path):
         b = load_file(resumed.checkpoint / f"{name}.safetensors")
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
     assert int(load_file(whole.checkpoint / "state.safetensors")["objective_state.steps_done"]) == 6
+    train(config("plain", 2).replace(loss_options={}), data=data, progress=False)
+    with pytest.raises(sl.store.CheckpointError, match="holds no state of the loss"):      # progressive added later
+        train(config("plain", 4), data=data, progress=False, resume=True)
 
 
 def test_progressive_training_grows_the_grid():

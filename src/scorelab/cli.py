@@ -314,8 +314,8 @@ def _nll(args: argparse.Namespace) -> None:
     elif args.method == "trajectory":
         require_kind(model.process, ("learned",), "--method trajectory (DiffFlow's bound on its chain)",
                      "use --method ode, or vlb for a DDPM run")
-    if not 2 <= levels <= 256 or (args.method == "ode" and levels != 256):
-        raise ValueError(f"--levels must lie in 2..256 (and stay 256 for --method ode), got {levels}")
+    if not 2 <= levels <= 256 or (args.method in ("ode", "trajectory") and levels != 256):
+        raise ValueError(f"--levels must lie in 2..256 (and stay 256 for --method ode or trajectory), got {levels}")
     for start in range(0, len(images), args.batch_size):
         x = to_model_range(images[start:start + args.batch_size]).to(device)
         if discrete:                                    # its bound on the categories (MATH.md 10)

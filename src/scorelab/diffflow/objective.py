@@ -53,13 +53,14 @@ def _step(model: DiffusionModel, x: Tensor, f: Tensor, t_next: Tensor, dt: Tenso
 
 
 def path_loss(model: DiffusionModel, x0: Tensor, times: Tensor, randomness: Randomness = None, *,
-              recompute: bool = True) -> Tensor:
+              recompute: bool = True, check: bool = True) -> Tensor:
     """``log p_F(x_{1:N} | x_0) - log p_B(x_{0:N})`` per example, in nats, on one forward path from ``x0``
     (the module's docstring; MATH.md 11).
 
     ``times``: ``N + 1`` increasing times from ``t_0`` to ``t_N`` (``(N + 1,)``, or ``(B, N + 1)`` per example);
     any SDE (a DiffFlow process, or VP's fixed drift). ``recompute`` (under autograd) recomputes each step in the
-    backward pass instead of keeping its activations.
+    backward pass instead of keeping its activations. ``check``: a path that becomes NaN or Inf raises, naming
+    its step (training passes False and lets the trainer stop or skip the batch, ``--on-nan``).
     """
     check_batch(x0)
     process = model.process
@@ -86,7 +87,7 @@ def path_loss(model: DiffusionModel, x0: Tensor, times: Tensor, randomness: Rand
         costs.append(cost)
     total = sum(c.double() for c in costs) - process.prior_log_prob(x) \
         + d * torch.log(g_all[:, 1:] / g_all[:, :-1]).sum(1)
-    if not bool(torch.isfinite(total).all()):
+    if check and not bool(torch.isfinite(total).all()):
         bad = next((i for i, c in enumerate(costs) if not bool(torch.isfinite(c).all())), n - 1)
         raise FloatingPointError(
             f"the DiffFlow path became NaN or Inf at step {bad + 1} of {n} (t = {float(times[:, bad + 1].max()):.3g}): "
@@ -171,7 +172,7 @@ def diffflow_loss(model: DiffusionModel, x0: Tensor, *, t: Tensor | None = None,
         z = normal((x0.shape[0], num_steps - 1), randomness, device=x0.device, dtype=torch.float64)
         uniforms = torch.special.ndtr(z)
     times = process.grid(num_steps, uniforms).to(x0.device)
-    return path_loss(model, x0, times, randomness, recompute=recompute) / flat_dim(x0)
+    return path_loss(model, x0, times, randomness, recompute=recompute, check=False) / flat_dim(x0)
 
 
 def _no_times(process: Process, n: int, generator: torch.Generator | None, device: Any, **options: Any) -> Tensor:

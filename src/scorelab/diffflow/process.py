@@ -37,6 +37,8 @@ def power_grid(num_steps: int, beta: float, uniforms: Tensor | None = None) -> T
         u = uniforms.to(torch.float64)
         require(u.ndim == 2 and u.shape[1] == num_steps - 1, f"the grid's jitter takes (B, {num_steps - 1}) "
                 f"uniforms, got {tuple(u.shape)}")
+        require(bool(((u >= 0) & (u <= 1)).all()), "the grid's jitter takes uniforms in [0, 1]")
+        u = u.clamp(1e-9, 1 - 1e-9)                      # inner times stay strictly between their neighbours
         cells = torch.arange(num_steps - 1, dtype=torch.float64, device=u.device)
         inner = (cells + u) / (num_steps - 1)
         ends = torch.zeros(u.shape[0], 1, dtype=torch.float64, device=u.device)

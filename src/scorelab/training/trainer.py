@@ -319,7 +319,12 @@ def _resume(run: _Run, resume: bool | str | Path, progress: bool) -> None:
     run.optimizer.load_state_dict(ckpt.optimizer)
     _set_rng_state(ckpt.tensors, run.device, run.ranks, run.config.seed, ckpt.step)
     if run.state is not None:
-        run.state.load_state_dict({k[len(_STATE):]: v for k, v in ckpt.tensors.items() if k.startswith(_STATE)})
+        try:
+            run.state.load_state_dict({k[len(_STATE):]: v for k, v in ckpt.tensors.items() if k.startswith(_STATE)})
+        except RuntimeError:
+            raise CheckpointError(f"{ckpt.path} holds no state of the loss {run.config.resolved('loss')!r} with "
+                                  f"these options (it was trained with other --loss-option settings); resume with "
+                                  f"the settings in {run.out / 'config.json'}") from None
     run.start, run.resume_from, run.last_ckpt = ckpt.step, resume_from, resume_from
     run.seconds_before = float(ckpt.extra.get("seconds", 0.0))
     run.skipped = int(ckpt.extra.get("skipped_batches", 0))
