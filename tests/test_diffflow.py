@@ -356,5 +356,7 @@ def test_bad_input_is_refused_in_one_line():
     exploding = DiffFlowModel(DiffFlowNet(drift=Exploding(), score=ZeroScore()), DiffFlow(num_steps=4, beta=1.0))
     with pytest.raises(FloatingPointError, match="NaN or Inf at step 3 of 4"):
         path_loss(exploding, x, exploding.process.grid())
+    with pytest.raises(ValueError, match="built from modules"):
+        sl.store.network_spec(wrong_shape.net)
     with pytest.raises(ValueError, match="has no drift network"):
         DiffFlow().drift(x, 0.5)

@@ -47,6 +47,8 @@ def network_spec(net: nn.Module) -> dict[str, Any]:
     """The inverse of :func:`build_network` for scorelab's networks."""
     for kind, (net_cls, _) in NETWORKS.items():
         if isinstance(net, net_cls):
+            require(net.config is not None, f"cannot describe this {type(net).__name__}: it was built from modules, "
+                    "not from a config; only scorelab's networks built from their configs are saved by spec")
             return {"kind": kind, **net.config.to_dict()}
     raise ValueError(f"cannot describe a {type(net).__name__}; only scorelab's networks are saved by spec")
 
