@@ -87,15 +87,12 @@ def closed_form_loss(mean, cov, times, score_scale=1.0):
     return _gaussian_kl(mf, cf, mb, cb) + entropy
 
 
-class Scaled(sl.ModelBase):
+class Scaled(sl.ModelWrapper):
     """A model's score times ``scale`` plus ``shift`` (a wrong score, to see the loss rise)."""
 
     def __init__(self, model, scale=1.0, shift=0.0):
-        self.model, self.scale, self.shift = model, scale, shift
-
-    @property
-    def process(self):
-        return self.model.process
+        super().__init__(model)
+        self.scale, self.shift = scale, shift
 
     def predict(self, x, t, labels=None):
         p = self.model.predict(x, t)

@@ -94,10 +94,6 @@ class DiffFlowModel(NetworkModel):
             process = process.bind(pair.drift)
         super().__init__(net, process, num_classes=0, data_shape=data_shape)
 
-    @property
-    def drift_net(self) -> nn.Module:
-        return self.process.drift_net
-
     def predict(self, x: Tensor, t: TimeLike, labels: Tensor | None = None) -> Prediction:
         """One score-network evaluation at ``(x, t)``."""
         require(labels is None, "a DiffFlow model is unconditional; sample it without labels")

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from .._util import TimeLike, as_time, require, require_positive_int, sum_except_batch
+from ..noise import normal
 from ..processes import SDE
 
 __all__ = ["DiffFlow", "power_grid"]
@@ -107,8 +108,7 @@ class DiffFlow(SDE):
 
     def prior_sample(self, shape: Sequence[int], generator: torch.Generator | None = None, *,
                      device: torch.device | str | None = None, dtype: torch.dtype = torch.float32) -> Tensor:
-        gen_device = generator.device if generator is not None else device
-        return torch.randn(tuple(shape), generator=generator, device=gen_device, dtype=dtype).to(device)
+        return normal(shape, generator, device=device, dtype=dtype)
 
     def prior_log_prob(self, x: Tensor) -> Tensor:
         return -0.5 * sum_except_batch(x.double() ** 2) - 0.5 * x[0].numel() * math.log(2 * math.pi)
