@@ -123,7 +123,8 @@ def test_sample_uses_the_frameworks_own_sampler_by_default(tmp_path, capsys):
 @pytest.mark.parametrize("method, extra", [("replace", ["--steps", "3", "--sampler", "ddim"]),
                                            ("repaint", ["--steps", "4", "--option", "jump_length=2",
                                                         "--option", "resample=2"]),
-                                           ("dps", ["--steps", "3", "--option", "scale=0.5"])])
+                                           ("dps", ["--steps", "3", "--option", "scale=0.5"]),
+                                           ("smc", ["--steps", "3", "--particles", "2", "--proposal", "kalman"])])
 def test_inpaint_writes_original_masked_and_filled_rows(run, tmp_path, method, extra, capsys):
     out = tmp_path / f"{method}.png"
     assert main(["inpaint", str(run), "--images", "0", "5", "--num-samples", "3", "--mask", "left",
@@ -150,6 +151,28 @@ def test_an_images_results_do_not_depend_on_the_other_images_or_the_batch_size(r
     alone, together = np.load(tmp_path / "alone.npz")["x"], np.load(tmp_path / "together.npz")["x"]
     assert together.shape == (6, 1, 8, 8) and np.array_equal(alone, together[2:4])
     assert not np.array_equal(alone[0], alone[1])                  # its two results have seeds of their own
+
+
+def test_inpaint_takes_one_mask_per_image_from_a_npy_file(run, tmp_path, capsys):
+    """--mask FILE.npy with a stack (N, H, W): image i is filled in under its own mask, whatever the other images
+    and the batch size (per-example masks; each result keeps its own known pixels)."""
+    masks = np.ones((3, 8, 8), np.uint8)
+    masks[0, :, :4], masks[1, :4], masks[2, 2:6, 2:6] = 0, 0, 0
+    np.save(tmp_path / "masks.npy", masks)
+    for flags, name in ((["--images", "0", "4", "6", "--batch-size", "5"], "all"),
+                        (["--images", "0", "4", "6", "--batch-size", "1"], "one")):
+        assert main(["inpaint", str(run), *flags, "--num-samples", "2", "--mask", str(tmp_path / "masks.npy"),
+                     "--method", "smc", "--steps", "3", "--particles", "2", "--out", str(tmp_path / f"{name}.png")]) == 0
+    together, apart = np.load(tmp_path / "all.npz"), np.load(tmp_path / "one.npz")
+    assert np.array_equal(together["x"], apart["x"]) and together["mask"].shape == (3, 1, 8, 8)
+    known = np.repeat(masks.astype(bool), 2, axis=0)[:, None]
+    assert np.array_equal(together["x"][known], np.repeat(together["original"], 2, axis=0)[known])
+    np.save(tmp_path / "two.npy", masks[:2])
+    assert main(["inpaint", str(run), "--images", "0", "4", "6", "--mask", str(tmp_path / "two.npy"),
+                 "--out", str(tmp_path / "x.png")]) == 2
+    assert "holds 2 masks but 3 images are inpainted" in capsys.readouterr().err
+    assert main(["inpaint", str(run), "--images", "0", "--particles", "4", "--out", str(tmp_path / "x.png")]) == 2
+    assert "--particles is for --method smc, not repaint" in capsys.readouterr().err
 
 
 def test_inpainting_defaults_fit_a_ddpm_with_fewer_steps(run, tmp_path, capsys):

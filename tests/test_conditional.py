@@ -121,7 +121,8 @@ def test_replace_repaint_and_dps_measured_against_the_exact_posterior(mixture_2d
         out, e = error(method="repaint", steps=100, jump_length=10, resample=r)
         assert torch.equal(out.samples[:, 0], y[:, 0].float())
         errors.append(e)
-    assert abs(errors[0] - e_replace) < 0.05          # resample = 1 is replacement with ancestral steps
+    # resample = 1 is replacement with ancestral steps: over 4 seeds 0.35-0.47 against 0.41-0.48, |gap| <= 0.08
+    assert abs(errors[0] - e_replace) < 0.12
     # measured 0.39, 0.30, 0.21 here; over 5 seeds r=1/r=3 was 1.21-1.49 and r=3/r=10 1.32-1.87 (std ~0.03 each)
     assert errors[0] > 1.1 * errors[1] > 1.1 * 1.2 * errors[2]
     out, e_dps = error(method="dps", steps=1000, scale=0.1)

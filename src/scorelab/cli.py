@@ -405,7 +405,7 @@ def _conditional_setup(args: argparse.Namespace):
 
 
 def _each(args: argparse.Namespace, images, run, desc: str):
-    """``run(inputs, noise)`` on ``--num-samples`` copies of each image, in chunks of ``--batch-size``; result j of
+    """``run(inputs, noise, rows)`` on ``--num-samples`` copies of each image, in chunks of ``--batch-size``; result j of
     the image at index i (of the data set, or of the ``--input`` files) is drawn from its own seed (``--seed``,
     i, j), so it depends neither on the other images nor on the batch size."""
     import numpy as np
@@ -415,7 +415,7 @@ def _each(args: argparse.Namespace, images, run, desc: str):
     ids = range(len(images)) if args.input else args.images
     seeds = [int(np.random.SeedSequence([args.seed, i, j]).generate_state(1)[0]) for i in ids for j in range(args.num)]
     batch = images.repeat_interleave(args.num, dim=0)
-    return map_chunks(lambda rows, noise: run(batch[rows.start:rows.stop], noise), seeds, batch_size=args.batch_size,
+    return map_chunks(lambda rows, noise: run(batch[rows.start:rows.stop], noise, rows), seeds, batch_size=args.batch_size,
                       device=batch.device, progress=True, desc=desc)
 
 
@@ -432,8 +432,19 @@ def _inpaint(args: argparse.Namespace) -> None:
     k = args.num
     if args.sampler is not None:
         options["sampler"] = args.sampler
-    result = _each(args, images, lambda x, noise: inpaint(
-        m, x, known, method=args.method, steps=args.steps, noise=noise, **options), "inpaint")
+    for flag, value in (("particles", args.particles), ("proposal", args.proposal)):
+        if value is not None:
+            if args.method != "smc":
+                raise ValueError(f"--{flag} is for --method smc, not {args.method}")
+            options[flag] = value
+    each = known.ndim == 4                                                 # a .npy stack: one mask per image
+    if each and len(known) != len(images):
+        raise ValueError(f"--mask {args.mask} holds {len(known)} masks but {len(images)} images are inpainted; "
+                         "give one per image, in the order of --images/--input")
+    rows_mask = known.repeat_interleave(k, dim=0) if each else known
+    result = _each(args, images, lambda x, noise, rows: inpaint(
+        m, x, rows_mask[rows.start:rows.stop] if each else known, method=args.method, steps=args.steps, noise=noise,
+        **options), "inpaint")
     filled = result.samples.clamp(-1, 1).reshape(len(images), k, *images.shape[1:])
     shown = torch.where(known, images, torch.zeros_like(images))           # unknown pixels grey
     path = save_grid(_grid_rows([images, shown], filled.to(images)).cpu(), out, nrow=k + 2)
@@ -452,7 +463,7 @@ def _edit(args: argparse.Namespace) -> None:
 
     m, spec, images, options, out = _conditional_setup(args)
     k = args.num
-    result = _each(args, images, lambda x, noise: sdedit(
+    result = _each(args, images, lambda x, noise, rows: sdedit(
         m, x, args.t0, sampler=args.sampler, steps=args.steps, noise=noise, **options), "edit")
     edits = result.samples.clamp(-1, 1).reshape(len(images), k, *images.shape[1:]).to(images)
     path = save_grid(_grid_rows([images], edits).cpu(), out, nrow=k + 1)
@@ -725,14 +736,22 @@ def _conditional_args(q: argparse.ArgumentParser) -> None:
 def _add_inpaint(sub) -> None:
     from .conditional import MASKS, METHODS
 
-    i = sub.add_parser("inpaint", help="fill in masked pixels with an unconditional model: replace, RePaint or DPS")
+    from .conditional import PROPOSALS
+
+    i = sub.add_parser("inpaint", help="fill in masked pixels with an unconditional model: replace, RePaint, DPS "
+                       "or particles (SMC)")
     _conditional_args(i)
-    i.add_argument("--mask", default="center", help=f"one of {', '.join(MASKS)}, or a PNG (white = known)")
+    i.add_argument("--mask", default="center", help=f"one of {', '.join(MASKS)}, a PNG (white = known), or a .npy "
+                   "of 0/1 masks: one (H, W), or one per image (N, H, W)")
     i.add_argument("--method", choices=list(METHODS), default="repaint",
-                   help="replace (Song et al. 2021), repaint (Lugmayr et al. 2022) or dps (Chung et al. 2023)")
+                   help="replace (Song et al. 2021), repaint (Lugmayr et al. 2022), dps (Chung et al. 2023) or smc "
+                   "(particles: TDS, SMCDiff or MCGdiff, converging to the exact posterior)")
+    i.add_argument("--particles", type=int, default=None, help="smc: particles per result (default 16)")
+    i.add_argument("--proposal", choices=list(PROPOSALS), default=None,
+                   help="smc: twisted (TDS, default), replace (SMCDiff) or kalman (MCGdiff)")
     i.add_argument("--sampler", default=None, help="replace: the sampler to impute in (default: ancestral)")
     i.add_argument("--steps", type=int, default=None,
-                   help="sampler steps (default: the method's; repaint 250 levels, dps 1000)")
+                   help="sampler steps (default: the method's; repaint 250 levels, dps 1000, smc 100)")
     i.add_argument("--out", default="inpaint.png", help="grid PNG; the .npz goes beside it")
     i.set_defaults(run=_inpaint)
 

@@ -88,6 +88,13 @@ class PerSampleNoise(Noise):
     def __len__(self) -> int:
         return len(self.generators)
 
+    def subset(self, rows: Sequence[int] | range) -> "PerSampleNoise":
+        """The noise of some of these samples: their own generators, shared (draws from either advance both)."""
+        part = object.__new__(PerSampleNoise)
+        part.seeds = [self.seeds[k] for k in rows]
+        part.generators = [self.generators[k] for k in rows]
+        return part
+
     def randn(self, shape: Sequence[int], *, dtype: torch.dtype = torch.float32,
               device: torch.device | str | None = None) -> Tensor:
         require(shape[0] == len(self.generators),

@@ -2,7 +2,8 @@
 problems ``y = A x + n`` (MATH.md 8).
 
 Three methods, each an approximation of the posterior ``p(x | y)`` whose error scorelab measures
-against the exact Gaussian-mixture posterior (:meth:`scorelab.GaussianMixture.condition`):
+against the exact Gaussian-mixture posterior (:meth:`scorelab.GaussianMixture.condition`), and a fourth,
+``"smc"`` (:mod:`scorelab.conditional.smc`), whose error goes to zero with its number of particles:
 
 * ``"replace"``: Song et al. (2021, appendix I) imputation. After every step of any grid sampler
   (the ``project`` hook of :mod:`scorelab.samplers`), the observed part of ``x_t`` is overwritten
@@ -37,29 +38,36 @@ from ..samplers._common import (Callback, Projection, SampleResult, SigmaView, c
 from ..samplers.grids import ancestral_times
 from ..samplers.registry import REGISTRY, sample, sampler_entry
 from .operators import Greyscale, LinearOperator, Mask
+from .smc import smc
 
 __all__ = ["METHODS", "METHOD_OPTIONS", "inpaint", "colorize", "linear_inverse", "replacement", "repaint", "dps",
            "repaint_schedule"]
 
 #: The conditional-sampling methods, by name.
-METHODS = ("replace", "repaint", "dps")
+METHODS = ("replace", "repaint", "dps", "smc")
 #: The options of the methods that run their paper's own loop, with their defaults (see :func:`repaint`, :func:`dps`).
 METHOD_OPTIONS: dict[str, dict[str, Any]] = {"repaint": {"jump_length": 10, "resample": 10, "process": None,
                                                          "callback": None},
-                                             "dps": {"scale": 1.0, "process": None, "callback": None}}
+                                             "dps": {"scale": 1.0, "process": None, "callback": None},
+                                             "smc": {"proposal": "twisted", "particles": 16, "ess_threshold": 0.5,
+                                                     "eta": 1.0, "return_particles": False, "batch_size": 4096,
+                                                     "process": None, "callback": None}}
 
 
 def replacement(operator: LinearOperator, y: Tensor, noise: Randomness = None) -> Projection:
     """Song et al.'s imputation as a sampler's ``project`` hook (MATH.md 8): ``x`` at ``a x0 + s eps``
-    becomes ``x - A^T A x / c^2 + A^T (a y + s c xi) / c^2``, ``xi ~ N(0, I)`` fresh each call."""
+    becomes ``x - P x + a A^T y / c^2 + s P xi``, ``P = A^T A / c^2``, ``xi ~ N(0, I)`` of ``x``'s shape, fresh
+    each call (``P xi`` has the law of ``A^T (c xi') / c^2``; drawn in ``x``'s shape, an example's draws do not
+    depend on how its mask is given)."""
     c2 = operator.row_norm2
     require(c2 is not None, f"replacement needs an operator with orthogonal rows (A A^T = c^2 I), and the "
             f"{operator.name} operator's are not; use method='dps'")
 
     def project(x: Tensor, a: float, s: float) -> Tensor:
-        obs = y.to(x.device, x.dtype)
-        level = a * obs + (s * math.sqrt(c2)) * randn_like(obs, noise) if s > 0 else a * obs
-        return x - operator.projection(x) + operator.adjoint(level) / c2
+        known = operator.adjoint(a * y.to(x.device, x.dtype)) / c2
+        if s > 0:
+            known = known + s * operator.projection(randn_like(x, noise))
+        return x - operator.projection(x) + known
 
     return project
 
@@ -176,15 +184,17 @@ def linear_inverse(model: DiffusionModel, y: Tensor, operator: LinearOperator, n
                    noise: Randomness = None, data_range: tuple[float, float] | None = None,
                    **options: Any) -> SampleResult:
     """Samples of ``p(x | y)`` for observations ``y = A x + n``, ``n ~ N(0, noise_std^2 I)``, one per row of
-    ``y`` (repeat rows for several samples of one observation; MATH.md 8).
+    ``y`` (repeat rows for several samples of one observation; MATH.md 8, 12).
 
     ``method``: ``"replace"`` runs the named ``sampler`` (any grid sampler of
     :mod:`scorelab.samplers`; default ancestral; Song et al. used ``"pc"``) with Song et al.'s
     imputation after every step; ``"repaint"`` and ``"dps"`` are their papers' ancestral
-    loops (``options``: ``jump_length``, ``resample``; ``scale``). ``noise_std`` is checked but none of
-    the three uses it: ``replace`` and ``repaint`` take ``y`` as exact and need an operator with
-    orthogonal rows; ``dps`` takes any operator and normalizes its step by the residual (the exact
-    posterior, :meth:`GaussianMixture.condition`, is where ``noise_std`` enters). ``data_range``: refuse observations outside it (images: ``(-1, 1)``).
+    loops (``options``: ``jump_length``, ``resample``; ``scale``); ``"smc"`` is sequential Monte Carlo
+    (:func:`scorelab.conditional.smc`; ``options``: ``proposal``, ``particles``, ``ess_threshold``, ...), the one
+    method whose error goes to zero as it spends more and the only one that uses ``noise_std``: ``replace`` and
+    ``repaint`` take ``y`` as exact and need an operator with orthogonal rows; ``dps`` takes any operator and
+    normalizes its step by the residual. ``operator`` may hold one operator per example (a stack of masks or
+    matrices). ``data_range``: refuse observations outside it (images: ``(-1, 1)``).
     """
     require(method in METHODS, f"unknown method {method!r}; choose one of {list(METHODS)}")
     require(noise_std >= 0 and math.isfinite(noise_std), f"noise_std must be >= 0, got {noise_std}")
@@ -192,6 +202,7 @@ def linear_inverse(model: DiffusionModel, y: Tensor, operator: LinearOperator, n
     require(y.ndim >= 2, f"observations must have a batch axis, shape (N, ...); got {tuple(y.shape)}")
     x_shape = operator.x_shape(tuple(y.shape[1:]))
     operator.check_y(y, x_shape)
+    operator.check_batch(y.shape[0])
     _check_range(y, "observations", data_range)
     require_kind(model.process, ("affine",), "conditional sampling (a(t) and s(t))",
                  "use scorelab edit (SDEdit simulates any SDE), or train on an affine process (--framework vp)")
@@ -204,6 +215,8 @@ def linear_inverse(model: DiffusionModel, y: Tensor, operator: LinearOperator, n
         require(not unknown, f"method {method!r} takes no option {unknown}; it takes {list(own)}")
     if method == "dps":
         return dps(model, operator, y, shape, **({} if steps is None else {"steps": steps}), noise=noise, **options)
+    if method == "smc":
+        return smc(model, operator, y, shape, steps, noise_std=noise_std, noise=noise, **options)
     require(operator.row_norm2 is not None, f"method {method!r} overwrites the observed part of x, which needs "
             f"an operator with orthogonal rows (A A^T = c^2 I); the {operator.name} operator's are not: use method='dps'")
     if method == "repaint":
@@ -224,9 +237,10 @@ def inpaint(model: DiffusionModel, known: Tensor, mask: Tensor, *, method: str =
             **options: Any) -> SampleResult:
     """Fill in the pixels of ``known`` ``(N, ...)`` where ``mask`` is False (MATH.md 8).
 
-    ``mask``: one example's shape (or ``(H, W)``, shared by the channels), True/1 = known. The
-    known pixels of an image batch must lie in [-1, 1]. See :func:`linear_inverse` for the methods;
-    ``replace`` and ``repaint`` return the known pixels exactly.
+    ``mask`` (True/1 = known): one example's shape (or ``(H, W)``, shared by the channels) for every example,
+    or ``(N, ...)`` (images also ``(N, 1, H, W)``) for one per example; a rank that reads two ways is refused.
+    The known pixels of an image batch must lie in [-1, 1]. See :func:`linear_inverse` for the methods;
+    ``replace``, ``repaint`` and ``smc`` return the known pixels exactly.
     """
     known = torch.as_tensor(known)
     require(known.ndim >= 2, f"known must be a batch (N, ...), got shape {tuple(known.shape)}")

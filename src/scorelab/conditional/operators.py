@@ -15,6 +15,7 @@ Gaussian-mixture posterior (:meth:`scorelab.GaussianMixture.condition`) uses.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
@@ -23,7 +24,7 @@ from torch import Tensor
 
 from .._util import require
 
-__all__ = ["LinearOperator", "Mask", "AveragePool", "BoxBlur", "Greyscale", "MatrixOperator", "FunctionOperator", "as_mask",
+__all__ = ["LinearOperator", "SingularBasis", "Mask", "AveragePool", "BoxBlur", "Greyscale", "MatrixOperator", "FunctionOperator", "as_mask",
            "mask_from_spec"]
 
 
@@ -33,6 +34,8 @@ class LinearOperator:
 
     #: ``c^2`` with ``A A^T = c^2 I`` (orthogonal rows of one norm), or None.
     row_norm2: float | None = None
+    #: The number of examples when each has its own operator (a stack of masks or matrices); None when shared.
+    batch: int | None = None
     name = "operator"
 
     def forward(self, x: Tensor) -> Tensor:
@@ -67,15 +70,82 @@ class LinearOperator:
         return self.adjoint(self.forward(x)) / self.row_norm2
 
     def matrix(self, x_shape: Sequence[int]) -> Tensor:
-        """The dense ``(M, D)`` matrix of ``A`` for inputs of ``x_shape`` (float64)."""
+        """The dense ``(M, D)`` matrix of ``A`` for inputs of ``x_shape`` (float64; ``(N, M, D)`` for a
+        per-example operator)."""
         d = math.prod(x_shape)
         basis = torch.eye(d, dtype=torch.float64).reshape(d, *x_shape)
         return self.forward(basis).reshape(d, -1).T.contiguous()
 
+    def check_batch(self, n: int) -> None:
+        """Refuse a batch of ``n`` examples when this operator holds one per example for another number."""
+        require(self.batch is None or self.batch == n, f"the {self.name} operator holds one per example for "
+                f"{self.batch} examples, but the batch has {n}; give one per example, or one for all")
+
+    def example(self, n: int, y: Tensor) -> tuple["LinearOperator", Tensor]:
+        """Example ``n``'s own operator and its observation (no batch axis), from the batch's ``y``: what
+        the exact posterior (:meth:`scorelab.GaussianMixture.condition`) of that example takes."""
+        return self, y[n]
+
+    def singular_basis(self, x_shape: Sequence[int]) -> "SingularBasis":
+        """``A = U diag(s) V^T`` as a :class:`SingularBasis` (MATH.md 12): dense SVD of :meth:`matrix`;
+        masks override it with the pixel basis. Refuses linearly dependent rows."""
+        a = self.matrix(x_shape)
+        m, d = a.shape[-2:]
+        require(m <= d, f"the {self.name} operator gives {m} values for {d} unknowns, so its rows are linearly "
+                "dependent; drop the redundant ones")
+        u, s, vh = torch.linalg.svd(a, full_matrices=True)
+        require(bool((s > 1e-10 * s.amax(-1, keepdim=True)).all()), f"the {self.name} operator's rows are "
+                "linearly dependent (a zero singular value); drop the redundant ones")
+        values = torch.cat([s, s.new_zeros(s.shape[:-1] + (d - m,))], -1)
+        return SingularBasis(values, vh, u.transpose(-1, -2))
+
+
+@dataclass(frozen=True)
+class SingularBasis:
+    """An operator in the orthonormal basis of its singular vectors, ``A = U diag(s) V^T`` (MATH.md 12):
+    coordinate ``j`` of ``V^T x`` is observed through ``y'_j = s_j (V^T x)_j + noise`` (``y' = U^T y``), so
+    ``y_bar_j = y'_j / s_j`` observes it with noise ``noise_std / s_j``; ``s_j = 0``: unobserved.
+
+    ``s``: ``(D,)`` or ``(N, D)`` per example; ``vh``: ``V^T`` ``(D, D)`` or ``(N, D, D)``, None for the pixel
+    basis (masks); ``uh``: ``U^T`` ``(M, M)`` or ``(N, M, M)``, None when ``A^T y`` already holds ``y_bar``.
+    """
+
+    s: Tensor
+    vh: Tensor | None
+    uh: Tensor | None
+
+    def coordinates(self, x: Tensor, rows: Tensor) -> Tensor:
+        """``V^T x`` for flat points ``x`` ``(R, D)`` of examples ``rows`` ``(R,)``."""
+        if self.vh is None:
+            return x
+        vh = self.vh.to(x.device, x.dtype)
+        return x @ vh.T if vh.ndim == 2 else torch.einsum("rd,red->re", x, vh[rows])
+
+    def point(self, c: Tensor, rows: Tensor) -> Tensor:
+        """``V c``: the flat point whose coordinates are ``c`` ``(R, D)``."""
+        if self.vh is None:
+            return c
+        vh = self.vh.to(c.device, c.dtype)
+        return c @ vh if vh.ndim == 2 else torch.einsum("re,red->rd", c, vh[rows])
+
+    def observed(self, y: Tensor, operator: "LinearOperator") -> Tensor:
+        """``y_bar`` ``(N, D)`` (zero where unobserved) of observations ``y`` ``(N, ...)``."""
+        y = y.to(torch.float64)
+        if self.uh is None:
+            return operator.adjoint(y).reshape(len(y), -1)
+        uh = self.uh.to(y.device)
+        flat = y.reshape(len(y), -1)
+        rotated = flat @ uh.T if uh.ndim == 2 else torch.einsum("nm,nkm->nk", flat, uh)
+        m = rotated.shape[1]
+        s = self.s.to(y.device).expand(len(y), -1)
+        return torch.cat([rotated / s[:, :m], rotated.new_zeros(len(y), s.shape[1] - m)], 1)
+
 
 def as_mask(mask: Tensor, x_shape: Sequence[int]) -> Tensor:
-    """A boolean mask of one example's shape ``x_shape`` (True = known); an ``(H, W)`` mask or one
-    of a single channel is shared by every channel."""
+    """Boolean masks (True = known) for examples of shape ``x_shape``: of that shape, one for every example,
+    or ``(N, *x_shape)``, one per example. Images ``(C, H, W)`` also take ``(H, W)`` or ``(1, H, W)`` (every
+    channel alike) and ``(N, 1, H, W)``. A rank that reads two ways is refused: ``(C, H, W)`` with channels
+    that differ could be one mask per channel or a stack of ``C`` examples' masks."""
     mask = torch.as_tensor(mask)
     x_shape = tuple(x_shape)
     if mask.dtype != torch.bool:
@@ -83,19 +153,40 @@ def as_mask(mask: Tensor, x_shape: Sequence[int]) -> Tensor:
         require(bool(((values == 0) | (values == 1)).all()), "a mask must hold 0/1 or True/False values "
                 "(1 = known, 0 = to fill in)")
         mask = mask.bool()
-    if len(x_shape) == 3 and mask.ndim == 2:
+    image = len(x_shape) == 3
+    r = len(x_shape)
+    expected = (f"{x_shape} (one for every example), (N, *{x_shape}) (one per example)"
+                + (", (H, W) or (N, 1, H, W)" if image else ""))
+    if image and mask.ndim == 2:
         mask = mask[None]
-    if len(x_shape) == 3 and mask.ndim == 3 and mask.shape[0] == 1:
-        mask = mask.expand(x_shape[0], *mask.shape[1:])
-    require(tuple(mask.shape) == x_shape, f"the mask has shape {tuple(mask.shape)} but one example has shape "
-            f"{x_shape}; give a mask of that shape (or (H, W) for every channel)")
-    require(bool(mask.any()), "the mask marks no pixel as known: there is nothing to condition on")
-    require(not bool(mask.all()), "the mask marks every pixel as known: there is nothing to fill in")
+    if image and mask.ndim == 3 and tuple(mask.shape[1:]) == x_shape[1:] and mask.shape[0] not in (1, x_shape[0]):
+        raise ValueError(f"a mask of shape {tuple(mask.shape)} for images of shape {x_shape} reads as a stack of "
+                         f"{mask.shape[0]} masks; give it as (N, 1, H, W), one per example")
+    if image and mask.ndim == 3 and x_shape[0] > 1 and mask.shape[0] == x_shape[0] and not bool(
+            (mask == mask[:1]).all()):
+        raise ValueError(f"a mask of shape {tuple(mask.shape)} for images of shape {x_shape} is ambiguous: one "
+                         f"mask per channel, or {x_shape[0]} examples' masks? Give (N, 1, H, W) for one per example, or "
+                         f"(N, {', '.join(map(str, x_shape))}) for one per channel of each example")
+    if image and mask.ndim in (3, 4) and mask.shape[-3] == 1:
+        mask = mask.expand(*mask.shape[:-3], x_shape[0], *mask.shape[-2:])
+    require(mask.ndim in (r, r + 1) and tuple(mask.shape[mask.ndim - r:]) == x_shape,
+            f"the mask has shape {tuple(mask.shape)} but one example has shape {x_shape}; give {expected}")
+    each = mask.reshape(-1 if mask.ndim == r + 1 else 1, math.prod(x_shape))
+    require(bool(each.any(1).all()), "the mask marks no pixel as known" + (" in some example" if mask.ndim > r else "")
+            + ": there is nothing to condition on")
+    require(not bool(each.all(1).any()), "the mask marks every pixel as known" + (
+        " in some example" if mask.ndim > r else "") + ": there is nothing to fill in")
     return mask
 
 
 class Mask(LinearOperator):
-    """Observe the coordinates where ``mask`` is True: ``A x`` is those values, flattened ``(N, M)``."""
+    """Observe the coordinates where ``mask`` is True.
+
+    One mask for every example: ``A x`` is the known values, flattened ``(N, M)``. A stack of masks
+    ``(N, *x_shape)`` (give ``x_shape``), one per example: ``A x`` is ``x`` with the unknown values zeroed,
+    ``(N, *x_shape)``, since the examples know different numbers of values; its non-zero rows are orthonormal
+    (``row_norm2 = 1``) as a single mask's are.
+    """
 
     row_norm2 = 1.0
     name = "mask"
@@ -103,27 +194,54 @@ class Mask(LinearOperator):
     def __init__(self, mask: Tensor, x_shape: Sequence[int] | None = None):
         mask = torch.as_tensor(mask)
         self.mask = as_mask(mask, tuple(mask.shape) if x_shape is None else x_shape)
-        self.index = self.mask.reshape(-1).nonzero().squeeze(1)
+        shared = x_shape is None or self.mask.ndim == len(tuple(x_shape))
+        self.batch = None if shared else len(self.mask)
+        self.shape = tuple(self.mask.shape[0 if shared else 1:])
+        self.index = self.mask.reshape(-1).nonzero().squeeze(1) if shared else None
 
     def y_shape(self, x_shape: Sequence[int]) -> tuple[int, ...]:
-        require(tuple(x_shape) == tuple(self.mask.shape), f"the mask has shape {tuple(self.mask.shape)} but "
-                f"one example has shape {tuple(x_shape)}; give a mask of the data's shape")
-        return (len(self.index),)
+        require(tuple(x_shape) == self.shape, f"the mask has shape {self.shape} but one example has shape "
+                f"{tuple(x_shape)}; give a mask of the data's shape")
+        return (len(self.index),) if self.batch is None else self.shape
 
     def x_shape(self, y_shape: Sequence[int]) -> tuple[int, ...]:
-        return tuple(self.mask.shape)
+        return self.shape
+
+    def _each(self, v: Tensor) -> Tensor:
+        self.check_batch(v.shape[0])
+        return v * self.mask.to(v.device, v.dtype)
 
     def forward(self, x: Tensor) -> Tensor:
         self.check_x(x.shape[1:])
+        if self.batch is not None:
+            return self._each(x)
         return x.reshape(x.shape[0], -1)[:, self.index.to(x.device)]
 
     def adjoint(self, y: Tensor) -> Tensor:
+        if self.batch is not None:
+            return self._each(y)
         out = y.new_zeros(y.shape[0], self.mask.numel())
         out[:, self.index.to(y.device)] = y
         return out.reshape(y.shape[0], *self.mask.shape)
 
     def projection(self, x: Tensor) -> Tensor:
-        return x * self.mask.to(x.device, x.dtype)
+        return self._each(x) if self.batch is not None else x * self.mask.to(x.device, x.dtype)
+
+    def matrix(self, x_shape: Sequence[int]) -> Tensor:
+        require(self.batch is None, "a stack of masks has one matrix per example; take example(n) first")
+        return super().matrix(x_shape)
+
+    def example(self, n: int, y: Tensor) -> tuple["LinearOperator", Tensor]:
+        if self.batch is None:
+            return self, y[n]
+        one = Mask(self.mask[n])
+        return one, y[n].reshape(-1)[one.index.to(y.device)]
+
+    def singular_basis(self, x_shape: Sequence[int]) -> SingularBasis:
+        """The pixel basis: every known value observed once (``s = 1``), the others not (``s = 0``)."""
+        self.y_shape(x_shape)
+        return SingularBasis(self.mask.reshape(*self.mask.shape[: self.mask.ndim - len(self.shape)], -1).double(),
+                             None, None)
 
 
 class AveragePool(LinearOperator):
@@ -211,33 +329,48 @@ class Greyscale(LinearOperator):
 
 
 class MatrixOperator(LinearOperator):
-    """``y = A x`` for points ``(N, D)`` and a dense ``(M, D)`` matrix."""
+    """``y = A x`` for points ``(N, D)`` and a dense ``(M, D)`` matrix, or ``(N, M, D)``: one per example."""
 
     name = "matrix"
 
     def __init__(self, matrix: Tensor):
         a = torch.as_tensor(matrix, dtype=torch.float64)
-        require(a.ndim == 2, f"the matrix must be 2-D (M, D), got shape {tuple(a.shape)}")
+        require(a.ndim in (2, 3), f"the matrix must be (M, D), or (N, M, D) for one per example; got shape "
+                f"{tuple(a.shape)}")
         self.a = a
-        gram = a @ a.T
-        require(bool((gram.diagonal() > 0).all()), "every row of the observation matrix must be non-zero")
-        c2 = float(gram.diagonal().mean())
-        self.row_norm2 = c2 if torch.allclose(gram, c2 * torch.eye(len(a), dtype=a.dtype), atol=1e-12) else None
+        self.batch = None if a.ndim == 2 else len(a)
+        gram = a @ a.transpose(-1, -2)
+        diagonal = gram.diagonal(dim1=-2, dim2=-1)
+        require(bool((diagonal > 0).all()), "every row of the observation matrix must be non-zero")
+        c2 = float(diagonal.mean())
+        eye = torch.eye(a.shape[-2], dtype=a.dtype)
+        self.row_norm2 = c2 if torch.allclose(gram, (c2 * eye).expand_as(gram), atol=1e-12) else None
 
     def y_shape(self, x_shape: Sequence[int]) -> tuple[int, ...]:
-        require(tuple(x_shape) == (self.a.shape[1],), f"the matrix takes points of dimension {self.a.shape[1]}, "
+        require(tuple(x_shape) == (self.a.shape[-1],), f"the matrix takes points of dimension {self.a.shape[-1]}, "
                 f"got shape {tuple(x_shape)}")
-        return (self.a.shape[0],)
+        return (self.a.shape[-2],)
 
     def x_shape(self, y_shape: Sequence[int]) -> tuple[int, ...]:
-        return (self.a.shape[1],)
+        return (self.a.shape[-1],)
 
     def forward(self, x: Tensor) -> Tensor:
         self.check_x(x.shape[1:])
-        return x @ self.a.to(x.device, x.dtype).T
+        self.check_batch(x.shape[0])
+        a = self.a.to(x.device, x.dtype)
+        return x @ a.T if a.ndim == 2 else torch.einsum("nmd,nd->nm", a, x)
 
     def adjoint(self, y: Tensor) -> Tensor:
-        return y @ self.a.to(y.device, y.dtype)
+        self.check_batch(y.shape[0])
+        a = self.a.to(y.device, y.dtype)
+        return y @ a if a.ndim == 2 else torch.einsum("nmd,nm->nd", a, y)
+
+    def matrix(self, x_shape: Sequence[int]) -> Tensor:
+        self.y_shape(x_shape)
+        return self.a
+
+    def example(self, n: int, y: Tensor) -> tuple["LinearOperator", Tensor]:
+        return (self, y[n]) if self.batch is None else (MatrixOperator(self.a[n]), y[n])
 
 
 #: The named masks of ``mask_from_spec`` (and ``scorelab inpaint --mask``).
@@ -248,10 +381,28 @@ def mask_from_spec(spec: str, x_shape: Sequence[int], generator: torch.Generator
     """A named mask for images ``(C, H, W)`` (True = known): ``center`` hides the middle half
     square, ``left``/``right``/``top``/``bottom`` hide that half, ``random:P`` hides each pixel with
     probability P (the same pixels in every channel); a PNG file's white, opaque pixels (grey >= 128 and
-    alpha >= 128, after resizing to the images' size) are known: erasing to transparency hides pixels too."""
+    alpha >= 128, after resizing to the images' size) are known: erasing to transparency hides pixels too. A
+    ``.npy`` file holds 0/1 (or boolean) masks: one ``(H, W)`` for every image, or a stack, one per image:
+    ``(N, H, W)``, ``(N, 1, H, W)`` or ``(N, C, H, W)`` (returned as ``(N, C, H, W)``)."""
     require(len(x_shape) == 3, f"named masks are for images (C, H, W), got shape {tuple(x_shape)}")
     _, h, w = x_shape
     known = torch.ones(h, w, dtype=torch.bool)
+    if spec.lower().endswith(".npy"):
+        from pathlib import Path
+
+        import numpy as np
+
+        require(Path(spec).is_file(), f"the mask file {spec} does not exist")
+        try:
+            array = np.load(spec, allow_pickle=False)
+        except (ValueError, OSError, EOFError) as err:
+            raise ValueError(f"{spec} is not a mask array (.npy of 0/1 values): {err}") from None
+        stack = torch.from_numpy(np.asarray(array))
+        require(stack.ndim in (2, 3, 4) and tuple(stack.shape[-2:]) == (h, w), f"{spec} holds an array of shape "
+                f"{tuple(stack.shape)}; give (H, W) = ({h}, {w}) for every image, or (N, H, W) for one per image")
+        if stack.ndim == 3:
+            stack = stack[:, None]
+        return as_mask(stack, x_shape)
     if spec.lower().endswith((".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")):
         from ..data import load_alpha, load_image
 

@@ -1,0 +1,355 @@
+"""Sequential Monte Carlo for conditional sampling: weighted particles whose law tends to the exact posterior
+``p(x0 | y)`` of ``y = A x0 + n``, ``n ~ N(0, noise_std^2 I)``, as their number grows (MATH.md 12).
+
+``K`` particles per example run the model's own reverse kernel (DDIM's family on the ancestral grid; eta = 1
+is DDPM's ancestral step) with one of three proposals, all written in the singular basis of ``A``
+(:class:`~scorelab.conditional.operators.SingularBasis`), where coordinate ``j`` is observed as
+``y_bar_j = x0_j + sigma*_j n``, ``sigma*_j = noise_std / s_j``:
+
+* ``"twisted"``: TDS (Wu et al. 2023). Twist ``p~_i(y | u) = N(y; A x0_hat(u), noise_std^2 I + r_i^2 A A^T)``,
+  ``r_i^2 = sigma_i^2 / (1 + sigma_i^2)`` (the variance of ``x0`` given ``u`` for unit-variance data), proposal
+  the kernel's mean moved by ``v grad_u log p~_i``; one backward pass per step. Any operator, any noise.
+* ``"replace"``: SMCDiff (Trippe et al. 2022). The observed coordinates follow one forward-noised path of
+  ``y`` per example; the rest is proposed by the kernel; weight: the kernel's density of the observed path.
+  Exact observations and orthogonal rows of one norm (masks, pooling, grey) only; no gradient.
+* ``"kalman"``: MCGdiff (Cardoso et al. 2024). Each observed coordinate is ``x`` at noise level ``sigma*_j``:
+  above it the kernel is multiplied by the Gaussian potential ``N(y_bar_j; u_j, sigma_i^2 - sigma*_j^2)`` (a
+  Kalman step, exact for the Gaussian kernel), at it the coordinate passes through ``y_bar_j``, below it the
+  kernel runs free. Any linear operator, exact or noisy; no gradient.
+
+All three end at the grid's last level with the weight ``N(y_bar; x0_hat, sigma*^2 + r^2)`` and return
+``x0_hat`` with its observed coordinates moved to their Kalman blend with ``y_bar`` (exact observations: pasted).
+Resampling is systematic, when the effective sample size falls below ``ess_threshold K``. The normalizing
+constants of the weights give the evidence: ``log_evidence`` estimates ``log p(y)`` (unbiased in ``p(y)``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+from .._util import require
+from ..models import DiffusionModel, device_and_dtype
+from ..noise import PerSampleNoise, Randomness, normal
+from ..processes import NoiseProcess, require_kind
+from ..samplers._common import Callback, SampleResult, SigmaView, call_back, resolve
+from ..samplers.grids import ancestral_times
+from .operators import LinearOperator, SingularBasis
+
+__all__ = ["PROPOSALS", "SMCResult", "smc", "systematic_resample"]
+
+#: The proposals of :func:`smc`.
+PROPOSALS = ("twisted", "replace", "kalman")
+_LOG_2PI = math.log(2 * math.pi)
+
+
+@dataclass(frozen=True)
+class SMCResult(SampleResult):
+    """:class:`~scorelab.samplers.SampleResult` of :func:`smc`: one sample per example drawn by weight;
+    ``nfe`` counts the network evaluations spent on it (particles x levels); ``log_evidence`` ``(N,)`` estimates
+    ``log p(y)``; ``ess`` ``(levels, N)`` is the effective sample size after each level's reweighting;
+    ``resamplings`` ``(N,)`` counts the resampling steps; ``particles`` ``(N, K, ...)`` and their normalized
+    ``weights`` ``(N, K)`` with ``return_particles``."""
+
+    log_evidence: Tensor | None = None
+    ess: Tensor | None = None
+    resamplings: Tensor | None = None
+    particles: Tensor | None = None
+    weights: Tensor | None = None
+
+
+def _log_normal(x: Tensor, mean: Tensor, var: Tensor | float) -> Tensor:
+    return -0.5 * ((x - mean) ** 2 / var + _LOG_2PI + torch.log(torch.as_tensor(var, dtype=x.dtype)))
+
+
+def _kernel(sigma: Tensor | float, sigma_next: Tensor | float, eta: float) -> tuple[Tensor, Tensor]:
+    """DDIM's step from ``sigma`` to ``sigma_next`` (MATH.md 5): ``u' = x0 + (c / sigma)(u - x0) + sigma_eta z``;
+    returns ``(c / sigma, sigma_eta)``, elementwise for tensors of noise levels."""
+    sigma, sigma_next = torch.as_tensor(sigma, dtype=torch.float64), torch.as_tensor(sigma_next, dtype=torch.float64)
+    sigma_eta = eta * sigma_next * (1 - sigma_next**2 / sigma**2).clamp(min=0).sqrt()
+    c = sigma_next**2 / sigma if eta == 1.0 else (sigma_next**2 - sigma_eta**2).clamp(min=0).sqrt()
+    return c / sigma, sigma_eta
+
+
+def _uniform(shape: Sequence[int], noise: Randomness, device: torch.device) -> Tensor:
+    """Uniforms in (0, 1) from the normal draws of ``noise`` (its protocol): ``Phi(z)``."""
+    z = normal(shape, noise, device=device, dtype=torch.float64)
+    return (0.5 * torch.erfc(-z / math.sqrt(2))).clamp(1e-12, 1 - 1e-12)
+
+
+def systematic_resample(weights: Tensor, uniform: Tensor) -> Tensor:
+    """Systematic resampling (MATH.md 12): indices ``(N, K)`` of particles with normalized ``weights``
+    ``(N, K)``; particle ``k`` of row ``n`` is the one whose cumulative weight first exceeds
+    ``(uniform_n + k) / K``."""
+    k = weights.shape[1]
+    positions = (uniform.reshape(-1, 1) + torch.arange(k, device=weights.device, dtype=weights.dtype)) / k
+    cumulative = weights.cumsum(1)
+    return torch.searchsorted(cumulative, positions).clamp(max=k - 1)
+
+
+def _rows(noise: Randomness, rows: range) -> Randomness:
+    """The randomness of examples ``rows``: their own generators (PerSampleNoise), else the same stream."""
+    return noise.subset(rows) if isinstance(noise, PerSampleNoise) else noise
+
+
+class _Run:
+    """One group of examples: their particles, weights and evidence, in the singular basis. Per-example
+    tensors are ``(n, D)``; particles ``(n, K, D)``."""
+
+    def __init__(self, view: SigmaView, times: Tensor, scales: list[float], sigmas: list[float],
+                 basis: SingularBasis, y_bar: Tensor, sigma_star: Tensor, shape: tuple[int, ...], particles: int,
+                 proposal: str, eta: float, ess_threshold: float, noise: Randomness, batch_size: int,
+                 device: torch.device, dtype: torch.dtype):
+        self.view, self.times, self.scales, self.sigmas = view, times, scales, sigmas
+        self.basis, self.shape, self.k, self.proposal = basis, shape, particles, proposal
+        self.eta, self.threshold, self.noise, self.batch_size = eta, ess_threshold, noise, batch_size
+        self.device, self.dtype = device, dtype
+        self.n = len(y_bar)
+        self.rows = torch.arange(self.n, device=device).repeat_interleave(particles)
+        self.y_bar, self.sigma_star = y_bar.to(device), sigma_star.to(device)      # (n, D) float64
+        self.observed = torch.isfinite(self.sigma_star)
+        self.log_w = torch.full((self.n, particles), -math.log(particles), dtype=torch.float64, device=device)
+        self.log_z = torch.zeros(self.n, dtype=torch.float64, device=device)
+        self.ess: list[Tensor] = []
+        self.resamplings = torch.zeros(self.n, dtype=torch.long, device=device)
+
+    def r2(self, i: int) -> float:
+        """``r_i^2 = sigma_i^2 / (1 + sigma_i^2)``: the twist's variance of ``x0`` given ``u`` (MATH.md 12)."""
+        return self.sigmas[i] ** 2 / (1 + self.sigmas[i] ** 2)
+
+    def points(self, c: Tensor) -> Tensor:
+        """Particles ``(n, K, D)`` in basis coordinates -> flat points ``(n K, *shape)``."""
+        return self.basis.point(c.reshape(-1, c.shape[-1]), self.rows).reshape(-1, *self.shape)
+
+    def denoise(self, u: Tensor, i: int) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """``x0_hat`` ``(n, K, D)`` (basis coordinates, float64) of every particle at level ``i``; for the twisted
+        proposal also the twist ``log p~_i(y | u)`` ``(n, K)`` and its gradient. The network sees at most
+        ``batch_size`` rows at once."""
+        t, a = self.times[i], self.scales[i]
+        flat = u.reshape(-1, u.shape[-1])
+        out, twists, grads = [], [], []
+        for start in range(0, len(flat), self.batch_size):
+            ex = self.rows[start:start + self.batch_size]
+            point = self.basis.point(flat[start:start + self.batch_size], ex).to(self.dtype).reshape(-1, *self.shape)
+            if self.proposal != "twisted":
+                with torch.no_grad():
+                    x0 = self.view.predict(point, t, a).x0
+                out.append(self.basis.coordinates(x0.reshape(len(point), -1).double(), ex))
+                continue
+            with torch.enable_grad():
+                point.requires_grad_(True)
+                x0 = self.view.predict(point, t, a).x0
+                x0 = self.basis.coordinates(x0.reshape(len(point), -1).double(), ex)
+                observed = self.observed[ex]
+                var = torch.where(observed, self.sigma_star[ex] ** 2 + self.r2(i), 1.0)
+                twist = (_log_normal(self.y_bar[ex], x0, var) * observed).sum(1)
+                grad, = torch.autograd.grad(twist.sum(), point)
+            out.append(x0.detach())
+            twists.append(twist.detach())
+            grads.append(self.basis.coordinates(grad.reshape(len(point), -1).double(), ex))
+        shape = (self.n, self.k, -1)
+        if self.proposal != "twisted":
+            return torch.cat(out).reshape(shape), None, None
+        return torch.cat(out).reshape(shape), torch.cat(twists).reshape(self.n, self.k), torch.cat(grads).reshape(shape)
+
+    def reweight(self, log_inc: Tensor, level: int) -> Tensor:
+        """Multiply the weights by ``exp(log_inc)`` ``(n, K)``; returns the effective sample size ``(n,)``."""
+        lw = self.log_w + log_inc
+        total = torch.logsumexp(lw, 1)
+        if not bool(torch.isfinite(total).all()):
+            raise FloatingPointError(f"every particle's weight underflowed at level {level + 1} of {len(self.sigmas)} "
+                                     "(the observation is too unlikely under every particle): use more particles, "
+                                     "a larger noise_std, or another proposal")
+        self.log_z = self.log_z + total
+        self.log_w = lw - total[:, None]
+        ess = torch.exp(-torch.logsumexp(2 * self.log_w, 1))
+        self.ess.append(ess)
+        return ess
+
+    def resample(self, ess: Tensor) -> Tensor | None:
+        """Systematic resampling of the examples whose ESS fell below the threshold: indices ``(n, K)``, or None."""
+        uniform = _uniform((self.n, 1), self.noise, self.device)    # drawn every level: a row's stream is its own
+        due = ess < self.threshold * self.k
+        if not bool(due.any()):
+            return None
+        picked = systematic_resample(self.log_w.exp(), uniform)
+        keep = torch.arange(self.k, device=self.device).expand(self.n, -1)
+        self.log_w = torch.where(due[:, None], torch.full_like(self.log_w, -math.log(self.k)), self.log_w)
+        self.resamplings += due.long()
+        return torch.where(due[:, None], picked, keep)
+
+
+def _take(x: Tensor | None, picked: Tensor) -> Tensor | None:
+    """Particles ``picked`` ``(n, K)`` of ``x`` ``(n, K, ...)``."""
+    if x is None:
+        return None
+    return x.gather(1, picked.reshape(*picked.shape, *([1] * (x.ndim - 2))).expand_as(x))
+
+
+def smc(model: DiffusionModel, operator: LinearOperator, y: Tensor, shape: Sequence[int], steps: int | None = None,
+        *, noise_std: float = 0.0, proposal: str = "twisted", particles: int = 16, ess_threshold: float = 0.5,
+        eta: float = 1.0, return_particles: bool = False, batch_size: int = 4096, process: NoiseProcess | None = None,
+        noise: Randomness = None, callback: Callback | None = None) -> SMCResult:
+    """Posterior samples of ``x0`` given ``y = A x0 + n`` by sequential Monte Carlo (MATH.md 12), one per
+    example (row of ``y``), each from its own ``particles`` weighted particles.
+
+    ``proposal``: ``"twisted"`` (TDS), ``"replace"`` (SMCDiff), ``"kalman"`` (MCGdiff); see the module's text.
+    ``steps``: levels of the ancestral grid (100 by default, all of a DDPM's when it has fewer); ``eta`` in
+    ``(0, 1]``: DDIM's kernel (1: DDPM's ancestral step). ``ess_threshold``: resample when the effective sample
+    size falls below this share of ``particles`` (0: never, 1: every step). ``batch_size``: the most particles
+    the network sees at once (examples are run in groups of ``batch_size // particles``). With
+    :class:`~scorelab.noise.PerSampleNoise` (one seed per example) an example's result does not depend on the
+    others or on the grouping.
+    """
+    require(proposal in PROPOSALS, f"unknown proposal {proposal!r}; choose one of {list(PROPOSALS)}")
+    require(isinstance(particles, int) and particles >= 1, f"particles must be a positive integer, got {particles!r}")
+    require(isinstance(ess_threshold, (int, float)) and 0 <= ess_threshold <= 1,
+            f"ess_threshold must lie in [0, 1], got {ess_threshold!r}")
+    require(isinstance(eta, (int, float)) and 0 < eta <= 1, f"eta must lie in (0, 1] (the kernel needs noise for "
+            f"its weights), got {eta!r}")
+    require(isinstance(batch_size, int) and batch_size >= 1, f"batch_size must be a positive integer, got {batch_size!r}")
+    require(noise_std >= 0 and math.isfinite(noise_std), f"noise_std must be >= 0, got {noise_std}")
+    model, process = resolve(model, process)
+    require_kind(process, ("affine",), "SMC conditional sampling (a(t) and s(t))", "train on an affine process")
+    shape = tuple(shape)
+    y = torch.as_tensor(y)
+    require(y.shape[0] == shape[0], f"{y.shape[0]} observations for a batch of {shape[0]}")
+    operator.check_batch(shape[0])
+    if proposal == "replace":
+        require(noise_std == 0, "proposal='replace' (SMCDiff) takes exact observations; for noise_std > 0 use "
+                "proposal='kalman' or 'twisted'")
+        require(operator.row_norm2 is not None, f"proposal='replace' overwrites the observed part, which needs "
+                f"orthogonal rows of one norm; the {operator.name} operator's are not: use proposal='kalman' or 'twisted'")
+    device, dtype = device_and_dtype(model)
+    basis = operator.singular_basis(shape[1:])
+    y_bar = basis.observed(y, operator)                                     # (N, D)
+    s = basis.s.to(torch.float64).expand(shape[0], -1)
+    sigma_star = torch.where(s > 0, noise_std / s.clamp(min=1e-300), torch.full_like(s, math.inf))
+    log_jacobian = torch.where(s > 0, s.clamp(min=1e-300).log(), torch.zeros_like(s)).sum(1)   # log prod s_j
+    view = SigmaView(model, process)
+    times = ancestral_times(process, _levels(process, steps))
+    scales, sigmas = view.grid(times)
+    group = max(1, batch_size // particles)
+    results = []
+    for start in range(0, shape[0], group):
+        rows = range(start, min(start + group, shape[0]))
+        sub = SingularBasis(basis.s if basis.s.ndim == 1 else basis.s[rows.start:rows.stop],
+                            basis.vh if basis.vh is None or basis.vh.ndim == 2 else basis.vh[rows.start:rows.stop],
+                            None)
+        run = _Run(view, times, scales, sigmas, sub, y_bar[rows.start:rows.stop], sigma_star[rows.start:rows.stop],
+                   shape[1:], particles, proposal, eta, ess_threshold, _rows(noise, rows), batch_size, device, dtype)
+        results.append(_chain(run, process, callback, return_particles))
+    samples, log_z, log_q, ess, resamplings, kept, weights = (list(z) for z in zip(*results))
+    nfe = particles * len(times)
+    evidence = torch.cat(log_z) - torch.cat(log_q) - log_jacobian.to(device)
+    return SMCResult(torch.cat(samples), nfe, log_evidence=evidence, ess=torch.cat(ess, 1),
+                     resamplings=torch.cat(resamplings),
+                     particles=torch.cat(kept) if return_particles else None,
+                     weights=torch.cat(weights) if return_particles else None)
+
+
+def _levels(process: NoiseProcess, steps: int | None) -> int:
+    if steps is not None:
+        return steps
+    return min(100, process.num_steps) if process.has_kind("ddpm") else 100
+
+
+def _chain(run: _Run, process: NoiseProcess, callback: Callback | None, keep: bool):
+    """The particle system of one group, level by level (MATH.md 12)."""
+    sigmas, n, k, noise = run.sigmas, run.n, run.k, run.noise
+    levels = len(sigmas)
+    d = run.y_bar.shape[1]
+    y_bar, star = run.y_bar[:, None], run.sigma_star[:, None]              # (n, 1, D)
+    obs = run.observed[:, None]
+    obs_f = obs.double()
+
+    def gaussian(x: Tensor, mean: Tensor | float, var: Tensor | float, where: Tensor) -> Tensor:
+        """``sum_j log N(x_j; mean_j, var_j)`` over the coordinates ``where`` (variances elsewhere ignored)."""
+        safe = torch.where(where, var, 1.0) if isinstance(var, Tensor) else var
+        return (_log_normal(x, mean, safe) * where).sum(-1)
+
+    def draw(*shape: int) -> Tensor:
+        return normal((n,) + shape, noise, device=run.device, dtype=torch.float64)
+
+    var0 = (process.prior_std / run.scales[0]) ** 2
+    u = math.sqrt(var0) * draw(k, d)
+    log_q = torch.zeros(n, dtype=torch.float64, device=run.device)          # SMCDiff: the observed path's density
+    path = None
+    if run.proposal == "replace":                                           # one forward-noised path per example
+        path = sigmas[0] * draw(1, d)
+        log_q = gaussian(path, 0.0, sigmas[0] ** 2, obs_f)[:, 0]
+        u = torch.where(obs, y_bar + path, u)
+    prev_twist = ratio = mean = None
+    for i in range(levels):
+        sigma = sigmas[i]
+        x0, twist, grad = run.denoise(u, i)
+        last = i == levels - 1
+        above = obs & (star < sigma)                                        # observed at a lower level than this
+        inc = torch.zeros(n, k, dtype=torch.float64, device=run.device)
+        if run.proposal == "twisted":
+            inc = twist if i == 0 else twist - prev_twist + ratio
+        elif run.proposal == "replace" and i == 0:                          # the prior of the observed start
+            inc = gaussian(u, 0.0, var0, obs_f)
+        elif run.proposal == "kalman" and i == 0:                           # potentials, or noisier observations
+            inc = gaussian(y_bar, u, torch.where(above, sigma**2 - star**2, star**2 - sigma**2), obs)
+        if last and run.proposal != "twisted":                              # N(y_bar; x0_hat, sigma*^2 + r^2)
+            inc = inc + gaussian(y_bar, x0, star**2 + run.r2(i), above)
+            if run.proposal == "kalman":                                    # ... over the last potential
+                inc = inc - gaussian(y_bar, u, sigma**2 - star**2, above)
+        if not last:
+            sigma_next = sigmas[i + 1]
+            scale, sd = (float(c) for c in _kernel(sigma, sigma_next, run.eta))
+            mean = x0 + scale * (u - x0)
+            v = sd**2
+            if run.proposal == "replace":                                   # the path's next level; its weight
+                r = sigma_next**2 / sigma**2
+                step = sigma_next * math.sqrt(1 - r)
+                nxt = r * path + step * draw(1, d)
+                log_q = log_q + gaussian(nxt, r * path, step**2, obs_f)[:, 0]
+                path = nxt
+                inc = inc + gaussian(y_bar + path, mean, v, obs_f)
+            elif run.proposal == "kalman":
+                stay = obs & (star < sigma_next)
+                cross = obs & (star >= sigma_next) & (star < sigma)
+                c1, sd1 = _kernel(sigma, torch.where(cross, star, sigma / 2), run.eta)
+                inc = (inc + gaussian(y_bar, mean, v + sigma_next**2 - star**2, stay)
+                       + gaussian(y_bar, x0 + c1 * (u - x0), sd1**2, cross)
+                       - gaussian(y_bar, u, sigma**2 - star**2, stay | cross))
+        ess = run.reweight(inc, i)
+        if last:
+            break
+        picked = run.resample(ess)
+        if picked is not None:
+            u, x0, mean, twist, grad = (_take(t, picked) for t in (u, x0, mean, twist, grad))
+        z = draw(k, d)
+        if run.proposal == "twisted":                                       # TDS: the kernel moved up the twist
+            guided = mean + v * grad
+            u = guided + sd * z
+            ratio = ((u - guided) ** 2 - (u - mean) ** 2).sum(-1) / (2 * v)  # log p(u'|u) - log q(u'|u)
+            prev_twist = twist
+        elif run.proposal == "replace":
+            u = torch.where(obs, y_bar + path, mean + sd * z)
+        else:                                                               # MCGdiff's Kalman step
+            stay = obs & (star < sigma_next)
+            cross = obs & (star >= sigma_next) & (star < sigma)
+            d_next = torch.where(stay, sigma_next**2 - star**2, 1.0)
+            precision = 1 / v + 1 / d_next
+            blended = (mean / v + y_bar / d_next) / precision + z / precision.sqrt()
+            c2, sd2 = _kernel(torch.where(cross, star, 1.0), torch.where(cross, sigma_next, 0.5), run.eta)
+            through = x0 + c2 * (y_bar - x0) + sd2 * z
+            u = torch.where(stay, blended, torch.where(cross, through, mean + sd * z))
+        call_back(callback, i + 1, levels, float(run.times[i + 1]), run.points(u), (i + 1) * k)
+    # the output: x0_hat, its observed coordinates blended with y_bar (pasted when exact)
+    r2 = run.r2(levels - 1)
+    above = obs & (star < sigmas[-1])
+    x0 = torch.where(above, x0 + r2 / torch.where(above, r2 + star**2, 1.0) * (y_bar - x0), x0)
+    points = run.points(x0).to(run.dtype).reshape(n, k, *run.shape)
+    weights = run.log_w.exp()
+    pick = torch.searchsorted(weights.cumsum(1), _uniform((n, 1), noise, run.device)).clamp(max=k - 1)[:, 0]
+    samples = points[torch.arange(n, device=run.device), pick]
+    return (samples, run.log_z, log_q, torch.stack(run.ess), run.resamplings,
+            points if keep else None, weights if keep else None)
