@@ -128,8 +128,7 @@ def markdown(table: dict, meta: dict) -> str:
              f"`python benchmarks/smc.py` ({meta['date']}, {meta['machine']}; {meta['n']} samples, each drawn from "
              f"its own run of K particles on the {LEVELS}-level ancestral grid; {meta['observations']} observations "
              "per problem). Error: energy distance to the exact posterior over the noise floor (1.0 = as good as "
-             "exact samples). Evidence: mean |log p̂(y) - log p(y)| over the runs, against the closed form. Exact "
-             "unconditional model throughout.", ""]
+             "exact samples). Evidence against the closed form. Exact unconditional model throughout.", ""]
     keys = list(table)
     for proposal in C.PROPOSALS:
         lines += [f"## proposal = {proposal!r}", "", "| K | NFE | " + " | ".join(keys) + " |",
@@ -139,7 +138,8 @@ def markdown(table: dict, meta: dict) -> str:
             cells = []
             for k in keys:
                 row = table[k]["rows"].get(label)
-                cells.append("-" if row is None else f"{row['over_floor']:.2f} (log Z ± {row['log_evidence_abs_error']:.2f})")
+                cells.append("-" if row is None else f"{row['over_floor']:.2f} ({row['log_evidence_abs_error']:.2f}, "
+                             f"{row['log_mean_evidence_error']:+.2f})")
             lines.append(f"| {particles} | {particles * LEVELS} | " + " | ".join(cells) + " |")
         lines.append("")
     dps = [label for label in table.get("grid 25, noise 0.05", {}).get("rows", {}) if label.startswith("dps")]
@@ -149,8 +149,9 @@ def markdown(table: dict, meta: dict) -> str:
             row = table["grid 25, noise 0.05"]["rows"][label]
             lines.append(f"| {label} | {row['nfe']} | {row['over_floor']:.1f} |")
         lines.append("")
-    lines += ["Cells: error over the floor (mean |log Z error|). `-`: the proposal does not apply (replace: exact "
-              "observations through orthogonal rows only). Picture: docs/conditional/smc-nfe.png.", ""]
+    lines += ["Cells: error over the floor (in brackets: the mean |log p̂(y) - log p(y)| of one run, and the error "
+              "of the log of the runs' mean p̂(y), which is unbiased in p(y)). `-`: the proposal does not apply "
+              "(replace: exact observations through orthogonal rows only). Picture: docs/conditional/smc-nfe.png.", ""]
     return "\n".join(lines)
 
 

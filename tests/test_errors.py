@@ -104,6 +104,13 @@ CASES: list[tuple[str, str, str]] = [
      "takes no option ['jumps']"),
     ("replacement in an adaptive sampler", "inpaint {d}/run --method replace --sampler ode --out {d}/i.png",
      "adapts its own steps"),
+    ("SMC inpainting with no particles", "inpaint {d}/run --method smc --particles 0 --out {d}/i.png",
+     "particles must be a positive integer"),
+    ("a particle count for a method without particles", "inpaint {d}/run --particles 4 --out {d}/i.png",
+     "--particles is for --method smc"),
+    ("a mask file with another number of masks than images",
+     "inpaint {d}/run --mask {d}/two-masks.npy --images 0 1 2 --out {d}/i.png", "holds 2 masks but 3 images"),
+    ("a mask file that is not an array", "inpaint {d}/run --mask {d}/bad.npy --out {d}/i.png", "is not a mask array"),
     ("an SDEdit start time outside (0, 1]", "edit {d}/run --t0 1.5 --out {d}/e.png", "t0 must lie in (0, 1]"),
     ("an SDEdit input that is not an image", "edit {d}/run --input {d}/notes.npz --out {d}/e.png",
      "cannot read image"),
@@ -163,6 +170,10 @@ def _setup(d: Path) -> None:
     assert _run(f"train --framework diffflow --data points:two_moons --out {d}/diffflow --steps 2 --batch-size 16 "
                 "--sample-every 100 --process-option num_steps=3", d)[0] == 0
     Image.fromarray(np.full((8, 8), 255, np.uint8)).save(d / "white.png")
+    two = np.ones((2, 8, 8), np.uint8)
+    two[:, :, :4] = 0
+    np.save(d / "two-masks.npy", two)
+    (d / "bad.npy").write_bytes(b"not an array")
     assert _run(f"train --out {d}/run100 " + " ".join(FAST) + " --process-option num_steps=100", d)[0] == 0
     assert _run(f"train-classifier {d}/run100 --steps 1 --batch-size 8 --out {d}/clf100", d)[0] == 0
     ckpt = next((d / "run" / "checkpoints").iterdir())

@@ -395,8 +395,9 @@ def mask_from_spec(spec: str, x_shape: Sequence[int], generator: torch.Generator
         require(Path(spec).is_file(), f"the mask file {spec} does not exist")
         try:
             array = np.load(spec, allow_pickle=False)
-        except (ValueError, OSError, EOFError) as err:
-            raise ValueError(f"{spec} is not a mask array (.npy of 0/1 values): {err}") from None
+        except (ValueError, OSError, EOFError):
+            raise ValueError(f"{spec} is not a mask array: save 0/1 masks with numpy.save, shape (H, W) or (N, H, W)"
+                             ) from None
         stack = torch.from_numpy(np.asarray(array))
         require(stack.ndim in (2, 3, 4) and tuple(stack.shape[-2:]) == (h, w), f"{spec} holds an array of shape "
                 f"{tuple(stack.shape)}; give (H, W) = ({h}, {w}) for every image, or (N, H, W) for one per image")
