@@ -35,7 +35,7 @@ from ..noise import Randomness, randn_like
 from ..processes import NoiseProcess, require_kind
 from ..samplers._common import (Callback, Projection, SampleResult, SigmaView, call_back, finite_or_raise,
                                 initial_noise, posterior_step, resolve)
-from ..samplers.grids import ancestral_times
+from ..samplers.grids import ancestral_times, method_levels
 from ..samplers.registry import REGISTRY, sample, sampler_entry
 from .operators import Greyscale, LinearOperator, Mask
 from .smc import smc
@@ -70,13 +70,6 @@ def replacement(operator: LinearOperator, y: Tensor, noise: Randomness = None) -
         return x - operator.projection(x) + known
 
     return project
-
-
-def _levels(process: NoiseProcess, steps: int | None, paper: int) -> int:
-    """A method's levels: ``steps``, else the paper's number, at most a DDPM's own steps."""
-    if steps is not None:
-        return steps
-    return min(paper, process.num_steps) if process.has_kind("ddpm") else paper
 
 
 def repaint_schedule(steps: int, jump_length: int, resample: int) -> list[int]:
@@ -115,7 +108,7 @@ def repaint(model: DiffusionModel, operator: LinearOperator, y: Tensor, shape: S
     2,410 NFE); ``resample=1`` is replacement with ancestral steps. NFE counts the network calls of the whole walk.
     """
     model, process = resolve(model, process)
-    times = ancestral_times(process, _levels(process, steps, 250))
+    times = ancestral_times(process, method_levels(process, steps, 250))
     levels = len(times)
     view = SigmaView(model, process)
     scales, sigmas = view.grid(times)
@@ -150,7 +143,7 @@ def dps(model: DiffusionModel, operator: LinearOperator, y: Tensor, shape: Seque
     require(isinstance(scale, (int, float)) and math.isfinite(scale) and scale > 0,
             f"scale must be a positive number, got {scale!r}")
     model, process = resolve(model, process)
-    times = ancestral_times(process, _levels(process, steps, 1000))
+    times = ancestral_times(process, method_levels(process, steps, 1000))
     view = SigmaView(model, process)
     scales, sigmas = view.grid(times)
     sigmas = sigmas + [0.0]

@@ -37,7 +37,7 @@ from ..models import DiffusionModel, device_and_dtype
 from ..noise import PerSampleNoise, Randomness, normal
 from ..processes import NoiseProcess, require_kind
 from ..samplers._common import Callback, SampleResult, SigmaView, call_back, resolve
-from ..samplers.grids import ancestral_times
+from ..samplers.grids import ancestral_times, method_levels
 from .operators import LinearOperator, SingularBasis
 
 __all__ = ["PROPOSALS", "SMCResult", "smc", "systematic_resample"]
@@ -231,7 +231,7 @@ def smc(model: DiffusionModel, operator: LinearOperator, y: Tensor, shape: Seque
     sigma_star = torch.where(s > 0, noise_std / s.clamp(min=1e-300), torch.full_like(s, math.inf))
     log_jacobian = torch.where(s > 0, s.clamp(min=1e-300).log(), torch.zeros_like(s)).sum(1)   # log prod s_j
     view = SigmaView(model, process)
-    times = ancestral_times(process, _levels(process, steps))
+    times = ancestral_times(process, method_levels(process, steps, 100))
     scales, sigmas = view.grid(times)
     group = max(1, batch_size // particles)
     results = []
@@ -250,12 +250,6 @@ def smc(model: DiffusionModel, operator: LinearOperator, y: Tensor, shape: Seque
                      resamplings=torch.cat(resamplings),
                      particles=torch.cat(kept) if return_particles else None,
                      weights=torch.cat(weights) if return_particles else None)
-
-
-def _levels(process: NoiseProcess, steps: int | None) -> int:
-    if steps is not None:
-        return steps
-    return min(100, process.num_steps) if process.has_kind("ddpm") else 100
 
 
 def _chain(run: _Run, process: NoiseProcess, callback: Callback | None, keep: bool):

@@ -22,7 +22,7 @@ from torch import Tensor
 from .._util import as_time, require
 from ..processes import DDPM, NoiseProcess, require_kind
 
-__all__ = ["time_grid", "evaluation_times", "ancestral_times", "check_times", "respaced_steps", "ddpm_steps",
+__all__ = ["time_grid", "evaluation_times", "ancestral_times", "method_levels", "check_times", "respaced_steps", "ddpm_steps",
            "step_grid", "intervals_from", "evaluations_from", "ancestral_from", "GRIDS"]
 
 #: The kinds of :func:`time_grid`.
@@ -106,6 +106,13 @@ def ancestral_times(process: NoiseProcess, steps: int) -> Tensor:
     if process.has_kind("ddpm"):
         return process.step_to_time(torch.tensor(respaced_steps(process.num_steps, steps)))
     return evaluation_times(process, steps)
+
+
+def method_levels(process: NoiseProcess, steps: int | None, paper: int) -> int:
+    """A conditional method's levels: ``steps``, else its paper's number, at most a DDPM's own steps."""
+    if steps is not None:
+        return steps
+    return min(paper, process.num_steps) if process.has_kind("ddpm") else paper
 
 
 def check_times(times: Sequence[float] | Tensor, *, increasing: bool = False) -> Tensor:
