@@ -240,8 +240,7 @@ class Mask(LinearOperator):
     def singular_basis(self, x_shape: Sequence[int]) -> SingularBasis:
         """The pixel basis: every known value observed once (``s = 1``), the others not (``s = 0``)."""
         self.y_shape(x_shape)
-        return SingularBasis(self.mask.reshape(*self.mask.shape[: self.mask.ndim - len(self.shape)], -1).double(),
-                             None, None)
+        return SingularBasis(self.mask.flatten(self.mask.ndim - len(self.shape)).double(), None, None)
 
 
 class AveragePool(LinearOperator):

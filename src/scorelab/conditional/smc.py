@@ -67,8 +67,8 @@ def _log_normal(x: Tensor, mean: Tensor, var: Tensor | float) -> Tensor:
 
 
 def _kernel(sigma: Tensor | float, sigma_next: Tensor | float, eta: float) -> tuple[Tensor, Tensor]:
-    """DDIM's step from ``sigma`` to ``sigma_next`` (MATH.md 5): ``u' = x0 + (c / sigma)(u - x0) + sigma_eta z``;
-    returns ``(c / sigma, sigma_eta)``, elementwise for tensors of noise levels."""
+    """DDIM's step from ``sigma`` to ``sigma_next`` (MATH.md 5; ``posterior_step``'s coefficients, elementwise for
+    tensors of noise levels): ``u' = x0 + (c / sigma)(u - x0) + sigma_eta z``; returns ``(c / sigma, sigma_eta)``."""
     sigma, sigma_next = torch.as_tensor(sigma, dtype=torch.float64), torch.as_tensor(sigma_next, dtype=torch.float64)
     sigma_eta = eta * sigma_next * (1 - sigma_next**2 / sigma**2).clamp(min=0).sqrt()
     c = sigma_next**2 / sigma if eta == 1.0 else (sigma_next**2 - sigma_eta**2).clamp(min=0).sqrt()
@@ -112,6 +112,10 @@ class _Run:
         self.rows = torch.arange(self.n, device=device).repeat_interleave(particles)
         self.y_bar, self.sigma_star = y_bar.to(device), sigma_star.to(device)      # (n, D) float64
         self.observed = torch.isfinite(self.sigma_star)
+        self.yb, self.star, self.obs = self.y_bar[:, None], self.sigma_star[:, None], self.observed[:, None]  # (n, 1, D)
+        self.log_q = torch.zeros(self.n, dtype=torch.float64, device=device)      # SMCDiff: its path's density
+        self.path = self.prev_twist = self.ratio = None
+        self.var0 = 0.0
         self.log_w = torch.full((self.n, particles), -math.log(particles), dtype=torch.float64, device=device)
         self.log_z = torch.zeros(self.n, dtype=torch.float64, device=device)
         self.ess: list[Tensor] = []
@@ -156,6 +160,110 @@ class _Run:
             return torch.cat(out).reshape(shape), None, None
         return torch.cat(out).reshape(shape), torch.cat(twists).reshape(self.n, self.k), torch.cat(grads).reshape(shape)
 
+    # ---- the proposals (MATH.md 12) -------------------------------------------------------
+    def _gaussian(self, x: Tensor, mean: Tensor | float, var: Tensor | float, where: Tensor) -> Tensor:
+        """``sum_j log N(x_j; mean_j, var_j)`` over the coordinates ``where`` (variances elsewhere ignored)."""
+        safe = torch.where(where, var, 1.0) if isinstance(var, Tensor) else var
+        return (_log_normal(x, mean, safe) * where).sum(-1)
+
+    def _draw(self, *shape: int) -> Tensor:
+        return normal((self.n,) + shape, self.noise, device=self.device, dtype=torch.float64)
+
+    def _step(self, i: int) -> tuple[float, float]:
+        """The kernel from level ``i`` to ``i + 1``: ``(c / sigma, sigma_eta)``."""
+        scale, sd = _kernel(self.sigmas[i], self.sigmas[i + 1], self.eta)
+        return float(scale), float(sd)
+
+    def _crossing(self, i: int) -> tuple[Tensor, Tensor]:
+        """Observed coordinates still above level ``i + 1``, and those whose own level lies in ``[i + 1, i)``."""
+        star, obs, sigma, sigma_next = self.star, self.obs, self.sigmas[i], self.sigmas[i + 1]
+        return obs & (star < sigma_next), obs & (star >= sigma_next) & (star < sigma)
+
+    def start(self) -> Tensor:
+        """Particles ``(n, K, D)`` from the prior; SMCDiff's observed path starts too."""
+        self.var0 = (self.view.process.prior_std / self.scales[0]) ** 2
+        u = math.sqrt(self.var0) * self._draw(self.k, self.y_bar.shape[1])
+        if self.proposal == "replace":                                      # one forward-noised path per example
+            self.path = self.sigmas[0] * self._draw(1, u.shape[-1])
+            self.log_q = self._gaussian(self.path, 0.0, self.sigmas[0] ** 2, self.obs)[:, 0]
+            u = torch.where(self.obs, self.yb + self.path, u)
+        return u
+
+    def kernel_mean(self, u: Tensor, x0: Tensor, i: int) -> Tensor | None:
+        """The kernel's mean from level ``i`` (None at the last level)."""
+        if i == len(self.sigmas) - 1:
+            return None
+        return x0 + self._step(i)[0] * (u - x0)
+
+    def weight(self, i: int, u: Tensor, x0: Tensor, mean: Tensor | None, twist: Tensor | None) -> Tensor:
+        """The log incremental weight ``(n, K)`` at level ``i``: the start's, the step to ``i + 1``'s (weighed
+        before the proposal for SMCDiff and MCGdiff, whose weights do not depend on it), the end's."""
+        yb, star, obs, sigma = self.yb, self.star, self.obs, self.sigmas[i]
+        above = obs & (star < sigma)                                        # observed at a lower level than this
+        inc = torch.zeros(self.n, self.k, dtype=torch.float64, device=self.device)
+        if self.proposal == "twisted":                                      # twist ratio times kernel over proposal
+            return twist if i == 0 else twist - self.prev_twist + self.ratio
+        if i == 0 and self.proposal == "replace":                           # the prior of the observed start
+            inc = self._gaussian(u, 0.0, self.var0, obs)
+        elif i == 0:                                                        # potentials, or noisier observations
+            inc = self._gaussian(yb, u, torch.where(above, sigma**2 - star**2, star**2 - sigma**2), obs)
+        if mean is None:                                                    # N(y_bar; x0_hat, sigma*^2 + r^2)
+            inc = inc + self._gaussian(yb, x0, star**2 + self.r2(i), above)
+            if self.proposal == "kalman":                                   # ... over the last potential
+                inc = inc - self._gaussian(yb, u, sigma**2 - star**2, above)
+            return inc
+        sigma_next, v = self.sigmas[i + 1], self._step(i)[1] ** 2
+        if self.proposal == "replace":                                      # the path's next level; its weight
+            r = sigma_next**2 / sigma**2
+            step = sigma_next * math.sqrt(1 - r)
+            nxt = r * self.path + step * self._draw(1, u.shape[-1])
+            self.log_q = self.log_q + self._gaussian(nxt, r * self.path, step**2, obs)[:, 0]
+            self.path = nxt
+            return inc + self._gaussian(yb + self.path, mean, v, obs)
+        stay, cross = self._crossing(i)
+        c1, sd1 = _kernel(sigma, torch.where(cross, star, sigma / 2), self.eta)
+        return (inc + self._gaussian(yb, mean, v + sigma_next**2 - star**2, stay)
+                + self._gaussian(yb, x0 + c1 * (u - x0), sd1**2, cross)
+                - self._gaussian(yb, u, sigma**2 - star**2, stay | cross))
+
+    def propose(self, i: int, u: Tensor, x0: Tensor, mean: Tensor, twist: Tensor | None,
+                grad: Tensor | None) -> Tensor:
+        """The particles at level ``i + 1``."""
+        sd = self._step(i)[1]
+        v = sd**2
+        z = self._draw(self.k, u.shape[-1])
+        if self.proposal == "twisted":                                      # TDS: the kernel moved up the twist
+            guided = mean + v * grad
+            u = guided + sd * z
+            self.ratio = ((u - guided) ** 2 - (u - mean) ** 2).sum(-1) / (2 * v)   # log p(u'|u) - log q(u'|u)
+            self.prev_twist = twist
+            return u
+        if self.proposal == "replace":
+            return torch.where(self.obs, self.yb + self.path, mean + sd * z)
+        stay, cross = self._crossing(i)                                     # MCGdiff's Kalman step
+        yb, star, sigma_next = self.yb, self.star, self.sigmas[i + 1]
+        d_next = torch.where(stay, sigma_next**2 - star**2, 1.0)
+        precision = 1 / v + 1 / d_next
+        blended = (mean / v + yb / d_next) / precision + z / precision.sqrt()
+        c2, sd2 = _kernel(torch.where(cross, star, 1.0), torch.where(cross, sigma_next, 0.5), self.eta)
+        through = x0 + c2 * (yb - x0) + sd2 * z
+        return torch.where(stay, blended, torch.where(cross, through, mean + sd * z))
+
+    def output(self, x0: Tensor, keep: bool):
+        """``x0_hat`` at the last level, its observed coordinates blended with ``y_bar`` (pasted when exact);
+        one particle per example drawn by weight."""
+        n, k, star, yb = self.n, self.k, self.star, self.yb
+        r2 = self.r2(len(self.sigmas) - 1)
+        above = self.obs & (star < self.sigmas[-1])
+        x0 = torch.where(above, x0 + r2 / torch.where(above, r2 + star**2, 1.0) * (yb - x0), x0)
+        points = self.points(x0).to(self.dtype).reshape(n, k, *self.shape)
+        weights = self.log_w.exp()
+        pick = torch.searchsorted(weights.cumsum(1), _uniform((n, 1), self.noise, self.device)).clamp(max=k - 1)
+        samples = points[torch.arange(n, device=self.device), pick[:, 0]]
+        return (samples, self.log_z, self.log_q, torch.stack(self.ess), self.resamplings,
+                points if keep else None, weights if keep else None)
+
+    # ---- weights ---------------------------------------------------------------------------
     def reweight(self, log_inc: Tensor, level: int) -> Tensor:
         """Multiply the weights by ``exp(log_inc)`` ``(n, K)``; returns the effective sample size ``(n,)``."""
         lw = self.log_w + log_inc
@@ -242,7 +350,7 @@ def smc(model: DiffusionModel, operator: LinearOperator, y: Tensor, shape: Seque
                             None)
         run = _Run(view, times, scales, sigmas, sub, y_bar[rows.start:rows.stop], sigma_star[rows.start:rows.stop],
                    shape[1:], particles, proposal, eta, ess_threshold, _rows(noise, rows), batch_size, device, dtype)
-        results.append(_chain(run, process, callback, return_particles))
+        results.append(_chain(run, callback, return_particles))
     samples, log_z, log_q, ess, resamplings, kept, weights = (list(z) for z in zip(*results))
     nfe = particles * len(times)
     evidence = torch.cat(log_z) - torch.cat(log_q) - log_jacobian.to(device)
@@ -252,98 +360,19 @@ def smc(model: DiffusionModel, operator: LinearOperator, y: Tensor, shape: Seque
                      weights=torch.cat(weights) if return_particles else None)
 
 
-def _chain(run: _Run, process: NoiseProcess, callback: Callback | None, keep: bool):
-    """The particle system of one group, level by level (MATH.md 12)."""
-    sigmas, n, k, noise = run.sigmas, run.n, run.k, run.noise
-    levels = len(sigmas)
-    d = run.y_bar.shape[1]
-    y_bar, star = run.y_bar[:, None], run.sigma_star[:, None]              # (n, 1, D)
-    obs = run.observed[:, None]
-    obs_f = obs.double()
-
-    def gaussian(x: Tensor, mean: Tensor | float, var: Tensor | float, where: Tensor) -> Tensor:
-        """``sum_j log N(x_j; mean_j, var_j)`` over the coordinates ``where`` (variances elsewhere ignored)."""
-        safe = torch.where(where, var, 1.0) if isinstance(var, Tensor) else var
-        return (_log_normal(x, mean, safe) * where).sum(-1)
-
-    def draw(*shape: int) -> Tensor:
-        return normal((n,) + shape, noise, device=run.device, dtype=torch.float64)
-
-    var0 = (process.prior_std / run.scales[0]) ** 2
-    u = math.sqrt(var0) * draw(k, d)
-    log_q = torch.zeros(n, dtype=torch.float64, device=run.device)          # SMCDiff: the observed path's density
-    path = None
-    if run.proposal == "replace":                                           # one forward-noised path per example
-        path = sigmas[0] * draw(1, d)
-        log_q = gaussian(path, 0.0, sigmas[0] ** 2, obs_f)[:, 0]
-        u = torch.where(obs, y_bar + path, u)
-    prev_twist = ratio = mean = None
+def _chain(run: _Run, callback: Callback | None, keep: bool):
+    """The particle system of one group, level by level (MATH.md 12): denoise, weigh, resample, propose."""
+    levels = len(run.sigmas)
+    u = run.start()
     for i in range(levels):
-        sigma = sigmas[i]
         x0, twist, grad = run.denoise(u, i)
-        last = i == levels - 1
-        above = obs & (star < sigma)                                        # observed at a lower level than this
-        inc = torch.zeros(n, k, dtype=torch.float64, device=run.device)
-        if run.proposal == "twisted":
-            inc = twist if i == 0 else twist - prev_twist + ratio
-        elif run.proposal == "replace" and i == 0:                          # the prior of the observed start
-            inc = gaussian(u, 0.0, var0, obs_f)
-        elif run.proposal == "kalman" and i == 0:                           # potentials, or noisier observations
-            inc = gaussian(y_bar, u, torch.where(above, sigma**2 - star**2, star**2 - sigma**2), obs)
-        if last and run.proposal != "twisted":                              # N(y_bar; x0_hat, sigma*^2 + r^2)
-            inc = inc + gaussian(y_bar, x0, star**2 + run.r2(i), above)
-            if run.proposal == "kalman":                                    # ... over the last potential
-                inc = inc - gaussian(y_bar, u, sigma**2 - star**2, above)
-        if not last:
-            sigma_next = sigmas[i + 1]
-            scale, sd = (float(c) for c in _kernel(sigma, sigma_next, run.eta))
-            mean = x0 + scale * (u - x0)
-            v = sd**2
-            if run.proposal == "replace":                                   # the path's next level; its weight
-                r = sigma_next**2 / sigma**2
-                step = sigma_next * math.sqrt(1 - r)
-                nxt = r * path + step * draw(1, d)
-                log_q = log_q + gaussian(nxt, r * path, step**2, obs_f)[:, 0]
-                path = nxt
-                inc = inc + gaussian(y_bar + path, mean, v, obs_f)
-            elif run.proposal == "kalman":
-                stay = obs & (star < sigma_next)
-                cross = obs & (star >= sigma_next) & (star < sigma)
-                c1, sd1 = _kernel(sigma, torch.where(cross, star, sigma / 2), run.eta)
-                inc = (inc + gaussian(y_bar, mean, v + sigma_next**2 - star**2, stay)
-                       + gaussian(y_bar, x0 + c1 * (u - x0), sd1**2, cross)
-                       - gaussian(y_bar, u, sigma**2 - star**2, stay | cross))
-        ess = run.reweight(inc, i)
-        if last:
+        mean = run.kernel_mean(u, x0, i)
+        ess = run.reweight(run.weight(i, u, x0, mean, twist), i)
+        if i == levels - 1:
             break
         picked = run.resample(ess)
         if picked is not None:
             u, x0, mean, twist, grad = (_take(t, picked) for t in (u, x0, mean, twist, grad))
-        z = draw(k, d)
-        if run.proposal == "twisted":                                       # TDS: the kernel moved up the twist
-            guided = mean + v * grad
-            u = guided + sd * z
-            ratio = ((u - guided) ** 2 - (u - mean) ** 2).sum(-1) / (2 * v)  # log p(u'|u) - log q(u'|u)
-            prev_twist = twist
-        elif run.proposal == "replace":
-            u = torch.where(obs, y_bar + path, mean + sd * z)
-        else:                                                               # MCGdiff's Kalman step
-            stay = obs & (star < sigma_next)
-            cross = obs & (star >= sigma_next) & (star < sigma)
-            d_next = torch.where(stay, sigma_next**2 - star**2, 1.0)
-            precision = 1 / v + 1 / d_next
-            blended = (mean / v + y_bar / d_next) / precision + z / precision.sqrt()
-            c2, sd2 = _kernel(torch.where(cross, star, 1.0), torch.where(cross, sigma_next, 0.5), run.eta)
-            through = x0 + c2 * (y_bar - x0) + sd2 * z
-            u = torch.where(stay, blended, torch.where(cross, through, mean + sd * z))
-        call_back(callback, i + 1, levels, float(run.times[i + 1]), run.points(u), (i + 1) * k)
-    # the output: x0_hat, its observed coordinates blended with y_bar (pasted when exact)
-    r2 = run.r2(levels - 1)
-    above = obs & (star < sigmas[-1])
-    x0 = torch.where(above, x0 + r2 / torch.where(above, r2 + star**2, 1.0) * (y_bar - x0), x0)
-    points = run.points(x0).to(run.dtype).reshape(n, k, *run.shape)
-    weights = run.log_w.exp()
-    pick = torch.searchsorted(weights.cumsum(1), _uniform((n, 1), noise, run.device)).clamp(max=k - 1)[:, 0]
-    samples = points[torch.arange(n, device=run.device), pick]
-    return (samples, run.log_z, log_q, torch.stack(run.ess), run.resamplings,
-            points if keep else None, weights if keep else None)
+        u = run.propose(i, u, x0, mean, twist, grad)
+        call_back(callback, i + 1, levels, float(run.times[i + 1]), run.points(u), (i + 1) * run.k)
+    return run.output(x0, keep)
