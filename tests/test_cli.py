@@ -235,7 +235,8 @@ def test_a_run_trains_again_from_its_config_json_bit_for_bit(tmp_path):
 
 def test_an_energy_image_model_takes_metropolis_correctors_with_the_default_flags(tmp_path, capsys):
     """An energy model of images, class-conditional, under every command that samples, with the default
-    --clip-denoised: the clipping wrapper keeps the energy, and each command reports the acceptance rate."""
+    --clip-denoised: the clipping wrapper keeps the energy, and each command reports the acceptance rate (the SMC
+    sampler's moves are MALA by default)."""
     run = tmp_path / "energy"
     assert main(["train", "--framework", "vp", "--parameterization", "energy", "--class-conditional", "--steps", "3",
                  "--batch-size", "16", "--sample-every", "100", "--network-option", "base_channels=16",
@@ -248,7 +249,9 @@ def test_an_energy_image_model_takes_metropolis_correctors_with_the_default_flag
                     ["inpaint", str(run), "--method", "replace", "--sampler", "pc", "--steps", "2", "--images", "0",
                      "--num-samples", "2", *mala],
                     ["edit", str(run), "--sampler", "pc", "--steps", "2", "--images", "0", "--num-samples", "2",
-                     *mala]):
+                     *mala],
+                    ["sample", str(run), "--sampler", "smc", "--steps", "2", "--num-samples", "4", "--label", "3",
+                     "--out"]):
         capsys.readouterr()
         assert main(command + [str(tmp_path / f"{command[0]}.png")]) == 0, capsys.readouterr().err
         assert "of Metropolis proposals accepted" in capsys.readouterr().out, command

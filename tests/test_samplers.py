@@ -264,6 +264,8 @@ def test_learned_variance_ancestral_interpolates_the_fixed_choices(mixture_2d):
     ("em", sl.named_sde("double_well"), 5, {}), ("heun", sl.VPSDE(), 4, {}), ("dpm++2m", sl.SubVPSDE(), 6, {}), ("dpm++3m", sl.DDPM(), 7, {}), ("unipc", sl.VESDE(0.002, 80.0), 6, {"order": 3}),
     ("langevin", sl.VESDE(), 2, {}), ("langevin", sl.NCSN(num_scales=4), 3, {"final_denoise": False}),
     ("ld", sl.VPSDE(), 5, {}), ("ld", sl.named_sde("tanh"), 5, {}),
+    ("smc", sl.VPSDE(), 3, {}), ("smc", sl.DDPM(), 3, {"corrector": "hmc", "corrector_steps": 2}),
+    ("smc", sl.VESDE(), 2, {"corrector": "none"}),
 ], ids=lambda v: getattr(type(v), "__name__", str(v)))
 def test_the_registry_declares_each_samplers_own_network_evaluations(mixture_2d, sampler, process, steps, options):
     """``REGISTRY[name].nfe`` (what evaluate's NFE budgets and the CLI read) equals the count the sampler
@@ -272,7 +274,8 @@ def test_the_registry_declares_each_samplers_own_network_evaluations(mixture_2d,
         def predict(self, x, t):
             return sl.Prediction(x, as_time(t, x), score=-torch.tanh(x / 2))
 
-    model = mixture_2d.model(process) if process.has_kind("affine") else LogisticScore()
+    exact = mixture_2d.energy_model if sampler == "smc" else mixture_2d.model        # the SMC sampler needs energies
+    model = exact(process) if process.has_kind("affine") else LogisticScore()
     model.process = process
     result = S.sample(model, (3, 2), sampler, steps, noise=gen(0), **options)
     assert result.nfe == S.sampler_nfe(process, sampler, steps, **options)

@@ -241,10 +241,9 @@ class GaussianMixture:
         keep = weights > 0                                              # components y rules out entirely
         return GaussianMixture(weights[keep] / weights[keep].sum(), means[keep], covs[keep], singular=True)
 
-    def product(self, other: "GaussianMixture") -> "GaussianMixture":
-        """The normalized product ``p(x) q(x) / Z`` of two mixtures, again a mixture (MATH.md 9): components
-        ``(i, j)`` with weights ``w_i v_j N(m_i; m_j, C_i + C_j)`` (normalized), covariances
-        ``(C_i^-1 + C_j^-1)^-1`` and means ``C_ij (C_i^-1 m_i + C_j^-1 m_j)``."""
+    def _pairs(self, other: "GaussianMixture") -> tuple[Tensor, Tensor, Tensor]:
+        """Components ``(i, j)`` of ``p(x) q(x)``: log weights ``log w_i v_j N(m_i; m_j, C_i + C_j)`` (unnormalized),
+        means and covariances (MATH.md 9)."""
         require(other.dim == self.dim, f"the mixtures differ in dimension: {self.dim} vs {other.dim}")
         ci, cj = self.covariances(), other.covariances()
         pi, pj = torch.linalg.inv(ci), torch.linalg.inv(cj)
@@ -257,8 +256,26 @@ class GaussianMixture:
                 covs.append(cov)
                 both = GaussianMixture([1.0], self.means[i:i + 1], (ci[i] + cj[j])[None])
                 weights.append(self._log_w[i] + other._log_w[j] + both.log_prob(other.means[j:j + 1])[0])
-        w = torch.softmax(torch.stack(weights), 0)
-        return GaussianMixture(w, torch.stack(means), torch.stack(covs))
+        return torch.stack(weights), torch.stack(means), torch.stack(covs)
+
+    def product(self, other: "GaussianMixture") -> "GaussianMixture":
+        """The normalized product ``p(x) q(x) / Z`` of two mixtures, again a mixture (MATH.md 9): components
+        ``(i, j)`` with weights ``w_i v_j N(m_i; m_j, C_i + C_j)`` (normalized), covariances
+        ``(C_i^-1 + C_j^-1)^-1`` and means ``C_ij (C_i^-1 m_i + C_j^-1 m_j)``."""
+        log_w, means, covs = self._pairs(other)
+        return GaussianMixture(torch.softmax(log_w, 0), means, covs)
+
+    def log_overlap(self, other: "GaussianMixture") -> float:
+        """``log Z = log ∫ p(x) q(x) dx = log sum_ij w_i v_j N(m_i; m_j, C_i + C_j)``: the log normalizing constant
+        of the product (MATH.md 9)."""
+        return float(torch.logsumexp(self._pairs(other)[0], 0))
+
+    def diffused(self, t: TimeLike, process: NoiseProcess) -> "GaussianMixture":
+        """The marginal ``p_t`` of ``x_t = a(t) x0 + s(t) eps`` under an affine ``process``: weights kept, means
+        ``a m_k``, covariances ``a^2 C_k + s^2 I`` (MATH.md 6)."""
+        a, s = (float(v) for v in process.coefficients(as_time(t)))
+        eye = torch.eye(self.dim, dtype=self.means.dtype, device=self.means.device)
+        return GaussianMixture(self.weights, a * self.means, a * a * self.covariances() + s * s * eye)
 
     def energy_model(self, process: NoiseProcess) -> "ExactEnergyModel":
         """The exact model with its energy ``U = -log p_t(x)`` (MATH.md 9): for Metropolis corrections and

@@ -26,7 +26,6 @@ constants of the weights give the evidence: ``log_evidence`` estimates ``log p(y
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Sequence
 
 import torch
@@ -36,8 +35,9 @@ from .._util import require
 from ..models import DiffusionModel, device_and_dtype
 from ..noise import PerSampleNoise, Randomness, normal
 from ..processes import NoiseProcess, require_kind
-from ..samplers._common import Callback, SampleResult, SigmaView, call_back, resolve
+from ..samplers._common import Callback, SigmaView, call_back, resolve
 from ..samplers.grids import ancestral_times, method_levels
+from ..samplers.particles import ParticleWeights, SMCResult, systematic_resample, take
 from .operators import LinearOperator, SingularBasis
 
 __all__ = ["PROPOSALS", "SMCResult", "smc", "systematic_resample"]
@@ -45,21 +45,8 @@ __all__ = ["PROPOSALS", "SMCResult", "smc", "systematic_resample"]
 #: The proposals of :func:`smc`.
 PROPOSALS = ("twisted", "replace", "kalman")
 _LOG_2PI = math.log(2 * math.pi)
-
-
-@dataclass(frozen=True)
-class SMCResult(SampleResult):
-    """:class:`~scorelab.samplers.SampleResult` of :func:`smc`: one sample per example drawn by weight;
-    ``nfe`` counts the network evaluations spent on it (particles x levels); ``log_evidence`` ``(N,)`` estimates
-    ``log p(y)``; ``ess`` ``(levels, N)`` is the effective sample size after each level's reweighting;
-    ``resamplings`` ``(N,)`` counts the resampling steps; ``particles`` ``(N, K, ...)`` and their normalized
-    ``weights`` ``(N, K)`` with ``return_particles``."""
-
-    log_evidence: Tensor | None = None
-    ess: Tensor | None = None
-    resamplings: Tensor | None = None
-    particles: Tensor | None = None
-    weights: Tensor | None = None
+_CURE = ("(the observation is too unlikely under every particle): use more particles, a larger noise_std, or another "
+         "proposal")
 
 
 def _log_normal(x: Tensor, mean: Tensor, var: Tensor | float) -> Tensor:
@@ -73,22 +60,6 @@ def _kernel(sigma: Tensor | float, sigma_next: Tensor | float, eta: float) -> tu
     sigma_eta = eta * sigma_next * (1 - sigma_next**2 / sigma**2).clamp(min=0).sqrt()
     c = sigma_next**2 / sigma if eta == 1.0 else (sigma_next**2 - sigma_eta**2).clamp(min=0).sqrt()
     return c / sigma, sigma_eta
-
-
-def _uniform(shape: Sequence[int], noise: Randomness, device: torch.device) -> Tensor:
-    """Uniforms in (0, 1) from the normal draws of ``noise`` (its protocol): ``Phi(z)``."""
-    z = normal(shape, noise, device=device, dtype=torch.float64)
-    return (0.5 * torch.erfc(-z / math.sqrt(2))).clamp(1e-12, 1 - 1e-12)
-
-
-def systematic_resample(weights: Tensor, uniform: Tensor) -> Tensor:
-    """Systematic resampling (MATH.md 12): indices ``(N, K)`` of particles with normalized ``weights``
-    ``(N, K)``; particle ``k`` of row ``n`` is the one whose cumulative weight first exceeds
-    ``(uniform_n + k) / K``."""
-    k = weights.shape[1]
-    positions = (uniform.reshape(-1, 1) + torch.arange(k, device=weights.device, dtype=weights.dtype)) / k
-    cumulative = weights.cumsum(1)
-    return torch.searchsorted(cumulative, positions).clamp(max=k - 1)
 
 
 def _rows(noise: Randomness, rows: range) -> Randomness:
@@ -106,7 +77,7 @@ class _Run:
                  device: torch.device, dtype: torch.dtype):
         self.view, self.times, self.scales, self.sigmas = view, times, scales, sigmas
         self.basis, self.shape, self.k, self.proposal = basis, shape, particles, proposal
-        self.eta, self.threshold, self.noise, self.batch_size = eta, ess_threshold, noise, batch_size
+        self.eta, self.noise, self.batch_size = eta, noise, batch_size
         self.device, self.dtype = device, dtype
         self.n = len(y_bar)
         self.rows = torch.arange(self.n, device=device).repeat_interleave(particles)
@@ -116,10 +87,7 @@ class _Run:
         self.log_q = torch.zeros(self.n, dtype=torch.float64, device=device)      # SMCDiff: its path's density
         self.path = self.prev_twist = self.ratio = None
         self.var0 = 0.0
-        self.log_w = torch.full((self.n, particles), -math.log(particles), dtype=torch.float64, device=device)
-        self.log_z = torch.zeros(self.n, dtype=torch.float64, device=device)
-        self.ess: list[Tensor] = []
-        self.resamplings = torch.zeros(self.n, dtype=torch.long, device=device)
+        self.weights = ParticleWeights(self.n, particles, ess_threshold, noise, device, _CURE)
 
     def r2(self, i: int) -> float:
         """``r_i^2 = sigma_i^2 / (1 + sigma_i^2)``: the twist's variance of ``x0`` given ``u`` (MATH.md 12)."""
@@ -257,45 +225,11 @@ class _Run:
         above = self.obs & (star < self.sigmas[-1])
         x0 = torch.where(above, x0 + r2 / torch.where(above, r2 + star**2, 1.0) * (yb - x0), x0)
         points = self.points(x0).to(self.dtype).reshape(n, k, *self.shape)
-        weights = self.log_w.exp()
-        pick = torch.searchsorted(weights.cumsum(1), _uniform((n, 1), self.noise, self.device)).clamp(max=k - 1)
-        samples = points[torch.arange(n, device=self.device), pick[:, 0]]
-        return (samples, self.log_z, self.log_q, torch.stack(self.ess), self.resamplings,
-                points if keep else None, weights if keep else None)
-
-    # ---- weights ---------------------------------------------------------------------------
-    def reweight(self, log_inc: Tensor, level: int) -> Tensor:
-        """Multiply the weights by ``exp(log_inc)`` ``(n, K)``; returns the effective sample size ``(n,)``."""
-        lw = self.log_w + log_inc
-        total = torch.logsumexp(lw, 1)
-        if not bool(torch.isfinite(total).all()):
-            raise FloatingPointError(f"every particle's weight underflowed at level {level + 1} of {len(self.sigmas)} "
-                                     "(the observation is too unlikely under every particle): use more particles, "
-                                     "a larger noise_std, or another proposal")
-        self.log_z = self.log_z + total
-        self.log_w = lw - total[:, None]
-        ess = torch.exp(-torch.logsumexp(2 * self.log_w, 1))
-        self.ess.append(ess)
-        return ess
-
-    def resample(self, ess: Tensor) -> Tensor | None:
-        """Systematic resampling of the examples whose ESS fell below the threshold: indices ``(n, K)``, or None."""
-        uniform = _uniform((self.n, 1), self.noise, self.device)    # drawn every level: a row's stream is its own
-        due = ess < self.threshold * self.k
-        if not bool(due.any()):
-            return None
-        picked = systematic_resample(self.log_w.exp(), uniform)
-        keep = torch.arange(self.k, device=self.device).expand(self.n, -1)
-        self.log_w = torch.where(due[:, None], torch.full_like(self.log_w, -math.log(self.k)), self.log_w)
-        self.resamplings += due.long()
-        return torch.where(due[:, None], picked, keep)
-
-
-def _take(x: Tensor | None, picked: Tensor) -> Tensor | None:
-    """Particles ``picked`` ``(n, K)`` of ``x`` ``(n, K, ...)``."""
-    if x is None:
-        return None
-    return x.gather(1, picked.reshape(*picked.shape, *([1] * (x.ndim - 2))).expand_as(x))
+        pick = self.weights.draw()
+        samples = points[torch.arange(n, device=self.device), pick]
+        w = self.weights
+        return (samples, w.log_z, self.log_q, torch.stack(w.ess), w.resamplings,
+                points if keep else None, w.log_w.exp() if keep else None)
 
 
 def smc(model: DiffusionModel, operator: LinearOperator, y: Tensor, shape: Sequence[int], steps: int | None = None,
@@ -367,12 +301,12 @@ def _chain(run: _Run, callback: Callback | None, keep: bool):
     for i in range(levels):
         x0, twist, grad = run.denoise(u, i)
         mean = run.kernel_mean(u, x0, i)
-        ess = run.reweight(run.weight(i, u, x0, mean, twist), i)
+        ess = run.weights.reweight(run.weight(i, u, x0, mean, twist), i, levels)
         if i == levels - 1:
             break
-        picked = run.resample(ess)
+        picked = run.weights.resample(ess)
         if picked is not None:
-            u, x0, mean, twist, grad = (_take(t, picked) for t in (u, x0, mean, twist, grad))
+            u, x0, mean, twist, grad = (take(t, picked) for t in (u, x0, mean, twist, grad))
         u = run.propose(i, u, x0, mean, twist, grad)
         call_back(callback, i + 1, levels, float(run.times[i + 1]), run.points(u), (i + 1) * run.k)
     return run.output(x0, keep)

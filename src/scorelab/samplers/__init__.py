@@ -13,10 +13,12 @@ from .ancestral import ddim, ddpm_ancestral
 from .batched import map_chunks, sample_many
 from .grids import evaluation_times, respaced_steps, time_grid
 from .mcmc import mcmc_step
+from .particles import SMCResult
 from .ode import (dopri5, dpm_solver_pp_2m, dpm_solver_pp_3m, ode_euler, ode_heun, ode_rk45, solve_probability_flow,
                   unipc)
 from .registry import (REGISTRY, SAMPLERS, SamplerEntry, register_sampler, sample, sampler_entry, sampler_nfe,
                        samplers_for, sde_process, steps_for_nfe)
+from .smc import smc_sampler
 from .sde import (CORRECTORS, PREDICTORS, annealed_langevin, default_snr, euler_maruyama, langevin_dynamics,
                   predictor_corrector)
 
@@ -26,5 +28,5 @@ __all__ = [
     "predictor_corrector", "PREDICTORS", "CORRECTORS", "default_snr", "ode_rk45", "ode_euler", "ode_heun",
     "dpm_solver_pp_2m", "dpm_solver_pp_3m", "unipc", "dopri5", "solve_probability_flow", "posterior_step", "mcmc",
     "mcmc_step", "SAMPLERS", "REGISTRY", "SamplerEntry", "register_sampler", "sampler_entry", "samplers_for",
-    "sample", "sampler_nfe", "steps_for_nfe", "sde_process", "sample_many", "map_chunks",
+    "sample", "sampler_nfe", "steps_for_nfe", "sde_process", "sample_many", "map_chunks", "smc_sampler", "SMCResult",
 ]

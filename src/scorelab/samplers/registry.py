@@ -34,6 +34,7 @@ from ._common import SampleResult, final_denoise
 from .ancestral import ddim, ddpm_ancestral
 from .grids import ancestral_from, evaluations_from, intervals_from
 from .ode import dpm_solver_pp_2m, dpm_solver_pp_3m, ode_heun, ode_rk45, unipc
+from .smc import smc_sampler, smc_sampler_cost
 from .sde import annealed_langevin, euler_maruyama, langevin_dynamics, pc_cost, predictor_corrector
 
 __all__ = ["SAMPLERS", "REGISTRY", "SamplerEntry", "register_sampler", "sampler_entry", "samplers_for", "sample",
@@ -233,4 +234,9 @@ register_sampler("langevin", annealed_langevin, kinds=_AFFINE,
 register_sampler("ld", langevin_dynamics, kinds=_ANY_SDE, cost=_per_step, default_steps=1000,
                  describe="Langevin dynamics on one score, the least-noise one (MATH.md 3); steps (default 1000), "
                  "step_size")
-
+register_sampler("smc", smc_sampler, kinds=_AFFINE,
+                 cost=lambda s, p, o: smc_sampler_cost(s, o["corrector"], o["corrector_steps"], o["leapfrog_steps"]),
+                 default_steps=200,
+                 describe="SMC sampler over the noise levels (Del Moral et al. 2006) for models with an energy: "
+                 "reverse-diffusion proposals, importance weights, resampling, MALA/HMC moves; steps (default 200)",
+                 bind=lambda p: (smc_sampler, {"process": sde_process(p)}))
