@@ -44,6 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PICTURE = ROOT / "docs" / "conditional" / "smc-nfe.png"
 PARTICLES = (1, 4, 16, 64, 256)
 LEVELS = 100
+FLOOR_DRAWS = 20
 
 
 def grid_problem() -> tuple[sl.GaussianMixture, C.MatrixOperator, float]:
@@ -77,20 +78,41 @@ def exact_log_evidence(mixture: sl.GaussianMixture, a: torch.Tensor, y: torch.Te
     return float(torch.logsumexp(comp.log_prob(y) + mixture.weights.log(), 0))
 
 
+def observation(mixture, op, noise_std: float, n: int, k: int, count: int):
+    """Observation ``k`` of ``count`` of a problem (the same at every run): ``y``, the exact posterior and its ``2 n``
+    reference samples."""
+    a = op.matrix((mixture.dim,))
+    star = mixture.sample(count, gen(100))[k:k + 1]
+    y = op(star.double()) + noise_std * torch.randn(1, a.shape[0], generator=gen(200 + k), dtype=torch.float64)
+    post = mixture.condition(op, y[0], noise_std)
+    return y, post, post.sample(2 * n, gen(300 + k), dtype=torch.float64)
+
+
+def exact_distances(post, reference: torch.Tensor, n: int, k: int) -> list[float]:
+    """Energy distances of ``FLOOR_DRAWS`` independent sets of ``n`` exact posterior samples to the reference: their
+    mean is the noise floor, their spread what exact sampling scores."""
+    return [energy_distance(post.sample(n, gen(400 + k + 1000 * s)), reference, unbiased=False)
+            for s in range(FLOOR_DRAWS)]
+
+
+def floor_summary(distances: list[list[float]]) -> tuple[float, list[float]]:
+    """The noise floor (mean over observations of each one's mean exact distance) and the 10%-90% band of exact
+    samples' error over it (their mean over observations, per draw)."""
+    floor = float(np.mean([np.mean(d) for d in distances]))
+    per_draw = np.mean(np.array(distances), 0) / floor
+    return floor, [float(np.percentile(per_draw, 10)), float(np.percentile(per_draw, 90))]
+
+
 def run_problem(name: str, mixture, op, noise_std: float, args) -> dict:
     model = mixture.model(DDPM)
     d = mixture.dim
     a = op.matrix((d,))
     proposals = [p for p in C.PROPOSALS if p != "replace" or (noise_std == 0 and op.row_norm2 is not None)]
-    stars = mixture.sample(args.observations, gen(100))
     cells: dict[str, list] = {}
-    floors = []
+    distances = []
     for k in range(args.observations):
-        y = op(stars[k:k + 1].double()) + noise_std * torch.randn(1, a.shape[0], generator=gen(200 + k),
-                                                                  dtype=torch.float64)
-        post = mixture.condition(op, y[0], noise_std)
-        reference = post.sample(2 * args.n, gen(300 + k), dtype=torch.float64)
-        floors.append(energy_distance(post.sample(args.n, gen(400 + k)), reference, unbiased=False))
+        y, post, reference = observation(mixture, op, noise_std, args.n, k, args.observations)
+        distances.append(exact_distances(post, reference, args.n, k))
         truth = exact_log_evidence(mixture, a, y[0], noise_std)
         ys = y.expand(args.n, -1)
         for proposal in proposals:
@@ -103,7 +125,7 @@ def run_problem(name: str, mixture, op, noise_std: float, args) -> dict:
                 cells.setdefault(f"smc {proposal}, K={particles}", []).append(
                     (err, out.nfe, time.perf_counter() - start, float((ev - truth).abs().mean()),
                      float(torch.logsumexp(ev, 0) - math.log(len(ev)) - truth)))
-                print(f"  {name} obs {k} {proposal:8s} K={particles:3d}: x{err / floors[-1]:6.2f}  "
+                print(f"  {name} obs {k} {proposal:8s} K={particles:3d}: x{err / np.mean(distances[-1]):6.2f}  "
                       f"|log Z err| {cells[f'smc {proposal}, K={particles}'][-1][3]:.3f}  "
                       f"{time.perf_counter() - start:.0f}s", flush=True)
         if op.row_norm2 is None:                                   # replace/RePaint do not apply: DPS for the picture
@@ -112,7 +134,7 @@ def run_problem(name: str, mixture, op, noise_std: float, args) -> dict:
                                        noise=gen(700 + k))
                 err = energy_distance(out.samples.double(), reference, unbiased=False)
                 cells.setdefault(f"dps {steps}, scale {scale}", []).append((err, out.nfe, 0.0, math.nan, math.nan))
-    floor = float(np.mean(floors))
+    floor, band = floor_summary(distances)
     rows = {}
     for label, values in cells.items():
         errs = np.array([v[0] for v in values])
@@ -121,7 +143,23 @@ def run_problem(name: str, mixture, op, noise_std: float, args) -> dict:
                        "seconds": float(np.mean([v[2] for v in values])),
                        "log_evidence_abs_error": float(np.mean([v[3] for v in values])),
                        "log_mean_evidence_error": float(np.mean([v[4] for v in values]))}
-    return {"floor": floor, "rows": rows}
+    return {"floor": floor, "exact_band": band, "rows": rows}
+
+
+def refloor(table: dict, meta: dict) -> None:
+    """Recompute each problem's floor from ``FLOOR_DRAWS`` exact draws per observation (the same observations) and
+    rescale its rows (results saved with one draw per observation)."""
+    problems_ = all_problems()
+    for name, entry in table.items():
+        mixture, op, noise_std = problems_[name]
+        count = meta["observations"]
+        distances = [exact_distances(*observation(mixture, op, noise_std, meta["n"], k, count)[1:], meta["n"], k)
+                     for k in range(count)]
+        floor, band = floor_summary(distances)
+        for row in entry["rows"].values():
+            row["over_floor"] = row["error"] / floor
+            row["stderr_over_floor"] *= entry["floor"] / floor
+        entry["floor"], entry["exact_band"] = floor, band
 
 
 def markdown(table: dict, meta: dict) -> str:
@@ -131,6 +169,10 @@ def markdown(table: dict, meta: dict) -> str:
              "per problem). Error: energy distance to the exact posterior over the noise floor (1.0 = as good as "
              "exact samples). Evidence against the closed form. Exact unconditional model throughout.", ""]
     keys = list(table)
+    lines += ["Exact posterior samples, the same test: 10%-90% of " + str(FLOOR_DRAWS) + " draws over the floor:", "",
+              "| | " + " | ".join(keys) + " |", "|---|" + "---:|" * len(keys),
+              "| exact samples | " + " | ".join("{:.2f}-{:.2f}".format(*table[k]["exact_band"]) if "exact_band" in table[k]
+                                              else "-" for k in keys) + " |", ""]
     for proposal in C.PROPOSALS:
         lines += [f"## proposal = {proposal!r}", "", "| K | NFE | " + " | ".join(keys) + " |",
                   "|---:|---:|" + "---:|" * len(keys)]
@@ -203,10 +245,15 @@ def main() -> None:
     p.add_argument("--levels", type=int, default=LEVELS, help="levels of the ancestral grid")
     p.add_argument("--out", default=str(RESULTS / "smc"), help="results file stem (the picture: the default's only)")
     p.add_argument("--render", action="store_true", help="only rewrite the .md and the picture from the .json")
+    p.add_argument("--refloor", action="store_true", help="recompute the saved results' floors from "
+                   f"{FLOOR_DRAWS} exact draws per observation, then render")
     args = p.parse_args()
     out = Path(args.out)
     saved = json.loads(out.with_suffix(".json").read_text()) if out.with_suffix(".json").exists() else None
-    if not args.render:
+    if args.refloor:
+        refloor(saved["results"], saved["meta"])
+        out.with_suffix(".json").write_text(json.dumps(saved, indent=1))
+    elif not args.render:
         torch.set_num_threads(max(1, torch.get_num_threads()))
         table = dict(saved["results"]) if saved else {}
         for name, (mixture, op, noise_std) in all_problems().items():
