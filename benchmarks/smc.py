@@ -95,6 +95,13 @@ def exact_distances(post, reference: torch.Tensor, n: int, k: int) -> list[float
             for s in range(FLOOR_DRAWS)]
 
 
+def chain_error(post, reference: torch.Tensor, n: int, levels: int, k: int) -> float:
+    """The error of the exact posterior's own model sampled by the ``levels``-level ancestral chain: what the grid
+    alone costs, which no number of particles removes."""
+    out = sl.samplers.sample(post.model(DDPM), (n, post.dim), "ancestral", levels, noise=gen(800 + k))
+    return energy_distance(out.samples.double(), reference, unbiased=False)
+
+
 def floor_summary(distances: list[list[float]]) -> tuple[float, list[float]]:
     """The noise floor (mean over observations of each one's mean exact distance) and the 10%-90% band of exact
     samples' error over it (their mean over observations, per draw)."""
@@ -113,6 +120,8 @@ def run_problem(name: str, mixture, op, noise_std: float, args) -> dict:
     for k in range(args.observations):
         y, post, reference = observation(mixture, op, noise_std, args.n, k, args.observations)
         distances.append(exact_distances(post, reference, args.n, k))
+        cells.setdefault(f"chain, L={args.levels}", []).append(
+            (chain_error(post, reference, args.n, args.levels, k), args.levels, 0.0, math.nan, math.nan))
         truth = exact_log_evidence(mixture, a, y[0], noise_std)
         ys = y.expand(args.n, -1)
         for proposal in proposals:
@@ -152,10 +161,16 @@ def refloor(table: dict, meta: dict) -> None:
     problems_ = all_problems()
     for name, entry in table.items():
         mixture, op, noise_std = problems_[name]
-        count = meta["observations"]
-        distances = [exact_distances(*observation(mixture, op, noise_std, meta["n"], k, count)[1:], meta["n"], k)
-                     for k in range(count)]
+        count, levels = meta["observations"], meta.get("levels", LEVELS)
+        distances, chain = [], []
+        for k in range(count):
+            post, reference = observation(mixture, op, noise_std, meta["n"], k, count)[1:]
+            distances.append(exact_distances(post, reference, meta["n"], k))
+            chain.append(chain_error(post, reference, meta["n"], levels, k))
         floor, band = floor_summary(distances)
+        entry["rows"][f"chain, L={levels}"] = {"nfe": levels, "error": float(np.mean(chain)), "stderr_over_floor": 0.0,
+                                             "seconds": 0.0, "log_evidence_abs_error": math.nan,
+                                             "log_mean_evidence_error": math.nan}
         for row in entry["rows"].values():
             row["over_floor"] = row["error"] / floor
             row["stderr_over_floor"] *= entry["floor"] / floor
@@ -169,10 +184,15 @@ def markdown(table: dict, meta: dict) -> str:
              "per problem). Error: energy distance to the exact posterior over the noise floor (1.0 = as good as "
              "exact samples). Evidence against the closed form. Exact unconditional model throughout.", ""]
     keys = list(table)
+    levels = meta.get("levels", LEVELS)
+    chain = f"chain, L={levels}"
     lines += ["Exact posterior samples, the same test: 10%-90% of " + str(FLOOR_DRAWS) + " draws over the floor:", "",
               "| | " + " | ".join(keys) + " |", "|---|" + "---:|" * len(keys),
               "| exact samples | " + " | ".join("{:.2f}-{:.2f}".format(*table[k]["exact_band"]) if "exact_band" in table[k]
-                                              else "-" for k in keys) + " |", ""]
+                                              else "-" for k in keys) + " |",
+              f"| the exact posterior's model, {levels}-level ancestral chain | " + " | ".join(
+                  "{:.2f}".format(table[k]["rows"][chain]["over_floor"]) if chain in table[k]["rows"] else "-"
+                  for k in keys) + " |", ""]
     for proposal in C.PROPOSALS:
         lines += [f"## proposal = {proposal!r}", "", "| K | NFE | " + " | ".join(keys) + " |",
                   "|---:|---:|" + "---:|" * len(keys)]
@@ -223,6 +243,8 @@ def picture(table: dict) -> None:
                 best[nfe] = min(err, best.get(nfe, math.inf))
             if best:
                 ax.plot(list(best), list(best.values()), "s--", color=colours[family], alpha=0.8, label=family)
+        for label in (k for k in rows if k.startswith("chain")):             # what the grid alone costs
+            ax.axhline(rows[label]["over_floor"], color="C5", lw=0.8, ls="--", label="exact posterior, same chain")
         ax.axhline(1.0, color="k", lw=0.8)
         ax.axhline(1.5, color="k", lw=0.6, ls=":")
         ax.set_xscale("log")
