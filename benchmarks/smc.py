@@ -225,8 +225,10 @@ def picture(table: dict) -> None:
 
     peers_file = RESULTS / "conditional.json"
     peers = json.loads(peers_file.read_text())["results"] if peers_file.exists() else {}
+    more_file = RESULTS / "smc-256.json"                # K = 256 on a finer grid, where it was run
+    more = json.loads(more_file.read_text())["results"] if more_file.exists() else {}
     keys = list(table)
-    fig, axes = plt.subplots(1, len(keys), figsize=(3.3 * len(keys), 3.2), sharey=True)
+    fig, axes = plt.subplots(1, len(keys), figsize=(3.3 * len(keys), 3.8), sharey=True)
     colours = {"twisted": "C0", "replace": "C1", "kalman": "C2", "replace (Song)": "C7", "repaint": "C4", "dps": "C3"}
     for ax, key in zip(np.atleast_1d(axes), keys):
         rows = table[key]["rows"]
@@ -235,6 +237,10 @@ def picture(table: dict) -> None:
                    for p in PARTICLES if f"smc {proposal}, K={p}" in rows]  # whichever were run
             if pts:
                 ax.plot(*zip(*pts), "o-", color=colours[proposal], label=f"SMC {proposal}")
+            row = more.get(key, {}).get("rows", {}).get(f"smc {proposal}, K=256")
+            if row:
+                ax.plot([row["nfe"]], [row["over_floor"]], "*", ms=11, color=colours[proposal],
+                        label=f"SMC {proposal}, K = 256, 200 levels" if key == keys[0] else None)
         other = peers.get(key, {}).get("rows", {}) | {k: v for k, v in rows.items() if k.startswith("dps")}
         for family, prefix in (("replace (Song)", "replace, ancestral"), ("repaint", "repaint"), ("dps", "dps")):
             pts = sorted((v["nfe"], v["over_floor"]) for label, v in other.items() if label.startswith(prefix))
@@ -252,8 +258,9 @@ def picture(table: dict) -> None:
         ax.set_title(key, fontsize=9)
         ax.set_xlabel("NFE per sample")
     np.atleast_1d(axes)[0].set_ylabel("error / noise floor")
-    np.atleast_1d(axes)[0].legend(fontsize=7)
-    fig.tight_layout()
+    first = np.atleast_1d(axes)[0]
+    fig.legend(*first.get_legend_handles_labels(), loc="lower center", ncol=5, fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, 0.16, 1, 1))
     PICTURE.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(PICTURE, dpi=110)
 
