@@ -136,6 +136,9 @@ def test_inpaint_writes_original_masked_and_filled_rows(run, tmp_path, method, e
         assert np.array_equal(filled[:, known], np.repeat(original, 3, axis=0)[:, known])
     assert Image.open(out).size == (5 * 33 + 1, 2 * 33 + 1)       # original, masked, 3 fillings; 2 rows
     assert f"{method}, mask left" in capsys.readouterr().out
+    assert ("log_evidence" in arrays) == (method == "smc")          # SMC's log p(known pixels), one per filling
+    if method == "smc":
+        assert arrays["log_evidence"].shape == (6,) and np.isfinite(arrays["log_evidence"]).all()
 
 
 @pytest.mark.parametrize("command", [["inpaint", "--method", "repaint", "--steps", "3"],
@@ -165,6 +168,7 @@ def test_inpaint_takes_one_mask_per_image_from_a_npy_file(run, tmp_path, capsys)
                      "--method", "smc", "--steps", "3", "--particles", "2", "--out", str(tmp_path / f"{name}.png")]) == 0
     together, apart = np.load(tmp_path / "all.npz"), np.load(tmp_path / "one.npz")
     assert np.array_equal(together["x"], apart["x"]) and together["mask"].shape == (3, 1, 8, 8)
+    np.testing.assert_allclose(together["log_evidence"], apart["log_evidence"], rtol=1e-6)   # float sums by batch
     known = np.repeat(masks.astype(bool), 2, axis=0)[:, None]
     assert np.array_equal(together["x"][known], np.repeat(together["original"], 2, axis=0)[known])
     np.save(tmp_path / "two.npy", masks[:2])

@@ -448,10 +448,13 @@ def _inpaint(args: argparse.Namespace) -> None:
     filled = result.samples.clamp(-1, 1).reshape(len(images), k, *images.shape[1:])
     shown = torch.where(known, images, torch.zeros_like(images))           # unknown pixels grey
     path = save_grid(_grid_rows([images, shown], filled.to(images)).cpu(), out, nrow=k + 2)
+    evidence = {} if result.log_evidence is None else {"log_evidence": result.log_evidence.numpy()}
     np.savez(out.with_suffix(".npz"), x=to_uint8(filled.flatten(0, 1)).cpu().numpy(),
-             mask=known.cpu().numpy(), original=to_uint8(images).cpu().numpy())
+             mask=known.cpu().numpy(), original=to_uint8(images).cpu().numpy(), **evidence)
+    said = "" if not evidence else f"; log p(known pixels) in the .npz, mean {float(result.log_evidence.mean()):.1f}"
     print(f"{len(images)} images x {k} inpaintings ({args.method}, mask {args.mask}, {result.nfe} network "
-          f"evaluations each{_accepted(result.acceptance)}) -> {path} (rows: original, masked, inpaintings), {out.with_suffix('.npz')}")
+          f"evaluations each{_accepted(result.acceptance)}{said}) -> {path} (rows: original, masked, inpaintings), "
+          f"{out.with_suffix('.npz')}")
 
 
 def _edit(args: argparse.Namespace) -> None:

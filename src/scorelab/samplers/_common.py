@@ -56,12 +56,14 @@ def projected(project: Projection | None, x: Tensor, a: float, s: float) -> Tens
 @dataclass(frozen=True)
 class SampleResult:
     """Samples, the number of network evaluations (NFE) per sample that produced them, for the
-    Metropolis-corrected samplers the share of proposals accepted, and for categorical data the states."""
+    Metropolis-corrected samplers the share of proposals accepted, for categorical data the states, and for the
+    particle samplers the log of the normalizing constant they estimate."""
 
     samples: Tensor
     nfe: int
     acceptance: float | None = None
     states: Tensor | None = None             # categorical samplers: the integer categories themselves
+    log_evidence: Tensor | None = None       # SMC: per example (log p(y)) or per population (log Z)
 
 
 def initial_noise(process: Process, shape_or_x: Sequence[int] | Tensor, noise: Randomness,

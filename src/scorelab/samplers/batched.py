@@ -30,10 +30,11 @@ Chunk = Callable[[range, PerSampleNoise], SampleResult]
 
 def _local_chunks(run: Chunk, num: int, batch_size: int, seeds: Callable[[range], PerSampleNoise],
                   ranks: Ranks, transform: Callable[[Tensor], Tensor] | None, progress: bool, desc: str,
-                  empty_shape: Sequence[int]) -> tuple[Tensor, Tensor]:
-    """This rank's chunks, ``run(rows, seeds(rows))`` each: ``(samples, tallies)`` with the tallies ``[most NFE,
-    accepted proposals (weighted by rows), rows with an acceptance rate]``."""
-    chunks, nfe, accepted, proposed = [], 0, 0.0, 0
+                  empty_shape: Sequence[int]) -> tuple[Tensor, Tensor, Tensor | None]:
+    """This rank's chunks, ``run(rows, seeds(rows))`` each: ``(samples, tallies, log evidences)`` with the tallies
+    ``[most NFE, accepted proposals (weighted by rows), rows with an acceptance rate]`` and the chunks'
+    ``log_evidence`` concatenated (None where the sampler gives none)."""
+    chunks, nfe, accepted, proposed, evidence = [], 0, 0.0, 0, []
     for rows in progress_bar(chunk_ranges(num, batch_size, ranks), desc=desc, disable=not (progress and ranks.main),
                              leave=False):
         with torch.no_grad():
@@ -43,18 +44,21 @@ def _local_chunks(run: Chunk, num: int, batch_size: int, seeds: Callable[[range]
         nfe = max(nfe, int(result.nfe))
         if result.acceptance is not None:                  # each chunk's rate weighed by its samples
             accepted, proposed = accepted + result.acceptance * len(rows), proposed + len(rows)
+        if result.log_evidence is not None:
+            evidence.append(result.log_evidence.detach().double().cpu())
     if chunks:
         local = torch.cat(chunks)
     else:                                                  # more ranks than chunks
         empty = torch.zeros((0,) + tuple(empty_shape))
         local = transform(empty).cpu() if transform is not None else empty
-    return local, torch.tensor([float(nfe), accepted, float(proposed)], dtype=torch.float64)
+    return (local, torch.tensor([float(nfe), accepted, float(proposed)], dtype=torch.float64),
+            torch.cat(evidence) if evidence else None)
 
 
-def _result(samples: Tensor, tallies: Sequence[Tensor]) -> SampleResult:
+def _result(samples: Tensor, tallies: Sequence[Tensor], log_evidence: Tensor | None = None) -> SampleResult:
     total = torch.stack(list(tallies))
     acceptance = float(total[:, 1].sum() / total[:, 2].sum()) if float(total[:, 2].sum()) > 0 else None
-    return SampleResult(samples, int(total[:, 0].max()), acceptance)
+    return SampleResult(samples, int(total[:, 0].max()), acceptance, log_evidence=log_evidence)
 
 
 def sample_many(model_for_rows: Callable[[Tensor], DiffusionModel], shape: Sequence[int], num: int,
@@ -74,8 +78,8 @@ def sample_many(model_for_rows: Callable[[Tensor], DiffusionModel], shape: Seque
         return sample(model, (len(rows),) + tuple(shape), sampler, steps, noise=noise, **options)
 
     device = device_and_dtype(model_for_rows(torch.arange(0)))[0]
-    local, tallies = _local_chunks(run, num, batch_size, lambda rows: PerSampleNoise.for_rows(seed, rows, device),
-                                   ranks, transform, progress, desc, shape)
+    local, tallies, _ = _local_chunks(run, num, batch_size, lambda rows: PerSampleNoise.for_rows(seed, rows, device),
+                                      ranks, transform, progress, desc, shape)
     gathered = gather_same(tallies, ranks)
     samples = gather_chunks(local, num, batch_size, ranks)
     return None if samples is None or gathered is None else _result(samples, gathered)
@@ -85,8 +89,9 @@ def map_chunks(run: Chunk, seeds: Sequence[int], *, batch_size: int = 256, devic
                progress: bool = False, desc: str = "sampling") -> SampleResult:
     """``run(rows, noise)`` on the rows of ``seeds`` in chunks of ``batch_size`` on one process, row k drawing from
     its own seed ``seeds[k]``, so its result depends neither on the other rows nor on the batch size: conditional
-    sampling of many inputs (``scorelab inpaint``, ``edit``). The results' samples are concatenated in order."""
-    local, tallies = _local_chunks(run, len(seeds), batch_size,
-                                   lambda rows: PerSampleNoise([seeds[k] for k in rows], device), Ranks(), None,
-                                   progress, desc, ())
-    return _result(local, [tallies])
+    sampling of many inputs (``scorelab inpaint``, ``edit``). The results' samples (and, from SMC, their
+    ``log_evidence``) are concatenated in order."""
+    local, tallies, evidence = _local_chunks(run, len(seeds), batch_size,
+                                             lambda rows: PerSampleNoise([seeds[k] for k in rows], device), Ranks(),
+                                             None, progress, desc, ())
+    return _result(local, [tallies], evidence)

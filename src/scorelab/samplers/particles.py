@@ -32,7 +32,6 @@ class SMCResult(SampleResult):
     ``(groups,)`` counts the resampling steps; ``particles`` ``(groups, K, ...)`` and their normalized ``weights``
     ``(groups, K)``."""
 
-    log_evidence: Tensor | None = None
     ess: Tensor | None = None
     resamplings: Tensor | None = None
     particles: Tensor | None = None
