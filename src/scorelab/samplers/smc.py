@@ -88,14 +88,14 @@ def smc_sampler(model: DiffusionModel, shape_or_x: Sequence[int] | Tensor, steps
     for i in range(levels):
         t_next = as_time(times[i + 1].item(), x)
         x, u, g = chain.x, chain.energy.double(), chain.score.to(x.dtype)
-        f, g2 = process.discretize(x, t, t_next)
-        g2 = expand_as(torch.as_tensor(g2, dtype=x.dtype, device=x.device).expand(n), x)
-        mean = x - f + g2 * g
-        x1 = mean + g2.sqrt() * randn_like(x, noise)
+        f, var = process.discretize(x, t, t_next)                          # x_t = x_t' + f + G z, var = G^2
+        var = torch.as_tensor(var, dtype=x.dtype, device=x.device).expand(n)
+        mean = x - f + expand_as(var, x) * g
+        x1 = mean + expand_as(var.sqrt(), x) * randn_like(x, noise)
         u1, g1 = model.energy_and_score(x1, t_next)
         nfe += 1
         back = x1 + process.discretize(x1, t, t_next)[0]
-        log_inc = u - u1.double() + (_sq(x1 - mean) - _sq(x - back)) / (2 * g2.flatten(1)[:, 0].double())
+        log_inc = u - u1.double() + (_sq(x1 - mean) - _sq(x - back)) / (2 * var.double())
         ess = weights.reweight(log_inc[None], i + 1, levels + 1)
         chain.x, chain.energy, chain.score = x1, u1, g1
         picked = weights.resample(ess)
