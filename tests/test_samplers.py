@@ -262,6 +262,7 @@ def test_learned_variance_ancestral_interpolates_the_fixed_choices(mixture_2d):
     ("pc", sl.VPSDE(), 4, {"predictor": "none", "corrector": "annealed_langevin"}),
     ("pc", sl.named_sde("tanh"), 4, {}), ("em", sl.VESDE(), 5, {}), ("em", sl.VPSDE(), 5, {"denoise": False}),
     ("em", sl.named_sde("double_well"), 5, {}), ("heun", sl.VPSDE(), 4, {}), ("dpm++2m", sl.SubVPSDE(), 6, {}), ("dpm++3m", sl.DDPM(), 7, {}), ("unipc", sl.VESDE(0.002, 80.0), 6, {"order": 3}),
+    ("ipndm", sl.DDPM(), 5, {}), ("ipndm", sl.VPSDE(), 3, {"variable_step": True}),
     ("langevin", sl.VESDE(), 2, {}), ("langevin", sl.NCSN(num_scales=4), 3, {"final_denoise": False}),
     ("ld", sl.VPSDE(), 5, {}), ("ld", sl.named_sde("tanh"), 5, {}),
     ("smc", sl.VPSDE(), 3, {}), ("smc", sl.DDPM(), 3, {"corrector": "hmc", "corrector_steps": 2}),

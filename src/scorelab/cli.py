@@ -232,13 +232,17 @@ def _sample_on(args: argparse.Namespace, ranks, device) -> None:
                  else _guided(model, spec, args.label, args.guidance, args.num))
     if args.clip_denoised and len(spec.data_shape) == 3 and model.process.has_kind("affine"):   # (needs x0)
         m = ClipDenoised(m)
-    options = _typed_options(args, ("steps", "sampler", "label", "guidance", "seed"))
+    options = _typed_options(args, ("steps", "sampler", "label", "guidance", "seed", "times"))
     if args.sampler is None:                                 # the framework's own: EDM's Heun, an SDE's EM, ...
         from .training import FRAMEWORKS
 
         framework = FRAMEWORKS.get(ckpt.config.get("train", {}).get("framework"))
         args.sampler = framework.sampler if framework is not None else "ancestral"
-    sampler_entry(args.sampler, model.process).resolve(model.process, options, args.sampler)   # names it takes
+    entry = sampler_entry(args.sampler, model.process)
+    entry.resolve(model.process, options, args.sampler)      # names it takes
+    if args.times is not None:
+        options["times"] = _times_for(args, entry, model, spec, ckpt)
+        args.steps = None
     result = sample_many(m.select_rows, spec.data_shape, args.num, args.sampler, args.steps, seed=args.seed,
                          batch_size=args.batch_size, ranks=ranks, progress=True, **options)
     if result is None:                                       # not rank 0
@@ -255,6 +259,45 @@ def _sample_on(args: argparse.Namespace, ranks, device) -> None:
         save_grid(x.clamp(-1, 1), f"{stem}.png", nrow=nrow)
     print(f"{args.num} samples ({args.sampler}, {nfe} network evaluations each{_accepted(result.acceptance)}"
           f"{f', {ranks.world_size} processes' if ranks.distributed else ''}) -> {stem}.png, {stem}.npz")
+
+
+def _times_for(args: argparse.Namespace, entry, model, spec, ckpt) -> list[float]:
+    """``--times``: a JSON file of evaluation times, or ``searched``: the run's GITS grid of ``--steps`` times
+    (searched now and saved beside the run when it has none for this checkpoint)."""
+    from .samplers.search import load_times, run_folder, searched_for_run
+
+    if not entry.takes_times(model.process):
+        raise ValueError(f"--times: the sampler {args.sampler!r} walks no evaluation grid; use one that does, e.g. "
+                         "ipndm, dpm++2m, unipc, ddim")
+    if args.times != "searched":
+        return load_times(args.times).times
+    if args.steps is None:
+        raise ValueError("--times searched needs --steps (the number of evaluation times to search for)")
+    found, new = searched_for_run(run_folder(ckpt.path), model, spec.data_shape, args.steps,
+                                  checkpoint_step=ckpt.step, seed=args.seed)
+    print(f"{'searched' if new else 'read'} the GITS grid of {args.steps} times: "
+          + ", ".join(f"{t:.4f}" for t in found.times))
+    return found.times
+
+
+def _search_times(args: argparse.Namespace) -> None:
+    from dataclasses import replace
+
+    from .samplers.search import run_folder, save_times, search_times, times_path
+
+    if args.steps < 1 or args.teacher_steps <= args.steps:
+        raise ValueError(f"need 1 <= --steps < --teacher-steps, got {args.steps} and {args.teacher_steps}")
+    if args.batch < 1:
+        raise ValueError(f"--batch must be at least 1, got {args.batch}")
+    out = None if args.out is None else check_writable(args.out, what="times file")
+    model, spec, ckpt = _load(args)
+    found = search_times(model, args.steps, (args.batch, *spec.data_shape), teacher_steps=args.teacher_steps,
+                         coeff=args.coeff, seed=args.seed)
+    found = replace(found, extra={"checkpoint_step": ckpt.step, "seed": args.seed})
+    path = save_times(out or times_path(run_folder(ckpt.path), args.steps), found)
+    print(f"GITS grid of {args.steps} times ({args.teacher_steps}-step iPNDM teacher on {args.batch} draws): "
+          + ", ".join(f"{t:.4f}" for t in found.times) + f" -> {path}\n"
+          f"use it: scorelab sample {args.checkpoint} --sampler ipndm --steps {args.steps} --times {path}")
 
 
 def _accepted(rate: float | None) -> str:
@@ -553,7 +596,7 @@ def _evaluate(args: argparse.Namespace) -> None:
                         inception_weights=args.inception_weights,
                         bpd=() if args.bpd == "none" else _csv(args.bpd), bpd_images=args.bpd_images,
                         vlb_terms=args.vlb_terms, ode_rtol=args.ode_rtol, guidance=args.guidance,
-                        clip_denoised=args.clip_denoised)
+                        clip_denoised=args.clip_denoised, searched_times=args.searched_times)
     check_writable(args.out, folder=True, what="evaluation folder")
     with session(args.device) as (ranks, device):
         result = evaluate(args.checkpoint, args.out, config, device=device, ranks=ranks)
@@ -632,8 +675,24 @@ def _add_sample(sub) -> None:
                    help="sampler option, e.g. corrector_steps=2, eta=0.5, rtol=1e-3 (repeatable)")
     s.add_argument("--clip-denoised", action=argparse.BooleanOptionalAction, default=True,
                    help="images: clip the denoised estimate to [-1, 1] at every step (Ho et al.'s code)")
+    s.add_argument("--times", default=None, metavar="FILE.json|searched",
+                   help="the evaluation grid: a JSON file of times (scorelab search-times), or 'searched': the run's "
+                   "GITS grid of --steps times, searched now and saved in RUN/times/ when it has none")
     s.add_argument("--out", default="samples.png", help="grid PNG; the .npz goes beside it")
     s.set_defaults(run=_sample)
+
+
+def _add_search_times(sub) -> None:
+    r = sub.add_parser("search-times", help="GITS: search the evaluation times that fit this model's trajectories "
+                       "for a few-step sampler, and save them beside the run",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    _model_args(r)
+    r.add_argument("--steps", type=int, required=True, help="evaluation times (network calls of a multistep sampler)")
+    r.add_argument("--teacher-steps", type=int, default=60, help="the iPNDM teacher's fine grid")
+    r.add_argument("--batch", type=int, default=256, help="teacher trajectories")
+    r.add_argument("--coeff", type=float, default=1.15, help="GITS's weight on later steps' costs")
+    r.add_argument("--out", default=None, help="the JSON file (default: RUN/times/gits-STEPS.json)")
+    r.set_defaults(run=_search_times)
 
 
 def _add_nll(sub) -> None:
@@ -712,6 +771,9 @@ def _add_evaluate(sub) -> None:
                    "unset: unconditional samples")
     e.add_argument("--clip-denoised", action=argparse.BooleanOptionalAction, default=True,
                    help="clip the denoised estimate to [-1, 1] at every step (Ho et al.'s code, diffusers' default)")
+    e.add_argument("--searched-times", action="store_true",
+                   help="also each grid sampler on the run's GITS grid for each budget (SAMPLER+gits rows; searched "
+                   "and saved in RUN/times/ when missing)")
     e.add_argument("--out", default="evaluation", help="folder for report.md, metrics.json, plots and samples")
     e.set_defaults(run=_evaluate)
 
@@ -800,7 +862,7 @@ def _add_info(sub) -> None:
 
 
 #: Each command's parser, in the order ``scorelab --help`` lists them.
-_COMMANDS = (_add_demo, _add_train, _add_sample, _add_nll, _add_interpolate, _add_inpaint, _add_edit,
+_COMMANDS = (_add_demo, _add_train, _add_sample, _add_search_times, _add_nll, _add_interpolate, _add_inpaint, _add_edit,
              _add_train_classifier, _add_download, _add_evaluate, _add_export, _add_info)
 
 

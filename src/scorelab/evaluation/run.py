@@ -37,7 +37,8 @@ from ..objectives.vlb import NO_VLB
 from ..processes import Process, kind_error, require_kind
 from ..distributed import Ranks, broadcast_flag, chunk_ranges, gather_chunks
 from ..samplers import SAMPLERS, sample_many
-from ..samplers.registry import samplers_for, steps_for_nfe
+from ..samplers.registry import REGISTRY, samplers_for, steps_for_nfe
+from ..samplers.search import run_folder, searched_for_run
 from .classifier import fit_domain_classifier
 from .metrics import FeatureStats, feature_stats, fid_from_features, inception_score, kernel_inception_distance, \
     precision_recall
@@ -79,6 +80,9 @@ class EvalConfig:
     ode_rtol: float = 1e-5
     guidance: float | None = None
     clip_denoised: bool = True
+    #: Also each grid sampler on the run's GITS grid for each budget (a ``SAMPLER+gits`` row; searched and saved in
+    #: ``RUN/times/`` when the run has none for this checkpoint).
+    searched_times: bool = False
     kid_subsets: int = 100
     kid_subset_size: int = 1000
     pr_k: int = 3
@@ -179,7 +183,7 @@ def _sampling_model(model: DiffusionModel, rows: torch.Tensor, num_classes: int,
 
 
 def draw_samples(model: DiffusionModel, shape: tuple[int, ...], sampler: str, steps: int, config: EvalConfig,
-                 progress: bool = True, ranks: Ranks = Ranks()) -> tuple[np.ndarray | None, int]:
+                 progress: bool = True, ranks: Ranks = Ranks(), **options: Any) -> tuple[np.ndarray | None, int]:
     """``config.num_samples`` samples as uint8 (on rank 0; None on the others), sample k seeded by
     ``(seed, k)`` (:func:`scorelab.samplers.sample_many`)."""
     def model_for_rows(rows: torch.Tensor):
@@ -188,7 +192,7 @@ def draw_samples(model: DiffusionModel, shape: tuple[int, ...], sampler: str, st
 
     result = sample_many(model_for_rows, shape, config.num_samples, sampler, steps, seed=config.seed,
                          batch_size=config.batch_size, ranks=ranks, progress=progress,
-                         desc=f"{sampler} ({steps} steps)", transform=lambda x: to_uint8(x.clamp(-1, 1)))
+                         desc=f"{sampler} ({steps} steps)", transform=lambda x: to_uint8(x.clamp(-1, 1)), **options)
     return (None, 0) if result is None else (result.samples.numpy(), result.nfe)
 
 
@@ -329,18 +333,24 @@ class _Scorer:
         return row
 
 
-def _cell_samples(model: DiffusionModel, shape: tuple[int, ...], sampler: str, nfe: int, config: EvalConfig, out: Path,
-                  model_id: dict[str, Any], progress: bool, ranks: Ranks):
+def _cell_samples(model: DiffusionModel, shape: tuple[int, ...], cell: tuple[str, int, str], config: EvalConfig, out: Path,
+                  model_id: dict[str, Any], progress: bool, ranks: Ranks, run: Path):
     """A cell's samples, on every rank alike: rank 0 finds them cached or all ranks draw their shares.
+    ``cell``: (sampler, NFE, its row's label); a ``+gits`` label walks the run's searched grid.
     Returns (images, meta, steps) on rank 0, None on the others."""
+    sampler, nfe, label = cell
     steps = steps_for_nfe(model.process, sampler, nfe)
-    path = out / "cells" / f"{sampler}-nfe{nfe:04d}.npz"
-    sample_key = _key({**model_id, **config.sampling_key(), "sampler": sampler, "steps": steps})
+    options: dict[str, Any] = {}
+    if label.endswith("+gits"):
+        options["times"] = searched_for_run(run, model, shape, steps, checkpoint_step=model_id["step"],
+                                            seed=config.seed)[0].times
+    path = out / "cells" / f"{label}-nfe{nfe:04d}.npz"
+    sample_key = _key({**model_id, **config.sampling_key(), "sampler": sampler, "steps": steps, **options})
     found = _read_samples(path, sample_key) if ranks.main else None
     if not broadcast_flag(found is None, ranks):            # rank 0 decides; all ranks draw or none
         return (*found, steps) if ranks.main else None
     t0 = time.perf_counter()
-    images, used = draw_samples(model, shape, sampler, steps, config, progress, ranks)
+    images, used = draw_samples(model, shape, sampler, steps, config, progress, ranks, **options)
     if not ranks.main:
         return None
     meta = {"key": sample_key, "nfe": used, "steps": steps, "seconds": time.perf_counter() - t0,
@@ -410,16 +420,21 @@ def evaluate(checkpoint: str | Path, out: str | Path, config: EvalConfig = EvalC
             "classifier": info.get("domain", {}).get("classifier_key")})
         rows.append(score("data", real, {"sampler": "data", "nfe": 0, "steps": 0,
                                          "sample_key": {"real": len(real), "seed": config.seed}}))
-    bar = progress_bar([(s, n) for s in config.samplers for n in config.nfe], desc="evaluate", disable=not progress)
-    for sampler, nfe in bar:
-        bar.set_postfix_str(f"{sampler} @ {nfe} NFE", refresh=False)
-        cell = _cell_samples(model, tuple(spec.data_shape), sampler, nfe, config, out, model_id, progress, ranks)
+    cells = [(s, n, s) for s in config.samplers for n in config.nfe]
+    if config.searched_times:
+        cells += [(s, n, f"{s}+gits") for s in config.samplers if REGISTRY[s].takes_times(model.process)
+                  for n in config.nfe]
+    bar = progress_bar(cells, desc="evaluate", disable=not progress)
+    for sampler, nfe, label in bar:
+        bar.set_postfix_str(f"{label} @ {nfe} NFE", refresh=False)
+        cell = _cell_samples(model, tuple(spec.data_shape), (sampler, nfe, label), config, out, model_id, progress,
+                             ranks, run_folder(ckpt.path))
         if cell is None:                                          # not rank 0
             continue
         images, meta, steps = cell
-        grids[(sampler, nfe)] = images[:config.grid_size]
-        rows.append(score(f"{sampler}-nfe{nfe:04d}", images, {
-            "sampler": sampler, "nfe_budget": nfe, "nfe": meta["nfe"], "steps": steps,
+        grids[(label, nfe)] = images[:config.grid_size]
+        rows.append(score(f"{label}-nfe{nfe:04d}", images, {
+            "sampler": label, "nfe_budget": nfe, "nfe": meta["nfe"], "steps": steps,
             "sample_seconds": meta["seconds"], "sample_key": {"samples": meta["key"]}}))
     bpd = _all_bits_per_dim(model, test_images[:config.bpd_images], config, out, model_id, data_spec, progress, ranks)
     if not ranks.main:

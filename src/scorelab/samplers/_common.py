@@ -38,6 +38,8 @@ class StepInfo:
     t: float
     x: Tensor
     nfe: int
+    #: The network's eps at the step's start, in ``y = x / a`` (iPNDM gives it: GITS's cost matrix reads it).
+    eps: Tensor | None = None
 
 
 Callback = Callable[[StepInfo], None]
@@ -163,9 +165,10 @@ class SigmaView:
         return a.tolist(), (s / a).tolist()
 
 
-def call_back(callback: Callback | None, step: int, num_steps: int, t: float, x: Tensor, nfe: int) -> None:
+def call_back(callback: Callback | None, step: int, num_steps: int, t: float, x: Tensor, nfe: int,
+              eps: Tensor | None = None) -> None:
     if callback is not None:
-        callback(StepInfo(step, num_steps, float(t), x, nfe))
+        callback(StepInfo(step, num_steps, float(t), x, nfe, eps))
 
 
 def finite_or_raise(x: Tensor, where: str) -> None:

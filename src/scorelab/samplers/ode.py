@@ -12,6 +12,8 @@
   al. 2022), multistep solvers in ``lambda = -log sigma`` with data prediction.
 * :func:`unipc`: UniPC (Zhao et al. 2023), a multistep predictor with a corrector
   that costs no extra network call.
+* :func:`ipndm`: iPNDM (Zhang & Chen 2023), Adams-Bashforth multistep of order up to 4 on
+  ``dy/dsigma = eps``, one network call a step.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from ._common import (Callback, Projection, SampleResult, SigmaView, call_back, 
 from .grids import check_times, evaluation_times
 
 __all__ = ["dopri5", "solve_probability_flow", "ode_rk45", "ode_euler", "ode_heun", "dpm_solver_pp_2m",
-           "dpm_solver_pp_3m", "unipc"]
+           "dpm_solver_pp_3m", "unipc", "ipndm", "adams_bashforth_weights"]
 
 # Dormand & Prince (1980) RK5(4)7FM tableau.
 _C = (0.0, 1 / 5, 3 / 10, 4 / 5, 8 / 9, 1.0, 1.0)
@@ -410,4 +412,61 @@ def unipc(model: DiffusionModel, shape_or_x: Sequence[int] | Tensor, steps: int 
         y = projected(project, y, 1.0, sigmas[i + 1])
         call_back(callback, i + 1, n, float(times[i + 1]), y, view.nfe)
     finite_or_raise(y, "unipc")
+    return SampleResult(y, view.nfe)
+
+
+def adams_bashforth_weights(offsets: Sequence[float]) -> list[float]:
+    """The Adams-Bashforth weights ``c_j`` of a step from ``u = 0`` to ``u = 1`` through derivatives known at
+    ``u = offsets[j]`` (0 for now, negative for earlier points, in units of the step): the integral over
+    ``[0, 1]`` of the polynomial through them, so ``sum_j c_j offsets[j]^m = 1 / (m + 1)`` for
+    ``m < len(offsets)`` (MATH.md 5). Equal steps, ``offsets = 0, -1, -2, -3``: 1; (3, -1)/2;
+    (23, -16, 5)/12; (55, -59, 37, -9)/24."""
+    r = torch.tensor(list(offsets), dtype=torch.float64)
+    k = len(r)
+    require(k >= 1 and len(set(r.tolist())) == k, f"need distinct offsets, got {list(offsets)}")
+    matrix = torch.stack([r ** m for m in range(k)])
+    moments = torch.tensor([1 / (m + 1) for m in range(k)], dtype=torch.float64)
+    return torch.linalg.solve(matrix, moments).tolist()
+
+
+@torch.no_grad()
+def ipndm(model: DiffusionModel, shape_or_x: Sequence[int] | Tensor, steps: int = 20, *, order: int = 4,
+          variable_step: bool = False, grid: str = "karras", rho: float = 7.0,
+          times: Sequence[float] | Tensor | None = None, lower_order_final: bool = False,
+          process: NoiseProcess | None = None, noise: Randomness = None, project: Projection | None = None,
+          callback: Callback | None = None) -> SampleResult:
+    """iPNDM (Zhang & Chen 2023, the improved pseudo-numerical method; MATH.md 5): ``steps`` NFE.
+
+    Adams-Bashforth on the probability-flow ODE ``dy/dsigma = eps`` in ``y = x / a``: from the
+    derivatives ``d_i = eps(y_i, sigma_i)`` of the last ``k`` steps,
+    ``y' = y + (sigma' - sigma) sum_j c_j d_{i-j}``, with ``k`` rising 1, 2, 3, ... to ``order``
+    as the history fills (lower-order multistep warm start instead of PNDM's Runge-Kutta steps,
+    so every step costs one call). ``variable_step=False`` uses the equal-step weights
+    (1; (3, -1)/2; (23, -16, 5)/12; (55, -59, 37, -9)/24) on any grid, as the paper and
+    diff-sampler do; ``True`` computes them from the actual gaps in sigma
+    (:func:`adams_bashforth_weights`, diff-sampler's iPNDM-v), which keeps order ``k`` on an
+    uneven grid. The last step ends at sigma = 0; ``lower_order_final`` makes it first order
+    (the data prediction).
+    """
+    require(order in (1, 2, 3, 4), f"order must be 1, 2, 3 or 4, got {order!r}")
+    model, process = resolve(model, process)
+    times = _eval_times(process, steps, grid, rho, times)
+    view = SigmaView(model, process)
+    n = len(times)
+    scales, sigmas = view.grid(times)
+    sigmas = sigmas + [0.0]
+    x = initial_noise(process, shape_or_x, noise, model)
+    y = x / scales[0]
+    history: list[Tensor] = []                          # d of earlier steps, newest last
+    for i in range(n):
+        d = view.predict(y, times[i], scales[i]).eps
+        history = (history + [d])[-order:]
+        k = 1 if lower_order_final and i == n - 1 else len(history)
+        h = sigmas[i + 1] - sigmas[i]
+        offsets = [(sigmas[i - j] - sigmas[i]) / h if variable_step else -float(j) for j in range(k)]
+        weights = adams_bashforth_weights(offsets)
+        y = y + h * sum(c * history[-1 - j] for j, c in enumerate(weights))
+        y = projected(project, y, 1.0, sigmas[i + 1])
+        call_back(callback, i + 1, n, float(times[i + 1]) if i + 1 < n else 0.0, y, view.nfe, d)
+    finite_or_raise(y, "ipndm")
     return SampleResult(y, view.nfe)

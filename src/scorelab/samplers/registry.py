@@ -14,7 +14,8 @@ registers its ``multinomial`` sampler, and a user can register theirs).
 * ``pc``, ``em``: the reverse SDE of the model's continuous process; any SDE.
 * ``langevin``: annealed Langevin dynamics on an NCSN ladder (the model's, or NCSNv1's 10 levels over the
   model's sigma range).
-* ``ode`` (adaptive RK45): any SDE; ``heun``, ``dpm++2m``, ``dpm++3m``, ``unipc``, ``ddim``: any affine process.
+* ``ode`` (adaptive RK45): any SDE; ``heun``, ``dpm++2m``, ``dpm++3m``, ``unipc``, ``ipndm``, ``ddim``: any affine
+  process.
 * ``ld``: Langevin dynamics on the single least-noise score (Song & Ermon's starting point).
 """
 
@@ -33,7 +34,7 @@ from ..processes import NCSN, Process, SDE, kind_error
 from ._common import SampleResult, final_denoise
 from .ancestral import ddim, ddpm_ancestral
 from .grids import ancestral_from, evaluations_from, intervals_from
-from .ode import dpm_solver_pp_2m, dpm_solver_pp_3m, ode_heun, ode_rk45, unipc
+from .ode import dpm_solver_pp_2m, dpm_solver_pp_3m, ipndm, ode_heun, ode_rk45, unipc
 from .smc import smc_sampler, smc_sampler_cost
 from .sde import annealed_langevin, euler_maruyama, langevin_dynamics, pc_cost, predictor_corrector
 
@@ -67,6 +68,9 @@ class SamplerEntry:
     #: ``start(process, steps, t_max) -> times``: its grid from ``t_max < 1``; None: it cannot start there.
     start: Callable[[Process, int, float], Tensor] | None = None
     steps_keyword: str = "steps"
+    #: Whether its ``times`` are an evaluation grid from ``t = 1`` (the times the network is asked at, then a
+    #: last step to noise level 0), the kind a timestep search returns.
+    evaluation_grid: bool = False
     _options: dict[Callable[..., SampleResult], dict[str, Any]] = field(default_factory=dict, compare=False,
                                                                         repr=False)
 
@@ -88,6 +92,10 @@ class SamplerEntry:
     def takes_projection(self, process: Process) -> bool:
         """Whether it applies a ``project`` hook after every step (Song et al.'s imputation)."""
         return "project" in self.options(process)
+
+    def takes_times(self, process: Process) -> bool:
+        """Whether a searched evaluation grid (GITS) can replace its own (``times=``) on a model of ``process``."""
+        return self.evaluation_grid and "times" in self.options(process)
 
     def resolve(self, process: Process, options: dict[str, Any], name: str = "") -> dict[str, Any]:
         """Every option's value for a model of ``process``: the defaults with ``options`` applied; options it does
@@ -115,17 +123,17 @@ def register_sampler(name: str, function: Callable[..., SampleResult], *, kinds:
                      cost: Callable[[int, Process, dict[str, Any]], int] | None,
                      default_steps: Callable[[Process], int] | int | None, describe: str = "",
                      bind: Bind | None = None, start: Callable[[Process, int, float], Tensor] | None = None,
-                     steps_keyword: str = "steps") -> SamplerEntry:
+                     steps_keyword: str = "steps", evaluation_grid: bool = False) -> SamplerEntry:
     """Add a sampler to the table. ``function(model, shape_or_x, steps, *, noise, ...options)``; ``kinds``: the
     process kinds it takes; ``cost(steps, process, options)``: its network evaluations per sample (None:
     adaptive); ``default_steps``: a number or ``process -> number`` (None: it takes none); ``bind``, ``start``,
-    ``steps_keyword``: see :class:`SamplerEntry`."""
+    ``steps_keyword``, ``evaluation_grid``: see :class:`SamplerEntry`."""
     require(isinstance(name, str) and name and " " not in name, f"a sampler name is a word, got {name!r}")
     require(callable(function), "the sampler must be a function")
     fixed_steps = default_steps
     steps_of = (lambda p: fixed_steps) if isinstance(fixed_steps, int) else fixed_steps
     entry = SamplerEntry(describe or (function.__doc__ or name).strip().split("\n")[0], function, tuple(kinds),
-                         cost, steps_of, bind, start, steps_keyword)
+                         cost, steps_of, bind, start, steps_keyword, evaluation_grid)
     REGISTRY[name] = entry
     SAMPLERS[name] = entry.describe
     return entry
@@ -205,7 +213,7 @@ register_sampler("ancestral", ddpm_ancestral, kinds=_AFFINE, cost=_per_step,
                  bind=lambda p: (ddpm_ancestral, {}) if p.has_kind("ddpm") else (ddim, {"eta": 1.0}),
                  start=ancestral_from)
 register_sampler("ddim", ddim, kinds=_AFFINE, cost=_per_step, default_steps=50,
-                 describe="DDIM, eta = 0 (Song, Meng & Ermon); steps (default 50)", start=evaluations_from)
+                 describe="DDIM, eta = 0 (Song, Meng & Ermon); steps (default 50)", start=evaluations_from, evaluation_grid=True)
 register_sampler("pc", predictor_corrector, kinds=_ANY_SDE, cost=pc_cost, default_steps=1000,
                  describe="predictor-corrector: reverse diffusion + Langevin (Song et al. 2021); steps (default 1000)",
                  bind=lambda p: (predictor_corrector, {"process": sde_process(p)}), start=intervals_from)
@@ -217,15 +225,18 @@ register_sampler("ode", ode_rk45, kinds=_ANY_SDE, cost=None, default_steps=None,
                  describe="probability-flow ODE, adaptive RK45 (Song et al. 2021); steps ignored")
 register_sampler("heun", ode_heun, kinds=_AFFINE, cost=lambda s, p, o: 2 * s - 1, default_steps=18,
                  describe="EDM's Heun sampler (Karras et al. 2022); steps (default 18, 2 NFE each but the last)",
-                 start=evaluations_from)
+                 start=evaluations_from, evaluation_grid=True)
 register_sampler("dpm++2m", dpm_solver_pp_2m, kinds=_AFFINE, cost=_per_step, default_steps=20,
-                 describe="DPM-Solver++(2M) (Lu et al. 2022); steps (default 20)", start=evaluations_from)
+                 describe="DPM-Solver++(2M) (Lu et al. 2022); steps (default 20)", start=evaluations_from, evaluation_grid=True)
 register_sampler("dpm++3m", dpm_solver_pp_3m, kinds=_AFFINE, cost=_per_step, default_steps=20,
                  describe="DPM-Solver++(3M) (Lu et al. 2022), third-order multistep; steps (default 20)",
-                 start=evaluations_from)
+                 start=evaluations_from, evaluation_grid=True)
 register_sampler("unipc", unipc, kinds=_AFFINE, cost=_per_step, default_steps=20,
                  describe="UniPC (Zhao et al. 2023), multistep predictor-corrector, order 2 (order=3 too); "
-                 "steps (default 20)", start=evaluations_from)
+                 "steps (default 20)", start=evaluations_from, evaluation_grid=True)
+register_sampler("ipndm", ipndm, kinds=_AFFINE, cost=_per_step, default_steps=20,
+                 describe="iPNDM (Zhang & Chen 2023), Adams-Bashforth multistep up to order 4 on dy/dsigma = eps; "
+                 "steps (default 20)", start=evaluations_from, evaluation_grid=True)
 register_sampler("langevin", annealed_langevin, kinds=_AFFINE,
                  cost=lambda s, p, o: (p.num_scales if o["times"] is None else len(o["times"])) * s
                  + int(o["final_denoise"]), default_steps=100,

@@ -1,0 +1,172 @@
+"""Timestep search: a grid fitted to a model's own trajectories (GITS, Chen et al. 2024; MATH.md 5).
+
+A teacher (iPNDM on a fine grid of ``teacher_steps`` times) carries a batch of prior draws to the data
+and records each point ``y_i`` and its derivative ``eps_i`` in ``y = x / a``. One Euler step from
+teacher point ``i`` to the time of point ``j`` misses ``y_j`` by
+
+    C[i, j] = mean over the batch of || y_j - (y_i + (sigma_j - sigma_i) eps_i) ||,
+
+with the teacher's sample at sigma = 0 as the last point; the cost needs no network call beyond the
+teacher's. Dynamic programming then picks the ``steps`` teacher times ``0 = i_0 < ... < i_{K-1}`` whose
+path to the end minimizes ``C[i_0, i_1] + coeff C[i_1, i_2] + coeff^2 C[i_2, i_3] + ...`` (GITS's
+recursion ``V_k(j) = min_i C[j, i] + coeff V_{k-1}(i)``, ``coeff = 1.15``). The result is an evaluation
+grid for every grid sampler (``times=``); :func:`save_times` and :func:`load_times` keep it beside a run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import Tensor
+
+from .._util import require
+from ..models import DiffusionModel, device_and_dtype
+from ..processes import NoiseProcess, require_kind
+from ._common import SigmaView, StepInfo, initial_noise
+from .grids import check_times, evaluation_times
+from .ode import ipndm
+
+__all__ = ["SearchedTimes", "search_times", "gits_cost", "cheapest_path", "save_times", "load_times", "times_path",
+           "run_folder", "searched_for_run"]
+
+
+@dataclass(frozen=True)
+class SearchedTimes:
+    """A searched evaluation grid and how it was found."""
+
+    times: list[float]
+    steps: int
+    teacher_steps: int
+    teacher_grid: str
+    coeff: float
+    batch: int
+    cost: float                        # the path's weighted cost, in the data's units
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def tensor(self) -> Tensor:
+        return torch.tensor(self.times, dtype=torch.float64)
+
+
+def gits_cost(points: Tensor, eps: Tensor, sigmas: Sequence[float]) -> Tensor:
+    """``C[i, j]`` (``i < j``; ``inf`` elsewhere): the batch's mean distance between teacher point ``j`` and one
+    Euler step to it from point ``i``. ``points``: ``(N + 1, B, ...)`` in ``y = x / a``, the last at sigma = 0;
+    ``eps``: ``(N, B, ...)``, the derivative at each point but the last; ``sigmas``: the ``N + 1`` levels."""
+    n = points.shape[0]
+    require(eps.shape[0] == n - 1 and len(sigmas) == n, "need N + 1 points, N derivatives and N + 1 sigmas")
+    flat = points.reshape(n, points.shape[1], -1).double()
+    slopes = eps.reshape(n - 1, eps.shape[1], -1).double()
+    sig = torch.tensor(list(sigmas), dtype=torch.float64)
+    cost = torch.full((n, n), math.inf, dtype=torch.float64)
+    for i in range(n - 1):
+        euler = flat[i] + (sig[i + 1:] - sig[i]).view(-1, 1, 1) * slopes[i]
+        cost[i, i + 1:] = (flat[i + 1:] - euler).norm(dim=-1).mean(dim=-1)
+    return cost
+
+
+def cheapest_path(cost: Tensor, steps: int, coeff: float = 1.15) -> tuple[list[int], float]:
+    """The ``steps`` nodes ``0 = i_0 < i_1 < ... < i_{steps-1} < N`` (``N``, the last node, closes the path)
+    minimizing ``sum_k coeff^k C[i_k, i_{k+1}]``, by GITS's dynamic programme; and that minimum."""
+    n = cost.shape[0]
+    require(1 <= steps <= n - 1, f"steps must lie in 1..{n - 1} (the teacher's steps), got {steps}")
+    value = torch.full((steps + 1, n), math.inf, dtype=torch.float64)   # value[k, j]: best k jumps from j to the end
+    choice = torch.full((steps + 1, n), -1, dtype=torch.long)
+    value[1, :n - 1] = cost[:n - 1, n - 1]
+    choice[1, :n - 1] = n - 1
+    for k in range(2, steps + 1):
+        total = cost[:, :n - 1] + coeff * value[k - 1, :n - 1].unsqueeze(0)     # (from j, via i)
+        best, arg = total.min(dim=1)
+        value[k], choice[k] = best, arg
+    path, node = [0], 0
+    for k in range(steps, 1, -1):
+        node = int(choice[k, node])
+        path.append(node)
+    require(math.isfinite(float(value[steps, 0])), f"no path of {steps} steps through {n} points")
+    return path, float(value[steps, 0])
+
+
+@torch.no_grad()
+def search_times(model: DiffusionModel, steps: int, shape: Sequence[int], *, teacher_steps: int = 60,
+                 teacher_grid: str = "karras", coeff: float = 1.15, process: NoiseProcess | None = None,
+                 seed: int = 0) -> SearchedTimes:
+    """GITS: the ``steps`` evaluation times, from ``t = 1``, that best follow ``model``'s trajectories (see the
+    module's docstring). ``shape``: the teacher's batch, e.g. ``(256, 1, 28, 28)``, drawn from ``seed``; costs
+    ``teacher_steps`` network calls on it."""
+    require(isinstance(steps, int) and 1 <= steps < teacher_steps,
+            f"steps must be a positive integer below teacher_steps={teacher_steps}, got {steps!r}")
+    require(coeff > 0, f"coeff must be positive, got {coeff}")
+    process = model.process if process is None else process
+    require_kind(process, ("affine",), "the timestep search (in y = x / a)", "use an affine process's model")
+    points: list[Tensor] = []
+    derivatives: list[Tensor] = []
+
+    def record(info: StepInfo) -> None:
+        points.append(info.x)
+        derivatives.append(info.eps)
+
+    times = evaluation_times(process, teacher_steps, teacher_grid)
+    scales, sigmas = SigmaView(model, process).grid(times)
+    x_T = initial_noise(process, shape, torch.Generator(device_and_dtype(model)[0]).manual_seed(seed), model)
+    ipndm(model, x_T.clone(), times=times, process=process, callback=record)
+    trajectory = torch.stack([x_T / scales[0]] + points)
+    path, total = cheapest_path(gits_cost(trajectory, torch.stack(derivatives), sigmas + [0.0]), steps, coeff)
+    chosen = check_times(times[path])
+    return SearchedTimes(chosen.tolist(), steps, teacher_steps, teacher_grid, coeff, int(x_T.shape[0]), total)
+
+
+def run_folder(checkpoint: str | Path) -> Path:
+    """The run a checkpoint folder belongs to (``RUN/checkpoints/NAME`` -> ``RUN``), else the folder itself."""
+    checkpoint = Path(checkpoint)
+    return checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint
+
+
+def searched_for_run(run: str | Path, model: DiffusionModel, data_shape: Sequence[int], steps: int, *,
+                     checkpoint_step: int, batch: int = 256, seed: int = 0) -> tuple[SearchedTimes, bool]:
+    """The run's saved grid of ``steps`` times when it was searched on this checkpoint's step, else a new search
+    (``batch`` teacher draws from ``seed``) saved beside the run. Returns ``(grid, whether it was searched now)``."""
+    path = times_path(run, steps)
+    if path.is_file():
+        saved = load_times(path)
+        if saved.extra.get("checkpoint_step") == checkpoint_step:
+            return saved, False
+    found = replace(search_times(model, steps, (batch, *data_shape), seed=seed),
+                    extra={"checkpoint_step": checkpoint_step, "seed": seed})
+    save_times(path, found)
+    return found, True
+
+
+def times_path(run: str | Path, steps: int) -> Path:
+    """Where a run keeps its searched grid of ``steps`` times: ``RUN/times/gits-STEPS.json``."""
+    return Path(run) / "times" / f"gits-{steps}.json"
+
+
+def save_times(path: str | Path, searched: SearchedTimes) -> Path:
+    """Write a searched grid as JSON (atomically: a half-written file never stands in for one)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")                # one per process: ranks may write alike
+    tmp.write_text(json.dumps(asdict(searched), indent=1))
+    tmp.replace(path)
+    return path
+
+
+def load_times(path: str | Path) -> SearchedTimes:
+    """A grid written by :func:`save_times` (or a JSON list of times), checked."""
+    path = Path(path)
+    require(path.is_file(), f"no times file at {path}; write one with: scorelab search-times RUN --steps N")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not JSON ({e.msg}); write it again with scorelab search-times") from None
+    if isinstance(data, list):
+        data = {"times": data, "steps": len(data), "teacher_steps": 0, "teacher_grid": "given", "coeff": 0.0,
+                "batch": 0, "cost": math.nan}
+    require(isinstance(data, dict) and "times" in data, f"{path} holds no 'times' list")
+    times = check_times(data["times"])
+    known = {k: data[k] for k in SearchedTimes.__dataclass_fields__ if k in data}
+    return SearchedTimes(**{**known, "times": times.tolist(), "steps": len(times)})
