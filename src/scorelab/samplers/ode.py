@@ -290,19 +290,26 @@ def dpm_solver_pp_3m(model: DiffusionModel, shape_or_x: Sequence[int] | Tensor, 
                           name="dpm_solver_pp_3m", project=project)
 
 
+def _multistep_start(model: DiffusionModel, shape_or_x: Sequence[int] | Tensor, steps: int, grid: str, rho: float,
+                     times: Sequence[float] | Tensor | None, process: NoiseProcess | None, noise: Randomness
+                     ) -> tuple[SigmaView, Tensor, list[float], list[float], Tensor]:
+    """A multistep solver's start: the model's sigma view, its evaluation times, their scales and sigmas (with
+    0 appended, the end) and ``y_T = x_T / a``."""
+    model, process = resolve(model, process)
+    times = _eval_times(process, steps, grid, rho, times)
+    view = SigmaView(model, process)
+    scales, sigmas = view.grid(times)
+    x = initial_noise(process, shape_or_x, noise, model)
+    return view, times, scales, sigmas + [0.0], x / scales[0]
+
+
 def _dpm_solver_pp(model: DiffusionModel, shape_or_x: Sequence[int] | Tensor, steps: int, order: int, *,
                    grid: str, rho: float, times: Sequence[float] | Tensor | None, lower_order_final: bool,
                    process: NoiseProcess | None, noise: Randomness, callback: Callback | None,
                    name: str, project: Projection | None = None) -> SampleResult:
     """DPM-Solver++'s multistep updates of order up to ``order`` in ``y = x / a``, ``lambda = -log sigma``."""
-    model, process = resolve(model, process)
-    times = _eval_times(process, steps, grid, rho, times)
-    view = SigmaView(model, process)
+    view, times, scales, sigmas, y = _multistep_start(model, shape_or_x, steps, grid, rho, times, process, noise)
     n = len(times)
-    scales, sigmas = view.grid(times)
-    sigmas = sigmas + [0.0]
-    x = initial_noise(process, shape_or_x, noise, model)
-    y = x / scales[0]
     history: list[tuple[Tensor, float]] = []                 # (x0, h) of earlier steps, newest last
     for i in range(n):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
@@ -449,14 +456,8 @@ def ipndm(model: DiffusionModel, shape_or_x: Sequence[int] | Tensor, steps: int 
     (the data prediction).
     """
     require(order in (1, 2, 3, 4), f"order must be 1, 2, 3 or 4, got {order!r}")
-    model, process = resolve(model, process)
-    times = _eval_times(process, steps, grid, rho, times)
-    view = SigmaView(model, process)
+    view, times, scales, sigmas, y = _multistep_start(model, shape_or_x, steps, grid, rho, times, process, noise)
     n = len(times)
-    scales, sigmas = view.grid(times)
-    sigmas = sigmas + [0.0]
-    x = initial_noise(process, shape_or_x, noise, model)
-    y = x / scales[0]
     history: list[Tensor] = []                          # d of earlier steps, newest last
     for i in range(n):
         d = view.predict(y, times[i], scales[i]).eps
