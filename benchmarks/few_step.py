@@ -9,9 +9,10 @@ iPNDM teacher on 256 draws). Error = energy distance (V-statistic) to 5,000 exac
 noise floor: the same prior draws carried by the exact probability-flow map (DPM-Solver++(3M), 1000 steps),
 so a ratio near 1 is as good as exact. ``default`` rows are what ``sample(model, shape, name, steps)`` gives.
 
-Mixtures: the samplers benchmark's 2-D and 16-D pair (``tests/conftest.py``), on which the defaults are
-chosen, and a held-out pair they were never chosen on (a 2-D ring of five narrow components, a 16-D
-three-component mixture); processes: DDPM (T = 1000, linear betas) and the VP SDE.
+Mixtures: the samplers benchmark's 2-D and 16-D pair (``tests/conftest.py``), to choose default settings
+on, and a held-out pair to check them on (a 2-D ring of five narrow components, a 16-D three-component
+mixture; the recorded run, ``--mixtures 2-D,16-D``, has only the first pair).
+Processes: DDPM (T = 1000, linear betas) and the VP SDE.
 
     python benchmarks/few_step.py                  # writes benchmarks/results/few_step.{json,md}
     python benchmarks/few_step.py --defaults-only  # re-measure the default and searched rows, keep the rest
@@ -133,8 +134,9 @@ def report(rows: list[dict], budgets) -> str:
     lines = ["# Few-step sampling: defaults, best fixed settings and searched grids, over the noise floor", "",
              "`python benchmarks/few_step.py`; energy distance to exact samples over the paired floor (1 = as good "
              "as exact), mean of the draws. Per solver and budget: the default call, the best of its "
-             f"{len(GRIDS) - 1} fixed grids x its options, and the GITS grid with the default options' best. "
-             "The defaults were chosen on the first two mixtures; the held-out pair checks them.", ""]
+             f"{len(GRIDS) - 1} fixed grids x its options, and the best of its options on the GITS grid. "
+             "The first two mixtures are the ones to choose default settings on; the held-out pair, run with "
+             "`--mixtures`, is for checking them.", ""]
     for mixture, process in combos:
         lines += [f"## {mixture}, {process}", "", "| solver | " + " | ".join(f"{b} NFE" for b in budgets) + " |",
                   "|---|" + "---:|" * len(budgets)]

@@ -98,9 +98,11 @@ def test_a_searched_grid_beats_the_default_grid_of_every_fast_solver(mixture_16d
     assert len(searched.times) == steps and searched.times[0] == 1.0
     z = torch.randn(300, 16, generator=gen(2), dtype=torch.float64)
     exact = S.dpm_solver_pp_3m(mixture_16d.model(sl.VPSDE()), z.clone(), 500, lower_order_final=False).samples
+    def miss(name, **kw):
+        return float((S.sample(model, z.clone(), name, **kw).samples - exact).norm(dim=1).mean())
+
     for name in ("ipndm", "dpm++2m", "dpm++3m", "unipc"):
-        err = lambda **kw: float((S.sample(model, z.clone(), name, **kw).samples - exact).norm(dim=1).mean())  # noqa: E731
-        default, gits = err(steps=steps), err(times=searched.tensor())
+        default, gits = miss(name, steps=steps), miss(name, times=searched.tensor())
         assert gits < default, (name, gits, default)
     again = load_times(save_times(tmp_path / "t.json", searched))
     assert again == searched

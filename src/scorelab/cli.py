@@ -266,7 +266,7 @@ def _times_for(args: argparse.Namespace, entry, model, spec, ckpt) -> list[float
     (searched now and saved beside the run when it has none for this checkpoint)."""
     from .samplers.search import load_times, run_folder, searched_for_run
 
-    if not entry.takes_times(model.process):
+    if not entry.takes_times():
         raise ValueError(f"--times: the sampler {args.sampler!r} walks no evaluation grid; use one that does, e.g. "
                          "ipndm, dpm++2m, unipc, ddim")
     if args.times != "searched":
@@ -862,8 +862,8 @@ def _add_info(sub) -> None:
 
 
 #: Each command's parser, in the order ``scorelab --help`` lists them.
-_COMMANDS = (_add_demo, _add_train, _add_sample, _add_search_times, _add_nll, _add_interpolate, _add_inpaint, _add_edit,
-             _add_train_classifier, _add_download, _add_evaluate, _add_export, _add_info)
+_COMMANDS = (_add_demo, _add_train, _add_sample, _add_search_times, _add_nll, _add_interpolate, _add_inpaint,
+             _add_edit, _add_train_classifier, _add_download, _add_evaluate, _add_export, _add_info)
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -192,7 +192,8 @@ def draw_samples(model: DiffusionModel, shape: tuple[int, ...], sampler: str, st
 
     result = sample_many(model_for_rows, shape, config.num_samples, sampler, steps, seed=config.seed,
                          batch_size=config.batch_size, ranks=ranks, progress=progress,
-                         desc=f"{sampler} ({steps} steps)", transform=lambda x: to_uint8(x.clamp(-1, 1)), **options)
+                         desc=f"{sampler} ({steps} steps)", transform=lambda x: to_uint8(x.clamp(-1, 1)),
+                         **options)
     return (None, 0) if result is None else (result.samples.numpy(), result.nfe)
 
 
@@ -333,8 +334,8 @@ class _Scorer:
         return row
 
 
-def _cell_samples(model: DiffusionModel, shape: tuple[int, ...], cell: tuple[str, int, str], config: EvalConfig, out: Path,
-                  model_id: dict[str, Any], progress: bool, ranks: Ranks, run: Path):
+def _cell_samples(model: DiffusionModel, shape: tuple[int, ...], cell: tuple[str, int, str], config: EvalConfig,
+                  out: Path, model_id: dict[str, Any], progress: bool, ranks: Ranks, run: Path):
     """A cell's samples, on every rank alike: rank 0 finds them cached or all ranks draw their shares.
     ``cell``: (sampler, NFE, its row's label); a ``+gits`` label walks the run's searched grid.
     Returns (images, meta, steps) on rank 0, None on the others."""
@@ -422,13 +423,14 @@ def evaluate(checkpoint: str | Path, out: str | Path, config: EvalConfig = EvalC
                                          "sample_key": {"real": len(real), "seed": config.seed}}))
     cells = [(s, n, s) for s in config.samplers for n in config.nfe]
     if config.searched_times:
-        cells += [(s, n, f"{s}+gits") for s in config.samplers if REGISTRY[s].takes_times(model.process)
+        cells += [(s, n, f"{s}+gits") for s in config.samplers if REGISTRY[s].takes_times()
                   for n in config.nfe]
+    run = run_folder(ckpt.path)
     bar = progress_bar(cells, desc="evaluate", disable=not progress)
     for sampler, nfe, label in bar:
         bar.set_postfix_str(f"{label} @ {nfe} NFE", refresh=False)
         cell = _cell_samples(model, tuple(spec.data_shape), (sampler, nfe, label), config, out, model_id, progress,
-                             ranks, run_folder(ckpt.path))
+                             ranks, run)
         if cell is None:                                          # not rank 0
             continue
         images, meta, steps = cell

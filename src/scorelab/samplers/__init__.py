@@ -26,7 +26,7 @@ __all__ = [
     "SampleResult", "StepInfo", "Projection", "PerSampleNoise", "time_grid", "evaluation_times", "respaced_steps",
     "grids", "ddpm_ancestral", "ddim", "langevin_dynamics", "annealed_langevin", "euler_maruyama",
     "predictor_corrector", "PREDICTORS", "CORRECTORS", "default_snr", "ode_rk45", "ode_euler", "ode_heun",
-    "dpm_solver_pp_2m", "dpm_solver_pp_3m", "unipc", "ipndm", "dopri5", "solve_probability_flow", "posterior_step", "mcmc",
-    "mcmc_step", "SAMPLERS", "REGISTRY", "SamplerEntry", "register_sampler", "sampler_entry", "samplers_for",
+    "dpm_solver_pp_2m", "dpm_solver_pp_3m", "unipc", "ipndm", "dopri5", "solve_probability_flow", "posterior_step",
+    "mcmc", "mcmc_step", "SAMPLERS", "REGISTRY", "SamplerEntry", "register_sampler", "sampler_entry", "samplers_for",
     "sample", "sampler_nfe", "steps_for_nfe", "sde_process", "sample_many", "map_chunks", "smc_sampler", "SMCResult",
 ]

@@ -93,9 +93,9 @@ class SamplerEntry:
         """Whether it applies a ``project`` hook after every step (Song et al.'s imputation)."""
         return "project" in self.options(process)
 
-    def takes_times(self, process: Process) -> bool:
-        """Whether a searched evaluation grid (GITS) can replace its own (``times=``) on a model of ``process``."""
-        return self.evaluation_grid and "times" in self.options(process)
+    def takes_times(self) -> bool:
+        """Whether a searched evaluation grid (GITS) can replace its own (``times=``)."""
+        return self.evaluation_grid
 
     def resolve(self, process: Process, options: dict[str, Any], name: str = "") -> dict[str, Any]:
         """Every option's value for a model of ``process``: the defaults with ``options`` applied; options it does
@@ -213,7 +213,8 @@ register_sampler("ancestral", ddpm_ancestral, kinds=_AFFINE, cost=_per_step,
                  bind=lambda p: (ddpm_ancestral, {}) if p.has_kind("ddpm") else (ddim, {"eta": 1.0}),
                  start=ancestral_from)
 register_sampler("ddim", ddim, kinds=_AFFINE, cost=_per_step, default_steps=50,
-                 describe="DDIM, eta = 0 (Song, Meng & Ermon); steps (default 50)", start=evaluations_from, evaluation_grid=True)
+                 describe="DDIM, eta = 0 (Song, Meng & Ermon); steps (default 50)", start=evaluations_from,
+                 evaluation_grid=True)
 register_sampler("pc", predictor_corrector, kinds=_ANY_SDE, cost=pc_cost, default_steps=1000,
                  describe="predictor-corrector: reverse diffusion + Langevin (Song et al. 2021); steps (default 1000)",
                  bind=lambda p: (predictor_corrector, {"process": sde_process(p)}), start=intervals_from)
@@ -227,7 +228,8 @@ register_sampler("heun", ode_heun, kinds=_AFFINE, cost=lambda s, p, o: 2 * s - 1
                  describe="EDM's Heun sampler (Karras et al. 2022); steps (default 18, 2 NFE each but the last)",
                  start=evaluations_from, evaluation_grid=True)
 register_sampler("dpm++2m", dpm_solver_pp_2m, kinds=_AFFINE, cost=_per_step, default_steps=20,
-                 describe="DPM-Solver++(2M) (Lu et al. 2022); steps (default 20)", start=evaluations_from, evaluation_grid=True)
+                 describe="DPM-Solver++(2M) (Lu et al. 2022); steps (default 20)", start=evaluations_from,
+                 evaluation_grid=True)
 register_sampler("dpm++3m", dpm_solver_pp_3m, kinds=_AFFINE, cost=_per_step, default_steps=20,
                  describe="DPM-Solver++(3M) (Lu et al. 2022), third-order multistep; steps (default 20)",
                  start=evaluations_from, evaluation_grid=True)

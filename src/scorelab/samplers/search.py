@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
@@ -25,7 +24,7 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
-from .._util import require
+from .._util import atomic_write, require
 from ..models import DiffusionModel, device_and_dtype
 from ..processes import NoiseProcess, require_kind
 from ._common import SigmaView, StepInfo, initial_noise
@@ -146,13 +145,8 @@ def times_path(run: str | Path, steps: int) -> Path:
 
 
 def save_times(path: str | Path, searched: SearchedTimes) -> Path:
-    """Write a searched grid as JSON (atomically: a half-written file never stands in for one)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")                # one per process: ranks may write alike
-    tmp.write_text(json.dumps(asdict(searched), indent=1))
-    tmp.replace(path)
-    return path
+    """Write a searched grid as JSON, atomically (ranks that search alike may write it alike)."""
+    return atomic_write(path, json.dumps(asdict(searched), indent=1))
 
 
 def load_times(path: str | Path) -> SearchedTimes:
