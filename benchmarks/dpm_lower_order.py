@@ -38,7 +38,8 @@ def main() -> None:
                     eds = []
                     for seed in range(3):
                         x_T = torch.randn(3000, gm.dim, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
-                        x = S.dpm_solver_pp_2m(model, x_T, steps, lower_order_final=lower).samples
+                        x = S.dpm_solver_pp_2m(model, x_T, steps, grid="log_sigma",
+                                               lower_order_final=lower).samples
                         eds.append(float(energy_distance(x, ref)))
                     error[rule] = sum(eds) / len(eds)
                 rows.append({"mixture": label, "process": type(process).__name__, "steps": steps, **error})

@@ -2,20 +2,29 @@
 
 Each multistep solver (DPM-Solver++(2M), (3M), UniPC, iPNDM) is driven by the exact model of a Gaussian
 mixture (MATH.md 6) at budgets of 5 to 50 network evaluations, under every combination of its settings: the
-grid (uniform in log sigma, EDM's rho = 7, uniform in t), where the grid stops (the process's t_min or
-sigma 0.05 / 0.1, then the data prediction), its order, the lower-order final steps, iPNDM's weights
-(equal-step or variable-step); and on the grid GITS searches for the model (``search_times``, a 60-step
-iPNDM teacher on 256 draws). Error = energy distance (V-statistic) to 5,000 exact samples over the paired
-noise floor: the same prior draws carried by the exact probability-flow map (DPM-Solver++(3M), 1000 steps),
-so a ratio near 1 is as good as exact. ``default`` rows are what ``sample(model, shape, name, steps)`` gives.
+grid (uniform in log sigma, EDM's rho = 7, uniform in t), where the grid stops (the process's t_min or a
+noise level sigma_end, then the data prediction: 0.02 to 0.2 on the log-sigma grid, 0.05 and 0.1 on the
+others), its order, the lower-order final steps (iPNDM's variable-step weights, never the best in an
+earlier sweep, are left out); and on the grid GITS searches for the model and that solver
+(``search_times(..., sampler=...)``, a 60-step iPNDM teacher on 256 draws). Error = energy distance
+(V-statistic) to 5,000 exact samples over the paired noise floor: the same prior draws carried by the
+exact probability-flow map (DPM-Solver++(3M), 200 steps), so a ratio near 1 is as good as exact.
+``default`` rows are what ``sample(model, shape, name, steps)`` gives (``scorelab.samplers.rules``).
 
 Mixtures: the samplers benchmark's 2-D and 16-D pair (``tests/conftest.py``), to choose default settings
 on, and a held-out pair to check them on (a 2-D ring of five narrow components, a 16-D three-component
-mixture; the recorded run, ``--mixtures 2-D,16-D``, has only the first pair).
-Processes: DDPM (T = 1000, linear betas) and the VP SDE.
+mixture).
+Processes: DDPM (T = 1000, linear betas) and the VP SDE. The recorded run: every setting on the first pair
+with DDPM, the defaults and searched grids with the VP SDE (``--processes vp --defaults-only``), every
+setting on the held-out pair with DDPM up to 20 NFE::
 
-    python benchmarks/few_step.py                  # writes benchmarks/results/few_step.{json,md}
-    python benchmarks/few_step.py --defaults-only  # re-measure the default and searched rows, keep the rest
+    python benchmarks/few_step.py --mixtures 2-D,16-D --processes ddpm
+    python benchmarks/few_step.py --mixtures 2-D,16-D --processes vp --defaults-only
+    python benchmarks/few_step.py --mixtures "2-D ring (held out),16-D three (held out)" --processes ddpm \\
+        --budgets 5,6,7,8,10,12,15,20
+
+Each run merges its rows into benchmarks/results/few_step.{json,md}; ``--defaults-only`` re-measures only the
+default and searched rows.
 """
 
 from __future__ import annotations
@@ -23,6 +32,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -39,16 +49,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from conftest import mixture_16d_params, mixture_2d_params, random_spd  # noqa: E402
 
 OUT = Path(__file__).parent / "results"
-BUDGETS = (5, 6, 8, 10, 15, 20, 30, 50)
+BUDGETS = (5, 6, 7, 8, 10, 12, 15, 20, 30, 50)
 SOLVERS = {"dpm++2m": S.dpm_solver_pp_2m, "dpm++3m": S.dpm_solver_pp_3m, "unipc": S.unipc, "ipndm": S.ipndm}
 OPTIONS = {
     "dpm++2m": [{"lower_order_final": b} for b in (True, False)],
     "dpm++3m": [{"lower_order_final": b} for b in (True, False)],
     "unipc": [{"order": o, "lower_order_final": b} for o in (2, 3) for b in (True, False)],
-    "ipndm": [{"order": o, "variable_step": v, "lower_order_final": b}
-              for o in (3, 4) for v in (False, True) for b in (True, False)],
+    "ipndm": [{"order": o, "lower_order_final": b} for o in (3, 4) for b in (True, False)],
 }
-GRIDS = [(kind, end) for kind in ("log_sigma", "karras", "time") for end in (None, 0.05, 0.1)] + [("gits", None)]
+GRIDS = ([("log_sigma", end) for end in (None, 0.02, 0.03, 0.05, 0.07, 0.1, 0.14, 0.2)]
+         + [(kind, end) for kind in ("karras", "time") for end in (None, 0.05, 0.1)])
 N, N_REF = 2000, 5000
 
 
@@ -88,9 +98,7 @@ class Distance:
         return float(2 * torch.cdist(x, self.ref).mean() - torch.cdist(x, x).mean()) - self.ref_term
 
 
-def grid_times(process, budget: int, kind: str, end: float | None, searched: dict) -> torch.Tensor:
-    if kind == "gits":
-        return searched[budget]
+def grid_times(process, budget: int, kind: str, end: float | None) -> torch.Tensor:
     t_min = None if end is None else float(process.time_of_sigma(torch.tensor(end, dtype=torch.float64)))
     return time_grid(process, budget - 1, kind, t_min=t_min)
 
@@ -101,11 +109,12 @@ def measure(mixture: str, process_name: str, budgets, replicates: int, defaults_
     model = gm.model(process)
     dist = Distance(gm.sample(N_REF, gen(12345), dtype=torch.float64))
     draws = [torch.randn(N, gm.dim, generator=gen(2024 + k), dtype=torch.float64) for k in range(replicates)]
-    floors = [dist(S.dpm_solver_pp_3m(gm.model(sl.VPSDE()), z.clone(), 1000, lower_order_final=False).samples)
+    floors = [dist(S.dpm_solver_pp_3m(gm.model(sl.VPSDE()), z.clone(), 200, lower_order_final=False).samples)
               for z in draws]
     t0 = time.perf_counter()
-    searched = {b: search_times(model, b, (256, gm.dim), seed=7).tensor() for b in budgets}
-    search_seconds = (time.perf_counter() - t0) / len(budgets)
+    searched = {(s, b): search_times(model, b, (256, gm.dim), seed=7, sampler=s).tensor()
+                for s in SOLVERS for b in budgets}
+    search_seconds = (time.perf_counter() - t0) / len(searched)
     rows = []
 
     def record(solver, options, grid, budget, run):
@@ -116,11 +125,10 @@ def measure(mixture: str, process_name: str, budgets, replicates: int, defaults_
     for budget in budgets:
         for solver, function in SOLVERS.items():
             record(solver, {}, "default", budget, lambda z: S.sample(model, z, solver, budget))
-            for options in OPTIONS[solver]:
+            record(solver, {}, "gits", budget, lambda z: function(model, z, times=searched[solver, budget]))
+            for options in [] if defaults_only else OPTIONS[solver]:
                 for kind, end in GRIDS:
-                    if defaults_only and kind != "gits":
-                        continue
-                    times = grid_times(process, budget, kind, end, searched)
+                    times = grid_times(process, budget, kind, end)
                     record(solver, options, f"{kind}" + (f" to {end}" if end else ""), budget,
                            lambda z: function(model, z, times=times, **options))
     print(f"[{mixture} {process_name}] {len(rows)} runs; search {search_seconds:.2f} s per grid", flush=True)
@@ -129,26 +137,47 @@ def measure(mixture: str, process_name: str, budgets, replicates: int, defaults_
     return rows
 
 
+def _ratios(rows: list[dict], mixture: str, process: str, solver: str, budget: int) -> tuple[float, float, float]:
+    """(default, best fixed setting, searched grid) of one cell."""
+    cell = [r for r in rows if (r["mixture"], r["process"], r["solver"], r["budget"]) == (mixture, process, solver,
+                                                                                            budget)]
+    default = next((r["ratio"] for r in cell if r["grid"] == "default"), math.nan)
+    fixed = min((r["ratio"] for r in cell if r["grid"] not in ("default", "gits")), default=math.nan)
+    return default, fixed, next((r["ratio"] for r in cell if r["grid"] == "gits"), math.nan)
+
+
 def report(rows: list[dict], budgets) -> str:
     combos = sorted({(r["mixture"], r["process"]) for r in rows}, key=lambda c: (list(MIXTURES).index(c[0]), c[1]))
     lines = ["# Few-step sampling: defaults, best fixed settings and searched grids, over the noise floor", "",
              "`python benchmarks/few_step.py`; energy distance to exact samples over the paired floor (1 = as good "
              "as exact), mean of the draws. Per solver and budget: the default call, the best of its "
-             f"{len(GRIDS) - 1} fixed grids x its options, and the best of its options on the GITS grid. "
-             "The first two mixtures are the ones to choose default settings on; the held-out pair, run with "
-             "`--mixtures`, is for checking them.", ""]
+             f"{len(GRIDS)} fixed grids x its options, and its searched grid (GITS candidates and its default "
+             "grid, the nearest to the teacher kept). The default rules were chosen on the first two mixtures; "
+             "the held-out pair checks them.", "",
+             "## Summary: worst case over the processes, default / best fixed and searched / default", "",
+             "| mixtures | solver | " + " | ".join(f"{b} NFE" for b in budgets) + " |",
+             "|---|---|" + "---:|" * len(budgets)]
+    for held_out in (False, True):
+        group = [c for c in combos if (c[0] in CHOSEN_ON) != held_out]
+        if not group:
+            continue
+        for solver in SOLVERS:
+            cells = [[_ratios(rows, m, p, solver, b) for m, p in group] for b in budgets]
+            worst_default = [max((d / f for d, f, _ in cell if f == f), default=math.nan) for cell in cells]
+            worst_gits = [max((g / d for d, _, g in cell if g == g), default=math.nan) for cell in cells]
+            name = "held out" if held_out else "chosen on"
+            lines.append(f"| {name} | {solver} default / best | " + " | ".join(f"{v:.2f}" for v in worst_default)
+                         + " |")
+            lines.append(f"| {name} | {solver} searched / default | " + " | ".join(f"{v:.2f}" for v in worst_gits)
+                         + " |")
+    lines.append("")
     for mixture, process in combos:
         lines += [f"## {mixture}, {process}", "", "| solver | " + " | ".join(f"{b} NFE" for b in budgets) + " |",
                   "|---|" + "---:|" * len(budgets)]
         for solver in SOLVERS:
-            cells = {b: [r for r in rows if r["mixture"] == mixture and r["process"] == process
-                         and r["solver"] == solver and r["budget"] == b] for b in budgets}
-            default = [next(r["ratio"] for r in cells[b] if r["grid"] == "default") for b in budgets]
-            fixed = [min(r["ratio"] for r in cells[b] if r["grid"] not in ("default", "gits")) for b in budgets]
-            gits = [min(r["ratio"] for r in cells[b] if r["grid"] == "gits") for b in budgets]
-            lines.append(f"| {solver} default | " + " | ".join(f"{v:.2f}" for v in default) + " |")
-            lines.append(f"| {solver} best fixed | " + " | ".join(f"{v:.2f}" for v in fixed) + " |")
-            lines.append(f"| {solver} GITS grid | " + " | ".join(f"{v:.2f}" for v in gits) + " |")
+            cells = [_ratios(rows, mixture, process, solver, b) for b in budgets]
+            for label, k in (("default", 0), ("best fixed", 1), ("searched grid", 2)):
+                lines.append(f"| {solver} {label} | " + " | ".join(f"{c[k]:.2f}" for c in cells) + " |")
         lines.append("")
     return "\n".join(lines)
 
@@ -158,6 +187,7 @@ def main() -> None:
     parser.add_argument("--budgets", default=",".join(map(str, BUDGETS)))
     parser.add_argument("--replicates", type=int, default=2)
     parser.add_argument("--mixtures", default=",".join(MIXTURES))
+    parser.add_argument("--processes", default=",".join(PROCESSES))
     parser.add_argument("--defaults-only", action="store_true",
                         help="re-measure only the default and GITS rows; the fixed settings' rows are kept")
     parser.add_argument("--out", type=Path, default=OUT)
@@ -166,16 +196,18 @@ def main() -> None:
     budgets = [int(b) for b in args.budgets.split(",")]
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / "few_step.json"
-    kept = json.loads(path.read_text())["rows"] if path.exists() else []
-    new = [r for m, p in itertools.product(args.mixtures.split(","), PROCESSES)
-           for r in measure(m, p, budgets, args.replicates, args.defaults_only)]
-    fresh = {(r["mixture"], r["process"], r["budget"], r["solver"], r["grid"], json.dumps(r["options"])) for r in new}
-    rows = [r for r in kept if (r["mixture"], r["process"], r["budget"], r["solver"], r["grid"],
-                                json.dumps(r["options"])) not in fresh] + new
-    path.write_text(json.dumps({"n": N, "n_ref": N_REF, "replicates": args.replicates, "rows": rows}, indent=0))
-    all_budgets = sorted({r["budget"] for r in rows})
-    (args.out / "few_step.md").write_text(report(rows, all_budgets) + "\n")
-    print(report(rows, all_budgets))
+    for mixture, process in itertools.product(args.mixtures.split(","), args.processes.split(",")):
+        new = measure(mixture, process, budgets, args.replicates, args.defaults_only)
+        kept = json.loads(path.read_text())["rows"] if path.exists() else []
+        fresh = {_key(r) for r in new}
+        rows = [r for r in kept if _key(r) not in fresh] + new
+        path.write_text(json.dumps({"n": N, "n_ref": N_REF, "replicates": args.replicates, "rows": rows}, indent=0))
+        (args.out / "few_step.md").write_text(report(rows, sorted({r["budget"] for r in rows})) + "\n")
+    print((args.out / "few_step.md").read_text())
+
+
+def _key(row: dict) -> tuple:
+    return row["mixture"], row["process"], row["budget"], row["solver"], row["grid"], json.dumps(row["options"])
 
 
 if __name__ == "__main__":

@@ -72,6 +72,11 @@ def main() -> None:
                         "date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, torch {torch.__version__}"},
                "unmasked": agreement(x), "masks": {}}
     print(f"unmasked: classifier gives the label to {results['unmasked']:.1%}", flush=True)
+    out = RESULTS / f"inpainting-{args.name}"
+    earlier = json.loads(out.with_suffix(".json").read_text()) if out.with_suffix(".json").is_file() else None
+    if earlier and {k: earlier["meta"].get(k) for k in ("run", "checkpoint_step", "data", "num", "methods")} == {
+            k: results["meta"][k] for k in ("run", "checkpoint_step", "data", "num", "methods")}:
+        results["masks"] = dict(earlier["masks"])           # the same run and methods: other masks' rows are kept
     for mask_name in args.masks.split(","):
         known = mask_from_spec(mask_name, spec.data_shape, torch.Generator().manual_seed(args.seed))
         masked = torch.where(known, x, torch.zeros_like(x))
@@ -94,11 +99,10 @@ def main() -> None:
             print(f"{mask_name:12s} {method:8s} agreement {row['methods'][method]['agreement']:.1%} "
                   f"(masked {row['masked']:.1%}) NFE {nfe} {seconds:.0f} s", flush=True)
         results["masks"][mask_name] = row
+        out.with_suffix(".json").write_text(json.dumps(results, indent=1))
         tag = mask_name.replace(":", "")
         save_grid(torch.stack(shown, 1).flatten(0, 1), DOCS / f"inpainting-{args.name}-{tag}.png",
                   nrow=len(shown), scale=max(2, 64 // int(x.shape[-1])))
-    out = RESULTS / f"inpainting-{args.name}"
-    out.with_suffix(".json").write_text(json.dumps(results, indent=1))
     lines = [f"# Inpainting {args.name}: the in-domain classifier's label for the filled-in image", "",
              f"`python benchmarks/inpainting.py --run {args.run} --name {args.name}` ({results['meta']['date']}); "
              f"{len(x)} test images; in-domain classifier test accuracy {classifier.accuracy:.1%}; "

@@ -57,6 +57,11 @@ def gen(seed: int = 0) -> torch.Generator:
 # ---------------------------------------------------------------------------------------
 # scorelab's samplers at a budget of network evaluations
 # ---------------------------------------------------------------------------------------
+#: The multistep solvers' settings of their papers and diffusers (their defaults from 20 steps), so these rows
+#: measure the solvers on a fixed grid at every budget; benchmarks/few_step.py measures the step-count defaults.
+PAPER = {"grid": "log_sigma", "lower_order_final": True}
+
+
 def ours(budget: int):
     """name -> (process of the exact model, function(model, x_T) -> SampleResult), all within budget."""
     ladder = sl.NCSN(sigma_max=20.0, sigma_min=0.01, num_scales=10)
@@ -67,10 +72,10 @@ def ours(budget: int):
         "ddim": (sl.DDPM(), lambda m, x: S.ddim(m, x, budget)),
         "ode euler": (sl.DDPM(), lambda m, x: S.ode_euler(m, x, budget)),
         "ode heun (edm)": (sl.DDPM(), lambda m, x: S.ode_heun(m, x, (budget + 1) // 2)),
-        "dpm-solver++(2m)": (sl.DDPM(), lambda m, x: S.dpm_solver_pp_2m(m, x, budget)),
-        "dpm-solver++(3m)": (sl.DDPM(), lambda m, x: S.dpm_solver_pp_3m(m, x, budget)),
-        "unipc (2)": (sl.DDPM(), lambda m, x: S.unipc(m, x, budget)),
-        "unipc (3)": (sl.DDPM(), lambda m, x: S.unipc(m, x, budget, order=3)),
+        "dpm-solver++(2m)": (sl.DDPM(), lambda m, x: S.dpm_solver_pp_2m(m, x, budget, **PAPER)),
+        "dpm-solver++(3m)": (sl.DDPM(), lambda m, x: S.dpm_solver_pp_3m(m, x, budget, **PAPER)),
+        "unipc (2)": (sl.DDPM(), lambda m, x: S.unipc(m, x, budget, order=2, **PAPER)),
+        "unipc (3)": (sl.DDPM(), lambda m, x: S.unipc(m, x, budget, order=3, **PAPER)),
         **{name: run for end in SIGMA_ENDS for name, run in _ending_at(budget, end).items()},
         "euler-maruyama (vp)": (sl.VPSDE(), lambda m, x: S.euler_maruyama(m, x, budget - 1, noise=gen(1))),
         "pc (vp)": (sl.VPSDE(), lambda m, x: S.predictor_corrector(m, x, pc_steps, snr_norm="batch", noise=gen(1))),
@@ -88,8 +93,10 @@ def _ending_at(budget: int, sigma_end: float) -> dict:
     return {
         f"dpm-solver++(3m), sigma_end {sigma_end}": (ddpm, lambda m, x: S.dpm_solver_pp_3m(
             m, x, times=times, lower_order_final=False)),
-        f"unipc (2), sigma_end {sigma_end}": (ddpm, lambda m, x: S.unipc(m, x, times=times)),
-        f"unipc (3), sigma_end {sigma_end}": (ddpm, lambda m, x: S.unipc(m, x, times=times, order=3)),
+        f"unipc (2), sigma_end {sigma_end}": (ddpm, lambda m, x: S.unipc(m, x, times=times, order=2,
+                                                                           lower_order_final=True)),
+        f"unipc (3), sigma_end {sigma_end}": (ddpm, lambda m, x: S.unipc(m, x, times=times, order=3,
+                                                                           lower_order_final=True)),
     }
 
 

@@ -287,15 +287,16 @@ def test_a_run_on_an_array_file_takes_every_image_command_with_its_defaults(tmp_
 
 
 def test_searched_times_are_saved_beside_the_run_and_reused(run, tmp_path, capsys):
-    """``scorelab search-times`` writes RUN/times/gits-N.json; ``sample --times searched`` reads it back (no new
-    search) and draws exactly what ``--times FILE`` draws."""
+    """``scorelab search-times`` writes RUN/times/SAMPLER-N.json; ``sample --times searched`` reads it back (no
+    new search) and draws exactly what ``--times FILE`` draws."""
     assert main(["search-times", str(run), "--steps", "4", "--teacher-steps", "12", "--batch", "8"]) == 0
-    saved = json.loads((run / "times" / "gits-4.json").read_text())
+    saved = json.loads((run / "times" / "ipndm-4.json").read_text())
     assert len(saved["times"]) == 4 and saved["times"][0] == 1.0 and saved["extra"]["checkpoint_step"] == 4
+    assert saved["sampler"] == "ipndm" and len(saved["candidates"]) == 6
     common = ["--sampler", "ipndm", "--steps", "4", "--num", "3"]
     assert main(["sample", str(run), *common, "--times", "searched", "--out", str(tmp_path / "a.png")]) == 0
-    assert "read the GITS grid of 4 times" in capsys.readouterr().out
-    file = str(run / "times" / "gits-4.json")
+    assert "read the ipndm grid of 4 times" in capsys.readouterr().out
+    file = str(run / "times" / "ipndm-4.json")
     assert main(["sample", str(run), *common, "--times", file, "--out", str(tmp_path / "b.png")]) == 0
     assert np.array_equal(np.load(tmp_path / "a.npz")["x"], np.load(tmp_path / "b.npz")["x"])
     assert main(["sample", str(run), "--sampler", "pc", "--times", file, "--out", str(tmp_path / "c.png")]) == 2

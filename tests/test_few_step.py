@@ -10,6 +10,7 @@ import torch
 import scorelab as sl
 from scorelab import samplers as S
 from scorelab.samplers.ode import adams_bashforth_weights
+from scorelab.samplers.rules import rule_times, step_rule
 from scorelab.samplers.search import cheapest_path, gits_cost, load_times, save_times, search_times
 
 
@@ -89,20 +90,52 @@ def test_gits_cost_is_the_euler_miss_between_teacher_points():
 
 
 @pytest.mark.parametrize("steps", [5, 10])
-def test_a_searched_grid_beats_the_default_grid_of_every_fast_solver(mixture_16d, steps, tmp_path):
-    """GITS's grid (a 60-step teacher on 256 draws of the exact 16-D mixture's DDPM model) against each
-    solver's default grid at the same NFE: the mean distance to the exact probability-flow map of the same
-    prior draws is smaller for every solver; and the grid survives its JSON file."""
+def test_a_searched_grid_is_never_worse_than_the_default_grid_of_each_fast_solver(mixture_16d, steps, tmp_path):
+    """GITS's grid for each solver (a 60-step teacher on 256 draws of the exact 16-D mixture's DDPM model, the
+    candidate paths and the solver's default grid run by the solver, the nearest to the teacher kept) against
+    the solver's default call at the same NFE, on 300 other draws: the mean distance to the exact
+    probability-flow map of the same draws is never larger (measured 0.10-0.30 against 0.18-0.73 at 5 NFE;
+    at 10, iPNDM keeps its default grid and the others gain 30-65%); and the grid survives its JSON file."""
     model = mixture_16d.model(sl.DDPM())
-    searched = search_times(model, steps, (256, 16), seed=7)
-    assert len(searched.times) == steps and searched.times[0] == 1.0
     z = torch.randn(300, 16, generator=gen(2), dtype=torch.float64)
     exact = S.dpm_solver_pp_3m(mixture_16d.model(sl.VPSDE()), z.clone(), 500, lower_order_final=False).samples
+
     def miss(name, **kw):
         return float((S.sample(model, z.clone(), name, **kw).samples - exact).norm(dim=1).mean())
 
     for name in ("ipndm", "dpm++2m", "dpm++3m", "unipc"):
+        searched = search_times(model, steps, (256, 16), seed=7, sampler=name)
+        assert len(searched.times) == steps and searched.times[0] == 1.0 and searched.sampler == name
+        assert set(searched.candidates) == {"gits 1", "gits 1.1", "gits 1.15", "gits 1.2", "gits 1.3", "default"}
         default, gits = miss(name, steps=steps), miss(name, times=searched.tensor())
-        assert gits < default, (name, gits, default)
+        assert gits <= default * (1 + 1e-12), (name, gits, default, searched.candidates)
+        if steps == 5:
+            assert gits < 0.85 * default, (name, gits, default)
     again = load_times(save_times(tmp_path / "t.json", searched))
     assert again == searched
+
+
+def test_the_default_settings_bring_three_solvers_to_the_noise_floor_at_10_nfe(mixture_2d, mixture_16d):
+    """The default call at 10 network evaluations (``scorelab.samplers.rules``) against exact truth: energy
+    distance (V-statistic) to 5,000 exact mixture samples, over the paired floor (the same 2,000 prior draws
+    carried by a 60-step DPM-Solver++(3M), equal to the 200-step one's to 0.2%). iPNDM, UniPC and
+    DPM-Solver++(3M) stay within 1.5x the floor on the 2-D and 16-D mixtures' DDPM models (measured 1.02 and
+    1.02, 0.90 and 1.35, 1.11 and 1.27), where each with its paper's settings (the defaults from 20 calls:
+    the grid to t_min, EDM's for iPNDM, log sigma for the others, and their final steps) is further off
+    (1.34 and 1.55, 2.11 and 2.19, 5.06 and 3.62). DPM-Solver++(2M), second order, reaches 1.46 and 1.64."""
+    for mixture, dim in ((mixture_2d, 2), (mixture_16d, 16)):
+        model = mixture.model(sl.DDPM())
+        exact = mixture.sample(5000, gen(12345), dtype=torch.float64)
+        z = torch.randn(2000, dim, generator=gen(2024), dtype=torch.float64)
+
+        def distance(samples):
+            return sl.evaluation.energy_distance(samples, exact, unbiased=False)
+
+        floor = distance(S.dpm_solver_pp_3m(model, z.clone(), 60).samples)
+        for name in ("ipndm", "unipc", "dpm++3m"):
+            paper = step_rule(name, 20)                    # the paper's settings, the defaults from 20 calls on
+            options = {"lower_order_final": paper.lower_order_final, **({"order": paper.order} if paper.order else {})}
+            default = distance(S.sample(model, z.clone(), name, 10).samples) / floor
+            on_paper = distance(S.sample(model, z.clone(), name, times=rule_times(model.process, 10, paper),
+                                         **options).samples) / floor
+            assert default < 1.5 and default < on_paper, (dim, name, default, on_paper)

@@ -262,8 +262,8 @@ def _sample_on(args: argparse.Namespace, ranks, device) -> None:
 
 
 def _times_for(args: argparse.Namespace, entry, model, spec, ckpt) -> list[float]:
-    """``--times``: a JSON file of evaluation times, or ``searched``: the run's GITS grid of ``--steps`` times
-    (searched now and saved beside the run when it has none for this checkpoint)."""
+    """``--times``: a JSON file of evaluation times, or ``searched``: the run's GITS grid of ``--steps`` times for
+    this sampler (searched now and saved beside the run when it has none for this checkpoint)."""
     from .samplers.search import load_times, run_folder, searched_for_run
 
     if not entry.takes_times():
@@ -273,9 +273,9 @@ def _times_for(args: argparse.Namespace, entry, model, spec, ckpt) -> list[float
         return load_times(args.times).times
     if args.steps is None:
         raise ValueError("--times searched needs --steps (the number of evaluation times to search for)")
-    found, new = searched_for_run(run_folder(ckpt.path), model, spec.data_shape, args.steps,
+    found, new = searched_for_run(run_folder(ckpt.path), model, spec.data_shape, args.steps, args.sampler,
                                   checkpoint_step=ckpt.step, seed=args.seed)
-    print(f"{'searched' if new else 'read'} the GITS grid of {args.steps} times: "
+    print(f"{'searched' if new else 'read'} the {args.sampler} grid of {args.steps} times: "
           + ", ".join(f"{t:.4f}" for t in found.times))
     return found.times
 
@@ -291,13 +291,16 @@ def _search_times(args: argparse.Namespace) -> None:
         raise ValueError(f"--batch must be at least 1, got {args.batch}")
     out = None if args.out is None else check_writable(args.out, what="times file")
     model, spec, ckpt = _load(args)
-    found = search_times(model, args.steps, (args.batch, *spec.data_shape), teacher_steps=args.teacher_steps,
-                         coeff=args.coeff, seed=args.seed)
+    found = search_times(model, args.steps, (args.batch, *spec.data_shape), sampler=args.sampler,
+                         teacher_steps=args.teacher_steps, coeff=args.coeff, seed=args.seed)
     found = replace(found, extra={"checkpoint_step": ckpt.step, "seed": args.seed})
-    path = save_times(out or times_path(run_folder(ckpt.path), args.steps), found)
-    print(f"GITS grid of {args.steps} times ({args.teacher_steps}-step iPNDM teacher on {args.batch} draws): "
+    path = save_times(out or times_path(run_folder(ckpt.path), args.steps, args.sampler), found)
+    chosen = min(found.candidates, key=found.candidates.get)
+    print(f"{args.sampler} grid of {args.steps} times ({args.teacher_steps}-step iPNDM teacher on {args.batch} "
+          f"draws; kept {chosen!r}, miss {found.candidates[chosen]:.4g}; candidates "
+          + ", ".join(f"{k} {v:.4g}" for k, v in found.candidates.items()) + "): "
           + ", ".join(f"{t:.4f}" for t in found.times) + f" -> {path}\n"
-          f"use it: scorelab sample {args.checkpoint} --sampler ipndm --steps {args.steps} --times {path}")
+          f"use it: scorelab sample {args.checkpoint} --sampler {args.sampler} --steps {args.steps} --times {path}")
 
 
 def _accepted(rate: float | None) -> str:
@@ -683,15 +686,20 @@ def _add_sample(sub) -> None:
 
 
 def _add_search_times(sub) -> None:
+    from .samplers import REGISTRY, SAMPLERS
+
     r = sub.add_parser("search-times", help="GITS: search the evaluation times that fit this model's trajectories "
                        "for a few-step sampler, and save them beside the run",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     _model_args(r)
     r.add_argument("--steps", type=int, required=True, help="evaluation times (network calls of a multistep sampler)")
+    r.add_argument("--sampler", default="ipndm", choices=[n for n in SAMPLERS if REGISTRY[n].takes_times()],
+                   help="the sampler that will walk the grid: each candidate grid is run with it and the nearest to "
+                   "the teacher kept")
     r.add_argument("--teacher-steps", type=int, default=60, help="the iPNDM teacher's fine grid")
     r.add_argument("--batch", type=int, default=256, help="teacher trajectories")
     r.add_argument("--coeff", type=float, default=1.15, help="GITS's weight on later steps' costs")
-    r.add_argument("--out", default=None, help="the JSON file (default: RUN/times/gits-STEPS.json)")
+    r.add_argument("--out", default=None, help="the JSON file (default: RUN/times/SAMPLER-STEPS.json)")
     r.set_defaults(run=_search_times)
 
 

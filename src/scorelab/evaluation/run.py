@@ -343,7 +343,7 @@ def _cell_samples(model: DiffusionModel, shape: tuple[int, ...], cell: tuple[str
     steps = steps_for_nfe(model.process, sampler, nfe)
     options: dict[str, Any] = {}
     if label.endswith("+gits"):
-        options["times"] = searched_for_run(run, model, shape, steps, checkpoint_step=model_id["step"],
+        options["times"] = searched_for_run(run, model, shape, steps, sampler, checkpoint_step=model_id["step"],
                                             seed=config.seed)[0].times
     path = out / "cells" / f"{label}-nfe{nfe:04d}.npz"
     sample_key = _key({**model_id, **config.sampling_key(), "sampler": sampler, "steps": steps, **options})

@@ -60,13 +60,13 @@ def time_grid(process: NoiseProcess, num_steps: int, kind: str = "time", *, rho:
 
 
 def evaluation_times(process: NoiseProcess, steps: int, kind: str = "time", *, rho: float = 7.0,
-                     t_max: float = 1.0) -> Tensor:
-    """``steps`` decreasing evaluation times from ``t_max`` to the process's ``t_min`` (:func:`time_grid`'s
-    ``steps - 1`` intervals; one step: ``t_max`` alone)."""
+                     t_max: float = 1.0, t_min: float | None = None) -> Tensor:
+    """``steps`` decreasing evaluation times from ``t_max`` to ``t_min`` (the process's by default;
+    :func:`time_grid`'s ``steps - 1`` intervals; one step: ``t_max`` alone)."""
     require(isinstance(steps, int) and steps >= 1, f"steps must be a positive integer, got {steps!r}")
     if steps == 1:
         return torch.full((1,), float(t_max), dtype=torch.float64)
-    return time_grid(process, steps - 1, kind, rho=rho, t_max=t_max)
+    return time_grid(process, steps - 1, kind, rho=rho, t_max=t_max, t_min=t_min)
 
 
 def respaced_steps(num_steps: int, count: int) -> list[int]:

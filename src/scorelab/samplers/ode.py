@@ -31,6 +31,7 @@ from ..processes import SDE, NoiseProcess
 from ._common import (Callback, Projection, SampleResult, SigmaView, call_back, final_denoise, finite_or_raise,
                       flow_process, initial_noise, projected, resolve, trained_t_min)
 from .grids import check_times, evaluation_times
+from .rules import StepRule, rule_times, step_rule
 
 __all__ = ["dopri5", "solve_probability_flow", "ode_rk45", "ode_euler", "ode_heun", "dpm_solver_pp_2m",
            "dpm_solver_pp_3m", "unipc", "ipndm", "adams_bashforth_weights"]
@@ -153,11 +154,24 @@ def ode_rk45(model: DiffusionModel, shape_or_x: Sequence[int] | Tensor, *, rtol:
 
 
 def _eval_times(process: NoiseProcess, steps: int, grid: str, rho: float,
-                times: Sequence[float] | Tensor | None, monotone_only: bool = False) -> Tensor:
-    """The given ``times`` (checked), else ``steps`` evaluation times of the ``grid``."""
+                times: Sequence[float] | Tensor | None, monotone_only: bool = False,
+                rule: StepRule | None = None) -> Tensor:
+    """The given ``times`` (checked), else ``steps`` evaluation times of the ``grid`` (``"auto"``: the
+    ``rule``'s)."""
     if times is not None:
         return check_times(times, increasing=monotone_only)
+    if grid == "auto" and rule is not None:
+        return rule_times(process, steps, rule, rho=rho)
     return evaluation_times(process, steps, grid, rho=rho)
+
+
+def _settings(solver: str, steps: int, times: Sequence[float] | Tensor | None, order: int | None,
+              lower_order_final: bool | None, own_order: int) -> tuple[StepRule, int, bool]:
+    """A multistep solver's rule for its step count (``len(times)`` when given) and the order and final-step
+    choice it resolves to: the caller's where given, else the rule's (:mod:`~scorelab.samplers.rules`)."""
+    rule = step_rule(solver, len(times) if times is not None else steps)
+    order = (rule.order or own_order) if order is None else order
+    return rule, order, rule.lower_order_final if lower_order_final is None else lower_order_final
 
 
 def _sigma_ode(model: DiffusionModel, shape_or_x: Sequence[int] | Tensor, steps: int, order: int, *,
@@ -236,8 +250,8 @@ def ode_heun(model: DiffusionModel, shape_or_x: Sequence[int] | Tensor, steps: i
 
 @torch.no_grad()
 def dpm_solver_pp_2m(model: DiffusionModel, shape_or_x: Sequence[int] | Tensor, steps: int = 20, *,
-                     grid: str = "log_sigma", rho: float = 7.0,
-                     times: Sequence[float] | Tensor | None = None, lower_order_final: bool = True,
+                     grid: str = "auto", rho: float = 7.0,
+                     times: Sequence[float] | Tensor | None = None, lower_order_final: bool | None = None,
                      process: NoiseProcess | None = None, noise: Randomness = None,
                      project: Projection | None = None, callback: Callback | None = None) -> SampleResult:
     """DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2; MATH.md 5): ``steps`` NFE.
@@ -253,19 +267,20 @@ def dpm_solver_pp_2m(model: DiffusionModel, shape_or_x: Sequence[int] | Tensor, 
     sigma = 0 and lowers only that step, which is always first order here. The
     official DPM-Solver code lowers only the final step, below 10 steps. Neither
     is in the paper's algorithm; both of the others are ``lower_order_final=False``
-    here. On the exact Gaussian-mixture oracle the heuristic was the more accurate
-    in 20 of 24 cases (5-14 steps; without it wins at 5-6 steps in 2-D), so it is
-    the default (``benchmarks/dpm_lower_order.py``).
+    here. ``grid="auto"`` and ``lower_order_final=None`` take the settings of
+    :mod:`~scorelab.samplers.rules` for the step count: below 20 steps a grid
+    uniform in log sigma that stops at sigma 0.07-0.1, without the heuristic; from
+    20, the grid to the process's ``t_min``.
     """
     return _dpm_solver_pp(model, shape_or_x, steps, 2, grid=grid, rho=rho, times=times,
                           lower_order_final=lower_order_final, process=process, noise=noise, callback=callback,
-                          name="dpm_solver_pp_2m", project=project)
+                          name="dpm++2m", project=project)
 
 
 @torch.no_grad()
 def dpm_solver_pp_3m(model: DiffusionModel, shape_or_x: Sequence[int] | Tensor, steps: int = 20, *,
-                     grid: str = "log_sigma", rho: float = 7.0,
-                     times: Sequence[float] | Tensor | None = None, lower_order_final: bool = True,
+                     grid: str = "auto", rho: float = 7.0,
+                     times: Sequence[float] | Tensor | None = None, lower_order_final: bool | None = None,
                      process: NoiseProcess | None = None, noise: Randomness = None,
                      project: Projection | None = None, callback: Callback | None = None) -> SampleResult:
     """DPM-Solver++(3M), the third-order multistep data-prediction solver (Lu et al. 2022): ``steps`` NFE.
@@ -283,20 +298,21 @@ def dpm_solver_pp_3m(model: DiffusionModel, shape_or_x: Sequence[int] | Tensor, 
     (measured 4.8-5.2x less error per halving of h on the 16-D mixture, against 7.6-8.2x here).
     First and second order while the history fills; ``lower_order_final`` (below 15 steps)
     makes the step before the last first order and the one before it at most second (as
-    :func:`dpm_solver_pp_2m`); the last step, to sigma = 0, is first order.
+    :func:`dpm_solver_pp_2m`); the last step, to sigma = 0, is first order. ``grid="auto"`` and
+    ``lower_order_final=None`` follow :mod:`~scorelab.samplers.rules` for the step count.
     """
     return _dpm_solver_pp(model, shape_or_x, steps, 3, grid=grid, rho=rho, times=times,
                           lower_order_final=lower_order_final, process=process, noise=noise, callback=callback,
-                          name="dpm_solver_pp_3m", project=project)
+                          name="dpm++3m", project=project)
 
 
 def _multistep_start(model: DiffusionModel, shape_or_x: Sequence[int] | Tensor, steps: int, grid: str, rho: float,
-                     times: Sequence[float] | Tensor | None, process: NoiseProcess | None, noise: Randomness
-                     ) -> tuple[SigmaView, Tensor, list[float], list[float], Tensor]:
-    """A multistep solver's start: the model's sigma view, its evaluation times, their scales and sigmas (with
-    0 appended, the end) and ``y_T = x_T / a``."""
+                     times: Sequence[float] | Tensor | None, process: NoiseProcess | None, noise: Randomness,
+                     rule: StepRule) -> tuple[SigmaView, Tensor, list[float], list[float], Tensor]:
+    """A multistep solver's start: the model's sigma view, its evaluation times (``rule``'s on the ``"auto"``
+    grid), their scales and sigmas (with 0 appended, the end) and ``y_T = x_T / a``."""
     model, process = resolve(model, process)
-    times = _eval_times(process, steps, grid, rho, times)
+    times = _eval_times(process, steps, grid, rho, times, rule=rule)
     view = SigmaView(model, process)
     scales, sigmas = view.grid(times)
     x = initial_noise(process, shape_or_x, noise, model)
@@ -304,11 +320,13 @@ def _multistep_start(model: DiffusionModel, shape_or_x: Sequence[int] | Tensor, 
 
 
 def _dpm_solver_pp(model: DiffusionModel, shape_or_x: Sequence[int] | Tensor, steps: int, order: int, *,
-                   grid: str, rho: float, times: Sequence[float] | Tensor | None, lower_order_final: bool,
+                   grid: str, rho: float, times: Sequence[float] | Tensor | None, lower_order_final: bool | None,
                    process: NoiseProcess | None, noise: Randomness, callback: Callback | None,
                    name: str, project: Projection | None = None) -> SampleResult:
     """DPM-Solver++'s multistep updates of order up to ``order`` in ``y = x / a``, ``lambda = -log sigma``."""
-    view, times, scales, sigmas, y = _multistep_start(model, shape_or_x, steps, grid, rho, times, process, noise)
+    rule, order, lower_order_final = _settings(name, steps, times, order, lower_order_final, order)
+    view, times, scales, sigmas, y = _multistep_start(model, shape_or_x, steps, grid, rho, times, process, noise,
+                                                      rule)
     n = len(times)
     history: list[tuple[Tensor, float]] = []                 # (x0, h) of earlier steps, newest last
     for i in range(n):
@@ -361,9 +379,9 @@ def _unipc_coefficients(rks: Sequence[float], h: float, variant: str) -> tuple[T
 
 
 @torch.no_grad()
-def unipc(model: DiffusionModel, shape_or_x: Sequence[int] | Tensor, steps: int = 20, *, order: int = 2,
-          variant: str = "bh2", corrector: bool = True, grid: str = "log_sigma", rho: float = 7.0,
-          times: Sequence[float] | Tensor | None = None, lower_order_final: bool = True,
+def unipc(model: DiffusionModel, shape_or_x: Sequence[int] | Tensor, steps: int = 20, *, order: int | None = None,
+          variant: str = "bh2", corrector: bool = True, grid: str = "auto", rho: float = 7.0,
+          times: Sequence[float] | Tensor | None = None, lower_order_final: bool | None = None,
           process: NoiseProcess | None = None, noise: Randomness = None, project: Projection | None = None,
           callback: Callback | None = None) -> SampleResult:
     """UniPC (Zhao et al. 2023; MATH.md 5): a multistep predictor (UniP) of order ``order`` and a
@@ -378,12 +396,14 @@ def unipc(model: DiffusionModel, shape_or_x: Sequence[int] | Tensor, steps: int 
     few steps) or ``-h`` (bh1). Orders rise with the history; ``lower_order_final`` caps each
     step's order at the network calls left (diffusers' rule, so its last step between two grid
     times is at most second order); the last call, at the end of the grid, gives the sample as
-    its data prediction.
+    its data prediction. ``order=None``, ``grid="auto"`` and ``lower_order_final=None`` follow
+    :mod:`~scorelab.samplers.rules` for the step count (order 2 on the full grid from 20 steps).
     """
+    rule, order, lower_order_final = _settings("unipc", steps, times, order, lower_order_final, 2)
     require(order in (1, 2, 3), f"order must be 1, 2 or 3, got {order!r}")
     require(variant in ("bh1", "bh2"), f"variant must be 'bh1' or 'bh2', got {variant!r}")
     model, process = resolve(model, process)
-    times = _eval_times(process, steps, grid, rho, times)
+    times = _eval_times(process, steps, grid, rho, times, rule=rule)
     view = SigmaView(model, process)
     n = len(times)
     scales, sigmas = view.grid(times)
@@ -437,9 +457,9 @@ def adams_bashforth_weights(offsets: Sequence[float]) -> list[float]:
 
 
 @torch.no_grad()
-def ipndm(model: DiffusionModel, shape_or_x: Sequence[int] | Tensor, steps: int = 20, *, order: int = 4,
-          variable_step: bool = False, grid: str = "karras", rho: float = 7.0,
-          times: Sequence[float] | Tensor | None = None, lower_order_final: bool = False,
+def ipndm(model: DiffusionModel, shape_or_x: Sequence[int] | Tensor, steps: int = 20, *, order: int | None = None,
+          variable_step: bool = False, grid: str = "auto", rho: float = 7.0,
+          times: Sequence[float] | Tensor | None = None, lower_order_final: bool | None = None,
           process: NoiseProcess | None = None, noise: Randomness = None, project: Projection | None = None,
           callback: Callback | None = None) -> SampleResult:
     """iPNDM (Zhang & Chen 2023, the improved pseudo-numerical method; MATH.md 5): ``steps`` NFE.
@@ -453,10 +473,13 @@ def ipndm(model: DiffusionModel, shape_or_x: Sequence[int] | Tensor, steps: int 
     diff-sampler do; ``True`` computes them from the actual gaps in sigma
     (:func:`adams_bashforth_weights`, diff-sampler's iPNDM-v), which keeps order ``k`` on an
     uneven grid. The last step ends at sigma = 0; ``lower_order_final`` makes it first order
-    (the data prediction).
+    (the data prediction). ``order=None``, ``grid="auto"`` and ``lower_order_final=None`` follow
+    :mod:`~scorelab.samplers.rules` for the step count (order 4 on EDM's grid from 20 steps).
     """
+    rule, order, lower_order_final = _settings("ipndm", steps, times, order, lower_order_final, 4)
     require(order in (1, 2, 3, 4), f"order must be 1, 2, 3 or 4, got {order!r}")
-    view, times, scales, sigmas, y = _multistep_start(model, shape_or_x, steps, grid, rho, times, process, noise)
+    view, times, scales, sigmas, y = _multistep_start(model, shape_or_x, steps, grid, rho, times, process, noise,
+                                                      rule)
     n = len(times)
     history: list[Tensor] = []                          # d of earlier steps, newest last
     for i in range(n):
