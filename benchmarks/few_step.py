@@ -182,6 +182,37 @@ def report(rows: list[dict], budgets) -> str:
     return "\n".join(lines)
 
 
+PICTURE = Path(__file__).resolve().parents[1] / "docs" / "few-step" / "error-vs-nfe.png"
+
+
+def plot(rows: list[dict], path: Path = PICTURE) -> None:
+    """Error over the floor against NFE: per mixture (DDPM), each solver's default, best fixed setting and
+    searched grid."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    mixtures = [m for m in MIXTURES if any(r["mixture"] == m and r["process"] == "ddpm" for r in rows)]
+    fig, axes = plt.subplots(1, len(mixtures), figsize=(4.2 * len(mixtures), 3.6), squeeze=False)
+    for ax, mixture in zip(axes[0], mixtures):
+        budgets = sorted({r["budget"] for r in rows if r["mixture"] == mixture and r["process"] == "ddpm"})
+        for k, solver in enumerate(SOLVERS):
+            cells = np.array([_ratios(rows, mixture, "ddpm", solver, b) for b in budgets])
+            colour = f"C{k}"
+            ax.plot(budgets, cells[:, 0], "-o", color=colour, ms=3, label=f"{solver} default")
+            ax.plot(budgets, cells[:, 2], "--", color=colour, lw=1, label=f"{solver} searched")
+            ax.plot(budgets, cells[:, 1], ":", color=colour, lw=1, label=f"{solver} best fixed")
+        ax.axhline(1.0, color="grey", lw=0.8)
+        ax.set(xscale="log", yscale="log", xlabel="network evaluations", title=f"{mixture}, DDPM")
+        ax.set_xticks(budgets, [str(b) for b in budgets], fontsize=7)
+    axes[0][0].set_ylabel("energy distance / noise floor")
+    axes[0][-1].legend(fontsize=6, ncol=1, loc="upper right")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--budgets", default=",".join(map(str, BUDGETS)))
@@ -203,6 +234,7 @@ def main() -> None:
         rows = [r for r in kept if _key(r) not in fresh] + new
         path.write_text(json.dumps({"n": N, "n_ref": N_REF, "replicates": args.replicates, "rows": rows}, indent=0))
         (args.out / "few_step.md").write_text(report(rows, sorted({r["budget"] for r in rows})) + "\n")
+    plot(json.loads(path.read_text())["rows"])
     print((args.out / "few_step.md").read_text())
 
 
