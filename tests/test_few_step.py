@@ -92,11 +92,11 @@ def test_gits_cost_is_the_euler_miss_between_teacher_points():
 @pytest.mark.parametrize("steps", [5, 10])
 def test_a_searched_grid_is_never_worse_than_the_default_grid_of_each_fast_solver(mixture_16d, steps, tmp_path):
     """GITS's grid for each solver (a 60-step teacher on 256 draws of the exact 16-D mixture's DDPM model, the
-    candidate paths and the solver's default grid run by the solver, the nearest to the teacher's samples in
-    energy distance kept) against
+    candidate paths and the solver's default grid run by the solver, the nearest to the teacher's samples kept)
+    against
     the solver's default call at the same NFE, on 300 other draws: the mean distance to the exact
-    probability-flow map of the same draws is never larger (measured 0.10-0.31 against 0.18-0.73 at 5 NFE;
-    at 10, iPNDM keeps its default grid and the others gain 39-65%); and the grid survives its JSON file."""
+    probability-flow map of the same draws is never larger (measured 0.10-0.30 against 0.18-0.73 at 5 NFE;
+    at 10, iPNDM keeps its default grid and the others gain 30-65%); and the grid survives its JSON file."""
     model = mixture_16d.model(sl.DDPM())
     z = torch.randn(300, 16, generator=gen(2), dtype=torch.float64)
     exact = S.dpm_solver_pp_3m(mixture_16d.model(sl.VPSDE()), z.clone(), 500, lower_order_final=False).samples

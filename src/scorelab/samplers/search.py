@@ -15,8 +15,10 @@ grid for every grid sampler (``times=``); :func:`save_times` and :func:`load_tim
 The Euler cost ranks grids for Euler steps; a multistep solver's error on a grid differs. Given the
 ``sampler`` that will walk the grid, the search therefore runs it on the teacher's draws over each
 candidate (the paths for ``coeff`` 1.0, 1.1, 1.2, 1.3 and the one given, and the sampler's own default
-grid) and keeps the one whose samples are nearest the teacher's in energy distance: a searched grid is
-never worse than the default on the calibration draws, at ``steps`` network calls per candidate.
+grid) and keeps the one whose samples land nearest the teacher's, draw by draw: a searched grid is never
+worse than the default on the calibration draws, at ``steps`` network calls per candidate. (The energy
+distance between the two sample sets, tried instead, picked a grid that stops at t = 0.83 on the digits
+model: in 64 dimensions a set collapsed to the mean image is near the teacher's by that measure.)
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ class SearchedTimes:
     cost: float                        # the path's weighted cost, in the data's units
     extra: dict[str, Any] = field(default_factory=dict)
     sampler: str = ""                  # the sampler the candidates were run with ("": none, the Euler path)
-    candidates: dict[str, float] = field(default_factory=dict)   # candidate -> its energy distance to the teacher
+    candidates: dict[str, float] = field(default_factory=dict)   # candidate -> its mean miss of the teacher
 
     def tensor(self) -> Tensor:
         return torch.tensor(self.times, dtype=torch.float64)
@@ -146,10 +148,9 @@ def search_times(model: DiffusionModel, steps: int, shape: Sequence[int], *, sam
 
 
 def _miss(model: DiffusionModel, x_T: Tensor, sampler: str, times: Tensor, teacher: Tensor) -> float:
-    """The energy distance (V-statistic) between ``sampler``'s samples from ``x_T`` on ``times`` and the
-    teacher's samples from the same draws."""
-    a, b = sample(model, x_T.clone(), sampler, times=times).samples.flatten(1), teacher.flatten(1)
-    return float(2 * torch.cdist(a, b).mean() - torch.cdist(a, a).mean() - torch.cdist(b, b).mean())
+    """The batch's mean distance between ``sampler``'s samples from ``x_T`` on ``times`` and the teacher's."""
+    samples = sample(model, x_T.clone(), sampler, times=times).samples
+    return float((samples - teacher).flatten(1).norm(dim=1).mean())
 
 
 def run_folder(checkpoint: str | Path) -> Path:
