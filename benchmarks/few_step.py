@@ -189,6 +189,7 @@ def plot(rows: list[dict], path: Path = PICTURE) -> None:
     """Error over the floor against NFE: per mixture (DDPM), each solver's default, best fixed setting and
     searched grid."""
     import matplotlib
+    import matplotlib.ticker
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -205,6 +206,7 @@ def plot(rows: list[dict], path: Path = PICTURE) -> None:
         ax.axhline(1.0, color="grey", lw=0.8)
         ax.set(xscale="log", yscale="log", xlabel="network evaluations", title=f"{mixture}, DDPM")
         ax.set_xticks(budgets, [str(b) for b in budgets], fontsize=7)
+        ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
     axes[0][0].set_ylabel("energy distance / noise floor")
     axes[0][-1].legend(fontsize=6, ncol=1, loc="upper right")
     fig.tight_layout()

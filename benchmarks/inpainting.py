@@ -87,10 +87,10 @@ def main() -> None:
             parts, nfe = [], 0
             for b in range(0, len(x), args.batch_size):
                 options = dict(METHODS[method])
-                out = inpaint(model, x[b:b + args.batch_size], known, method=options.pop("method", method),
-                              noise=torch.Generator().manual_seed(args.seed + b), **options)
-                parts.append(out.samples.clamp(-1, 1).float())
-                nfe = out.nfe
+                done = inpaint(model, x[b:b + args.batch_size], known, method=options.pop("method", method),
+                               noise=torch.Generator().manual_seed(args.seed + b), **options)
+                parts.append(done.samples.clamp(-1, 1).float())
+                nfe = done.nfe
             filled = torch.cat(parts)
             seconds = time.perf_counter() - start
             row["methods"][method] = {"agreement": agreement(filled), "nfe": nfe, "seconds": seconds,
