@@ -131,20 +131,19 @@ def search_times(model: DiffusionModel, steps: int, shape: Sequence[int], *, sam
     ipndm(model, x_T.clone(), times=times, process=process, callback=record)
     trajectory = torch.stack([x_T / scales[0]] + points)
     cost = gits_cost(trajectory, torch.stack(derivatives), sigmas + [0.0])
-    path, total = cheapest_path(cost, steps, coeff)
+    paths = {c: cheapest_path(cost, steps, c) for c in ({coeff, *COEFFS} if sampler else {coeff})}
+    path, total = paths[coeff]
     found = SearchedTimes(check_times(times[path]).tolist(), steps, teacher_steps, teacher_grid, coeff,
                           int(x_T.shape[0]), total)
     if sampler is None:
         return found
-    candidates = {f"gits {c:g}": cheapest_path(cost, steps, c) for c in sorted({coeff, *COEFFS})}
-    grids = {label: times[p] for label, (p, _) in candidates.items()}
+    grids = {f"gits {c:g}": (c, times[p], value) for c, (p, value) in sorted(paths.items())}
     if sampler in RULES:
-        grids["default"] = rule_times(process, steps, step_rule(sampler, steps))
-    misses = {label: _miss(model, x_T, sampler, grid, points[-1]) for label, grid in grids.items()}
-    best = min(misses, key=misses.get)
-    weight = float(best.split()[1]) if best != "default" else coeff
-    return replace(found, times=check_times(grids[best]).tolist(), coeff=weight,
-                   cost=candidates[best][1] if best != "default" else math.nan, sampler=sampler, candidates=misses)
+        grids["default"] = (coeff, rule_times(process, steps, step_rule(sampler, steps)), math.nan)
+    misses = {label: _miss(model, x_T, sampler, grid, points[-1]) for label, (_, grid, _) in grids.items()}
+    weight, grid, value = grids[min(misses, key=misses.get)]
+    return replace(found, times=check_times(grid).tolist(), coeff=weight, cost=value, sampler=sampler,
+                   candidates=misses)
 
 
 def _miss(model: DiffusionModel, x_T: Tensor, sampler: str, times: Tensor, teacher: Tensor) -> float:
