@@ -171,6 +171,7 @@ def report(rows: list[dict], budgets) -> str:
             lines.append(f"| {name} | {solver} searched / default | " + " | ".join(f"{v:.2f}" for v in worst_gits)
                          + " |")
     lines.append("")
+    lines += minimax(rows, budgets)
     for mixture, process in combos:
         lines += [f"## {mixture}, {process}", "", "| solver | " + " | ".join(f"{b} NFE" for b in budgets) + " |",
                   "|---|" + "---:|" * len(budgets)]
@@ -180,6 +181,36 @@ def report(rows: list[dict], budgets) -> str:
                 lines.append(f"| {solver} {label} | " + " | ".join(f"{c[k]:.2f}" for c in cells) + " |")
         lines.append("")
     return "\n".join(lines)
+
+
+def minimax(rows: list[dict], budgets) -> list[str]:
+    """Could one fixed rule per solver and budget be within 10% of the best on every mixture it was chosen on? The
+    fixed setting whose worst ratio to each mixture's best (DDPM) is least, and that ratio."""
+    group = [m for m in CHOSEN_ON if any(r["mixture"] == m and r["process"] == "ddpm" for r in rows)]
+    lines = ["## The best any one fixed setting can do on the mixtures the rules were chosen on (DDPM)", "",
+             "Per solver and budget: the fixed setting (grid, end, options) whose worst ratio to each mixture's best "
+             "fixed setting is least, and that worst ratio; above 1.10, no single rule is within 10% of the best on "
+             "both.", "", "| solver | " + " | ".join(f"{b} NFE" for b in budgets) + " |",
+             "|---|" + "---|" * len(budgets)]
+    for solver in SOLVERS:
+        cells = []
+        for budget in budgets:
+            settings: dict[tuple, dict[str, float]] = {}
+            for r in rows:
+                if r["process"] == "ddpm" and r["mixture"] in group and r["solver"] == solver \
+                        and r["budget"] == budget and r["grid"] not in ("default", "gits"):
+                    settings.setdefault((r["grid"], json.dumps(r["options"], sort_keys=True)), {})[r["mixture"]] = \
+                        r["ratio"]
+            full = {k: v for k, v in settings.items() if len(v) == len(group)}
+            if not full:
+                cells.append("")
+                continue
+            best = {m: min(v[m] for v in full.values()) for m in group}
+            worst, (grid, options) = min((max(v[m] / best[m] for m in group), k) for k, v in full.items())
+            shown = ", ".join(f"{k}={int(v) if isinstance(v, bool) else v}" for k, v in json.loads(options).items())
+            cells.append(f"{worst:.2f} ({grid}{'; ' + shown if shown else ''})")
+        lines.append(f"| {solver} | " + " | ".join(cells) + " |")
+    return lines + [""]
 
 
 PICTURE = Path(__file__).resolve().parents[1] / "docs" / "few-step" / "error-vs-nfe.png"
@@ -224,11 +255,17 @@ def main() -> None:
     parser.add_argument("--defaults-only", action="store_true",
                         help="re-measure only the default and GITS rows; the fixed settings' rows are kept")
     parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--report-only", action="store_true", help="rewrite the report from the recorded rows")
     args = parser.parse_args()
     torch.set_num_threads(1)
     budgets = [int(b) for b in args.budgets.split(",")]
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / "few_step.json"
+    if args.report_only:
+        rows = json.loads(path.read_text())["rows"]
+        (args.out / "few_step.md").write_text(report(rows, sorted({r["budget"] for r in rows})) + "\n")
+        print((args.out / "few_step.md").read_text())
+        return
     for mixture, process in itertools.product(args.mixtures.split(","), args.processes.split(",")):
         new = measure(mixture, process, budgets, args.replicates, args.defaults_only)
         kept = json.loads(path.read_text())["rows"] if path.exists() else []

@@ -31,6 +31,7 @@ RUNS = {
     "energy": "--framework vp --parameterization energy",
     "multinomial": "--framework multinomial --process-option num_steps=20",
     "multinomial-labels": "--framework multinomial --process-option num_steps=20 --class-conditional",
+    "masked-labels": "--framework masked --class-conditional",
     "diffflow": "--framework diffflow --process-option num_steps=4",
 }
 
@@ -49,12 +50,12 @@ COMMANDS = {
 }
 
 _UNCONDITIONAL = [name for name in RUNS if not name.endswith("-labels")]
-_CATEGORICAL = ("multinomial", "multinomial-labels")
+_CATEGORICAL = ("multinomial", "multinomial-labels", "masked-labels")
 #: (run, command) cells that refuse, and words their one line holds
 REFUSED: dict[tuple[str, str], str] = {
     **{(name, "sample-guided"): "train with --class-conditional" for name in _UNCONDITIONAL},
     ("sde", "inpaint"): "use scorelab edit",
-    **{(name, cmd): "a multinomial diffusion model samples" for name in _CATEGORICAL
+    **{(name, cmd): "diffusion model samples (scorelab sample)" for name in _CATEGORICAL
        for cmd in ("interpolate", "evaluate", "inpaint", "edit")},
     **{(name, "train-classifier"): "train the model itself with --class-conditional" for name in _CATEGORICAL},
     **{(name, "nll-trajectory"): "--method vlb" if name in _CATEGORICAL else "use --method ode"

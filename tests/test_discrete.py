@@ -372,38 +372,45 @@ def test_the_transition_transformer_is_causal_in_x_prev(encoder):
         assert (net(prev, x_t2, c)[:, 0] - out[:, 0]).abs().max() > 1e-4          # all of x_t, even the last pixel
 
 
-def test_classifier_free_guidance_of_a_categorical_model_draws_the_guided_posterior():
+@pytest.mark.parametrize("kind", ["multinomial", "masked"])
+def test_classifier_free_guidance_of_a_categorical_model_draws_the_guided_posterior(kind):
     """A class-conditional factorized model under :class:`ClassifierFreeGuidance`: its prediction is Ho &
     Salimans' eq. 6 in log space, ``p(x_0 | x_t, y)^(1+w) p(x_0 | x_t)^(-w)`` renormalized, computed here from
-    the network's raw logits; at T = 1 the multinomial sampler's x_0 is a draw from exactly that row."""
+    the network's raw logits; in one step the sampler's x_0 is a draw from exactly that row (multinomial
+    diffusion at T = 1, masked diffusion from all [MASK] to t = 0)."""
     from torch import nn
 
-    from scorelab.discrete import CategoricalModel, multinomial_ancestral
+    from scorelab.discrete import CategoricalModel, MaskedDiffusion, MaskedModel, masked_ancestral, multinomial_ancestral
     from scorelab.models import ClassifierFreeGuidance
+
+    states = K + (kind == "masked")
 
     class Net(nn.Module):                   # logits: a row per label plus a fixed random mixing of the input
         def __init__(self):
             super().__init__()
             self.table = nn.Parameter(torch.randn(3, 2 * K, generator=_gen(1)))      # rows: no label, 0, 1
-            self.mix = nn.Parameter(0.3 * torch.randn(2 * K, 2 * K, generator=_gen(3)))
+            self.mix = nn.Parameter(0.3 * torch.randn(2 * states, 2 * K, generator=_gen(3)))
 
         def forward(self, inp, c, labels=None):
             labels = torch.full((inp.shape[0],), -1) if labels is None else labels
             return self.table[labels + 1] + inp @ self.mix
 
-    process = MultinomialDiffusion(K, 1)
-    model = CategoricalModel(Net(), process, num_classes=2, data_shape=(2 * K,))
+    if kind == "masked":
+        model, sampler = MaskedModel(Net(), MaskedDiffusion(K), num_classes=2, data_shape=(2 * states,)), masked_ancestral
+    else:
+        model = CategoricalModel(Net(), MultinomialDiffusion(K, 1), num_classes=2, data_shape=(2 * K,))
+        sampler = multinomial_ancestral
     w, n = 2.0, 40000
     labels = torch.tensor([1] * n)
     guided = ClassifierFreeGuidance(model, labels, w)
-    x_1 = torch.zeros(n, 2, dtype=torch.long)
+    x_1 = torch.full((n, 2), states - 1 if kind == "masked" else 0, dtype=torch.long)       # all [MASK], or any x_1
     with torch.no_grad():
-        inp = torch.nn.functional.one_hot(x_1[:1], K).float().flatten(1) * 2 - 1     # one-hot in {-1, 1}
+        inp = torch.nn.functional.one_hot(x_1[:1], states).float().flatten(1) * 2 - 1     # one-hot in {-1, 1}
         raw = model.net(inp, None, torch.tensor([1])), model.net(inp, None, None)
         cond, uncond = (torch.log_softmax(r.double().reshape(2, K), -1) for r in raw)
         want = torch.softmax((1 + w) * cond - w * uncond, -1)
         torch.testing.assert_close(guided.predict(x_1, 1).log_x0[0].exp(), want)
-        result = multinomial_ancestral(guided, x_1, steps=1, noise=_gen(2))
+        result = sampler(guided, x_1, steps=1, noise=_gen(2))
     counts = torch.stack([torch.bincount(result.states[:, d], minlength=K) for d in range(2)]).double() / n
     assert (counts - want).abs().max() < 4 * (0.25 / n) ** 0.5, (counts, want)     # 4 standard errors at most
     assert (want - torch.softmax(cond, -1)).abs().max() > 0.05                      # guidance changed the row

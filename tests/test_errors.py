@@ -128,6 +128,10 @@ CASES: list[tuple[str, str, str]] = [
     ("a Gaussian loss on multinomial diffusion", "train --framework multinomial --loss dsm --out {d}/x",
      "--loss vlb or vlb-ce"),
     ("fewer than 2 categories", "train --framework multinomial --categories 1 --out {d}/x", "2..256"),
+    ("a masking schedule that is not decreasing from 1 to 0", "train --framework masked --process-option "
+     "schedule=table --process-option alphas=[1,0.4,0.6,0] --out {d}/x", "decrease from alpha_0 = 1"),
+    ("multinomial diffusion's loss on masked diffusion", "train --framework masked --loss vlb --out {d}/x",
+     "--loss masked"),
     ("a Gaussian-only command on a multinomial model", "interpolate {d}/multinomial --out {d}/i.png",
      "is a categorical process"),
     ("a Gaussian sampler on a multinomial model", "sample {d}/multinomial --sampler ddim --out {d}/s.png",

@@ -163,7 +163,8 @@ def _load(args: argparse.Namespace, device=None, *, any_process: bool = False):
     loaded = load_model(args.checkpoint, weights=args.weights, device=device or resolve_device(args.device))
     if not any_process:
         require_kind(loaded[0].process, ("sde",), f"scorelab {args.command} (Gaussian diffusion)",
-                     "a multinomial diffusion model samples (scorelab sample) and gives its bits/dim (scorelab nll)")
+                     "a categorical (multinomial or masked) diffusion model samples (scorelab sample) and gives its "
+                     "bits/dim (scorelab nll)")
     return loaded
 
 
@@ -331,7 +332,7 @@ def _nll(args: argparse.Namespace) -> None:
     import torch
 
     from .data import from_categories, to_categories, to_model_range, to_uint8
-    from .discrete import bits_per_dim as discrete_bits
+    from .discrete.likelihood import categorical_bits_per_dim as discrete_bits
     from .diffflow import trajectory_nll
     from .likelihood import dequantize, dequantized_bits_per_dim, ode_bits_per_dim
     from .processes import require_kind
@@ -353,7 +354,7 @@ def _nll(args: argparse.Namespace) -> None:
         args.method = "vlb" if discrete or model.process.has_kind("ddpm") else "ode"
     if discrete:
         if args.method != "vlb" or args.levels not in (256, levels):
-            raise ValueError(f"a multinomial model's bits/dim is its variational bound on its own {levels} "
+            raise ValueError(f"a categorical model's bits/dim is its variational bound on its own {levels} "
                              "categories: use --method vlb and drop --levels")
     elif args.method == "vlb":
         ddpm_of(model)

@@ -23,7 +23,7 @@ __all__ = ["vlb_term", "multinomial_loss", "bits_per_dim", "StepImportance"]
 
 
 def _check_model(model) -> None:
-    require_kind(model.process, ("categorical",), "this loss (multinomial diffusion's bound, MATH.md 10)")
+    require_kind(model.process, ("multinomial",), "this loss (multinomial diffusion's bound, MATH.md 10)")
 
 
 def vlb_term(model, x0: Tensor, t: Tensor, x_t: Tensor | None = None, noise=None,
@@ -194,8 +194,8 @@ def _importance(process: Process, *, step_sampling: str, **_) -> StepImportance 
 
 _OPTIONS = {"step_sampling": "importance"}
 register_objective("vlb", Objective("multinomial diffusion's variational bound (Hoogeboom et al. 2021; MATH.md 10)",
-                                    _bound, ("categorical",), {"ce_weight": 0.0, **_OPTIONS},
+                                    _bound, ("multinomial",), {"ce_weight": 0.0, **_OPTIONS},
                                     {"step_sampling": STEP_SAMPLING}, labels="argument", state=_importance))
 register_objective("vlb-ce", Objective("the bound plus D3PM's cross-entropy on x_0, lambda = 0.001 (Austin et al. "
-                                       "2021)", _bound, ("categorical",), {"ce_weight": 0.001, **_OPTIONS},
+                                       "2021)", _bound, ("multinomial",), {"ce_weight": 0.001, **_OPTIONS},
                                        {"step_sampling": STEP_SAMPLING}, labels="argument", state=_importance))

@@ -24,9 +24,10 @@ from ..models import NetworkModel, guide
 from ..noise import Randomness
 from ..networks import ARTransformer, as_network
 from ..processes import Process, require_kind
-from .process import _LOG_ZERO, MultinomialDiffusion, sample_categorical
+from .process import _LOG_ZERO, CategoricalProcess, MultinomialDiffusion, sample_categorical
 
-__all__ = ["CategoricalModel", "AutoregressiveModel", "CategoricalPrediction", "reverse_draw", "one_hot_input"]
+__all__ = ["CategoricalModel", "AutoregressiveModel", "CategoricalPrediction", "reverse_draw", "one_hot_input",
+           "network_logits", "finite_logits"]
 
 
 def one_hot_input(x: Tensor, num_states: int) -> Tensor:
@@ -39,7 +40,26 @@ def one_hot_input(x: Tensor, num_states: int) -> Tensor:
     return h.reshape(x.shape[0], -1)
 
 
-def _finite(logits: Tensor) -> Tensor:
+def network_logits(net: nn.Module, x_t: Tensor, c: Tensor, labels: Tensor | None,
+                   process: CategoricalProcess) -> Tensor:
+    """Logits of ``p(x_0 | x_t)`` from ``net(one_hot(x_t), c) -> (N, C*K, H, W)`` (``(N, D*K)`` for vectors),
+    shaped ``(*x_t.shape, K)``, or a one-line error naming the shape the network should have given."""
+    inp = one_hot_input(x_t, process.num_states)
+    out = net(inp, c) if labels is None else net(inp, c, labels)
+    k = process.num_categories
+    require(out.numel() == x_t.numel() * k, f"the network returned {tuple(out.shape)} for x_t of shape "
+            f"{tuple(x_t.shape)}: it must give K={k} logits per dimension ({x_t[0].numel() * k} per example)")
+    if x_t.ndim == 4:
+        n, _, h, w = out.shape
+        out = out.reshape(n, x_t.shape[1], k, h, w).permute(0, 1, 3, 4, 2)
+    else:
+        out = out.reshape(*x_t.shape, k)
+    require(out.shape == (*x_t.shape, k), f"the network returned logits of shape {tuple(out.shape)}, not "
+            f"{(*x_t.shape, k)}: it must give K={k} outputs per dimension")
+    return out
+
+
+def finite_logits(logits: Tensor) -> Tensor:
     """Logits to sample from, or the one-line error of a network that returned NaN or Inf (a draw from NaN
     logits would be category 0 everywhere, silently)."""
     if not bool(torch.isfinite(logits).all()):
@@ -71,7 +91,7 @@ class CategoricalPrediction:
 def reverse_draw(process: MultinomialDiffusion, x_t: Tensor, log_x0: Tensor, t: Tensor, s: Tensor,
                  noise: Randomness = None) -> Tensor:
     """``x_s ~ sum_{x_0} q(x_s | x_t, x_0) p(x_0 | x_t)`` per dimension, from ``log p(x_0 | x_t)`` (MATH.md 10)."""
-    return sample_categorical(_finite(process.log_posterior(x_t.long(), log_x0, t, s)), noise)
+    return sample_categorical(finite_logits(process.log_posterior(x_t.long(), log_x0, t, s)), noise)
 
 
 class _Discrete(NetworkModel):
@@ -81,7 +101,8 @@ class _Discrete(NetworkModel):
 
     def __init__(self, net: nn.Module, process: Process, *, num_classes: int | None = None,
                  data_shape: tuple[int, ...] | None = None):
-        require_kind(process, ("categorical",), "a categorical model", "use scorelab.Model for continuous data")
+        require_kind(process, ("multinomial",), "a multinomial diffusion model",
+                     "use scorelab.Model for continuous data, MaskedModel for masked diffusion")
         super().__init__(net, process, num_classes=num_classes, data_shape=data_shape)
 
     def _steps(self, t: int | Tensor, s: int | Tensor | None, like: Tensor) -> tuple[Tensor, Tensor]:
@@ -119,20 +140,7 @@ class CategoricalModel(_Discrete):
 
     def logits(self, x_t: Tensor, t: Tensor, labels: Tensor | None = None) -> Tensor:
         """:meth:`x0_logits` for checked states and steps ``(N,)`` (what an exported program computes)."""
-        c = self._condition(t).float()
-        inp = one_hot_input(x_t, self.process.num_states)
-        out = self.net(inp, c) if labels is None else self.net(inp, c, labels)
-        k = self.process.num_categories
-        require(out.numel() == x_t.numel() * k, f"the network returned {tuple(out.shape)} for x_t of shape "
-                f"{tuple(x_t.shape)}: it must give K={k} logits per dimension ({x_t[0].numel() * k} per example)")
-        if x_t.ndim == 4:
-            n, _, h, w = out.shape
-            out = out.reshape(n, x_t.shape[1], k, h, w).permute(0, 1, 3, 4, 2)
-        else:
-            out = out.reshape(*x_t.shape, k)
-        require(out.shape == (*x_t.shape, k), f"the network returned logits of shape {tuple(out.shape)}, not "
-                f"{(*x_t.shape, k)}: it must give K={k} outputs per dimension")
-        return out
+        return network_logits(self.net, x_t, self._condition(t).float(), labels, self.process)
 
     def log_x0(self, x_t: Tensor, t: Tensor, labels: Tensor | None = None) -> Tensor:
         """``log p(x_0 | x_t)`` over all S states (the [MASK] state, never data, gets log 0)."""
@@ -233,7 +241,7 @@ class AutoregressiveModel(_Discrete):
         x_s = torch.zeros_like(x_t, dtype=torch.long)
         flat = x_s.view(x_t.shape[0], -1)
         for i in range(flat.shape[1]):
-            log_p = self._normalized(_finite(network(flat)), x_t, t, s).reshape(x_t.shape[0], flat.shape[1], -1)
+            log_p = self._normalized(finite_logits(network(flat)), x_t, t, s).reshape(x_t.shape[0], flat.shape[1], -1)
             flat[:, i] = sample_categorical(log_p[:, i], generator)
         return x_s
 

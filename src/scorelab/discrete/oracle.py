@@ -8,7 +8,9 @@ never from the closed forms the library uses: the marginals ``q(x_t)``, the join
 * :meth:`CategoricalOracle.model`: the exact per-dimension ``p(x_{0,i} | x_t)`` in the library's
   factorized kernel: the best factorized reverse transition, wrong wherever dimensions depend on each other;
 * :meth:`CategoricalOracle.autoregressive_model`: the exact conditionals
-  ``q(x_{s,i} | x_{s,<i}, x_t)``, whose product is the joint kernel itself, so exact at every T.
+  ``q(x_{s,i} | x_{s,<i}, x_t)``, whose product is the joint kernel itself, so exact at every T;
+* :meth:`CategoricalOracle.masked_model`: masked diffusion's exact ``mu(x_t)^i = p_0(x_0^i | the unmasked
+  dimensions of x_t)`` (MATH.md 13), or any other table of conditionals given to it.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ import torch
 from torch import Tensor, nn
 
 from .._util import require
+from .masked import MaskedDiffusion
+from .masked_model import MaskedModel
 from .models import AutoregressiveModel, CategoricalModel
 from .process import MultinomialDiffusion
 
@@ -90,6 +94,24 @@ class CategoricalOracle:
         """The exact joint reverse kernel, written as conditionals in raster order."""
         return AutoregressiveModel(_OracleConditionals(self, process), process)
 
+    def masked_conditionals(self) -> Tensor:
+        """``log p_0(x_0^i = k | x_t's unmasked dimensions)`` for every joint state ``x_t`` over K + 1 states
+        (row-major, [MASK] = K), shape ``((K+1)^D, D, K)``; a state no ``x_0`` reaches gets uniform rows."""
+        k, d = self.num_categories, self.dims
+        x_t, x0 = self.states(k + 1), self.states(k)
+        agree = ((x_t[:, None, :] == k) | (x_t[:, None, :] == x0[None, :, :])).all(-1)     # (S^D, K^D)
+        w = agree.double() * self.probs.flatten()[None, :]
+        onehot = torch.nn.functional.one_hot(x0, k).double()                              # (K^D, D, K)
+        mu = torch.einsum("ba,aik->bik", w, onehot)
+        mu = torch.where(mu.sum(-1, keepdim=True) > 0, mu, torch.ones_like(mu))
+        return (mu / mu.sum(-1, keepdim=True)).clamp(min=1e-300).log().reshape((k + 1) ** d, d, k)
+
+    def masked_model(self, process: MaskedDiffusion, table: Tensor | None = None) -> MaskedModel:
+        """Masked diffusion's model from a table of ``log mu`` like :meth:`masked_conditionals` (default: that
+        exact one), read at ``x_t`` whatever ``t`` is."""
+        require(process.num_categories == self.num_categories, "the process's categories are not the oracle's")
+        return _MaskedOracle(self, process, self.masked_conditionals() if table is None else table)
+
 
 @lru_cache(maxsize=256)
 def _step_matrix(process: MultinomialDiffusion, t: int) -> Tensor:
@@ -151,3 +173,12 @@ class _OracleConditionals(nn.Module):
                 cond_i = cond_i.flatten(2).sum(2) if cond_i.ndim > 2 else cond_i                  # sum out x_{s,>i}
                 out[at, i] = cond_i.clamp(min=1e-300).log()
         return out
+
+
+class _MaskedOracle(MaskedModel):
+    def __init__(self, oracle: CategoricalOracle, process: MaskedDiffusion, table: Tensor):
+        super().__init__(nn.Identity(), process)
+        self.oracle, self.table = oracle, torch.as_tensor(table, dtype=torch.float64)
+
+    def logits(self, x_t: Tensor, t: Tensor, labels: Tensor | None = None) -> Tensor:
+        return self.table[self.oracle.index(x_t, self.process.num_states)]

@@ -29,7 +29,7 @@ from .._util import require
 from ..noise import Randomness, normal
 from ..processes import Process
 
-__all__ = ["MultinomialDiffusion", "KERNELS", "SCHEDULES", "log1mexp"]
+__all__ = ["CategoricalProcess", "MultinomialDiffusion", "KERNELS", "SCHEDULES", "log1mexp"]
 
 KERNELS = ("uniform", "absorbing")
 SCHEDULES = ("cosine", "linear")
@@ -62,7 +62,47 @@ def _alpha_bar(schedule: str, num_steps: int, kernel: str = "uniform") -> np.nda
     return out
 
 
-class MultinomialDiffusion(Process):
+class CategoricalProcess(Process):
+    """What every process on categories shares (MATH.md 10, 13): ``num_categories`` values ``0..K-1`` per
+    dimension, plus the [MASK] state ``K`` when the process absorbs into it (``mask_state``; ``num_states``
+    counts both), and the checks of data and states against them."""
+
+    num_categories: int
+    num_states: int
+    mask_state: int | None
+
+    def check_data(self, x0: Tensor, what: str = "data") -> Tensor:
+        """``x0`` as integer categories in ``0..K-1``, or a one-line error."""
+        x0 = torch.as_tensor(x0)
+        require(not x0.is_floating_point() or bool(torch.isfinite(x0).all()),
+                f"{what} for categorical diffusion holds NaN or Inf; it must be integer categories "
+                f"0..{self.num_categories - 1}")
+        require(not (x0.is_floating_point() or x0.is_complex()) or bool((x0 == x0.round()).all()),
+                f"{what} for categorical diffusion must be integer categories 0..{self.num_categories - 1}, got "
+                "fractional values; quantize them first (scorelab.data.to_categories)")
+        require(x0.dtype != torch.bool, f"{what} must be integer categories, got booleans; use x.long()")
+        x0 = x0.long()
+        if x0.numel():
+            lo, hi = int(x0.min()), int(x0.max())
+            if self.mask_state is not None and hi == self.mask_state:
+                raise ValueError(f"{what} holds the value {self.mask_state}, the absorbing kernel's [MASK] state; "
+                                 f"data takes the categories 0..{self.num_categories - 1} only")
+            require(lo >= 0 and hi < self.num_categories, f"{what} values must lie in 0..{self.num_categories - 1} "
+                    f"(num_categories={self.num_categories}), got {lo}..{hi}")
+        return x0
+
+    def check_states(self, x: Tensor, what: str = "x_t") -> Tensor:
+        """States ``x`` as integers in ``0..S-1`` (data or [MASK]), or a one-line error."""
+        x = torch.as_tensor(x)
+        require(not x.is_floating_point() or bool((torch.isfinite(x) & (x == x.round())).all()),
+                f"{what} must hold integer states 0..{self.num_states - 1}, got fractional or non-finite values")
+        x = x.long()
+        require(x.numel() == 0 or (int(x.min()) >= 0 and int(x.max()) < self.num_states),
+                f"{what} must hold states 0..{self.num_states - 1} (K={self.num_categories}"
+                f"{' and [MASK]' if self.mask_state is not None else ''}), got {int(x.min())}..{int(x.max())}")
+        return x
+
+class MultinomialDiffusion(CategoricalProcess):
     """Categorical diffusion over ``num_categories`` values per dimension (MATH.md 10).
 
     Args:
@@ -73,7 +113,7 @@ class MultinomialDiffusion(Process):
     """
 
     #: A categorical process: there is no Gaussian kernel, eps or score.
-    kinds = ("categorical",)
+    kinds = ("categorical", "multinomial")
 
     def __init__(self, num_categories: int, num_steps: int = 1000, schedule: str = "cosine",
                  kernel: str = "uniform"):
@@ -105,37 +145,6 @@ class MultinomialDiffusion(Process):
     @property
     def alpha_bar(self) -> Tensor:
         return self.log_alpha_bar.exp()
-
-    def check_data(self, x0: Tensor, what: str = "data") -> Tensor:
-        """``x0`` as integer categories in ``0..K-1``, or a one-line error."""
-        x0 = torch.as_tensor(x0)
-        require(not x0.is_floating_point() or bool(torch.isfinite(x0).all()),
-                f"{what} for multinomial diffusion holds NaN or Inf; it must be integer categories "
-                f"0..{self.num_categories - 1}")
-        require(not (x0.is_floating_point() or x0.is_complex()) or bool((x0 == x0.round()).all()),
-                f"{what} for multinomial diffusion must be integer categories 0..{self.num_categories - 1}, got "
-                "fractional values; quantize them first (scorelab.data.to_categories)")
-        require(x0.dtype != torch.bool, f"{what} must be integer categories, got booleans; use x.long()")
-        x0 = x0.long()
-        if x0.numel():
-            lo, hi = int(x0.min()), int(x0.max())
-            if self.mask_state is not None and hi == self.mask_state:
-                raise ValueError(f"{what} holds the value {self.mask_state}, the absorbing kernel's [MASK] state; "
-                                 f"data takes the categories 0..{self.num_categories - 1} only")
-            require(lo >= 0 and hi < self.num_categories, f"{what} values must lie in 0..{self.num_categories - 1} "
-                    f"(num_categories={self.num_categories}), got {lo}..{hi}")
-        return x0
-
-    def check_states(self, x: Tensor, what: str = "x_t") -> Tensor:
-        """States ``x`` as integers in ``0..S-1`` (data or [MASK]), or a one-line error."""
-        x = torch.as_tensor(x)
-        require(not x.is_floating_point() or bool((torch.isfinite(x) & (x == x.round())).all()),
-                f"{what} must hold integer states 0..{self.num_states - 1}, got fractional or non-finite values")
-        x = x.long()
-        require(x.numel() == 0 or (int(x.min()) >= 0 and int(x.max()) < self.num_states),
-                f"{what} must hold states 0..{self.num_states - 1} (K={self.num_categories}"
-                f"{' and [MASK]' if self.mask_state is not None else ''}), got {int(x.min())}..{int(x.max())}")
-        return x
 
     def _steps(self, t: int | Tensor, like: Tensor) -> Tensor:
         t = torch.as_tensor(t, device=like.device)

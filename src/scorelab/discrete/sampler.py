@@ -36,7 +36,8 @@ def multinomial_ancestral(model, shape_or_x: Sequence[int] | Tensor, steps: int 
     transition for an autoregressive model, which draws dimension by dimension).
     """
     process = model.process
-    require_kind(process, ("categorical",), "multinomial ancestral sampling", "use 'ancestral'")
+    require_kind(process, ("multinomial",), "multinomial ancestral sampling",
+                 "use 'ancestral' (or 'masked' for masked diffusion)")
     device = device_and_dtype(model)[0]
     if isinstance(shape_or_x, Tensor):
         x = process.check_states(shape_or_x, "x_T").to(device)
@@ -65,7 +66,7 @@ def multinomial_ancestral(model, shape_or_x: Sequence[int] | Tensor, steps: int 
     return SampleResult(from_categories(x, process.num_categories), steps * per_call, states=x)
 
 
-register_sampler("multinomial", multinomial_ancestral, kinds=("categorical",), cost=lambda s, p, o: s,
+register_sampler("multinomial", multinomial_ancestral, kinds=("multinomial",), cost=lambda s, p, o: s,
                  default_steps=lambda p: p.num_steps,
                  describe="ancestral sampling of multinomial diffusion (Hoogeboom et al. 2021), factorized or "
                  "autoregressive transitions; steps = a subsequence of the T steps (default all; D calls each when "

@@ -280,7 +280,8 @@ def _load_for_evaluation(checkpoint: str | Path, config: EvalConfig, device: tor
 
     model, spec, ckpt = load_model(checkpoint, device=device)
     require_kind(model.process, ("sde",), "scorelab evaluate (Gaussian diffusion)",
-                 "a multinomial diffusion model samples (scorelab sample) and gives its bits/dim (scorelab nll)")
+                 "a categorical (multinomial or masked) diffusion model samples (scorelab sample) and gives its "
+                 "bits/dim (scorelab nll)")
     require(len(spec.data_shape) == 3, "evaluate scores image models; this checkpoint models points")
     data_spec = config.data or ckpt.config.get("train", {}).get("data")
     require(bool(data_spec), "the checkpoint does not name its data set; pass --data")

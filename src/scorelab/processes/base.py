@@ -5,7 +5,9 @@ Every noise process declares what it is in :attr:`Process.kinds`, most specific 
 * ``"affine"``: an SDE whose marginal is ``x_t = a(t) x0 + s(t) eps`` (:class:`~scorelab.processes.NoiseProcess`:
   VP, sub-VP, VE, and their grids DDPM (also ``"ddpm"``) and NCSN (also ``"ncsn"``));
 * ``"sde"``: an SDE with any drift (:class:`~scorelab.processes.GeneralSDE`); affine processes are SDEs too;
-* ``"categorical"``: diffusion on categories (:class:`scorelab.discrete.MultinomialDiffusion`).
+* ``"categorical"``: diffusion on categories: multinomial diffusion's discrete-time chain (also
+  ``"multinomial"``, :class:`scorelab.discrete.MultinomialDiffusion`) or masked diffusion in continuous time
+  (also ``"masked"``, :class:`scorelab.discrete.MaskedDiffusion`).
 
 Code that needs a kind asks :func:`require_kind` (one error that says what is needed and what to use
 instead) or :meth:`Process.has_kind`; nothing probes a process for methods. :class:`SDE` is the base of
@@ -31,7 +33,9 @@ __all__ = ["Process", "SDE", "KINDS", "require_kind", "kind_error", "SIMULATE_ST
 KINDS: dict[str, str] = {
     "affine": "an affine process (x_t = a(t) x0 + s(t) eps: DDPM, NCSN, VP, sub-VP, VE)",
     "sde": "an SDE (a drift and a diffusion)",
-    "categorical": "a categorical process (multinomial diffusion)",
+    "categorical": "a categorical process (multinomial or masked diffusion)",
+    "multinomial": "a categorical process in discrete time (multinomial diffusion)",
+    "masked": "a categorical process in continuous time (masked diffusion)",
     "ddpm": "DDPM's discrete chain",
     "ncsn": "NCSN's noise ladder",
 }

@@ -35,7 +35,8 @@ from .spec import ModelSpec
 __all__ = ["export_model", "EXPORTED"]
 
 #: What the exported program of each parameterization gives.
-EXPORTED = {"score": "x0 (affine process) or score (general SDE)", "energy": "energy", "categorical": "x0_logits"}
+EXPORTED = {"score": "x0 (affine process) or score (general SDE)", "energy": "energy", "categorical": "x0_logits",
+            "masked": "x0_logits"}
 
 
 class _Program(nn.Module):
@@ -72,6 +73,9 @@ def _example(model: NetworkModel, spec: ModelSpec, batch: int) -> tuple[Tensor, 
     if model.parameterization == "categorical":
         x = torch.zeros(shape, dtype=torch.long, device=device)
         t = torch.ones(batch, dtype=torch.long, device=device)
+    elif model.parameterization == "masked":
+        x = torch.zeros(shape, dtype=torch.long, device=device)
+        t = torch.full((batch,), 0.5, dtype=torch.float64, device=device)
     else:
         x = torch.randn(shape, generator=torch.Generator().manual_seed(0)).to(device)
         t = torch.full((batch,), 0.5, dtype=torch.float64, device=device)
@@ -102,7 +106,7 @@ def export_model(model: NetworkModel, spec: ModelSpec, path: str | Path) -> Path
     about: dict[str, Any] = {
         "inputs": {"x": f"(N, {', '.join(map(str, spec.data_shape))}) "
                         + ("integer states" if output == "x0_logits" else "float32, on the data's scale [-1, 1]"),
-                   "t": "(N,) " + ("integer steps 1..T" if output == "x0_logits" else
+                   "t": "(N,) " + ("integer steps 1..T" if spec.parameterization == "categorical" else
                                    "float64 times in [0, 1] of the process (DDPM's step i at i / T)")},
         "output": output, "process": spec.process, "data_shape": list(spec.data_shape),
         "parameterization": spec.parameterization, "classes": spec.classes,

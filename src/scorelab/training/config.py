@@ -87,6 +87,11 @@ FRAMEWORKS: dict[str, Framework] = {
     "multinomial": Framework("Hoogeboom et al. 2021", {"name": "multinomial", "num_steps": 1000, "schedule": "cosine",
                                                        "kernel": "uniform"},
                              None, "vlb", 2e-4, 1000, 1.0, 0.9999, "sinusoidal", None, "multinomial"),
+    # Shi et al. 2024 (MD4) and Sahoo et al. 2024 (MDLM), masked diffusion in continuous time (MATH.md 13): the linear
+    # schedule alpha_t = 1 - t, the weighted cross-entropy on masked pixels with low-discrepancy times, SUBS, a
+    # network that is not told t (MDLM); optimisation as multinomial diffusion's, for a like-for-like comparison.
+    "masked": Framework("Shi et al. 2024, Sahoo et al. 2024", {"name": "masked", "schedule": "linear"},
+                        None, "masked", 2e-4, 1000, 1.0, 0.9999, "sinusoidal", None, "masked"),
     # Zhang & Chen 2021 (DiffFlow, MATH.md 11): the drift and the score are both networks, trained together by the
     # path KL (eq. 16) on N = 30 steps of t_i = (i/N)^0.9 T, T = 0.05, g = 1 (their images' settings), each
     # example's grid jittered as their code does; Adam 2e-4 for both networks (their MNIST and CIFAR-10
@@ -130,7 +135,8 @@ class TrainConfig:
 
     framework: str = _opt("ddpm", "ddpm: Ho et al. 2020; ncsn: Song & Ermon 2019; vp/subvp/ve: Song et al. "
                           "2021; edm: Karras et al. 2022; sde: a non-affine SDE by sliced score matching; multinomial: "
-                          "categorical pixels (Hoogeboom et al. 2021); diffflow: a learned forward SDE (Zhang & Chen "
+                          "categorical pixels (Hoogeboom et al. 2021); masked: masked diffusion in continuous time (Shi et al. 2024, "
+                          "Sahoo et al. 2024); diffflow: a learned forward SDE (Zhang & Chen "
                           "2021); classifier: classifier guidance's classifier "
                           "(scorelab train-classifier)", choices=tuple(sorted(FRAMEWORKS)))
     data: str = _opt("digits", DATASET_HELP)
@@ -158,7 +164,7 @@ class TrainConfig:
     parameterization: str = _opt("score", "score: the network predicts --target; energy: it gives an energy "
                                  "E = |x - net(x, t)|^2 / 2 whose gradient is eps (Salimans & Ho 2021; Du et al. "
                                  "2023), for Metropolis-corrected sampling and composition", choices=("score", "energy"))
-    categories: int | None = _opt(None, "multinomial: categories per pixel, evenly spaced grey levels (default: "
+    categories: int | None = _opt(None, "multinomial, masked: categories per pixel, evenly spaced grey levels (default: "
                                   "17 for digits, 256 for 8-bit images; 2 binarizes)")
     transitions: str = _opt("factorized", "multinomial: reverse transitions factorized over pixels (Hoogeboom et "
                             "al. 2021) or autoregressive over them (Esser et al. 2021)",
@@ -222,7 +228,7 @@ class TrainConfig:
             fits = [name for name, o in sorted(OBJECTIVES.items())
                     if process.has_kind(*o.kinds) and (o.labels == "target") == (chosen.labels == "target")
                     and process.has_kind("learned") == ("learned" in o.kinds)]
-            frameworks = [name for name, kind in _framework_kinds().items() if kind in chosen.kinds]
+            frameworks = [name for name, kinds in _framework_kinds().items() if set(kinds) & set(chosen.kinds)]
             raise kind_error(process, chosen.kinds, f"the loss {loss!r}",
                              (f"use --framework {' or '.join(frameworks)}, or " if frameworks else "use ")
                              + f"a loss for this process: --loss {' or '.join(fits)}")
@@ -236,8 +242,10 @@ class TrainConfig:
                     "drop --parameterization, --target and --class-conditional")
         categorical = process.has_kind("categorical")
         if categorical:
-            require(self.parameterization == "score" and self.target is None, "multinomial diffusion's network "
+            require(self.parameterization == "score" and self.target is None, "categorical diffusion's network "
                     "predicts x_0's categories: drop --parameterization and --target")
+            require(self.transitions == "factorized" or process.has_kind("multinomial"), "autoregressive "
+                    "transitions are multinomial diffusion's: drop --transitions, or use --framework multinomial")
             require(not self.class_conditional or self.transitions == "factorized", "class conditioning is built "
                     "for factorized transitions (their network reads labels); drop --class-conditional, or use "
                     "--transitions factorized")
@@ -246,7 +254,7 @@ class TrainConfig:
                     "--loss vlb")
         else:
             require(self.categories is None and self.transitions == "factorized",
-                    "--categories and --transitions are for --framework multinomial (categorical data)")
+                    "--categories and --transitions are for --framework multinomial or masked (categorical data)")
             if self.resolved("target") != "score" and self.parameterization == "score":
                 require_kind(process, ("affine",), f"the {self.resolved('target')} target (a(t), s(t))",
                              "use --target score")
@@ -301,9 +309,9 @@ class TrainConfig:
         return replace(self, **changes)
 
 
-def _framework_kinds() -> dict[str, str]:
-    """Each framework's process kind (for the error that names the frameworks a loss fits)."""
-    return {name: make_process(TrainConfig(framework=name)).kind for name, fw in sorted(FRAMEWORKS.items())
+def _framework_kinds() -> dict[str, tuple[str, ...]]:
+    """Each framework's process kinds (for the error that names the frameworks a loss fits)."""
+    return {name: make_process(TrainConfig(framework=name)).kinds for name, fw in sorted(FRAMEWORKS.items())
             if fw.process is not None}
 
 
@@ -321,15 +329,16 @@ def make_process(config: TrainConfig) -> Process:
     options = {k: v for k, v in (framework or {}).items() if k != "name"} if framework and name == framework["name"] \
         else {}
     options.update(config.process_options)
-    if name == "multinomial":                       # categorical data's own settings (MATH.md 10)
+    if name in ("multinomial", "masked"):           # categorical data's own settings (MATH.md 10, 13)
         options.setdefault("num_categories", num_categories(config))
-        if config.transitions == "autoregressive" and "num_steps" not in config.process_options:
+        if name == "multinomial" and config.transitions == "autoregressive" \
+                and "num_steps" not in config.process_options:
             options["num_steps"] = AUTOREGRESSIVE_STEPS
     return process_from_config({"name": name, **options})
 
 
 def num_categories(config: TrainConfig) -> int:
-    """Multinomial diffusion's K: ``--categories``, else the data's grey levels (17 for digits, 256 for 8-bit)."""
+    """Categorical diffusion's K: ``--categories``, else the data's grey levels (17 for digits, 256 for 8-bit)."""
     from ..data import DIGITS_LEVELS
 
     if config.categories is not None:
@@ -352,9 +361,9 @@ def _classes(config: TrainConfig, data: ImageSet | np.ndarray) -> list[str] | No
 
 
 def _discrete_spec(config: TrainConfig, data: ImageSet | np.ndarray, process: Any) -> ModelSpec:
-    """Multinomial diffusion's model: a U-Net from one-hot x_t to x_0's logits, or the autoregressive
-    Transformer over the flattened pixels (MATH.md 10)."""
-    require(isinstance(data, ImageSet), "multinomial diffusion here trains on images (categories per pixel); "
+    """A categorical model: a U-Net from one-hot x_t to x_0's logits (multinomial diffusion's, or masked
+    diffusion's, not told t; MATH.md 10, 13), or the autoregressive Transformer over the flattened pixels."""
+    require(isinstance(data, ImageSet), "categorical diffusion here trains on images (categories per pixel); "
             "for point data use scorelab.discrete directly")
     shape, states = data.shape, process.num_states
     classes = _classes(config, data)
@@ -369,14 +378,15 @@ def _discrete_spec(config: TrainConfig, data: ImageSet | np.ndarray, process: An
         kind = "autoregressive"
     else:
         preset = _auto_preset(shape) if config.network == "auto" else config.network
-        require(preset != "mlp", "multinomial diffusion's factorized model is a U-Net; choose a preset")
+        require(preset != "mlp", "categorical diffusion's factorized model is a U-Net; choose a preset")
         options = {"embedding": "sinusoidal", "embedding_scale": None, "image_size": shape[1],
                    "in_channels": shape[0] * states, "out_channels": shape[0] * process.num_categories,
                    "num_classes": len(classes) if classes else 0, **config.network_options}
         network = _unet(preset, options, config.network_options)
-        kind = "categorical"
+        kind = "masked" if process.has_kind("masked") else "categorical"
     return ModelSpec(network=network, process=process.config(), target="x_prev" if kind == "autoregressive" else "x0",
-                     condition="index", data_shape=tuple(shape), classes=classes, parameterization=kind)
+                     condition="none" if kind == "masked" else "index", data_shape=tuple(shape), classes=classes,
+                     parameterization=kind)
 
 
 def _unet(preset: str, options: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:

@@ -15,9 +15,11 @@ from .plots import plot_points
 
 __all__ = ["save_preview", "PREVIEW_SAMPLERS"]
 
-#: The sampler of the grids, by the process's kind: DDIM (eta = 0, MATH.md 5), Euler-Maruyama on a general
-#: SDE (MATH.md 7), multinomial diffusion's chain (MATH.md 10), DiffFlow's backward chain (MATH.md 11).
-PREVIEW_SAMPLERS = {"affine": "ddim", "sde": "em", "categorical": "multinomial", "learned": "diffflow"}
+#: The sampler of the grids, by the first of the process's kinds found here: DDIM (eta = 0, MATH.md 5),
+#: Euler-Maruyama on a general SDE (MATH.md 7), multinomial diffusion's chain (MATH.md 10), masked diffusion's
+#: (MATH.md 13), DiffFlow's backward chain (MATH.md 11).
+PREVIEW_SAMPLERS = {"affine": "ddim", "sde": "em", "multinomial": "multinomial", "masked": "masked",
+                    "learned": "diffflow"}
 
 
 @torch.no_grad()
@@ -37,12 +39,13 @@ def save_preview(model: Any, spec: ModelSpec, step: int, out: Path, *, num: int 
     if process.has_kind("ddpm"):
         steps = min(steps, process.num_steps)
     chosen: int | None = steps
-    if process.has_kind("categorical") and (not model.factorized or process.num_steps <= steps):
+    if process.has_kind("multinomial") and (not model.factorized or process.num_steps <= steps):
         chosen = None                                    # every step (an autoregressive model takes no fewer)
     if process.has_kind("learned"):
         chosen = None                                    # DiffFlow's chain on the grid it was trained on
     noise = torch.Generator(device).manual_seed(seed)
-    x = sample(m, shape, PREVIEW_SAMPLERS[process.kind], chosen, noise=noise).samples
+    name = next(PREVIEW_SAMPLERS[k] for k in process.kinds if k in PREVIEW_SAMPLERS)
+    x = sample(m, shape, name, chosen, noise=noise).samples
     path = Path(out) / "samples" / f"step-{step:08d}.png"
     if len(spec.data_shape) == 1:
         return plot_points(x.float().cpu().numpy(), path, title=f"step {step}")

@@ -1,0 +1,129 @@
+"""The bound of masked diffusion (MATH.md 13): in continuous time a weighted cross-entropy on the masked
+dimensions only (Shi et al. 2024, MD4; Sahoo et al. 2024, MDLM),
+
+    -log p(x_0) <= L = int_0^1 w(t) E_{q(x_t | x_0)} [ sum_{i: x_t^i = m} -log mu_theta(x_t, t)^i[x_0^i] ] dt,
+
+``w(t) = -alpha'_t / (1 - alpha_t)``; with T steps ``s_i = (i - 1)/T < t_i = i/T`` the discrete-time bound
+``L_T = sum_i (alpha_s - alpha_t) / (1 - alpha_t) E[...at t_i]`` (each term the KL of one reverse step),
+which decreases to ``L`` as T grows. Both are estimated without bias from draws of ``t`` and ``x_t``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from .._util import require
+from ..noise import Randomness, normal
+from ..objectives import Objective, register_objective
+from ..processes import Process, require_kind
+from .masked import MaskedDiffusion
+
+__all__ = ["masked_cross_entropy", "masked_loss", "masked_bits_per_dim", "masked_discrete_bound", "draw_times",
+           "TIME_SAMPLING"]
+
+#: How the training times of a batch are drawn: MD4's low-discrepancy draws ``t_i = 1 - frac(u + i / N)`` (one
+#: uniform ``u`` per batch, the batch spread evenly over [0, 1]) or independently.
+TIME_SAMPLING = ("low-discrepancy", "uniform")
+
+
+def _uniforms(n: int, noise: Randomness, device: torch.device | str) -> Tensor:
+    """``n`` uniforms on ``[0, 1)`` from a generator or the trainer's batch noise (through the normal CDF)."""
+    u = torch.special.ndtr(normal((n,), noise, device=device, dtype=torch.float64))
+    return u.clamp(max=1 - 2 ** -40)
+
+
+def draw_times(n: int, noise: Randomness = None, device: torch.device | str = "cpu",
+               time_sampling: str = "low-discrepancy") -> Tensor:
+    """``n`` times in ``(0, 1]`` (never 0, where the weight is infinite), each marginally uniform: MD4's
+    low-discrepancy draws or independent ones (:data:`TIME_SAMPLING`)."""
+    require(time_sampling in TIME_SAMPLING, f"unknown time_sampling {time_sampling!r}; choose one of {TIME_SAMPLING}")
+    if time_sampling == "uniform":
+        return 1 - _uniforms(n, noise, device)
+    u = _uniforms(1, noise, device)
+    return 1 - torch.remainder(u + torch.arange(n, device=device, dtype=torch.float64) / n, 1.0)
+
+
+def _check_model(model) -> MaskedDiffusion:
+    require_kind(model.process, ("masked",), "this bound (masked diffusion's, MATH.md 13)",
+                 "use --loss vlb for multinomial diffusion")
+    return model.process
+
+
+def masked_cross_entropy(model, x0: Tensor, x_t: Tensor, t: Tensor, labels: Tensor | None = None) -> Tensor:
+    """``sum_{i: x_t^i = m} -log mu_theta(x_t, t)^i[x_0^i]`` per example (nats), float64."""
+    process = model.process
+    log_mu = model.log_x0(x_t, t, labels)
+    masked = x_t == process.mask_state
+    nll = -log_mu.gather(-1, x0.unsqueeze(-1)).squeeze(-1)
+    return torch.where(masked, nll, 0.0).flatten(1).sum(1)
+
+
+def masked_loss(model, x0: Tensor, *, t: Tensor | None = None, noise: Randomness = None,
+                labels: Tensor | None = None, time_sampling: str = "low-discrepancy",
+                reduction: str = "mean") -> Tensor:
+    """The continuous-time bound estimated per example from one ``t`` and one ``x_t``:
+    ``w(t) * sum_masked -log mu_theta[x_0]`` (unbiased for ``L``). ``t`` drawn by ``time_sampling`` unless given.
+    ``reduction="mean"`` gives nats per dimension, ``"sum"`` nats per example."""
+    process = _check_model(model)
+    require(reduction in ("mean", "sum"), f"unknown reduction {reduction!r}; choose 'mean' or 'sum'")
+    x0 = process.check_data(x0)
+    t = draw_times(x0.shape[0], noise, x0.device, time_sampling) if t is None else process.times(t, x0)
+    x_t = process.sample_marginal(x0, t, noise)
+    loss = process.weight(t) * masked_cross_entropy(model, x0, x_t, t, labels)
+    return (loss / x0[0].numel() if reduction == "mean" else loss).float()
+
+
+@torch.no_grad()
+def masked_bits_per_dim(model, x0: Tensor, noise: Randomness = None, labels: Tensor | None = None,
+                        draws: int = 128) -> Tensor:
+    """The continuous-time bound in bits per dimension, per example: the mean of ``draws`` terms at stratified
+    times ``t_j = 1 - (j + u_j) / draws`` (one ``x_t`` each; unbiased), divided by ``D ln 2``."""
+    process = _check_model(model)
+    require(isinstance(draws, int) and draws >= 1, f"draws must be a positive integer, got {draws!r}")
+    x0 = process.check_data(x0)
+    total = torch.zeros(x0.shape[0], dtype=torch.float64, device=x0.device)
+    for j in range(draws):
+        t = 1 - (j + _uniforms(x0.shape[0], noise, x0.device)) / draws
+        x_t = process.sample_marginal(x0, t, noise)
+        total += process.weight(t) * masked_cross_entropy(model, x0, x_t, t, labels)
+    return total / draws / (x0[0].numel() * math.log(2))
+
+
+@torch.no_grad()
+def masked_discrete_bound(model, x0: Tensor, steps: int, noise: Randomness = None,
+                          labels: Tensor | None = None) -> Tensor:
+    """``L_T`` per example (nats) with T = ``steps`` even steps, one ``x_t`` per step (unbiased): the bound of
+    the T-step sampler (MATH.md 13)."""
+    process = _check_model(model)
+    require(isinstance(steps, int) and steps >= 1, f"steps must be a positive integer, got {steps!r}")
+    x0 = process.check_data(x0)
+    total = torch.zeros(x0.shape[0], dtype=torch.float64, device=x0.device)
+    for i in range(1, steps + 1):
+        t = torch.full((x0.shape[0],), i / steps, dtype=torch.float64, device=x0.device)
+        x_t = process.sample_marginal(x0, t, noise)
+        reveal = process.reveal_probability(t, torch.full_like(t, (i - 1) / steps))
+        total += reveal * masked_cross_entropy(model, x0, x_t, t, labels)
+    return total
+
+
+def _bound(model, x0: Tensor, *, t: Tensor, randomness: Randomness, time_sampling: str,
+           labels: Tensor | None = None, **_) -> Tensor:
+    """The trainer's bound on the batch's grey levels as categories (MATH.md 13)."""
+    from ..data import to_categories
+
+    return masked_loss(model, to_categories(x0, model.process.num_categories), t=t, noise=randomness,
+                       labels=labels, time_sampling=time_sampling)
+
+
+def _times(process: Process, n: int, generator: torch.Generator | None, device, *, time_sampling: str,
+           **_) -> Tensor:
+    return draw_times(n, generator, device if device is not None else "cpu", time_sampling)
+
+
+register_objective("masked", Objective("masked diffusion's continuous-time bound, a weighted cross-entropy on the "
+                                       "masked dimensions (Shi et al. 2024; Sahoo et al. 2024; MATH.md 13)",
+                                       _bound, ("masked",), {"time_sampling": "low-discrepancy"},
+                                       {"time_sampling": TIME_SAMPLING}, times=_times, labels="argument"))
