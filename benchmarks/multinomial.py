@@ -85,7 +85,7 @@ def training_seconds(run: str) -> float | None:
 
 DRAWS = {"ddpm": {"ddpm_ancestral": ("ancestral", None), "ddpm_dpm++2m": ("dpm++2m", 20)},
          "absorbing": {"absorbing": ("multinomial", None)},
-         "masked": {"masked": ("masked", None), "masked_1000": ("masked", 1000)},
+         "masked": {"masked": ("masked", 256), "masked_1000": ("masked", 1000)},
          "autoregressive": {"autoregressive": ("multinomial", None)},
          "factorized_uniform_t": {}}
 

@@ -20,7 +20,7 @@ from ..samplers import SampleResult, register_sampler
 from ..samplers._common import Callback, call_back
 from ..samplers.grids import check_times
 from .models import finite_logits
-from .process import sample_categorical
+from .process import initial_states, sample_categorical
 
 __all__ = ["masked_ancestral", "DEFAULT_STEPS"]
 
@@ -55,12 +55,7 @@ def masked_ancestral(model, shape_or_x: Sequence[int] | Tensor, steps: int | Non
     process = model.process
     require_kind(process, ("masked",), "masked diffusion sampling", "use 'multinomial' for multinomial diffusion")
     device = device_and_dtype(model)[0]
-    if isinstance(shape_or_x, Tensor):
-        x = process.check_states(shape_or_x, "x_t").to(device)
-    else:
-        shape = tuple(shape_or_x)
-        require(len(shape) >= 2, f"shape must include the batch, e.g. (16, 1, 8, 8); got {shape}")
-        x = process.prior_sample(shape, device=device)
+    x = initial_states(process, shape_or_x, noise, device)
     grid = _grid(steps, times).to(device)
     n = x.shape[0]
     calls = torch.zeros(n, dtype=torch.long, device=device)

@@ -256,6 +256,16 @@ class MultinomialDiffusion(CategoricalProcess):
         return (u * self.num_steps).long().clamp(max=self.num_steps - 1).add(1).to(device)
 
 
+def initial_states(process: CategoricalProcess, shape_or_x: Sequence[int] | Tensor, noise: Randomness,
+                   device: torch.device | str) -> Tensor:
+    """A categorical sampler's start: the given states, checked, or ``(N, *dims)`` drawn from the prior."""
+    if isinstance(shape_or_x, Tensor):
+        return process.check_states(shape_or_x, "the starting states").to(device)
+    shape = tuple(shape_or_x)
+    require(len(shape) >= 2, f"shape must include the batch, e.g. (16, 1, 8, 8); got {shape}")
+    return process.prior_sample(shape, noise, device=device)
+
+
 def categorical_kl(log_p: Tensor, log_q: Tensor) -> Tensor:
     """``KL(p || q)`` over the last axis, from logs (zero-probability states of ``p`` add nothing)."""
     p = log_p.exp()

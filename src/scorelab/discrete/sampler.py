@@ -17,6 +17,7 @@ from ..samplers import SampleResult, register_sampler
 from ..samplers._common import Callback, call_back
 from ..samplers.grids import check_times, step_grid
 from .models import AutoregressiveModel, reverse_draw
+from .process import initial_states
 
 __all__ = ["multinomial_ancestral"]
 
@@ -39,12 +40,7 @@ def multinomial_ancestral(model, shape_or_x: Sequence[int] | Tensor, steps: int 
     require_kind(process, ("multinomial",), "multinomial ancestral sampling",
                  "use 'ancestral' (or 'masked' for masked diffusion)")
     device = device_and_dtype(model)[0]
-    if isinstance(shape_or_x, Tensor):
-        x = process.check_states(shape_or_x, "x_T").to(device)
-    else:
-        shape = tuple(shape_or_x)
-        require(len(shape) >= 2, f"shape must include the batch, e.g. (16, 1, 8, 8); got {shape}")
-        x = process.prior_sample(shape, noise, device=device)
+    x = initial_states(process, shape_or_x, noise, device)
     autoregressive = isinstance(model, AutoregressiveModel)
     if times is not None:
         grid = (check_times(times) * process.num_steps).round().long().tolist()
