@@ -202,7 +202,8 @@ def render(rows: dict, floor: dict, env: dict, variance: dict | None = None) -> 
                  f"{floor['two_sample_accuracy']:.2f} | | | |")
     if variance:
         d3pm, masked = variance["d3pm_absorbing"], variance["masked"]
-        lines += ["", "Bound estimators at one network call per digit (1,024 training digits, 40 draws; nats per digit): "
+        lines += ["", "Bound estimators at one network call per digit (1,024 training digits, 40 draws; nats per "
+                  "digit): "
                   f"D3PM absorbing mean {d3pm['mean']:.1f}, variance {d3pm['per_digit_variance']:.1f} per digit and "
                   f"{d3pm['batch_mean_variance']:.3f} for a batch mean of 128; masked mean {masked['mean']:.1f}, "
                   f"variance {masked['per_digit_variance']:.1f} and {masked['batch_mean_variance']:.3f} "

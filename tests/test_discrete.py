@@ -380,7 +380,8 @@ def test_classifier_free_guidance_of_a_categorical_model_draws_the_guided_poster
     diffusion at T = 1, masked diffusion from all [MASK] to t = 0)."""
     from torch import nn
 
-    from scorelab.discrete import CategoricalModel, MaskedDiffusion, MaskedModel, masked_ancestral, multinomial_ancestral
+    from scorelab.discrete import (CategoricalModel, MaskedDiffusion, MaskedModel, masked_ancestral,
+                                   multinomial_ancestral)
     from scorelab.models import ClassifierFreeGuidance
 
     states = K + (kind == "masked")
@@ -396,7 +397,8 @@ def test_classifier_free_guidance_of_a_categorical_model_draws_the_guided_poster
             return self.table[labels + 1] + inp @ self.mix
 
     if kind == "masked":
-        model, sampler = MaskedModel(Net(), MaskedDiffusion(K), num_classes=2, data_shape=(2 * states,)), masked_ancestral
+        model = MaskedModel(Net(), MaskedDiffusion(K), num_classes=2, data_shape=(2 * states,))
+        sampler = masked_ancestral
     else:
         model = CategoricalModel(Net(), MultinomialDiffusion(K, 1), num_classes=2, data_shape=(2 * K,))
         sampler = multinomial_ancestral

@@ -19,7 +19,7 @@ from scipy import integrate
 
 from scorelab.discrete import (CategoricalOracle, MaskedDiffusion, masked_ancestral, masked_discrete_bound,
                                masked_loss)
-from scorelab.discrete.masked_loss import draw_times
+from scorelab.discrete.masked import draw_times
 
 K, D = 3, 3
 MASK = K

@@ -7,7 +7,8 @@ argument, never global).
 * :class:`BatchNoise`: every draw made for a whole global batch and these rows kept, so a row's numbers do
   not depend on how the batch is split over processes; the trainer's.
 
-:func:`normal` draws from any of them (``None``: the global generator).
+:func:`normal` draws from any of them (``None``: the global generator); :func:`uniform` turns those draws into
+uniforms through the normal CDF, so that they too follow the rows.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from torch import Tensor
 
 from ._util import require
 
-__all__ = ["Noise", "PerSampleNoise", "BatchNoise", "Randomness", "normal", "randn_like"]
+__all__ = ["Noise", "PerSampleNoise", "BatchNoise", "Randomness", "normal", "uniform", "randn_like"]
 
 
 class Noise(ABC):
@@ -46,6 +47,12 @@ def normal(shape: Sequence[int], source: Randomness = None, *, device: torch.dev
         return torch.randn(tuple(shape), device=device, dtype=dtype)
     x = torch.randn(tuple(shape), generator=source, device=source.device, dtype=dtype)
     return x if device is None else x.to(device)
+
+
+def uniform(shape: Sequence[int], source: Randomness = None, *, device: torch.device | str | None = None) -> Tensor:
+    """Uniforms on (0, 1) of ``shape``, float64: :func:`normal` draws through the normal CDF (so a :class:`Noise`
+    gives each row its own, as it does normals)."""
+    return torch.special.ndtr(normal(shape, source, device=device, dtype=torch.float64))
 
 
 def randn_like(x: Tensor, source: Randomness) -> Tensor:

@@ -29,7 +29,7 @@ from torch.utils.checkpoint import checkpoint
 
 from .._util import expand_as, flat_dim, require, sum_except_batch
 from ..models import DiffusionModel
-from ..noise import Randomness, normal
+from ..noise import Randomness, normal, uniform
 from ..objectives import Objective, ObjectiveState, register_objective
 from ..objectives.base import check_batch
 from ..processes import Process, require_kind
@@ -169,8 +169,7 @@ def diffflow_loss(model: DiffusionModel, x0: Tensor, *, t: Tensor | None = None,
     num_steps = progressive_steps(process, state)
     uniforms = None
     if jitter and num_steps > 1:                   # uniforms from the batch's normals: rank-independent rows
-        z = normal((x0.shape[0], num_steps - 1), randomness, device=x0.device, dtype=torch.float64)
-        uniforms = torch.special.ndtr(z)
+        uniforms = uniform((x0.shape[0], num_steps - 1), randomness, device=x0.device)
     times = process.grid(num_steps, uniforms).to(x0.device)
     return path_loss(model, x0, times, randomness, recompute=recompute, check=False) / flat_dim(x0)
 

@@ -23,12 +23,26 @@ import torch
 from torch import Tensor
 
 from .._util import require
-from ..noise import Randomness, normal
+from ..noise import Randomness, uniform
 from .process import CategoricalProcess
 
-__all__ = ["MaskedDiffusion", "MASKED_SCHEDULES"]
+__all__ = ["MaskedDiffusion", "MASKED_SCHEDULES", "TIME_SAMPLING", "draw_times"]
 
 MASKED_SCHEDULES = ("linear", "cosine", "polynomial", "table")
+#: How the training times of a batch are drawn: MD4's low-discrepancy draws ``t_i = 1 - frac(u + i / N)`` (one
+#: uniform ``u`` per batch, the batch spread evenly over [0, 1]) or independently.
+TIME_SAMPLING = ("low-discrepancy", "uniform")
+
+
+def draw_times(n: int, noise: Randomness = None, device: torch.device | str = "cpu",
+               time_sampling: str = "low-discrepancy") -> Tensor:
+    """``n`` times in ``(0, 1]`` (never 0, where the weight is infinite), each marginally uniform: MD4's
+    low-discrepancy draws or independent ones (:data:`TIME_SAMPLING`)."""
+    require(time_sampling in TIME_SAMPLING, f"unknown time_sampling {time_sampling!r}; choose one of {TIME_SAMPLING}")
+    u = uniform((n if time_sampling == "uniform" else 1,), noise, device=device).clamp(max=1 - 2 ** -40)
+    if time_sampling == "low-discrepancy":
+        u = torch.remainder(u + torch.arange(n, device=device, dtype=torch.float64) / n, 1.0)
+    return 1 - u
 
 
 class MaskedDiffusion(CategoricalProcess):
@@ -130,17 +144,15 @@ class MaskedDiffusion(CategoricalProcess):
         (``noise``: a generator, or the trainer's batch noise, as :func:`~scorelab.discrete.sample_categorical`)."""
         x0 = self.check_data(x0)
         t = self.times(t, x0)
-        u = torch.special.ndtr(normal(x0.shape, noise, device=x0.device, dtype=torch.float64))
-        keep = u < self.alpha(t).reshape((-1,) + (1,) * (x0.ndim - 1))
+        keep = uniform(x0.shape, noise, device=x0.device) < self.alpha(t).reshape((-1,) + (1,) * (x0.ndim - 1))
         return torch.where(keep, x0, self.mask_state)
 
-    def prior_sample(self, shape: Sequence[int], noise: Randomness = None, device: torch.device | str = "cpu") -> Tensor:
+    def prior_sample(self, shape: Sequence[int], noise: Randomness = None,
+                     device: torch.device | str = "cpu") -> Tensor:
         """``x_1``: every dimension [MASK] (``noise`` is not used; the prior is a point mass)."""
         return torch.full(tuple(shape), self.mask_state, dtype=torch.long, device=device)
 
     def sample_train_times(self, n: int, generator: torch.Generator | None = None,
                            device: torch.device | str | None = "cpu") -> Tensor:
-        """``t = 1 - u``, ``u`` uniform on ``[0, 1)``: never 0, where the weight is infinite."""
-        u = torch.rand(n, generator=generator, dtype=torch.float64,
-                       device=generator.device if generator is not None else device)
-        return (1 - u).to(device)
+        """Independent uniform times in ``(0, 1]`` (:func:`draw_times`; the ``masked`` loss spreads a batch's)."""
+        return draw_times(n, generator, device if device is not None else "cpu", "uniform")

@@ -5,7 +5,8 @@ dimensions only (Shi et al. 2024, MD4; Sahoo et al. 2024, MDLM),
 
 ``w(t) = -alpha'_t / (1 - alpha_t)``; with T steps ``s_i = (i - 1)/T < t_i = i/T`` the discrete-time bound
 ``L_T = sum_i (alpha_s - alpha_t) / (1 - alpha_t) E[...at t_i]`` (each term the KL of one reverse step),
-which decreases to ``L`` as T grows. Both are estimated without bias from draws of ``t`` and ``x_t``.
+which converges to ``L`` as T grows (decreasing to it on average over the data; per example it may lie below,
+since it bounds the T-step sampler's likelihood). Both are estimated without bias from draws of ``t`` and ``x_t``.
 """
 
 from __future__ import annotations
@@ -16,34 +17,12 @@ import torch
 from torch import Tensor
 
 from .._util import require
-from ..noise import Randomness, normal
+from ..noise import Randomness, uniform
 from ..objectives import Objective, register_objective
 from ..processes import Process, require_kind
-from .masked import MaskedDiffusion
+from .masked import TIME_SAMPLING, MaskedDiffusion, draw_times
 
-__all__ = ["masked_cross_entropy", "masked_loss", "masked_bits_per_dim", "masked_discrete_bound", "draw_times",
-           "TIME_SAMPLING"]
-
-#: How the training times of a batch are drawn: MD4's low-discrepancy draws ``t_i = 1 - frac(u + i / N)`` (one
-#: uniform ``u`` per batch, the batch spread evenly over [0, 1]) or independently.
-TIME_SAMPLING = ("low-discrepancy", "uniform")
-
-
-def _uniforms(n: int, noise: Randomness, device: torch.device | str) -> Tensor:
-    """``n`` uniforms on ``[0, 1)`` from a generator or the trainer's batch noise (through the normal CDF)."""
-    u = torch.special.ndtr(normal((n,), noise, device=device, dtype=torch.float64))
-    return u.clamp(max=1 - 2 ** -40)
-
-
-def draw_times(n: int, noise: Randomness = None, device: torch.device | str = "cpu",
-               time_sampling: str = "low-discrepancy") -> Tensor:
-    """``n`` times in ``(0, 1]`` (never 0, where the weight is infinite), each marginally uniform: MD4's
-    low-discrepancy draws or independent ones (:data:`TIME_SAMPLING`)."""
-    require(time_sampling in TIME_SAMPLING, f"unknown time_sampling {time_sampling!r}; choose one of {TIME_SAMPLING}")
-    if time_sampling == "uniform":
-        return 1 - _uniforms(n, noise, device)
-    u = _uniforms(1, noise, device)
-    return 1 - torch.remainder(u + torch.arange(n, device=device, dtype=torch.float64) / n, 1.0)
+__all__ = ["masked_cross_entropy", "masked_loss", "masked_bits_per_dim", "masked_discrete_bound"]
 
 
 def _check_model(model) -> MaskedDiffusion:
@@ -86,7 +65,7 @@ def masked_bits_per_dim(model, x0: Tensor, noise: Randomness = None, labels: Ten
     x0 = process.check_data(x0)
     total = torch.zeros(x0.shape[0], dtype=torch.float64, device=x0.device)
     for j in range(draws):
-        t = 1 - (j + _uniforms(x0.shape[0], noise, x0.device)) / draws
+        t = 1 - (j + uniform((x0.shape[0],), noise, device=x0.device).clamp(max=1 - 2 ** -40)) / draws
         x_t = process.sample_marginal(x0, t, noise)
         total += process.weight(t) * masked_cross_entropy(model, x0, x_t, t, labels)
     return total / draws / (x0[0].numel() * math.log(2))

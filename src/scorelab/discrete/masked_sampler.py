@@ -14,7 +14,7 @@ from torch import Tensor
 from .._util import require
 from ..data import from_categories
 from ..models import device_and_dtype
-from ..noise import Randomness, normal
+from ..noise import Randomness, uniform
 from ..processes import require_kind
 from ..samplers import SampleResult, register_sampler
 from ..samplers._common import Callback, call_back
@@ -71,7 +71,7 @@ def masked_ancestral(model, shape_or_x: Sequence[int] | Tensor, steps: int | Non
             log_mu[rows] = finite_logits(fresh)
             calls[rows] += 1
         reveal = process.reveal_probability(torch.tensor(t), torch.tensor(s)).item()
-        u = torch.special.ndtr(normal(x.shape, noise, device=device, dtype=torch.float64))
+        u = uniform(x.shape, noise, device=device)
         values = sample_categorical(log_mu, noise) if log_mu is not None else x
         new = masked & (u < reveal)
         x = torch.where(new, values, x)

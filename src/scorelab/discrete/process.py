@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from .._util import require
-from ..noise import Randomness, normal
+from ..noise import Randomness, uniform
 from ..processes import Process
 
 __all__ = ["CategoricalProcess", "MultinomialDiffusion", "KERNELS", "SCHEDULES", "log1mexp"]
@@ -101,6 +101,7 @@ class CategoricalProcess(Process):
                 f"{what} must hold states 0..{self.num_states - 1} (K={self.num_categories}"
                 f"{' and [MASK]' if self.mask_state is not None else ''}), got {int(x.min())}..{int(x.max())}")
         return x
+
 
 class MultinomialDiffusion(CategoricalProcess):
     """Categorical diffusion over ``num_categories`` values per dimension (MATH.md 10).
@@ -276,6 +277,5 @@ def sample_categorical(log_probs: Tensor, noise: Randomness = None) -> Tensor:
     """One draw per position from ``Cat(exp(log_probs))`` (states in the last axis) by the Gumbel-max trick.
     ``noise``: a ``torch.Generator`` or a :class:`~scorelab.noise.Noise` (the samplers' per-sample seeds, the
     trainer's batch noise); its normals become uniforms through the normal CDF."""
-    z = normal(log_probs.shape, noise, device=log_probs.device, dtype=torch.float64)
-    u = torch.special.ndtr(z).clamp(1e-300, 1 - 1e-16)
+    u = uniform(log_probs.shape, noise, device=log_probs.device).clamp(1e-300, 1 - 1e-16)
     return (log_probs.double() - torch.log(-torch.log(u))).argmax(-1)

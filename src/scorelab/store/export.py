@@ -70,12 +70,10 @@ def _example(model: NetworkModel, spec: ModelSpec, batch: int) -> tuple[Tensor, 
     """Example inputs of ``batch`` rows on the model's device: their shapes and dtypes make the program's."""
     device = next(model.parameters()).device
     shape = (batch,) + tuple(spec.data_shape)
-    if model.parameterization == "categorical":
+    if model.parameterization in ("categorical", "masked"):         # states; steps, or times for masked diffusion
         x = torch.zeros(shape, dtype=torch.long, device=device)
-        t = torch.ones(batch, dtype=torch.long, device=device)
-    elif model.parameterization == "masked":
-        x = torch.zeros(shape, dtype=torch.long, device=device)
-        t = torch.full((batch,), 0.5, dtype=torch.float64, device=device)
+        t = torch.ones(batch, dtype=torch.long, device=device) if model.parameterization == "categorical" else \
+            torch.full((batch,), 0.5, dtype=torch.float64, device=device)
     else:
         x = torch.randn(shape, generator=torch.Generator().manual_seed(0)).to(device)
         t = torch.full((batch,), 0.5, dtype=torch.float64, device=device)

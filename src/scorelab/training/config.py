@@ -135,8 +135,8 @@ class TrainConfig:
 
     framework: str = _opt("ddpm", "ddpm: Ho et al. 2020; ncsn: Song & Ermon 2019; vp/subvp/ve: Song et al. "
                           "2021; edm: Karras et al. 2022; sde: a non-affine SDE by sliced score matching; multinomial: "
-                          "categorical pixels (Hoogeboom et al. 2021); masked: masked diffusion in continuous time (Shi et al. 2024, "
-                          "Sahoo et al. 2024); diffflow: a learned forward SDE (Zhang & Chen "
+                          "categorical pixels (Hoogeboom et al. 2021); masked: masked diffusion in continuous time "
+                          "(Shi et al. 2024, Sahoo et al. 2024); diffflow: a learned forward SDE (Zhang & Chen "
                           "2021); classifier: classifier guidance's classifier "
                           "(scorelab train-classifier)", choices=tuple(sorted(FRAMEWORKS)))
     data: str = _opt("digits", DATASET_HELP)
@@ -164,8 +164,8 @@ class TrainConfig:
     parameterization: str = _opt("score", "score: the network predicts --target; energy: it gives an energy "
                                  "E = |x - net(x, t)|^2 / 2 whose gradient is eps (Salimans & Ho 2021; Du et al. "
                                  "2023), for Metropolis-corrected sampling and composition", choices=("score", "energy"))
-    categories: int | None = _opt(None, "multinomial, masked: categories per pixel, evenly spaced grey levels (default: "
-                                  "17 for digits, 256 for 8-bit images; 2 binarizes)")
+    categories: int | None = _opt(None, "multinomial, masked: categories per pixel, evenly spaced grey levels "
+                                  "(default: 17 for digits, 256 for 8-bit images; 2 binarizes)")
     transitions: str = _opt("factorized", "multinomial: reverse transitions factorized over pixels (Hoogeboom et "
                             "al. 2021) or autoregressive over them (Esser et al. 2021)",
                             choices=("factorized", "autoregressive"))
