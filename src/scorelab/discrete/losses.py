@@ -27,27 +27,29 @@ def _check_model(model) -> None:
 
 
 def vlb_term(model, x0: Tensor, t: Tensor, x_t: Tensor | None = None, noise=None,
-             labels: Tensor | None = None) -> Tensor:
+             labels: Tensor | None = None, dtype: torch.dtype = torch.float64) -> Tensor:
     """``L_{t-1}`` per example (nats, summed over dimensions): the decoder ``-log p(x_0 | x_1)`` where
     ``t = 1``, else ``KL(q(x_{t-1} | x_t, x_0) || p(x_{t-1} | x_t))`` at ``x_t ~ q(x_t | x_0)`` (drawn from
-    ``noise`` unless given)."""
+    ``noise`` unless given). ``dtype``: of the ``(N, *dims, S)`` posterior work (float32 halves its memory;
+    tests/test_discrete.py bounds what it changes)."""
     process = model.process
     x0 = process.check_data(x0)
     t = process._steps(t, x0)
     require(bool((t >= 1).all()), "the bound's terms are for steps 1..T")
-    return _vlb_term(model, x0, t, None if x_t is None else process.check_states(x_t), noise, labels)
+    return _vlb_term(model, x0, t, None if x_t is None else process.check_states(x_t), noise, labels, dtype)
 
 
-def _vlb_term(model, x0: Tensor, t: Tensor, x_t: Tensor | None, noise, labels: Tensor | None) -> Tensor:
+def _vlb_term(model, x0: Tensor, t: Tensor, x_t: Tensor | None, noise, labels: Tensor | None,
+              dtype: torch.dtype = torch.float64) -> Tensor:
     """:func:`vlb_term` on checked categories and steps (the losses' inner loop checks them once)."""
     process = model.process
     if x_t is None:
-        x_t = sample_categorical(process.log_q_probs(x0, t), noise)
+        x_t = process._draw_marginal(x0, t, noise)
     s = t - 1
-    log_post = process.log_posterior(x_t, process._log_one_hot(x0), t, s)
+    log_post = process.log_posterior(x_t, process._log_one_hot(x0, dtype), t, s)
     decoder = t == 1
     if model.factorized:                                       # KL in closed form
-        log_p = model.log_reverse(x_t, t, s, labels)
+        log_p = model.log_reverse(x_t, t, s, labels, dtype=dtype)
         kl = categorical_kl(log_post, log_p).flatten(1).sum(1)
         nll = -log_p.gather(-1, x0.unsqueeze(-1)).squeeze(-1).flatten(1).sum(1)
         return torch.where(decoder, nll, kl)
@@ -127,13 +129,16 @@ class StepImportance(ObjectiveState):
 
 def multinomial_loss(model, x0: Tensor, *, t: Tensor | None = None, noise=None, ce_weight: float = 0.0,
                      importance: StepImportance | None = None, labels: Tensor | None = None,
-                     reduction: str = "mean") -> Tensor:
+                     reduction: str = "mean", precision: str = "float32") -> Tensor:
     """The bound, estimated per example from one step: ``L_{t-1} / p(t) + KL(q(x_T | x_0) || pi)``, plus
     ``ce_weight * (-log p(x_0 | x_t))`` summed over dimensions (D3PM's hybrid, lambda = 0.001 in Austin et
     al.; a factorized model only). ``t`` uniform on ``1..T`` unless given or ``importance`` samples it (and
-    learns from this batch). ``reduction="mean"`` gives nats per dimension, ``"sum"`` nats per example."""
+    learns from this batch). ``reduction="mean"`` gives nats per dimension, ``"sum"`` nats per example.
+    ``precision``: the posterior work in float32 (half the memory of training at many categories) or float64."""
     _check_model(model)
     require(reduction in ("mean", "sum"), f"unknown reduction {reduction!r}; choose 'mean' or 'sum'")
+    require(precision in PRECISIONS, f"unknown precision {precision!r}; choose one of {PRECISIONS}")
+    dtype = getattr(torch, precision)
     process = model.process
     x0 = process.check_data(x0)
     n, big_t = x0.shape[0], process.num_steps
@@ -145,15 +150,15 @@ def multinomial_loss(model, x0: Tensor, *, t: Tensor | None = None, noise=None, 
     else:
         u = sample_categorical(torch.zeros(n, big_t, dtype=torch.float64, device=x0.device), noise)
         t, p_t = u + 1, torch.full((n,), 1.0 / big_t, dtype=torch.float64, device=x0.device)
-    x_t = sample_categorical(process.log_q_probs(x0, t), noise)
-    term = _vlb_term(model, x0, t, x_t, noise, labels)
+    x_t = process._draw_marginal(x0, t, noise)
+    term = _vlb_term(model, x0, t, x_t, noise, labels, dtype)
     if importance is not None:
         importance.record(t, term)
     loss = term / p_t.to(term.dtype) + process.prior_kl(x0).to(term.dtype)
     if ce_weight:
         require(model.factorized, "the cross-entropy term needs a model of p(x_0 | x_t) (a factorized "
                 "CategoricalModel); drop ce_weight for an autoregressive one")
-        log_x0 = model.log_x0(x_t, t, labels)
+        log_x0 = model.log_x0(x_t, t, labels, dtype=dtype)
         loss = loss - ce_weight * log_x0.gather(-1, x0.unsqueeze(-1)).squeeze(-1).flatten(1).sum(1)
     dims = x0[0].numel()
     return (loss / dims if reduction == "mean" else loss).float()
@@ -174,9 +179,11 @@ def bits_per_dim(model, x0: Tensor, noise=None, labels: Tensor | None = None) ->
 
 #: How multinomial diffusion's training draws its steps.
 STEP_SAMPLING = ("importance", "uniform")
+#: The dtypes the training loss may run its posterior work in.
+PRECISIONS = ("float32", "float64")
 
 
-def _bound(model, x0: Tensor, *, t: Tensor | None, randomness: Randomness, ce_weight: float,
+def _bound(model, x0: Tensor, *, t: Tensor | None, randomness: Randomness, ce_weight: float, precision: str,
            state: StepImportance | None = None, labels: Tensor | None = None, **_) -> Tensor:
     """The trainer's bound on the batch's grey levels as categories (MATH.md 10); with ``state`` (Hoogeboom et
     al.'s importance sampling) its steps are drawn from the history instead of the given ``t``."""
@@ -184,7 +191,7 @@ def _bound(model, x0: Tensor, *, t: Tensor | None, randomness: Randomness, ce_we
 
     return multinomial_loss(model, to_categories(x0, model.process.num_categories),
                             t=None if state is not None else t, noise=randomness, ce_weight=ce_weight,
-                            importance=state, labels=labels)
+                            importance=state, labels=labels, precision=precision)
 
 
 def _importance(process: Process, *, step_sampling: str, **_) -> StepImportance | None:
@@ -192,10 +199,11 @@ def _importance(process: Process, *, step_sampling: str, **_) -> StepImportance 
     return StepImportance(process.num_steps) if step_sampling == "importance" else None
 
 
-_OPTIONS = {"step_sampling": "importance"}
+_OPTIONS = {"step_sampling": "importance", "precision": "float32"}
+_CHOICES = {"step_sampling": STEP_SAMPLING, "precision": PRECISIONS}
 register_objective("vlb", Objective("multinomial diffusion's variational bound (Hoogeboom et al. 2021; MATH.md 10)",
                                     _bound, ("multinomial",), {"ce_weight": 0.0, **_OPTIONS},
-                                    {"step_sampling": STEP_SAMPLING}, labels="argument", state=_importance))
+                                    _CHOICES, labels="argument", state=_importance))
 register_objective("vlb-ce", Objective("the bound plus D3PM's cross-entropy on x_0, lambda = 0.001 (Austin et al. "
                                        "2021)", _bound, ("multinomial",), {"ce_weight": 0.001, **_OPTIONS},
-                                       {"step_sampling": STEP_SAMPLING}, labels="argument", state=_importance))
+                                       _CHOICES, labels="argument", state=_importance))

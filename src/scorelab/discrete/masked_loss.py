@@ -14,12 +14,14 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from .._util import require
 from ..noise import Randomness, uniform
 from ..objectives import Objective, register_objective
 from ..processes import Process, require_kind
+from .losses import PRECISIONS
 from .masked import TIME_SAMPLING, MaskedDiffusion, draw_times
 
 __all__ = ["masked_cross_entropy", "masked_loss", "masked_bits_per_dim", "masked_discrete_bound"]
@@ -31,27 +33,32 @@ def _check_model(model) -> MaskedDiffusion:
     return model.process
 
 
-def masked_cross_entropy(model, x0: Tensor, x_t: Tensor, t: Tensor, labels: Tensor | None = None) -> Tensor:
-    """``sum_{i: x_t^i = m} -log mu_theta(x_t, t)^i[x_0^i]`` per example (nats), float64."""
+def masked_cross_entropy(model, x0: Tensor, x_t: Tensor, t: Tensor, labels: Tensor | None = None,
+                         dtype: torch.dtype = torch.float64) -> Tensor:
+    """``sum_{i: x_t^i = m} -log mu_theta(x_t, t)^i[x_0^i]`` per example (nats; SUBS's softmax over the K
+    categories at the masked dimensions, computed in ``dtype`` as one fused cross-entropy, no ``(N, D, K)``
+    table of logs kept)."""
     process = model.process
-    log_mu = model.log_x0(x_t, t, labels)
-    masked = x_t == process.mask_state
-    nll = -log_mu.gather(-1, x0.unsqueeze(-1)).squeeze(-1)
-    return torch.where(masked, nll, 0.0).flatten(1).sum(1)
+    x_t, t = process.check_states(x_t), process.times(t, x_t)
+    logits = model.logits(x_t, t, labels).to(dtype)
+    nll = F.cross_entropy(logits.reshape(-1, process.num_categories), x0.reshape(-1), reduction="none")
+    return torch.where(x_t == process.mask_state, nll.reshape(x0.shape), 0.0).flatten(1).sum(1)
 
 
 def masked_loss(model, x0: Tensor, *, t: Tensor | None = None, noise: Randomness = None,
                 labels: Tensor | None = None, time_sampling: str = "low-discrepancy",
-                reduction: str = "mean") -> Tensor:
+                reduction: str = "mean", precision: str = "float32") -> Tensor:
     """The continuous-time bound estimated per example from one ``t`` and one ``x_t``:
     ``w(t) * sum_masked -log mu_theta[x_0]`` (unbiased for ``L``). ``t`` drawn by ``time_sampling`` unless given.
-    ``reduction="mean"`` gives nats per dimension, ``"sum"`` nats per example."""
+    ``reduction="mean"`` gives nats per dimension, ``"sum"`` nats per example; ``precision``: the
+    cross-entropy's dtype, float32 (training's default) or float64."""
     process = _check_model(model)
     require(reduction in ("mean", "sum"), f"unknown reduction {reduction!r}; choose 'mean' or 'sum'")
+    require(precision in PRECISIONS, f"unknown precision {precision!r}; choose one of {PRECISIONS}")
     x0 = process.check_data(x0)
     t = draw_times(x0.shape[0], noise, x0.device, time_sampling) if t is None else process.times(t, x0)
     x_t = process.sample_marginal(x0, t, noise)
-    loss = process.weight(t) * masked_cross_entropy(model, x0, x_t, t, labels)
+    loss = process.weight(t) * masked_cross_entropy(model, x0, x_t, t, labels, getattr(torch, precision))
     return (loss / x0[0].numel() if reduction == "mean" else loss).float()
 
 
@@ -88,13 +95,13 @@ def masked_discrete_bound(model, x0: Tensor, steps: int, noise: Randomness = Non
     return total
 
 
-def _bound(model, x0: Tensor, *, t: Tensor, randomness: Randomness, time_sampling: str,
+def _bound(model, x0: Tensor, *, t: Tensor, randomness: Randomness, time_sampling: str, precision: str,
            labels: Tensor | None = None, **_) -> Tensor:
     """The trainer's bound on the batch's grey levels as categories (MATH.md 13)."""
     from ..data import to_categories
 
     return masked_loss(model, to_categories(x0, model.process.num_categories), t=t, noise=randomness,
-                       labels=labels, time_sampling=time_sampling)
+                       labels=labels, time_sampling=time_sampling, precision=precision)
 
 
 def _times(process: Process, n: int, generator: torch.Generator | None, device, *, time_sampling: str,
@@ -104,5 +111,6 @@ def _times(process: Process, n: int, generator: torch.Generator | None, device, 
 
 register_objective("masked", Objective("masked diffusion's continuous-time bound, a weighted cross-entropy on the "
                                        "masked dimensions (Shi et al. 2024; Sahoo et al. 2024; MATH.md 13)",
-                                       _bound, ("masked",), {"time_sampling": "low-discrepancy"},
-                                       {"time_sampling": TIME_SAMPLING}, times=_times, labels="argument"))
+                                       _bound, ("masked",), {"time_sampling": "low-discrepancy", "precision": "float32"},
+                                       {"time_sampling": TIME_SAMPLING, "precision": PRECISIONS}, times=_times,
+                                       labels="argument"))

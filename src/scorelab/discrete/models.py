@@ -142,17 +142,19 @@ class CategoricalModel(_Discrete):
         """:meth:`x0_logits` for checked states and steps ``(N,)`` (what an exported program computes)."""
         return network_logits(self.net, x_t, self._condition(t).float(), labels, self.process)
 
-    def log_x0(self, x_t: Tensor, t: Tensor, labels: Tensor | None = None) -> Tensor:
-        """``log p(x_0 | x_t)`` over all S states (the [MASK] state, never data, gets log 0)."""
-        log_p = torch.log_softmax(self.x0_logits(x_t, t, labels).double(), -1)
+    def log_x0(self, x_t: Tensor, t: Tensor, labels: Tensor | None = None,
+               dtype: torch.dtype = torch.float64) -> Tensor:
+        """``log p(x_0 | x_t)`` over all S states (the [MASK] state, never data, gets log 0), in ``dtype``."""
+        log_p = torch.log_softmax(self.x0_logits(x_t, t, labels).to(dtype), -1)
         extra = self.process.num_states - self.process.num_categories
         return F.pad(log_p, (0, extra), value=_LOG_ZERO) if extra else log_p
 
     def log_reverse(self, x_t: Tensor, t: int | Tensor, s: int | Tensor | None = None,
-                    labels: Tensor | None = None) -> Tensor:
-        """``log p(x_s | x_t) = log sum_{x_0} q(x_s | x_t, x_0) p(x_0 | x_t)`` per dimension, ``(*x_t.shape, S)``."""
+                    labels: Tensor | None = None, dtype: torch.dtype = torch.float64) -> Tensor:
+        """``log p(x_s | x_t) = log sum_{x_0} q(x_s | x_t, x_0) p(x_0 | x_t)`` per dimension, ``(*x_t.shape, S)``,
+        computed in ``dtype``."""
         t, s = self._steps(t, s, x_t)
-        return self.process.log_posterior(x_t.long(), self.log_x0(x_t, t, labels), t, s)
+        return self.process.log_posterior(x_t.long(), self.log_x0(x_t, t, labels, dtype), t, s)
 
     def log_prob_reverse(self, x_s: Tensor, x_t: Tensor, t: int | Tensor, s: int | Tensor | None = None,
                          labels: Tensor | None = None) -> Tensor:
@@ -205,23 +207,28 @@ class AutoregressiveModel(_Discrete):
         """``log p(x_{s,i} | x_{s,<i}, x_t)`` for every dimension ``i`` and state (teacher forcing), normalized,
         shape ``(*x_t.shape, S)``."""
         x_s = self.process.check_states(x_s, "x_s")
-        x_t, t, s, network = self._transition(x_t, t, s, labels)
+        x_t, t, s, _, _, network = self._transition(x_t, t, s, labels)
         return self._normalized(network(x_s.reshape(x_t.shape[0], -1)), x_t, t, s)
 
     def _transition(self, x_t: Tensor, t: int | Tensor, s: int | Tensor | None, labels: Tensor | None):
-        """Checked ``(x_t, t, s)`` and ``prev -> raw logits`` for this transition; a network with ``encode`` and
-        ``decode`` (:class:`~scorelab.networks.ARTransformer`) reads ``x_t`` once for all of its calls."""
+        """Checked ``(x_t, t, s)``, the network's step input ``c``, the flat ``x_t`` and ``prev -> raw logits``."""
         x_t = self.process.check_states(x_t)
         t, s = self._steps(t, s, x_t)
         require(bool((s == t - 1).all()), "an autoregressive model is trained for single steps: s must be t - 1")
         c = self._condition(t).float()
         cond = x_t.long().reshape(x_t.shape[0], -1)
         extra = () if labels is None else (labels,)
+        return x_t, t, s, c, cond, lambda prev: self.net(prev, cond, c, *extra)
+
+    def _next_logits(self, cond: Tensor, c: Tensor, labels: Tensor | None, whole):
+        """``(prev, i) -> raw logits (N, S)`` of dimension ``i``: an evaluating
+        :class:`~scorelab.networks.ARTransformer` reads ``x_t`` once and decodes incrementally (keys and values
+        cached); any other network is re-run on the whole of ``prev`` for each ``i``."""
         net = as_network(self.net)
-        if labels is None and isinstance(net, ARTransformer) and not torch.is_grad_enabled():
-            memory, step = net.encode(cond, c)
-            return x_t, t, s, lambda prev: net.decode(prev, memory, step)
-        return x_t, t, s, lambda prev: self.net(prev, cond, c, *extra)
+        if labels is None and isinstance(net, ARTransformer) and not net.training:
+            cache = net.start_decoding(*net.encode(cond, c))
+            return lambda prev, i: net.decode_next(prev[:, i - 1] if i else prev[:, 0], i, cache)
+        return lambda prev, i: whole(prev)[:, i]
 
     def _normalized(self, raw: Tensor, x_t: Tensor, t: Tensor, s: Tensor) -> Tensor:
         out = raw.reshape(*x_t.shape, self.process.num_states).double()
@@ -236,14 +243,16 @@ class AutoregressiveModel(_Discrete):
     @torch.no_grad()
     def sample_reverse(self, x_t: Tensor, t: int | Tensor, s: int | Tensor | None = None,
                        generator: torch.Generator | None = None, labels: Tensor | None = None) -> Tensor:
-        """Dimension by dimension in raster order: ``D`` network calls (the encoder's reading of ``x_t`` once)."""
-        x_t, t, s, network = self._transition(x_t, t, s, labels)
-        x_s = torch.zeros_like(x_t, dtype=torch.long)
-        flat = x_s.view(x_t.shape[0], -1)
+        """Dimension by dimension in raster order: ``D`` network calls (with the Transformer: ``x_t`` read once,
+        and each call the one new position's work)."""
+        x_t, t, s, c, cond, whole = self._transition(x_t, t, s, labels)
+        next_logits = self._next_logits(cond, c, labels, whole)
+        support = self._support(x_t, t, s).reshape(x_t.shape[0], -1, self.process.num_states)
+        flat = torch.zeros_like(cond)
         for i in range(flat.shape[1]):
-            log_p = self._normalized(finite_logits(network(flat)), x_t, t, s).reshape(x_t.shape[0], flat.shape[1], -1)
-            flat[:, i] = sample_categorical(log_p[:, i], generator)
-        return x_s
+            raw = finite_logits(next_logits(flat, i)).double().masked_fill(~support[:, i], _LOG_ZERO)
+            flat[:, i] = sample_categorical(torch.log_softmax(raw, -1), generator)
+        return flat.reshape(x_t.shape)
 
     def predict(self, x: Tensor, t: TimeLike, labels: Tensor | None = None) -> CategoricalPrediction:
         raise ValueError("an autoregressive model draws x_{t-1} dimension by dimension, from no single prediction: "

@@ -13,7 +13,9 @@ the ``K`` categories (Hoogeboom et al. 2021) or a point mass on an extra [MASK] 
 
 States are integer tensors ``(N, *dims)``; probabilities carry the states in a last axis. Steps are
 integers ``t`` in ``1..T``; ``t = 0`` is the data. Tables are float64 and logs are taken in log space
-(``log(1 - alpha_bar)`` by ``log1mexp``), since ``1 - alpha_bar_t`` is tiny at small ``t``.
+(``log(1 - alpha_bar)`` by ``log1mexp``), since ``1 - alpha_bar_t`` is tiny at small ``t``; each example's
+``log a`` and ``log(1 - a)`` are formed in float64 from them, and only then cast to the dtype of the
+``(N, *dims, S)`` work (float64 by default; the training loss runs it in float32, MATH.md 10).
 """
 
 from __future__ import annotations
@@ -161,14 +163,15 @@ class MultinomialDiffusion(CategoricalProcess):
         return t
 
     def _table(self, table: Tensor, t: Tensor, like: Tensor) -> Tensor:
-        """``table[t]`` shaped to broadcast against ``like``'s ``(N, *dims, S)``."""
-        return table.to(like.device)[t].reshape((-1,) + (1,) * (like.ndim - 1))
+        """``table[t]`` (looked up in float64) in ``like``'s dtype, shaped to broadcast against its
+        ``(N, *dims, S)``."""
+        return table.to(like.device)[t].to(like.dtype).reshape((-1,) + (1,) * (like.ndim - 1))
 
     def _log_pi(self, like: Tensor) -> Tensor:
-        return self.log_pi.to(like.device)
+        return self.log_pi.to(like.device, like.dtype)
 
-    def _log_one_hot(self, x: Tensor) -> Tensor:
-        return torch.nn.functional.one_hot(x, self.num_states).double().log().clamp(min=_LOG_ZERO)
+    def _log_one_hot(self, x: Tensor, dtype: torch.dtype = torch.float64) -> Tensor:
+        return torch.nn.functional.one_hot(x, self.num_states).to(dtype).log().clamp(min=_LOG_ZERO)
 
     # ---------------------------------------------------------------------------------- the process
     def _log_mix(self, log_x: Tensor, log_a: Tensor, log_1m_a: Tensor) -> Tensor:
@@ -176,13 +179,17 @@ class MultinomialDiffusion(CategoricalProcess):
         return torch.logaddexp(log_a + log_x, log_1m_a + self._log_pi(log_x))
 
     def _log_ratio(self, t: Tensor, s: Tensor, like: Tensor) -> tuple[Tensor, Tensor]:
-        """``log a`` and ``log(1 - a)`` for ``a = alpha_bar_t / alpha_bar_s``, the ``s -> t`` transition."""
-        log_a = (self._table(self.log_alpha_bar, t, like) - self._table(self.log_alpha_bar, s, like)).clamp(max=0)
-        return log_a, log1mexp(log_a.clamp(max=-1e-300)).masked_fill(log_a >= 0, _LOG_ZERO)
+        """``log a`` and ``log(1 - a)`` for ``a = alpha_bar_t / alpha_bar_s``, the ``s -> t`` transition (formed in
+        float64, returned in ``like``'s dtype)."""
+        table = self.log_alpha_bar.to(like.device)
+        log_a = (table[t] - table[s]).clamp(max=0)
+        log_1m_a = log1mexp(log_a.clamp(max=-1e-300)).masked_fill(log_a >= 0, _LOG_ZERO)
+        shape = (-1,) + (1,) * (like.ndim - 1)
+        return log_a.to(like.dtype).reshape(shape), log_1m_a.to(like.dtype).reshape(shape)
 
-    def log_q_probs(self, x0: Tensor, t: int | Tensor) -> Tensor:
+    def log_q_probs(self, x0: Tensor, t: int | Tensor, dtype: torch.dtype = torch.float64) -> Tensor:
         """``log q(x_t | x_0)``, shape ``(N, *dims, S)``."""
-        log_x = self._log_one_hot(x0)
+        log_x = self._log_one_hot(x0, dtype)
         t = self._steps(t, x0)
         return self._log_mix(log_x, self._table(self.log_alpha_bar, t, log_x), self._table(self.log_1m_alpha_bar, t,
                                                                                               log_x))
@@ -199,18 +206,19 @@ class MultinomialDiffusion(CategoricalProcess):
         log_x = self._log_one_hot(x_prev.long())
         return self._log_mix(log_x, *self._log_ratio(t, s, log_x)).exp()
 
-    def _log_likelihood_of_x_t(self, x_t: Tensor, t: Tensor, s: Tensor) -> Tensor:
+    def _log_likelihood_of_x_t(self, x_t: Tensor, t: Tensor, s: Tensor, dtype: torch.dtype = torch.float64) -> Tensor:
         """``log A_j = log q(x_t | x_s = j)`` for every state ``j``, shape ``(N, *dims, S)``."""
-        log_a, log_1m_a = self._log_ratio(t, s, x_t.unsqueeze(-1).double())
-        log_pi_at = self._log_pi(x_t)[x_t].unsqueeze(-1)
-        return torch.logaddexp(log_a + self._log_one_hot(x_t), log_1m_a + log_pi_at)
+        log_a, log_1m_a = self._log_ratio(t, s, x_t.unsqueeze(-1).to(dtype))
+        log_pi_at = self.log_pi.to(x_t.device, dtype)[x_t].unsqueeze(-1)
+        return torch.logaddexp(log_a + self._log_one_hot(x_t, dtype), log_1m_a + log_pi_at)
 
     def log_posterior(self, x_t: Tensor, log_x0: Tensor, t: Tensor, s: Tensor) -> Tensor:
         """``log sum_{x_0} q(x_s | x_t, x_0) p(x_0 | x_t)`` with ``log_x0 = log p(x_0 | x_t)`` over the S states
-        (a one-hot ``x_0`` gives the posterior itself); x_0 values that cannot reach ``x_t`` are dropped."""
-        log_a_t = self._log_likelihood_of_x_t(x_t, t, s)                   # log q(x_t | x_s = j)
+        (a one-hot ``x_0`` gives the posterior itself); x_0 values that cannot reach ``x_t`` are dropped. Computed
+        in ``log_x0``'s dtype."""
+        log_a_t = self._log_likelihood_of_x_t(x_t, t, s, log_x0.dtype)     # log q(x_t | x_s = j)
         zeros = torch.zeros_like(t)
-        log_z = self._log_likelihood_of_x_t(x_t, t, zeros)                 # log q(x_t | x_0 = k)
+        log_z = self._log_likelihood_of_x_t(x_t, t, zeros, log_x0.dtype)   # log q(x_t | x_0 = k)
         reachable = log_z > _LOG_ZERO / 2
         log_p = torch.where(reachable, log_x0, _LOG_ZERO)
         log_p = log_p - torch.logsumexp(log_p, -1, keepdim=True)
@@ -234,7 +242,20 @@ class MultinomialDiffusion(CategoricalProcess):
 
     def sample_marginal(self, x0: Tensor, t: int | Tensor, noise: Randomness = None) -> Tensor:
         """``x_t ~ q(x_t | x_0)`` (``noise``: a generator, or see :func:`sample_categorical`)."""
-        return sample_categorical(self.log_q_probs(self.check_data(x0), t), noise)
+        x0 = self.check_data(x0)
+        return self._draw_marginal(x0, self._steps(t, x0), noise)
+
+    def _draw_marginal(self, x0: Tensor, t: Tensor, noise: Randomness) -> Tensor:
+        """``x_t ~ alpha_bar_t x_0 + (1 - alpha_bar_t) pi`` as the mixture it is: keep ``x_0`` with probability
+        ``alpha_bar_t``, else draw from ``pi`` (a uniform category, or [MASK]), two uniforms a dimension and no
+        ``(N, *dims, S)`` table."""
+        u = uniform(x0.shape + (2,), noise, device=x0.device)
+        keep = u[..., 0] < self.alpha_bar.to(x0.device)[t].reshape((-1,) + (1,) * (x0.ndim - 1))
+        if self.mask_state is not None:
+            other = torch.full_like(x0, self.mask_state)
+        else:
+            other = (u[..., 1] * self.num_categories).long().clamp(max=self.num_categories - 1)
+        return torch.where(keep, x0, other)
 
     # ---------------------------------------------------------------------------------- the prior
     def prior_log_probs(self, shape: Sequence[int], device: torch.device | str = "cpu") -> Tensor:

@@ -129,6 +129,40 @@ class ARTransformer(Network):
                          tgt_mask=self.causal_mask, tgt_is_causal=True)
         return self.head(h)
 
+    def start_decoding(self, memory: Tensor, step: Tensor) -> dict[str, Any]:
+        """A key/value cache for :meth:`decode_next`: each decoder layer's cross-attention keys and values of
+        ``memory`` (computed once), and room for its self-attention keys and values, one position at a time."""
+        n, d, w = memory.shape
+        heads = self.config.heads
+        layers = []
+        for layer in self.decoder.layers:
+            attn = layer.multihead_attn
+            k, v = _projection(attn, memory, 1), _projection(attn, memory, 2)
+            empty = memory.new_empty(n, heads, d, w // heads)
+            layers.append({"cross_k": _split_heads(k, heads), "cross_v": _split_heads(v, heads),
+                           "self_k": empty, "self_v": empty.clone()})
+        return {"memory": memory, "step": step, "layers": layers}
+
+    def decode_next(self, token: Tensor, i: int, cache: dict[str, Any]) -> Tensor:
+        """Logits ``(N, S)`` of ``x_{t-1,i}``, given ``token`` = ``x_{t-1,i-1}`` (ignored at ``i = 0``: the start
+        token) and the cache of positions ``< i``: what :meth:`decode` gives at ``i``, in ``O(D)`` instead of
+        ``O(D^2)`` work, so a transition's ``D`` draws cost one decoding of the sequence (keys and values
+        reused, Vaswani et al. 2017's incremental decoding). Positions must come in order 0, 1, 2, ...; for an
+        evaluating network (attention dropout is not applied)."""
+        memory, heads = cache["memory"], self.config.heads
+        token = torch.full_like(token, self.config.num_states) if i == 0 else token
+        h = (self.prev_embed(token) + self.position[i] + cache["step"][:, 0] + memory[:, i])[:, None]
+        for layer, kv in zip(self.decoder.layers, cache["layers"]):
+            x = layer.norm1(h)
+            q, k, v = (_projection(layer.self_attn, x, j) for j in range(3))
+            kv["self_k"][:, :, i:i + 1], kv["self_v"][:, :, i:i + 1] = _split_heads(k, heads), _split_heads(v, heads)
+            h = h + layer.dropout1(_attend(layer.self_attn, q, kv["self_k"][:, :, :i + 1],
+                                           kv["self_v"][:, :, :i + 1], heads))
+            q = _projection(layer.multihead_attn, layer.norm2(h), 0)
+            h = h + layer.dropout2(_attend(layer.multihead_attn, q, kv["cross_k"], kv["cross_v"], heads))
+            h = h + layer._ff_block(layer.norm3(h))
+        return self.head(h[:, 0])
+
     def _read(self, x_t: Tensor, c: Tensor) -> Tensor:
         """Per-token features of ``x_t``: its states embedded, or the U-Net's features of the one-hot image."""
         if self.unet is None:
@@ -139,3 +173,20 @@ class ARTransformer(Network):
         features = self.unet(one_hot.permute(0, 1, 4, 2, 3).reshape(-1, ch * cfg.num_states, height, width), c)
         return features.reshape(-1, ch, cfg.width, height, width).permute(0, 1, 3, 4, 2).reshape(
             x_t.shape[0], cfg.num_tokens, cfg.width)
+
+
+def _projection(attn: nn.MultiheadAttention, x: Tensor, which: int) -> Tensor:
+    """``attn``'s query (0), key (1) or value (2) projection of ``x`` (its packed input weight, torch's layout)."""
+    return F.linear(x, attn.in_proj_weight.chunk(3)[which], attn.in_proj_bias.chunk(3)[which])
+
+
+def _split_heads(x: Tensor, heads: int) -> Tensor:
+    """``(N, L, W)`` -> ``(N, heads, L, W / heads)``."""
+    return x.reshape(x.shape[0], x.shape[1], heads, -1).transpose(1, 2)
+
+
+def _attend(attn: nn.MultiheadAttention, q: Tensor, k: Tensor, v: Tensor, heads: int) -> Tensor:
+    """Scaled dot-product attention of the projected ``q`` over cached heads ``k, v``, then ``attn``'s output
+    projection (``attn``'s own dropout is not applied: incremental decoding is for sampling)."""
+    out = F.scaled_dot_product_attention(_split_heads(q, heads), k, v)
+    return attn.out_proj(out.transpose(1, 2).reshape(q.shape))

@@ -165,7 +165,8 @@ class TrainConfig:
                                  "E = |x - net(x, t)|^2 / 2 whose gradient is eps (Salimans & Ho 2021; Du et al. "
                                  "2023), for Metropolis-corrected sampling and composition", choices=("score", "energy"))
     categories: int | None = _opt(None, "multinomial, masked: categories per pixel, evenly spaced grey levels "
-                                  "(default: 17 for digits, 256 for 8-bit images; 2 binarizes)")
+                                  "(default: the digits' 17, 32 for 8-bit images as Glow's 5-bit data; 256 keeps "
+                                  "every 8-bit level at several times the memory; 2 binarizes)")
     transitions: str = _opt("factorized", "multinomial: reverse transitions factorized over pixels (Hoogeboom et "
                             "al. 2021) or autoregressive over them (Esser et al. 2021)",
                             choices=("factorized", "autoregressive"))
@@ -337,13 +338,19 @@ def make_process(config: TrainConfig) -> Process:
     return process_from_config({"name": name, **options})
 
 
+#: Categorical diffusion's default levels for 8-bit images: 5 bits, as Kingma & Dhariwal's (Glow) 5-bit data. All
+#: 256 levels make the posterior work, K values a pixel, several times larger (benchmarks/results/categorical_cost.md).
+EIGHT_BIT_DEFAULT_CATEGORIES = 32
+
+
 def num_categories(config: TrainConfig) -> int:
-    """Categorical diffusion's K: ``--categories``, else the data's grey levels (17 for digits, 256 for 8-bit)."""
+    """Categorical diffusion's K: ``--categories``, else the digits' 17 grey levels, or
+    :data:`EIGHT_BIT_DEFAULT_CATEGORIES` for 8-bit images."""
     from ..data import DIGITS_LEVELS
 
     if config.categories is not None:
         return config.categories
-    return DIGITS_LEVELS + 1 if config.data == "digits" else 256
+    return DIGITS_LEVELS + 1 if config.data == "digits" else EIGHT_BIT_DEFAULT_CATEGORIES
 
 
 def _classes(config: TrainConfig, data: ImageSet | np.ndarray) -> list[str] | None:
