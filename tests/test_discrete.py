@@ -108,7 +108,8 @@ def test_the_float32_training_bound_matches_float64_at_256_categories():
     for kernel, schedule in (("uniform", "cosine"), ("absorbing", "linear")):
         process = MultinomialDiffusion(256, 1000, schedule, kernel)
         torch.manual_seed(0)
-        net = nn.Sequential(nn.Conv2d(process.num_states, 16, 3, padding=1), nn.SiLU(), nn.Conv2d(16, 256, 3, padding=1))
+        net = nn.Sequential(nn.Conv2d(process.num_states, 16, 3, padding=1), nn.SiLU(),
+                            nn.Conv2d(16, 256, 3, padding=1))
         model = CategoricalModel(_NoTime(net), process)
         x0 = torch.randint(0, 256, (8, 1, 8, 8), generator=_gen(1))
         for t in (1, 2, 20, 500, 1000):

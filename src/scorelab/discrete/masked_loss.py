@@ -111,6 +111,7 @@ def _times(process: Process, n: int, generator: torch.Generator | None, device, 
 
 register_objective("masked", Objective("masked diffusion's continuous-time bound, a weighted cross-entropy on the "
                                        "masked dimensions (Shi et al. 2024; Sahoo et al. 2024; MATH.md 13)",
-                                       _bound, ("masked",), {"time_sampling": "low-discrepancy", "precision": "float32"},
+                                       _bound, ("masked",),
+                                       {"time_sampling": "low-discrepancy", "precision": "float32"},
                                        {"time_sampling": TIME_SAMPLING, "precision": PRECISIONS}, times=_times,
                                        labels="argument"))
