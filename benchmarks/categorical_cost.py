@@ -6,7 +6,7 @@ K logits a pixel), a batch of random categories, three steps of the loss's forwa
 seconds a step (median) and the peak resident memory the steps added over the process's level after building
 the model and the batch (``ru_maxrss``), per example. The configurations: multinomial diffusion's bound (uniform
 and absorbing kernels) and masked diffusion's, at 256 categories (8-bit images), 32 (the default for them) and
-17, with the posterior work in float64 and in float32 (the loss option ``precision``, float32 by default).
+17, with the posterior work in float64 and in float32 (the loss option ``posterior_dtype``, float32 by default).
 Sampling: one reverse transition of the autoregressive model ``scorelab train --transitions autoregressive``
 builds for 28x28 binary images (784 draws in raster order), with keys and values cached and with the decoder
 re-run on the whole sequence for each pixel (the cache is off for a network in training mode).
@@ -65,7 +65,7 @@ def one(kind: str, categories: int, option: str, batch: int) -> dict:
     seconds = []
     for step in range(3):
         t0 = time.perf_counter()
-        loss = loss_fn(model, x0, noise=torch.Generator().manual_seed(step), precision=option).mean()
+        loss = loss_fn(model, x0, noise=torch.Generator().manual_seed(step), posterior_dtype=option).mean()
         loss.backward()
         net.zero_grad(set_to_none=True)
         seconds.append(time.perf_counter() - t0)

@@ -102,11 +102,13 @@ def estimator_variance(absorbing, masked, x: torch.Tensor, seed: int, repeats: i
         for r in range(repeats):
             gen = torch.Generator().manual_seed(seed + r)
             if name == "masked":
-                terms = masked_loss(model, cats, noise=gen, time_sampling="uniform", reduction="sum")
-                batches = [masked_loss(model, cats[i:i + 128], noise=gen, reduction="sum").double().mean()
+                terms = masked_loss(model, cats, noise=gen, time_sampling="uniform", reduction="sum",
+                                    posterior_dtype="float64")
+                batches = [masked_loss(model, cats[i:i + 128], noise=gen, reduction="sum",
+                                       posterior_dtype="float64").double().mean()
                            for i in range(0, len(cats) - 127, 128)]
             else:
-                terms = multinomial_loss(model, cats, noise=gen, reduction="sum")
+                terms = multinomial_loss(model, cats, noise=gen, reduction="sum", posterior_dtype="float64")
                 batches = [terms[i:i + 128].double().mean() for i in range(0, len(cats) - 127, 128)]
             draws.append(terms.double())
             batch_means += batches

@@ -438,11 +438,14 @@ def test_the_transition_transformer_is_causal_in_x_prev(encoder):
         steps = [net.decode_next(prev[:, i - 1] if i else prev[:, 0], i, cache) for i in range(18)]
         torch.testing.assert_close(torch.stack(steps, 1), out, atol=1e-5, rtol=1e-5)
         # Through the model's sampler: the cached path draws what re-running the decoder draws (train mode, no
-        # dropout, takes that path), with the same generator.
-        model = sl.discrete.AutoregressiveModel(net, sl.discrete.MultinomialDiffusion(5, num_steps=4))
-        cached = model.sample_reverse(x_t.reshape(3, 2, 3, 3), 3, generator=_gen(7))
-        net.train()
-        torch.testing.assert_close(model.sample_reverse(x_t.reshape(3, 2, 3, 3), 3, generator=_gen(7)), cached)
+        # dropout, takes that path), with the same generator, per-example steps included.
+        steps = torch.tensor([2, 3, 4])
+        for process in (sl.discrete.MultinomialDiffusion(5, num_steps=4),
+                        sl.discrete.MultinomialDiffusion(4, num_steps=4, kernel="absorbing")):   # 5 states each
+            model = sl.discrete.AutoregressiveModel(net.eval(), process)
+            cached = model.sample_reverse(x_t.reshape(3, 2, 3, 3), steps, generator=_gen(7))
+            net.train()
+            torch.testing.assert_close(model.sample_reverse(x_t.reshape(3, 2, 3, 3), steps, generator=_gen(7)), cached)
 
 
 @pytest.mark.parametrize("kind", ["multinomial", "masked"])

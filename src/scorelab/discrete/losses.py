@@ -129,16 +129,17 @@ class StepImportance(ObjectiveState):
 
 def multinomial_loss(model, x0: Tensor, *, t: Tensor | None = None, noise=None, ce_weight: float = 0.0,
                      importance: StepImportance | None = None, labels: Tensor | None = None,
-                     reduction: str = "mean", precision: str = "float32") -> Tensor:
+                     reduction: str = "mean", posterior_dtype: str = "float32") -> Tensor:
     """The bound, estimated per example from one step: ``L_{t-1} / p(t) + KL(q(x_T | x_0) || pi)``, plus
     ``ce_weight * (-log p(x_0 | x_t))`` summed over dimensions (D3PM's hybrid, lambda = 0.001 in Austin et
     al.; a factorized model only). ``t`` uniform on ``1..T`` unless given or ``importance`` samples it (and
     learns from this batch). ``reduction="mean"`` gives nats per dimension, ``"sum"`` nats per example.
-    ``precision``: the posterior work in float32 (half the memory of training at many categories) or float64."""
+    ``posterior_dtype``: the posterior work in float32 (half the memory of training at many categories) or float64."""
     _check_model(model)
     require(reduction in ("mean", "sum"), f"unknown reduction {reduction!r}; choose 'mean' or 'sum'")
-    require(precision in PRECISIONS, f"unknown precision {precision!r}; choose one of {PRECISIONS}")
-    dtype = getattr(torch, precision)
+    require(posterior_dtype in POSTERIOR_DTYPES, f"unknown posterior_dtype {posterior_dtype!r}; choose one of "
+            f"{POSTERIOR_DTYPES}")
+    dtype = getattr(torch, posterior_dtype)
     process = model.process
     x0 = process.check_data(x0)
     n, big_t = x0.shape[0], process.num_steps
@@ -180,10 +181,10 @@ def bits_per_dim(model, x0: Tensor, noise=None, labels: Tensor | None = None) ->
 #: How multinomial diffusion's training draws its steps.
 STEP_SAMPLING = ("importance", "uniform")
 #: The dtypes the training loss may run its posterior work in.
-PRECISIONS = ("float32", "float64")
+POSTERIOR_DTYPES = ("float32", "float64")
 
 
-def _bound(model, x0: Tensor, *, t: Tensor | None, randomness: Randomness, ce_weight: float, precision: str,
+def _bound(model, x0: Tensor, *, t: Tensor | None, randomness: Randomness, ce_weight: float, posterior_dtype: str,
            state: StepImportance | None = None, labels: Tensor | None = None, **_) -> Tensor:
     """The trainer's bound on the batch's grey levels as categories (MATH.md 10); with ``state`` (Hoogeboom et
     al.'s importance sampling) its steps are drawn from the history instead of the given ``t``."""
@@ -191,7 +192,7 @@ def _bound(model, x0: Tensor, *, t: Tensor | None, randomness: Randomness, ce_we
 
     return multinomial_loss(model, to_categories(x0, model.process.num_categories),
                             t=None if state is not None else t, noise=randomness, ce_weight=ce_weight,
-                            importance=state, labels=labels, precision=precision)
+                            importance=state, labels=labels, posterior_dtype=posterior_dtype)
 
 
 def _importance(process: Process, *, step_sampling: str, **_) -> StepImportance | None:
@@ -199,8 +200,8 @@ def _importance(process: Process, *, step_sampling: str, **_) -> StepImportance 
     return StepImportance(process.num_steps) if step_sampling == "importance" else None
 
 
-_OPTIONS = {"step_sampling": "importance", "precision": "float32"}
-_CHOICES = {"step_sampling": STEP_SAMPLING, "precision": PRECISIONS}
+_OPTIONS = {"step_sampling": "importance", "posterior_dtype": "float32"}
+_CHOICES = {"step_sampling": STEP_SAMPLING, "posterior_dtype": POSTERIOR_DTYPES}
 register_objective("vlb", Objective("multinomial diffusion's variational bound (Hoogeboom et al. 2021; MATH.md 10)",
                                     _bound, ("multinomial",), {"ce_weight": 0.0, **_OPTIONS},
                                     _CHOICES, labels="argument", state=_importance))

@@ -21,7 +21,7 @@ from .._util import require
 from ..noise import Randomness, uniform
 from ..objectives import Objective, register_objective
 from ..processes import Process, require_kind
-from .losses import PRECISIONS
+from .losses import POSTERIOR_DTYPES
 from .masked import TIME_SAMPLING, MaskedDiffusion, draw_times
 
 __all__ = ["masked_cross_entropy", "masked_loss", "masked_bits_per_dim", "masked_discrete_bound"]
@@ -47,18 +47,19 @@ def masked_cross_entropy(model, x0: Tensor, x_t: Tensor, t: Tensor, labels: Tens
 
 def masked_loss(model, x0: Tensor, *, t: Tensor | None = None, noise: Randomness = None,
                 labels: Tensor | None = None, time_sampling: str = "low-discrepancy",
-                reduction: str = "mean", precision: str = "float32") -> Tensor:
+                reduction: str = "mean", posterior_dtype: str = "float32") -> Tensor:
     """The continuous-time bound estimated per example from one ``t`` and one ``x_t``:
     ``w(t) * sum_masked -log mu_theta[x_0]`` (unbiased for ``L``). ``t`` drawn by ``time_sampling`` unless given.
-    ``reduction="mean"`` gives nats per dimension, ``"sum"`` nats per example; ``precision``: the
-    cross-entropy's dtype, float32 (training's default) or float64."""
+    ``reduction="mean"`` gives nats per dimension, ``"sum"`` nats per example; ``posterior_dtype``:
+    the cross-entropy's dtype, float32 (training's default) or float64."""
     process = _check_model(model)
     require(reduction in ("mean", "sum"), f"unknown reduction {reduction!r}; choose 'mean' or 'sum'")
-    require(precision in PRECISIONS, f"unknown precision {precision!r}; choose one of {PRECISIONS}")
+    require(posterior_dtype in POSTERIOR_DTYPES, f"unknown posterior_dtype {posterior_dtype!r}; choose one of "
+            f"{POSTERIOR_DTYPES}")
     x0 = process.check_data(x0)
     t = draw_times(x0.shape[0], noise, x0.device, time_sampling) if t is None else process.times(t, x0)
     x_t = process.sample_marginal(x0, t, noise)
-    loss = process.weight(t) * masked_cross_entropy(model, x0, x_t, t, labels, getattr(torch, precision))
+    loss = process.weight(t) * masked_cross_entropy(model, x0, x_t, t, labels, getattr(torch, posterior_dtype))
     return (loss / x0[0].numel() if reduction == "mean" else loss).float()
 
 
@@ -95,13 +96,13 @@ def masked_discrete_bound(model, x0: Tensor, steps: int, noise: Randomness = Non
     return total
 
 
-def _bound(model, x0: Tensor, *, t: Tensor, randomness: Randomness, time_sampling: str, precision: str,
+def _bound(model, x0: Tensor, *, t: Tensor, randomness: Randomness, time_sampling: str, posterior_dtype: str,
            labels: Tensor | None = None, **_) -> Tensor:
     """The trainer's bound on the batch's grey levels as categories (MATH.md 13)."""
     from ..data import to_categories
 
     return masked_loss(model, to_categories(x0, model.process.num_categories), t=t, noise=randomness,
-                       labels=labels, time_sampling=time_sampling, precision=precision)
+                       labels=labels, time_sampling=time_sampling, posterior_dtype=posterior_dtype)
 
 
 def _times(process: Process, n: int, generator: torch.Generator | None, device, *, time_sampling: str,
@@ -112,6 +113,6 @@ def _times(process: Process, n: int, generator: torch.Generator | None, device, 
 register_objective("masked", Objective("masked diffusion's continuous-time bound, a weighted cross-entropy on the "
                                        "masked dimensions (Shi et al. 2024; Sahoo et al. 2024; MATH.md 13)",
                                        _bound, ("masked",),
-                                       {"time_sampling": "low-discrepancy", "precision": "float32"},
-                                       {"time_sampling": TIME_SAMPLING, "precision": PRECISIONS}, times=_times,
-                                       labels="argument"))
+                                       {"time_sampling": "low-discrepancy", "posterior_dtype": "float32"},
+                                       {"time_sampling": TIME_SAMPLING, "posterior_dtype": POSTERIOR_DTYPES},
+                                       times=_times, labels="argument"))

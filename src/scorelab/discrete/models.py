@@ -221,12 +221,15 @@ class AutoregressiveModel(_Discrete):
         return x_t, t, s, c, cond, lambda prev: self.net(prev, cond, c, *extra)
 
     def _next_logits(self, cond: Tensor, c: Tensor, labels: Tensor | None, whole):
-        """``(prev, i) -> raw logits (N, S)`` of dimension ``i``: an evaluating
-        :class:`~scorelab.networks.ARTransformer` reads ``x_t`` once and decodes incrementally (keys and values
-        cached); any other network is re-run on the whole of ``prev`` for each ``i``."""
+        """``(prev, i) -> raw logits (N, S)`` of dimension ``i``: an :class:`~scorelab.networks.ARTransformer`
+        reads ``x_t`` once, then decodes incrementally (keys and values cached) when evaluating, or re-runs its
+        decoder on the whole of ``prev`` in training mode; any other network is re-run whole for each ``i``."""
         net = as_network(self.net)
-        if labels is None and isinstance(net, ARTransformer) and not net.training:
-            cache = net.start_decoding(*net.encode(cond, c))
+        if labels is None and isinstance(net, ARTransformer):
+            memory, step = net.encode(cond, c)
+            if net.training:
+                return lambda prev, i: net.decode(prev, memory, step)[:, i]
+            cache = net.start_decoding(memory, step)
             return lambda prev, i: net.decode_next(prev[:, i - 1] if i else prev[:, 0], i, cache)
         return lambda prev, i: whole(prev)[:, i]
 

@@ -199,7 +199,8 @@ class MultinomialDiffusion(CategoricalProcess):
         return self.log_q_probs(self.check_data(x0), t).exp()
 
     def step_probs(self, x_prev: Tensor, t: int | Tensor, s: int | Tensor | None = None) -> Tensor:
-        """``q(x_t | x_s)`` (``s = t - 1`` by default): ``Cat(a x_s + (1 - a) pi)``, ``a = alpha_bar_t / alpha_bar_s``."""
+        """``q(x_t | x_s)`` (``s = t - 1`` by default): ``Cat(a x_s + (1 - a) pi)``,
+        ``a = alpha_bar_t / alpha_bar_s``."""
         x_prev = self.check_states(x_prev, "x_s")
         t = self._steps(t, x_prev)
         s = t - 1 if s is None else self._steps(s, x_prev)
@@ -262,7 +263,8 @@ class MultinomialDiffusion(CategoricalProcess):
         """``log pi`` per dimension, shape ``(*shape, S)``: the stationary distribution ``p(x_T)``."""
         return self.log_pi.to(device).expand(*shape, self.num_states)
 
-    def prior_sample(self, shape: Sequence[int], noise: Randomness = None, device: torch.device | str = "cpu") -> Tensor:
+    def prior_sample(self, shape: Sequence[int], noise: Randomness = None,
+                     device: torch.device | str = "cpu") -> Tensor:
         """``x_T ~ pi`` per dimension: uniform categories, or all [MASK] under the absorbing kernel."""
         return sample_categorical(self.prior_log_probs(shape, device), noise)
 

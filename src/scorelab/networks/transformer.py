@@ -3,8 +3,10 @@
 The encoder reads all of ``x_t`` (one token per dimension, plus the step's embedding); the decoder reads
 ``x_{t-1}`` shifted right by one (a start token first) under a causal mask and attends to the encoder, so
 its output at ``i`` depends on ``x_{t-1,<i}`` and the whole of ``x_t`` only (Vaswani et al. 2017).
-``forward(prev, x_t, c) -> logits (N, D, S)``, with ``prev`` and ``x_t`` integer states ``(N, D)``. The encoder's output at position ``i`` is also added to the
-decoder's input there, so copying ``x_{t,i}`` (what most pixels do in one step) is immediate.
+``forward(prev, x_t, c) -> logits (N, D, S)``, with ``prev`` and ``x_t`` integer states ``(N, D)``. The encoder's
+output at position ``i`` is also added to the decoder's input there, so copying ``x_{t,i}`` (what most pixels do
+in one step) is immediate. Sampling decodes one position at a time with cached keys and values
+(:meth:`ARTransformer.decode_next`).
 """
 
 from __future__ import annotations

@@ -165,7 +165,7 @@ class TrainConfig:
                                  "E = |x - net(x, t)|^2 / 2 whose gradient is eps (Salimans & Ho 2021; Du et al. "
                                  "2023), for Metropolis-corrected sampling and composition", choices=("score", "energy"))
     categories: int | None = _opt(None, "multinomial, masked: categories per pixel, evenly spaced grey levels "
-                                  "(default: the digits' 17, 32 for 8-bit images as Glow's 5-bit data; 256 keeps "
+                                  "(default: the digits' 17, 32 evenly spaced levels for 8-bit images; 256 keeps "
                                   "every 8-bit level at several times the memory; 2 binarizes)")
     transitions: str = _opt("factorized", "multinomial: reverse transitions factorized over pixels (Hoogeboom et "
                             "al. 2021) or autoregressive over them (Esser et al. 2021)",
@@ -338,8 +338,10 @@ def make_process(config: TrainConfig) -> Process:
     return process_from_config({"name": name, **options})
 
 
-#: Categorical diffusion's default levels for 8-bit images: 5 bits, as Kingma & Dhariwal's (Glow) 5-bit data. All
-#: 256 levels make the posterior work, K values a pixel, several times larger (benchmarks/results/categorical_cost.md).
+#: Categorical diffusion's default levels for 8-bit images: 32 evenly spaced grey levels (5 bits; rounded from the
+#: 8-bit values by :func:`scorelab.data.to_categories`, not Glow's floor(x / 8), so bits/dim differ from Glow's).
+#: All 256 levels make the posterior work, K values a pixel, several times larger
+#: (benchmarks/results/categorical_cost.md).
 EIGHT_BIT_DEFAULT_CATEGORIES = 32
 
 
