@@ -144,8 +144,7 @@ class MaskedDiffusion(CategoricalProcess):
         (``noise``: a generator, or the trainer's batch noise, as :func:`~scorelab.discrete.sample_categorical`)."""
         x0 = self.check_data(x0)
         t = self.times(t, x0)
-        keep = uniform(x0.shape, noise, device=x0.device) < self.alpha(t).reshape((-1,) + (1,) * (x0.ndim - 1))
-        return torch.where(keep, x0, self.mask_state)
+        return self._keep_or_prior(x0, self.alpha(t), noise)
 
     def prior_sample(self, shape: Sequence[int], noise: Randomness = None,
                      device: torch.device | str = "cpu") -> Tensor:

@@ -234,9 +234,7 @@ class AutoregressiveModel(_Discrete):
         return lambda prev, i: whole(prev)[:, i]
 
     def _normalized(self, raw: Tensor, x_t: Tensor, t: Tensor, s: Tensor) -> Tensor:
-        out = raw.reshape(*x_t.shape, self.process.num_states).double()
-        out = out.masked_fill(~self._support(x_t, t, s), _LOG_ZERO)
-        return torch.log_softmax(out, -1)
+        return _log_softmax_on(raw.reshape(*x_t.shape, self.process.num_states), self._support(x_t, t, s))
 
     def log_prob_reverse(self, x_s: Tensor, x_t: Tensor, t: int | Tensor, s: int | Tensor | None = None,
                          labels: Tensor | None = None) -> Tensor:
@@ -253,8 +251,8 @@ class AutoregressiveModel(_Discrete):
         support = self._support(x_t, t, s).reshape(x_t.shape[0], -1, self.process.num_states)
         flat = torch.zeros_like(cond)
         for i in range(flat.shape[1]):
-            raw = finite_logits(next_logits(flat, i)).double().masked_fill(~support[:, i], _LOG_ZERO)
-            flat[:, i] = sample_categorical(torch.log_softmax(raw, -1), generator)
+            log_p = _log_softmax_on(finite_logits(next_logits(flat, i)), support[:, i])
+            flat[:, i] = sample_categorical(log_p, generator)
         return flat.reshape(x_t.shape)
 
     def predict(self, x: Tensor, t: TimeLike, labels: Tensor | None = None) -> CategoricalPrediction:
@@ -263,3 +261,8 @@ class AutoregressiveModel(_Discrete):
 
     def forward(self, x_s: Tensor, x_t: Tensor, t: int | Tensor) -> Tensor:
         return self.conditional_logits(x_s, x_t, t)
+
+
+def _log_softmax_on(raw: Tensor, support: Tensor) -> Tensor:
+    """``log_softmax`` of ``raw`` logits over the states where ``support`` holds (log 0 elsewhere), float64."""
+    return torch.log_softmax(raw.double().masked_fill(~support, _LOG_ZERO), -1)

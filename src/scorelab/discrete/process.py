@@ -104,6 +104,17 @@ class CategoricalProcess(Process):
                 f"{' and [MASK]' if self.mask_state is not None else ''}), got {int(x.min())}..{int(x.max())}")
         return x
 
+    def _keep_or_prior(self, x0: Tensor, keep: Tensor, noise: Randomness) -> Tensor:
+        """``x0`` kept with probability ``keep`` (one per example), else a draw from the prior ``pi``: [MASK] when
+        the process has it, else a uniform category. A forward marginal ``keep x_0 + (1 - keep) pi`` drawn as
+        the mixture it is, without an ``(N, *dims, S)`` table."""
+        u = uniform(x0.shape + (1 if self.mask_state is not None else 2,), noise, device=x0.device)
+        kept = u[..., 0] < keep.reshape((-1,) + (1,) * (x0.ndim - 1))
+        if self.mask_state is not None:
+            return torch.where(kept, x0, self.mask_state)
+        other = (u[..., 1] * self.num_categories).long().clamp(max=self.num_categories - 1)
+        return torch.where(kept, x0, other)
+
 
 class MultinomialDiffusion(CategoricalProcess):
     """Categorical diffusion over ``num_categories`` values per dimension (MATH.md 10).
@@ -247,16 +258,8 @@ class MultinomialDiffusion(CategoricalProcess):
         return self._draw_marginal(x0, self._steps(t, x0), noise)
 
     def _draw_marginal(self, x0: Tensor, t: Tensor, noise: Randomness) -> Tensor:
-        """``x_t ~ alpha_bar_t x_0 + (1 - alpha_bar_t) pi`` as the mixture it is: keep ``x_0`` with probability
-        ``alpha_bar_t``, else draw from ``pi`` (a uniform category, or [MASK]), two uniforms a dimension and no
-        ``(N, *dims, S)`` table."""
-        u = uniform(x0.shape + (2,), noise, device=x0.device)
-        keep = u[..., 0] < self.alpha_bar.to(x0.device)[t].reshape((-1,) + (1,) * (x0.ndim - 1))
-        if self.mask_state is not None:
-            other = torch.full_like(x0, self.mask_state)
-        else:
-            other = (u[..., 1] * self.num_categories).long().clamp(max=self.num_categories - 1)
-        return torch.where(keep, x0, other)
+        """``x_t ~ alpha_bar_t x_0 + (1 - alpha_bar_t) pi`` for checked categories and steps."""
+        return self._keep_or_prior(x0, self.alpha_bar.to(x0.device)[t], noise)
 
     # ---------------------------------------------------------------------------------- the prior
     def prior_log_probs(self, shape: Sequence[int], device: torch.device | str = "cpu") -> Tensor:
