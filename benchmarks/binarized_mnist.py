@@ -40,6 +40,7 @@ import argparse
 import json
 import math
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -55,6 +56,9 @@ from scorelab.imaging import save_grid
 from scorelab.models import unconditional
 from scorelab.objectives.vlb import ddpm_of, prior_kl
 from scorelab.objectives.vlb import vlb_term as gaussian_vlb_term
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from multinomial import training_seconds  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "runs" / "bmnist"
@@ -80,7 +84,7 @@ def prepare(mnist: Path) -> None:
     print(f"wrote {DATA}/train.npz (9,000) and test.npz (1,000); {binary.mean() / 255:.3f} of pixels are on")
 
 
-def _stratified_steps(n: int, num_steps: int, block: int, j: int, gen: torch.Generator) -> torch.Tensor:
+def _stratified_steps(n: int, block: int, j: int, gen: torch.Generator) -> torch.Tensor:
     """One step per example, uniform in the ``j``-th block of ``block`` steps of ``1..num_steps``."""
     return j * block + 1 + torch.randint(0, block, (n,), generator=gen)
 
@@ -101,7 +105,7 @@ def bits(name: str, model, x: torch.Tensor, gen: torch.Generator) -> torch.Tenso
     block = process.num_steps // CALLS
     total = torch.zeros(n, dtype=torch.float64)
     for j in range(CALLS):
-        t = _stratified_steps(n, process.num_steps, block, j, gen)
+        t = _stratified_steps(n, block, j, gen)
         if name in GAUSSIAN:
             term = gaussian_vlb_term(unconditional(model, n), x, t, generator=gen, num_bins=2)
         else:
@@ -119,12 +123,6 @@ def samples(name: str, model, count: int, seed: int) -> tuple[torch.Tensor, int,
     res = sl.samplers.sample(m, (count, 1, 28, 28), sampler, steps, noise=torch.Generator().manual_seed(seed))
     seconds = (time.perf_counter() - t0) / count
     return from_categories(to_categories(res.samples.clamp(-1, 1), 2), 2), res.nfe, seconds
-
-
-def training_seconds(run: str) -> float | None:
-    """Seconds the run trained, from the last row of its loss.csv."""
-    path = Path(run) / "loss.csv"
-    return float(path.read_text().strip().splitlines()[-1].split(",")[-1]) if path.exists() else None
 
 
 def main() -> None:
