@@ -48,8 +48,10 @@ def test_sigkill_at_random_moments_then_resume_is_bit_identical(tmp_path):
 
     crashed = tmp_path / "crashed"
     rng = random.Random(0)
-    kills = 0
+    kills = interrupted_writes = 0
     for attempt in range(20):
+        # Left behind by a kill mid-write (each start clears them): count them before the next start.
+        interrupted_writes += len(list((crashed / "checkpoints").glob(".tmp-*")))
         proc = subprocess.Popen(_command(crashed, attempt > 0), env=_env(), stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
         if kills < 4:
@@ -67,7 +69,6 @@ def test_sigkill_at_random_moments_then_resume_is_bit_identical(tmp_path):
         if proc.returncode == 0 and last is not None and last.name == "step-00000024":
             break
     assert kills >= 3, "the run finished before it could be killed: make it longer"
-    interrupted_writes = len(list((crashed / "checkpoints").glob(".tmp-*")))   # left behind by a kill mid-write
     print(f"{kills} kills, {interrupted_writes} of them during a checkpoint write")
     final_ref = latest_checkpoint(reference / "checkpoints")
     final = latest_checkpoint(crashed / "checkpoints")

@@ -60,6 +60,10 @@ CASES: list[tuple[str, str, str]] = [
     ("a fresh run into a folder that holds one", "train --out {d}/run " + " ".join(FAST), "--resume"),
     ("resuming with another model", "train --out {d}/run --resume --steps 4 --batch-size 16 "
      "--process-option num_steps=100 " + " ".join(TINY), "trains another model"),
+    ("resuming automatically (torchrun's default) with another configuration",
+     "train --out {d}/run --resume auto --lr 1e-3 " + " ".join(FAST), "belongs to another configuration"),
+    ("a process-group timeout that is not positive", "train --dist-timeout 0 --out {d}/x",
+     "not a positive number of minutes"),
     ("a run folder that cannot be written", "train --out {d}/a-file/run", "cannot write to the run folder"),
     ("a denoising loss on an SDE whose drift is not affine", "train --framework sde --loss dsm --out {d}/x",
      "--loss sm or ssm or ssm-vr"),

@@ -116,7 +116,7 @@ def _add_config_flags(parser: argparse.ArgumentParser, config_class: type) -> No
 
 
 def _train(args: argparse.Namespace) -> None:
-    from .distributed import session
+    from .distributed import launched, session
     from .training import TrainConfig, train
 
     given = _train_options(args)
@@ -129,8 +129,9 @@ def _train(args: argparse.Namespace) -> None:
             if key in given and isinstance(recipe.get(key), dict):
                 options[key] = {**recipe[key], **given[key]}
     config = TrainConfig.from_dict(options)
-    with session(config.device) as (ranks, _):
-        result = train(config, resume=args.resume, ranks=ranks)
+    mode = args.resume or ("auto" if launched() else "no")
+    with session(config.device, args.dist_timeout) as (ranks, _):
+        result = train(config, resume={"latest": True, "no": False}.get(mode, mode), ranks=ranks)
     if ranks.main:
         print(f"trained {result.step} steps in {result.seconds:.0f} s"
               f"{f' on {ranks.world_size} processes' if ranks.distributed else ''}; checkpoint {result.checkpoint}; "
@@ -213,7 +214,7 @@ def _sample(args: argparse.Namespace) -> None:
         raise ValueError(f"--num-samples must be at least 1, got {args.num}")
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
-    with session(args.device) as (ranks, device):
+    with session(args.device, args.dist_timeout) as (ranks, device):
         _sample_on(args, ranks, device)
 
 
@@ -602,7 +603,7 @@ def _evaluate(args: argparse.Namespace) -> None:
                         vlb_terms=args.vlb_terms, ode_rtol=args.ode_rtol, guidance=args.guidance,
                         clip_denoised=args.clip_denoised, searched_times=args.searched_times)
     check_writable(args.out, folder=True, what="evaluation folder")
-    with session(args.device) as (ranks, device):
+    with session(args.device, args.dist_timeout) as (ranks, device):
         result = evaluate(args.checkpoint, args.out, config, device=device, ranks=ranks)
     if result is not None:
         print(f"evaluated {len(result.metrics['rows']) - 1} cells -> {result.report}")
@@ -650,8 +651,29 @@ def _add_train(sub) -> None:
     t.add_argument("--config", default=None, metavar="FILE.json",
                    help="a training recipe (TrainConfig's fields as JSON, e.g. configs/fashion-mnist.json); "
                    "flags given on the command line override it")
-    t.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    t.add_argument("--resume", nargs="?", const="latest", default=None, choices=("latest", "auto", "no"),
+                   help="continue from the newest checkpoint in --out: bare --resume (or latest) with whatever "
+                   "options are given now; auto (the default under torchrun, so that a restarted elastic job goes "
+                   "on) only from a checkpoint of this configuration and data, starting afresh when there is none; "
+                   "no (the default otherwise) refuses a folder that holds a run")
+    _add_dist_timeout(t)
     t.set_defaults(run=_train)
+
+
+def _minutes(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of minutes")
+    return value
+
+
+def _add_dist_timeout(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dist-timeout", type=_minutes, default=None, metavar="MINUTES",
+                        help="under torchrun: how long a rank waits for the others at the rendezvous and at each "
+                        "collective (default: $SCORELAB_DIST_TIMEOUT_MIN, else 60)")
 
 
 def _add_sample(sub) -> None:
@@ -683,6 +705,7 @@ def _add_sample(sub) -> None:
                    help="the evaluation grid: a JSON file of times (scorelab search-times), or 'searched': the run's "
                    "GITS grid of --steps times, searched now and saved in RUN/times/ when it has none")
     s.add_argument("--out", default="samples.png", help="grid PNG; the .npz goes beside it")
+    _add_dist_timeout(s)
     s.set_defaults(run=_sample)
 
 
@@ -784,6 +807,7 @@ def _add_evaluate(sub) -> None:
                    help="also each grid sampler on the run's GITS grid for each budget (SAMPLER+gits rows; searched "
                    "and saved in RUN/times/ when missing)")
     e.add_argument("--out", default="evaluation", help="folder for report.md, metrics.json, plots and samples")
+    _add_dist_timeout(e)
     e.set_defaults(run=_evaluate)
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import sys
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator
@@ -54,13 +55,18 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def timeout() -> datetime.timedelta:
-    """How long a rank waits for the others at a collective (rank 0 alone scores samples in ``evaluate``):
-    ``$SCORELAB_DIST_TIMEOUT_MIN`` minutes, 60 by default."""
-    text = os.environ.get("SCORELAB_DIST_TIMEOUT_MIN", "60")
-    require(text.isdigit() and int(text) > 0, f"SCORELAB_DIST_TIMEOUT_MIN={text!r} must be a positive number "
-            "of minutes")
-    return datetime.timedelta(minutes=int(text))
+def timeout(minutes: float | None = None) -> datetime.timedelta:
+    """How long a rank waits for the others at a collective, and for the rendezvous: ``minutes`` (the
+    ``--dist-timeout`` option), else ``$SCORELAB_DIST_TIMEOUT_MIN``, else 60."""
+    if minutes is None:
+        text = os.environ.get("SCORELAB_DIST_TIMEOUT_MIN", "60")
+        try:
+            minutes = float(text)
+        except ValueError:
+            minutes = -1.0
+        require(minutes > 0, f"SCORELAB_DIST_TIMEOUT_MIN={text!r} must be a positive number of minutes")
+    require(minutes > 0, f"the process-group timeout must be a positive number of minutes, got {minutes!r}")
+    return datetime.timedelta(minutes=minutes)
 
 
 @dataclass(frozen=True)
@@ -119,11 +125,27 @@ def rank_device(name: str, ranks: Ranks) -> torch.device:
     return device
 
 
-def start(device: str = "auto") -> tuple[Ranks, torch.device]:
-    """Join the process group when launched by torchrun (NCCL for CUDA, else gloo); returns (ranks, device).
+def shared_store_may_hang() -> bool:
+    """A torchrun job of several nodes that may restart its workers while they share the agents' store: each
+    node counts its own restarts (a node restarted for another's failure keeps count 0), torch separates
+    attempts by that count, so the restarted workers can read a previous attempt's keys and hang."""
+    env = os.environ
+    return (env.get("TORCHELASTIC_USE_AGENT_STORE") == "True" and int(env.get("GROUP_WORLD_SIZE", "1")) > 1
+            and int(env.get("TORCHELASTIC_MAX_RESTARTS", "0")) > 0)
 
-    Outside torchrun this is the single process on ``device``.
+
+def start(device: str = "auto", timeout_minutes: float | None = None) -> tuple[Ranks, torch.device]:
+    """This process's place in the job and its device; returns (ranks, device).
+
+    A process group that already exists (made by torchrun's workers before, or by the caller: Ray Train,
+    Lightning Fabric, accelerate, a script's own ``init_process_group``) is used as it is: never
+    re-initialized. Otherwise a process launched with the env:// variables (``torchrun``) joins the group
+    (NCCL for CUDA, else gloo) with a timeout of ``timeout_minutes`` (:func:`timeout`); outside both this
+    is the single process on ``device``.
     """
+    if dist.is_available() and dist.is_initialized():
+        ranks = current()
+        return ranks, rank_device(device, ranks)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     require(world == 1 or launched(), f"WORLD_SIZE={world} is set but not RANK, MASTER_ADDR and MASTER_PORT; "
             "launch with torchrun, which sets them all")
@@ -132,18 +154,52 @@ def start(device: str = "auto") -> tuple[Ranks, torch.device]:
         return ranks, rank_device(device, ranks)
     ranks = Ranks(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0)))
     dev = rank_device(device, ranks)
-    if not dist.is_initialized():
-        if dev.type == "cuda":                              # NCCL's collectives run on this rank's own GPU
-            torch.cuda.set_device(dev)
-        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", timeout=timeout())
+    if ranks.main and shared_store_may_hang():
+        print("scorelab: warning: torchrun shares its rendezvous store with the workers of every restart, so after "
+              "a failure the nodes' workers can read each other's stale keys and hang; launch with "
+              "TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 (docs/distributed.md)", file=sys.stderr)
+    if dev.type == "cuda":                                  # NCCL's collectives run on this rank's own GPU
+        torch.cuda.set_device(dev)
+    wait = timeout(timeout_minutes)
+    where = f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}"
+    advice = ("check that the rendezvous address is reachable from every node and that every node was started "
+              "(or raise --dist-timeout)")
+    if not ranks.main or os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":    # someone else hosts the store
+        _reach(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), wait.total_seconds(),
+               f"rank {ranks.rank} could not reach the process group's store at {where} within "
+               f"{wait.total_seconds():g} s; {advice}")
+    try:
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", timeout=wait)
+    except (RuntimeError, TimeoutError) as e:               # DistNetworkError, DistStoreError, gloo's mesh
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise ValueError(f"rank {ranks.rank} could not join the process group at {where} within "
+                         f"{wait.total_seconds():g} s ({first}); {advice}") from None
     return ranks, dev
 
 
+def _reach(host: str, port: int, seconds: float, message: str) -> None:
+    """Wait until ``host:port`` accepts a connection (the store's host may start later), else a one-line error
+    (before torch's own store client, whose failure is pages of C++ log)."""
+    import socket
+    import time
+
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            with socket.create_connection((host, port), timeout=max(0.1, min(5.0, deadline - time.monotonic()))):
+                return
+        except OSError:
+            if time.monotonic() >= deadline:
+                raise ValueError(message) from None
+            time.sleep(0.2)
+
+
 @contextmanager
-def session(device: str = "auto") -> Iterator[tuple[Ranks, torch.device]]:
-    """``with session(args.device) as (ranks, device):`` joins the group and leaves it after (if it joined)."""
+def session(device: str = "auto", timeout_minutes: float | None = None) -> Iterator[tuple[Ranks, torch.device]]:
+    """``with session(args.device) as (ranks, device):`` joins the group, and leaves it after only if it joined
+    it here (a group the caller made is the caller's to destroy)."""
     joined = dist.is_available() and dist.is_initialized()
-    ranks, dev = start(device)
+    ranks, dev = start(device, timeout_minutes)
     try:
         yield ranks, dev
     finally:

@@ -25,7 +25,8 @@ from ..objectives import OBJECTIVES, objective
 from ..processes import PROCESSES, Process, kind_error, process_from_config, require_kind
 from ..store import ModelSpec
 
-__all__ = ["TrainConfig", "FRAMEWORKS", "Framework", "make_process", "make_model_spec", "num_categories"]
+__all__ = ["TrainConfig", "FRAMEWORKS", "Framework", "make_process", "make_model_spec", "num_categories",
+           "RESUME_MAY_CHANGE"]
 
 
 @dataclass(frozen=True)
@@ -123,6 +124,12 @@ def _losses() -> tuple[str, ...]:
 def _processes() -> tuple[str, ...]:
     """The registered processes (read when the command line is built)."""
     return tuple(sorted(PROCESSES))
+
+
+#: The TrainConfig fields a run may change when it resumes with ``resume="auto"``: where and how long it
+#: runs, and its bookkeeping; every other field is part of what the checkpoint trained.
+RESUME_MAY_CHANGE = frozenset({"out", "steps", "device", "log_every", "sample_every", "checkpoint_every",
+                               "keep_last", "on_nan", "num_preview", "preview_steps"})
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""Sample grids during training: deterministic samples from fixed noise, so grids are comparable over steps."""
+"""Sample grids during training: deterministic samples from fixed per-sample noise, so grids are comparable over
+steps, drawn by every rank of a job and written by rank 0's background writer."""
 
 from __future__ import annotations
 
@@ -6,14 +7,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor
 
+from ..distributed import Ranks
 from ..imaging import save_grid
 from ..models import Conditional, device_and_dtype
-from ..samplers import sample
+from ..samplers import sample_many
 from ..store import ModelSpec
 from .plots import plot_points
 
-__all__ = ["save_preview", "PREVIEW_SAMPLERS"]
+__all__ = ["draw_preview", "save_preview", "PREVIEW_SAMPLERS"]
 
 #: The sampler of the grids, by the first of the process's kinds found here: DDIM (eta = 0, MATH.md 5),
 #: Euler-Maruyama on a general SDE (MATH.md 7), multinomial diffusion's chain (MATH.md 10), masked diffusion's
@@ -23,18 +26,15 @@ PREVIEW_SAMPLERS = {"affine": "ddim", "sde": "em", "multinomial": "multinomial",
 
 
 @torch.no_grad()
-def save_preview(model: Any, spec: ModelSpec, step: int, out: Path, *, num: int = 64, steps: int = 50,
-                 seed: int = 0) -> Path:
-    """``out/samples/step-XXXXXXXX.png``: ``num`` samples of :data:`PREVIEW_SAMPLERS`'s sampler with ``steps``
-    steps (a discrete chain: at most its own steps; an autoregressive model all of them).
+def draw_preview(model: Any, spec: ModelSpec, *, num: int = 64, steps: int = 50, seed: int = 0,
+                 ranks: Ranks = Ranks()) -> Tensor | None:
+    """``num`` samples of :data:`PREVIEW_SAMPLERS`'s sampler with ``steps`` steps (a discrete chain: at most its
+    own steps; an autoregressive model all of them), gathered on rank 0 (None on the other ranks).
 
-    Class-conditional models draw class ``k mod num_classes`` in position k.
+    Every rank draws an equal share (sample k from its own seed ``(seed, k)``, :func:`~scorelab.samplers.sample_many`),
+    so no rank waits for rank 0 to sample alone. Class-conditional models draw class ``k mod num_classes`` in
+    position k.
     """
-    device = device_and_dtype(model)[0]
-    shape = (num,) + tuple(spec.data_shape)
-    m = model
-    if spec.classes:
-        m = Conditional(model, torch.arange(num, device=device) % len(spec.classes))
     process = model.process
     if process.has_kind("ddpm"):
         steps = min(steps, process.num_steps)
@@ -43,11 +43,22 @@ def save_preview(model: Any, spec: ModelSpec, step: int, out: Path, *, num: int 
         chosen = None                                    # every step (an autoregressive model takes no fewer)
     if process.has_kind("learned"):
         chosen = None                                    # DiffFlow's chain on the grid it was trained on
-    noise = torch.Generator(device).manual_seed(seed)
     name = next(PREVIEW_SAMPLERS[k] for k in process.kinds if k in PREVIEW_SAMPLERS)
-    x = sample(m, shape, name, chosen, noise=noise).samples
+    device = device_and_dtype(model)[0]
+
+    def model_for_rows(rows: Tensor) -> Any:
+        return Conditional(model, rows.to(device) % len(spec.classes)) if spec.classes else model
+
+    result = sample_many(model_for_rows, spec.data_shape, num, name, chosen, seed=seed,
+                         batch_size=-(-num // ranks.world_size), ranks=ranks)
+    return None if result is None else result.samples
+
+
+def save_preview(x: Tensor, spec: ModelSpec, step: int, out: Path) -> Path:
+    """``out/samples/step-XXXXXXXX.png``: the grid of ``x`` (one row a class when they divide evenly), or a
+    scatter plot for 2-D points."""
     path = Path(out) / "samples" / f"step-{step:08d}.png"
     if len(spec.data_shape) == 1:
         return plot_points(x.float().cpu().numpy(), path, title=f"step {step}")
-    nrow = len(spec.classes) if spec.classes and num % len(spec.classes) == 0 else None
+    nrow = len(spec.classes) if spec.classes and len(x) % len(spec.classes) == 0 else None
     return save_grid(x.clamp(-1, 1), path, nrow=nrow)

@@ -72,8 +72,57 @@ class Spec(Protocol):
     def to_dict(self) -> dict[str, Any]: ...
 
 
-#: ``preview(model, spec, step, out)``: the sample grids a run draws now and then.
-Preview = Callable[[Any, Spec, int, Path], None]
+#: ``preview(model, spec, step, ranks)``: the samples of a step's grid, drawn on every rank and returned on rank 0
+#: (None: no grid); the trainer hands them to rank 0's writer.
+Preview = Callable[[Any, Spec, int, Ranks], Tensor | None]
+
+
+class _Writer:
+    """Rank 0's files (checkpoints from copies of the tensors, sample grids) written in order on one background
+    thread while training goes on, so no rank waits inside a collective for rank 0's disk (a slow or
+    network file system). A failed write raises at the next :meth:`submit` or at :meth:`close`."""
+
+    def __init__(self, max_checkpoints: int = 2):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="scorelab-writer")
+        self.pending: list[tuple[Any, bool]] = []             # (future, holds a copy of the training state)
+        self.max_checkpoints = max_checkpoints
+
+    def _collect(self, block_while: Callable[[], bool] = lambda: False) -> None:
+        for item in [item for item in self.pending if item[0].done()]:
+            self.pending.remove(item)
+            item[0].result()
+        while self.pending and block_while():
+            self.pending.pop(0)[0].result()
+
+    def make_room(self) -> None:
+        """Before copying a checkpoint's state: wait while ``max_checkpoints`` copies are still being written
+        (the disk slower than training; each copy is the size of weights, EMA and optimizer)."""
+        self._collect(lambda: sum(holds for _, holds in self.pending) >= self.max_checkpoints)
+
+    def submit(self, fn: Callable[..., Any], *args: Any, holds_state: bool = False, **kwargs: Any) -> None:
+        self._collect()
+        self.pending.append((self.pool.submit(fn, *args, **kwargs), holds_state))
+
+    def close(self) -> None:
+        """Wait for every write (outside any collective); the first error is raised."""
+        try:
+            self._collect(lambda: True)
+        finally:
+            self.pool.shutdown()
+
+
+def _cpu_copy(obj: Any) -> Any:
+    """A copy of a (nested) state dict with every tensor copied to the CPU: what the writer saves while the
+    optimizer moves on."""
+    if isinstance(obj, Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: _cpu_copy(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_cpu_copy(v) for v in obj)
+    return obj
 
 
 @dataclass
@@ -247,6 +296,7 @@ class _Run:
     t_window: float = 0.0
     log: _LossLog | None = None
     bar: Any = None
+    writer: _Writer | None = None                         # rank 0's background file writes
 
     @property
     def out(self) -> Path:
@@ -292,15 +342,55 @@ def _build(config: TrainConfig, data: ImageSet | np.ndarray | None, ranks: Ranks
     return _Run(config, ranks, device, data, spec, model, ema, optimizer, preview, chosen, options, state)
 
 
+def data_position(n: int, config: TrainConfig, step: int) -> dict[str, int]:
+    """Where the data stream stands after ``step`` optimizer steps: the order of epoch e is the permutation seeded
+    by ``(seed, e)`` of the ``n`` examples (:func:`batch_indices`), and the next micro-batch is the ``batch``-th of
+    that epoch. Saved in every checkpoint; a resumed run continues from it."""
+    epoch, batch = divmod(step * config.grad_accum, n // config.batch_size)
+    return {"examples": n, "seed": config.seed, "batch_size": config.batch_size, "grad_accum": config.grad_accum,
+            "epoch": epoch, "batch": batch}
+
+
+def _check_same_run(run: _Run, ckpt: Any) -> None:
+    """``resume="auto"``: the checkpoint must be this configuration's (bookkeeping and ``steps`` may change) and
+    its data the same examples, or the resumed run would not continue the one that stopped."""
+    from .config import RESUME_MAY_CHANGE
+
+    saved = {k: v for k, v in ckpt.config.get("train", {}).items() if k not in RESUME_MAY_CHANGE}
+    now = {k: v for k, v in run.config.to_dict().items() if k not in RESUME_MAY_CHANGE}
+    diffs = config_differences(saved, now)
+    if diffs:
+        raise CheckpointError(f"--resume auto: {ckpt.path} belongs to another configuration ({'; '.join(diffs[:3])}); "
+                              f"train with the settings in {run.out / 'config.json'}, pass --resume to continue "
+                              "with the new ones, or choose another --out")
+    position = ckpt.extra.get("data")
+    if position is not None and position["examples"] != len(run.data):
+        raise CheckpointError(f"--resume auto: {ckpt.path} was trained on {position['examples']} examples but "
+                              f"{run.config.data!r} has {len(run.data)} now, so the resumed batches would not be the "
+                              "ones that run would see; restore its data, pass --resume to go on anyway, or choose "
+                              "another --out")
+
+
+def _clear_interrupted_writes(ckpt_dir: Path) -> None:
+    """Rank 0 removes what killed writers left (``.tmp-*`` folders): never loaded, only taking room."""
+    if ckpt_dir.is_dir():
+        for stale in ckpt_dir.glob(".tmp-step-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+
+
 def _resume(run: _Run, resume: bool | str | Path, progress: bool) -> None:
-    """Continue from the newest checkpoint (or the one named): weights, EMA, optimizer, every rank's RNG."""
+    """Continue from the newest checkpoint (or the one named): weights, EMA, optimizer, every rank's RNG.
+    ``"auto"`` is ``True`` that refuses another configuration's checkpoint."""
     ckpt_dir = run.out / "checkpoints"
+    if run.ranks.main:
+        _clear_interrupted_writes(ckpt_dir)
     if not resume:
         existing = latest_checkpoint(ckpt_dir)
         require(existing is None, f"{run.out} already holds a run (checkpoint {existing.name if existing else ''}); "
                 "pass --resume to continue it, or choose another --out")
         return
-    resume_from = latest_checkpoint(ckpt_dir) if resume is True else Path(resume)
+    auto = isinstance(resume, str) and resume == "auto"
+    resume_from = latest_checkpoint(ckpt_dir) if resume is True or auto else Path(resume)
     if resume_from is not None and (resume_from / "checkpoints").is_dir():     # a run folder
         resume_from = latest_checkpoint(resume_from / "checkpoints")
     if resume_from is None:
@@ -308,6 +398,8 @@ def _resume(run: _Run, resume: bool | str | Path, progress: bool) -> None:
             print(f"no checkpoint in {ckpt_dir} yet: starting from step 0")
         return
     ckpt = load_checkpoint(resume_from, map_location="cpu")
+    if auto:
+        _check_same_run(run, ckpt)
     saved = ckpt.config.get(run.spec.kind)
     diffs = config_differences(ModelSpec.from_dict(saved).to_dict() if run.spec.kind == "model" and saved else saved,
                                run.spec.to_dict())
@@ -445,25 +537,32 @@ def _state_tensors(run: _Run) -> dict[str, Tensor]:
 
 
 def _checkpoint_and_preview(run: _Run, step: int) -> None:
-    """Every ``checkpoint_every`` steps (and at the end) a checkpoint with every rank's RNG, written by rank 0;
-    every ``sample_every`` steps a preview grid, drawn without touching the training RNG."""
+    """Every ``checkpoint_every`` steps (and at the end) a checkpoint with every rank's RNG and the data position;
+    every ``sample_every`` steps a preview grid, drawn by every rank without touching the training RNG. Rank 0
+    copies the state and hands the files to its background writer."""
     config, ranks, device = run.config, run.ranks, run.device
     if step % config.checkpoint_every == 0 or step == config.steps:
         rng = _rng_state(device, ranks)                   # every rank's, gathered on rank 0
-        if ranks.main:
-            run.last_ckpt = save_checkpoint(
-                run.out / "checkpoints", step, model=run.net.state_dict(), ema=run.ema.state_dict(),
-                optimizer=run.optimizer.state_dict(), tensors={**rng, **_state_tensors(run)},
+        if ranks.main and run.writer is not None:
+            run.writer.make_room()
+            run.writer.submit(
+                save_checkpoint, run.out / "checkpoints", step, model=_cpu_copy(run.net.state_dict()),
+                ema=_cpu_copy(run.ema.state_dict()), optimizer=_cpu_copy(run.optimizer.state_dict()),
+                tensors={**rng, **_cpu_copy(_state_tensors(run))},
                 config={run.spec.kind: run.spec.to_dict(), "train": config.to_dict()},
                 extra={"images_seen": step * config.batch_size * config.grad_accum, "skipped_batches": run.skipped,
-                       "world_size": ranks.world_size, "seconds": run.seconds_before + time.perf_counter() - run.t_start},
-                keep_last=config.keep_last)
-        else:
-            run.last_ckpt = run.out / "checkpoints" / f"step-{step:08d}"     # the one rank 0 writes
-    if ranks.main and (step % config.sample_every == 0 or step == config.steps):
+                       "world_size": ranks.world_size, "data": data_position(len(run.data), config, step),
+                       "seconds": run.seconds_before + time.perf_counter() - run.t_start},
+                keep_last=config.keep_last, holds_state=True)
+        run.last_ckpt = run.out / "checkpoints" / f"step-{step:08d}"
+    if step % config.sample_every == 0 or step == config.steps:
+        from .preview import save_preview
+
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            run.preview(_eval_model(run.spec, run.ema, device), run.spec, step, run.out)  # leaves the RNG as it was
+            x = run.preview(_eval_model(run.spec, run.ema, device), run.spec, step, ranks)  # leaves the RNG as it was
         run.net.train()
+        if ranks.main and x is not None and run.writer is not None:
+            run.writer.submit(save_preview, x, run.spec, step, run.out)
 
 
 def _open_logs(run: _Run, progress: bool) -> None:
@@ -471,6 +570,7 @@ def _open_logs(run: _Run, progress: bool) -> None:
     config = run.config
     if not run.ranks.main:
         return
+    run.writer = _Writer()
     atomic_write(run.out / "config.json", json.dumps({"train": config.to_dict(), run.spec.kind: run.spec.to_dict(),
                                                       "paper": config.defaults.paper,
                                                       "world_size": run.ranks.world_size}, indent=1, sort_keys=True))
@@ -491,17 +591,20 @@ def train(config: TrainConfig, *, data: ImageSet | np.ndarray | None = None, res
     ``resume=True`` continues from the newest checkpoint in ``config.out`` (or
     starts afresh when there is none); a path resumes from that checkpoint.
     ``config.steps`` is the total number of optimizer steps, so resuming a
-    finished run with more steps trains on. ``preview(model, spec, step, out)``
-    draws the sample grids (default :func:`scorelab.training.preview.save_preview`).
-    ``ranks``: this process's place in a torchrun job (default: the initialised
-    process group, else one process); every rank calls ``train`` alike.
+    finished run with more steps trains on. ``resume="auto"`` is ``True``
+    that refuses a checkpoint of another configuration or data (what a restarted elastic job needs).
+    ``preview(model, spec, step, ranks)`` draws the samples of the grids on every rank (default
+    :func:`scorelab.training.preview.draw_preview`); rank 0 writes them.
+    ``ranks``: this process's place in a distributed job (default: the existing process group, whoever made it,
+    else one process); every rank calls ``train`` alike. Rank 0's files are written on a background thread, so
+    no rank waits for its disk; ``train`` returns on rank 0 once they are written.
     """
     from .plots import plot_loss_curve
-    from .preview import save_preview
+    from .preview import draw_preview
 
     if preview is None:
-        def preview(m: Any, sp: Spec, k: int, folder: Path) -> None:
-            save_preview(m, sp, k, folder, num=config.num_preview, steps=config.preview_steps, seed=config.seed)
+        def preview(m: Any, sp: Spec, k: int, r: Ranks) -> Tensor | None:
+            return draw_preview(m, sp, num=config.num_preview, steps=config.preview_steps, seed=config.seed, ranks=r)
     ranks = current_ranks() if ranks is None else ranks
     progress = progress and ranks.main
     run = _build(config, data, ranks, preview, spec)
@@ -530,9 +633,10 @@ def train(config: TrainConfig, *, data: ImageSet | np.ndarray | None = None, res
             run.bar.close()
         if run.log is not None:
             run.log.close()
+        if run.writer is not None:                               # rank 0 waits for its own files, no one else
+            run.writer.close()
     if ranks.main:
         plot_loss_curve(run.out / "loss.csv", run.out / "loss.png", title=f"{config.framework} on {config.data}")
-    barrier(ranks)                                               # rank 0's checkpoint is on disk for all
     with torch.random.fork_rng(devices=[run.device] if run.device.type == "cuda" else []):
         final = _eval_model(run.spec, run.ema, run.device)
     return TrainResult(run.out, step if config.steps > run.start else run.start, Path(run.last_ckpt), final,
