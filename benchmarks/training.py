@@ -61,22 +61,29 @@ LR = 2e-4
 PRECISIONS = ("fp32", "bf16")
 
 
-def autocast(precision: str):
-    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
+def autocast(precision: str, device_type: str = "cpu"):
+    return torch.autocast(device_type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+def _placed(net: torch.nn.Module, device: torch.device, channels_last: bool, compile: bool):
+    """``net`` on ``device`` (channels-last memory if asked); returns (the module to train, the one to call)."""
+    net = net.to(device, memory_format=torch.channels_last) if channels_last else net.to(device)
+    return net, (torch.compile(net) if compile else net)
 
 
 # ---------------------------------------------------------------------------------------
 # the two training steps
 # ---------------------------------------------------------------------------------------
-def scorelab_setup(seed: int):
+def scorelab_setup(seed: int, device: torch.device = torch.device("cpu"), channels_last: bool = False,
+                   compile: bool = False):
     torch.manual_seed(seed)
-    net = UNet(UNetConfig.preset("cifar10")).train()
-    model = sl.Model(net, sl.DDPM())
+    net, call = _placed(UNet(UNetConfig.preset("cifar10")).train(), device, channels_last, compile)
+    model = sl.Model(call, sl.DDPM())
     opt = torch.optim.AdamW(net.parameters(), lr=LR, weight_decay=0.0)
 
     def step(x0: torch.Tensor, g: torch.Generator, precision: str) -> torch.Tensor:
         opt.zero_grad(set_to_none=True)
-        with autocast(precision):
+        with autocast(precision, device.type):
             loss = simple_loss(model, x0, generator=g).mean()
         loss.backward()
         opt.step()
@@ -85,26 +92,34 @@ def scorelab_setup(seed: int):
     return net, step
 
 
-def diffusers_setup(seed: int):
+def diffusers_unet() -> torch.nn.Module:
+    """diffusers' UNet2DModel in the configuration of Ho et al.'s CIFAR-10 U-Net (35,746,307 parameters)."""
     import diffusers
 
-    torch.manual_seed(seed)
-    unet = diffusers.UNet2DModel(
+    return diffusers.UNet2DModel(
         sample_size=32, in_channels=3, out_channels=3, layers_per_block=2, block_out_channels=(128, 256, 256, 256),
         down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
-        attention_head_dim=None, norm_num_groups=32, dropout=0.1).train()
+        attention_head_dim=None, norm_num_groups=32, dropout=0.1)
+
+
+def diffusers_setup(seed: int, device: torch.device = torch.device("cpu"), channels_last: bool = False,
+                    compile: bool = False):
+    import diffusers
+
+    torch.manual_seed(seed)
+    unet, call = _placed(diffusers_unet().train(), device, channels_last, compile)
     sched = diffusers.DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear",
                                     beta_start=1e-4, beta_end=0.02)
     opt = torch.optim.AdamW(unet.parameters(), lr=LR, weight_decay=0.0)
 
     def step(x0: torch.Tensor, g: torch.Generator, precision: str) -> torch.Tensor:
         opt.zero_grad(set_to_none=True)
-        with autocast(precision):
-            t = torch.randint(0, sched.config.num_train_timesteps, (x0.shape[0],), generator=g)
-            eps = torch.randn(x0.shape, generator=g, dtype=x0.dtype)
+        with autocast(precision, device.type):
+            t = torch.randint(0, sched.config.num_train_timesteps, (x0.shape[0],), generator=g, device=x0.device)
+            eps = torch.randn(x0.shape, generator=g, dtype=x0.dtype, device=x0.device)
             x_t = sched.add_noise(x0, eps, t)
-            loss = F.mse_loss(unet(x_t, t).sample, eps)
+            loss = F.mse_loss(call(x_t, t).sample, eps)
         loss.backward()
         opt.step()
         return loss.detach()
@@ -113,9 +128,12 @@ def diffusers_setup(seed: int):
 
 
 # ---------------------------------------------------------------------------------------
-def run(batch: int, warmup: int, steps: int, seed: int, bf16_warmup: int, bf16_steps: int) -> dict:
-    ours, ours_step = scorelab_setup(seed)
-    peer, peer_step = diffusers_setup(seed)
+def run(batch: int, warmup: int, steps: int, seed: int, bf16_warmup: int, bf16_steps: int,
+        device: torch.device = torch.device("cpu"), channels_last: bool = False, compile: bool = False) -> dict:
+    """Time both implementations' training steps (see the module's docstring); on a GPU each step is timed to
+    its end (synchronized)."""
+    ours, ours_step = scorelab_setup(seed, device, channels_last, compile)
+    peer, peer_step = diffusers_setup(seed, device, channels_last, compile)
     n_ours, n_peer = count_parameters(ours), sum(p.numel() for p in peer.parameters())
     assert n_ours == n_peer == 35_746_307, (n_ours, n_peer)
     impls: dict[str, Callable] = {"scorelab": ours_step, "diffusers": peer_step}
@@ -123,13 +141,16 @@ def run(batch: int, warmup: int, steps: int, seed: int, bf16_warmup: int, bf16_s
     # the same data for everyone: batch k of the warm-up / timed sequence is the same tensor
     data = torch.Generator().manual_seed(seed)
     count = {"fp32": (warmup, steps), "bf16": (bf16_warmup, bf16_steps)}
-    batches = [torch.rand(batch, 3, 32, 32, generator=data) * 2 - 1
+    memory = torch.channels_last if channels_last else torch.contiguous_format
+    batches = [(torch.rand(batch, 3, 32, 32, generator=data) * 2 - 1).to(device, memory_format=memory)
                for _ in range(max(w + n for w, n in count.values()))]
 
     def one(name: str, precision: str, k: int) -> tuple[float, float]:
-        g = torch.Generator().manual_seed(seed * 1_000_003 + k)  # same draws seed for both
+        g = torch.Generator(device).manual_seed(seed * 1_000_003 + k)  # same draws seed for both
+        synchronize(device)
         t0 = time.perf_counter()
         loss = impls[name](batches[k], g, precision)
+        synchronize(device)
         seconds = time.perf_counter() - t0
         return seconds, float(loss)
 
@@ -152,6 +173,12 @@ def run(batch: int, warmup: int, steps: int, seed: int, bf16_warmup: int, bf16_s
                 losses[name, p].append(loss)
                 print(f"  round {r + 1}/{count[p][1]} {name:9s} {p}: {s:6.2f} s  (loss {loss:.4f})", flush=True)
     return {"parameters": {"scorelab": n_ours, "diffusers": n_peer}, **summarize(times, losses, batch)}
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the GPU's queued work (a no-op on the CPU), so a timer reads the work done."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def summarize(times: dict[tuple[str, str], list[float]], losses: dict[tuple[str, str], list[float]],

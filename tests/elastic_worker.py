@@ -40,7 +40,7 @@ def _install(fault: str, argv: list[str]) -> None:
     kind, *values = fault.split(":")
     rank, first = int(os.environ.get("RANK", "0")), not (_out(argv) / "fault-fired").exists()
     if kind == "sync-writes":
-        trainer._Writer.submit = lambda self, fn, *a, holds_state=False, **k: fn(*a, **k)
+        trainer.BackgroundWriter.submit = lambda self, fn, *a, holds_state=False, **k: fn(*a, **k)
         kind, values = values[0], values[1:]
     if not first:
         return

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -137,3 +137,39 @@ def atomic_write(path: str | Path, data: str | bytes) -> Path:
         os.fsync(f.fileno())
     os.replace(tmp, path)
     return path
+
+
+class BackgroundWriter:
+    """Files written in order on one background thread while the caller goes on: rank 0's checkpoints (from copies
+    of the tensors), sample grids and sample files, so no rank waits inside a collective for rank 0's disk (a
+    slow or network file system). A failed write raises at the next :meth:`submit` or at :meth:`close`."""
+
+    def __init__(self, max_checkpoints: int = 2):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="scorelab-writer")
+        self.pending: list[tuple[Any, bool]] = []             # (future, holds a copy of the training state)
+        self.max_checkpoints = max_checkpoints
+
+    def _collect(self, block_while: Callable[[], bool] = lambda: False) -> None:
+        for item in [item for item in self.pending if item[0].done()]:
+            self.pending.remove(item)
+            item[0].result()
+        while self.pending and block_while():
+            self.pending.pop(0)[0].result()
+
+    def make_room(self) -> None:
+        """Before copying a checkpoint's state: wait while ``max_checkpoints`` copies are still being written
+        (the disk slower than training; each copy is the size of weights, EMA and optimizer)."""
+        self._collect(lambda: sum(holds for _, holds in self.pending) >= self.max_checkpoints)
+
+    def submit(self, fn: Callable[..., Any], *args: Any, holds_state: bool = False, **kwargs: Any) -> None:
+        self._collect()
+        self.pending.append((self.pool.submit(fn, *args, **kwargs), holds_state))
+
+    def close(self) -> None:
+        """Wait for every write (outside any collective); the first error is raised."""
+        try:
+            self._collect(lambda: True)
+        finally:
+            self.pool.shutdown()

@@ -139,8 +139,8 @@ def start(device: str = "auto", timeout_minutes: float | None = None) -> tuple[R
 
     A process group that already exists (made by torchrun's workers before, or by the caller: Ray Train,
     Lightning Fabric, accelerate, a script's own ``init_process_group``) is used as it is: never
-    re-initialized. Otherwise a process launched with the env:// variables (``torchrun``) joins the group
-    (NCCL for CUDA, else gloo) with a timeout of ``timeout_minutes`` (:func:`timeout`); outside both this
+    re-initialized. Otherwise a process launched with the env:// variables (``torchrun``, one process too) joins
+    the group (NCCL for CUDA, else gloo) with a timeout of ``timeout_minutes`` (:func:`timeout`); outside both this
     is the single process on ``device``.
     """
     if dist.is_available() and dist.is_initialized():
@@ -149,7 +149,7 @@ def start(device: str = "auto", timeout_minutes: float | None = None) -> tuple[R
     world = int(os.environ.get("WORLD_SIZE", "1"))
     require(world == 1 or launched(), f"WORLD_SIZE={world} is set but not RANK, MASTER_ADDR and MASTER_PORT; "
             "launch with torchrun, which sets them all")
-    if world == 1:
+    if not launched():
         ranks = Ranks()
         return ranks, rank_device(device, ranks)
     ranks = Ranks(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0)))
@@ -203,7 +203,7 @@ def session(device: str = "auto", timeout_minutes: float | None = None) -> Itera
     try:
         yield ranks, dev
     finally:
-        if ranks.distributed and not joined and dist.is_initialized():
+        if not joined and dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()
 
 

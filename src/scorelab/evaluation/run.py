@@ -30,12 +30,12 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from .._util import atomic_write, progress_bar, require
+from .._util import BackgroundWriter, atomic_write, progress_bar, require
 from ..data import ImageSet, load_dataset, to_uint8
 from ..models import ClipDenoised, DiffusionModel, guided, unconditional
 from ..objectives.vlb import NO_VLB
 from ..processes import Process, kind_error, require_kind
-from ..distributed import Ranks, broadcast_flag, chunk_ranges, gather_chunks
+from ..distributed import Ranks, barrier, broadcast_flag, chunk_ranges, gather_chunks
 from ..samplers import SAMPLERS, sample_many
 from ..samplers.registry import REGISTRY, samplers_for, steps_for_nfe
 from ..samplers.search import run_folder, searched_for_run
@@ -295,8 +295,10 @@ def _load_for_evaluation(checkpoint: str | Path, config: EvalConfig, device: tor
 
 
 def _feature_spaces(config: EvalConfig, train_set: ImageSet, test_set: ImageSet, test_images: np.ndarray,
-                    device: torch.device, progress: bool) -> tuple[list[_Space], dict[str, Any]]:
-    """Each feature space (the in-domain classifier's, Inception's) with the test split's statistics."""
+                    device: torch.device, progress: bool, inception: Extractor | None
+                    ) -> tuple[list[_Space], dict[str, Any]]:
+    """Each feature space (the in-domain classifier's, Inception's: ``inception``, loaded before sampling so that a
+    bad weights file stops the run at once) with the test split's statistics."""
     spaces: list[_Space] = []
     info: dict[str, Any] = {}
     for name in config.features:
@@ -307,7 +309,8 @@ def _feature_spaces(config: EvalConfig, train_set: ImageSet, test_set: ImageSet,
             info[name] = {"classifier_test_accuracy": clf.accuracy, "classifier_key": clf.key,
                           "classes": clf.classes}
         else:
-            extract = _inception_extractor(config.inception_weights, device)   # type: ignore[arg-type]
+            assert inception is not None
+            extract = inception
             info[name] = {"weights": str(config.inception_weights)}
         feats, _ = extract(test_images)
         spaces.append(_Space(name, extract, feats, feature_stats(feats)))
@@ -336,8 +339,10 @@ class _Scorer:
 
 
 def _cell_samples(model: DiffusionModel, shape: tuple[int, ...], cell: tuple[str, int, str], config: EvalConfig,
-                  out: Path, model_id: dict[str, Any], progress: bool, ranks: Ranks, run: Path):
-    """A cell's samples, on every rank alike: rank 0 finds them cached or all ranks draw their shares.
+                  out: Path, model_id: dict[str, Any], progress: bool, ranks: Ranks, run: Path,
+                  writer: BackgroundWriter | None):
+    """A cell's samples, on every rank alike: rank 0 finds them cached or all ranks draw their shares, and rank 0
+    hands the new ones to its background ``writer`` (``out/cells/*.npz``).
     ``cell``: (sampler, NFE, its row's label); a ``+gits`` label walks the run's searched grid.
     Returns (images, meta, steps) on rank 0, None on the others."""
     sampler, nfe, label = cell
@@ -357,7 +362,8 @@ def _cell_samples(model: DiffusionModel, shape: tuple[int, ...], cell: tuple[str
         return None
     meta = {"key": sample_key, "nfe": used, "steps": steps, "seconds": time.perf_counter() - t0,
             "processes": ranks.world_size}
-    _write_samples(path, images, meta)
+    if writer is not None:
+        writer.submit(_write_samples, path, images, meta)
     return images, meta, steps
 
 
@@ -391,7 +397,9 @@ def evaluate(checkpoint: str | Path, out: str | Path, config: EvalConfig = EvalC
 
     In a torchrun job every rank calls this: the samples and bits/dim are
     shared out over the ranks and gathered; rank 0 alone scores, writes and
-    returns the result (the others return None).
+    returns the result (the others return None). Rank 0 scores after the last
+    collective (and writes sample files on a background thread), so no rank
+    waits for its scoring or its disk.
     """
     from .report import write_report
 
@@ -409,41 +417,69 @@ def evaluate(checkpoint: str | Path, out: str | Path, config: EvalConfig = EvalC
     test_images = test_set.images[np.random.default_rng(config.seed).permutation(len(test_set))]
     info: dict[str, Any] = {"data": data_spec, "test_images": len(test_set), "checkpoint": str(ckpt.path),
                             "step": ckpt.step, "config": asdict(config)}
-    rows: list[dict[str, Any]] = []
     grids: dict[tuple[str, int], np.ndarray] = {}
-    rng = np.random.default_rng(config.seed + 1)                  # the floor: as many real training images
-    real = train_set.images[rng.choice(len(train_set), min(config.num_samples, len(train_set)), replace=False)]
-    if ranks.main:                                                # scoring is rank 0's
-        spaces, space_info = _feature_spaces(config, train_set, test_set, test_images, device, progress)
-        info.update(space_info)
-        score = _Scorer(out, spaces, config, {
-            "features": list(config.features), "kid": [config.kid_subsets, config.kid_subset_size],
-            "pr_k": config.pr_k, "data": data_spec, "inception": config.inception_weights,
-            "classifier": info.get("domain", {}).get("classifier_key")})
-        rows.append(score("data", real, {"sampler": "data", "nfe": 0, "steps": 0,
-                                         "sample_key": {"real": len(real), "seed": config.seed}}))
     cells = [(s, n, s) for s in config.samplers for n in config.nfe]
     if config.searched_times:
         cells += [(s, n, f"{s}+gits") for s in config.samplers if REGISTRY[s].takes_times()
                   for n in config.nfe]
     run = run_folder(ckpt.path)
-    bar = progress_bar(cells, desc="evaluate", disable=not progress)
-    for sampler, nfe, label in bar:
-        bar.set_postfix_str(f"{label} @ {nfe} NFE", refresh=False)
-        cell = _cell_samples(model, tuple(spec.data_shape), (sampler, nfe, label), config, out, model_id, progress,
-                             ranks, run)
-        if cell is None:                                          # not rank 0
-            continue
-        images, meta, steps = cell
-        grids[(label, nfe)] = images[:config.grid_size]
-        rows.append(score(f"{label}-nfe{nfe:04d}", images, {
-            "sampler": label, "nfe_budget": nfe, "nfe": meta["nfe"], "steps": steps,
-            "sample_seconds": meta["seconds"], "sample_key": {"samples": meta["key"]}}))
-    bpd = _all_bits_per_dim(model, test_images[:config.bpd_images], config, out, model_id, data_spec, progress, ranks)
+    inception = _inception_extractor(config.inception_weights, device) \
+        if ranks.main and "inception" in config.features else None      # type: ignore[arg-type]
+    writer = BackgroundWriter() if ranks.main else None
+    drawn: list[tuple[str, int, dict[str, Any], int]] = []        # rank 0's cells, scored after the collectives
+    try:
+        bar = progress_bar(cells, desc="evaluate", disable=not progress)
+        for sampler, nfe, label in bar:
+            bar.set_postfix_str(f"{label} @ {nfe} NFE", refresh=False)
+            cell = _cell_samples(model, tuple(spec.data_shape), (sampler, nfe, label), config, out, model_id,
+                                 progress, ranks, run, writer)
+            if cell is not None:                                  # rank 0
+                images, meta, steps = cell
+                grids[(label, nfe)] = images[:config.grid_size]
+                drawn.append((label, nfe, meta, steps))
+        bpd = _all_bits_per_dim(model, test_images[:config.bpd_images], config, out, model_id, data_spec,
+                                progress, ranks)
+        barrier(ranks)             # every collective done on every rank; rank 0 scores and writes after it
+    finally:
+        if writer is not None:
+            writer.close()
     if not ranks.main:
         return None
+    rows = _score_cells(out, config, info, drawn, (train_set, test_set, test_images), data_spec, device, progress,
+                        inception)
     info["seconds"] = time.perf_counter() - t_start
     metrics = {"info": info, "rows": rows, "bits_per_dim": bpd}
     atomic_write(out / "metrics.json", json.dumps(metrics, indent=1))
-    report = write_report(out, metrics, grids, real[:config.grid_size])
+    report = write_report(out, metrics, grids, _real_images(train_set, config)[:config.grid_size])
     return EvalResult(out, report, metrics)
+
+
+def _real_images(train_set: ImageSet, config: EvalConfig) -> np.ndarray:
+    """The floor's images: as many real training images as samples, drawn by the seed."""
+    rng = np.random.default_rng(config.seed + 1)
+    return train_set.images[rng.choice(len(train_set), min(config.num_samples, len(train_set)), replace=False)]
+
+
+def _score_cells(out: Path, config: EvalConfig, info: dict[str, Any], drawn: list[tuple[str, int, dict[str, Any], int]],
+                 sets: tuple[ImageSet, ImageSet, np.ndarray], data_spec: str, device: torch.device,
+                 progress: bool, inception: Extractor | None) -> list[dict[str, Any]]:
+    """Rank 0, after every collective: the feature spaces, the real images' row (the floor), then each cell's
+    row from its samples file."""
+    train_set, test_set, test_images = sets
+    spaces, space_info = _feature_spaces(config, train_set, test_set, test_images, device, progress, inception)
+    info.update(space_info)
+    score = _Scorer(out, spaces, config, {
+        "features": list(config.features), "kid": [config.kid_subsets, config.kid_subset_size],
+        "pr_k": config.pr_k, "data": data_spec, "inception": config.inception_weights,
+        "classifier": info.get("domain", {}).get("classifier_key")})
+    real = _real_images(train_set, config)
+    rows = [score("data", real, {"sampler": "data", "nfe": 0, "steps": 0,
+                                 "sample_key": {"real": len(real), "seed": config.seed}})]
+    for label, nfe, meta, steps in drawn:
+        path = out / "cells" / f"{label}-nfe{nfe:04d}.npz"
+        with np.load(path, allow_pickle=False) as f:
+            images = f["x"]
+        rows.append(score(f"{label}-nfe{nfe:04d}", images, {
+            "sampler": label, "nfe_budget": nfe, "nfe": meta["nfe"], "steps": steps,
+            "sample_seconds": meta["seconds"], "sample_key": {"samples": meta["key"]}}))
+    return rows

@@ -41,7 +41,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .._util import atomic_write, check_writable, progress_bar, require
+from .._util import BackgroundWriter, atomic_write, check_writable, progress_bar, require
 from ..data import ImageSet, load_dataset, take
 from ..distributed import Ranks, all_equal, all_gather_same, all_mean, barrier, rank_device, resolve_device
 from ..distributed import current as current_ranks
@@ -75,42 +75,6 @@ class Spec(Protocol):
 #: ``preview(model, spec, step, ranks)``: the samples of a step's grid, drawn on every rank and returned on rank 0
 #: (None: no grid); the trainer hands them to rank 0's writer.
 Preview = Callable[[Any, Spec, int, Ranks], Tensor | None]
-
-
-class _Writer:
-    """Rank 0's files (checkpoints from copies of the tensors, sample grids) written in order on one background
-    thread while training goes on, so no rank waits inside a collective for rank 0's disk (a slow or
-    network file system). A failed write raises at the next :meth:`submit` or at :meth:`close`."""
-
-    def __init__(self, max_checkpoints: int = 2):
-        from concurrent.futures import ThreadPoolExecutor
-
-        self.pool = ThreadPoolExecutor(1, thread_name_prefix="scorelab-writer")
-        self.pending: list[tuple[Any, bool]] = []             # (future, holds a copy of the training state)
-        self.max_checkpoints = max_checkpoints
-
-    def _collect(self, block_while: Callable[[], bool] = lambda: False) -> None:
-        for item in [item for item in self.pending if item[0].done()]:
-            self.pending.remove(item)
-            item[0].result()
-        while self.pending and block_while():
-            self.pending.pop(0)[0].result()
-
-    def make_room(self) -> None:
-        """Before copying a checkpoint's state: wait while ``max_checkpoints`` copies are still being written
-        (the disk slower than training; each copy is the size of weights, EMA and optimizer)."""
-        self._collect(lambda: sum(holds for _, holds in self.pending) >= self.max_checkpoints)
-
-    def submit(self, fn: Callable[..., Any], *args: Any, holds_state: bool = False, **kwargs: Any) -> None:
-        self._collect()
-        self.pending.append((self.pool.submit(fn, *args, **kwargs), holds_state))
-
-    def close(self) -> None:
-        """Wait for every write (outside any collective); the first error is raised."""
-        try:
-            self._collect(lambda: True)
-        finally:
-            self.pool.shutdown()
 
 
 def _cpu_copy(obj: Any) -> Any:
@@ -296,7 +260,7 @@ class _Run:
     t_window: float = 0.0
     log: _LossLog | None = None
     bar: Any = None
-    writer: _Writer | None = None                         # rank 0's background file writes
+    writer: BackgroundWriter | None = None                         # rank 0's background file writes
 
     @property
     def out(self) -> Path:
@@ -570,7 +534,7 @@ def _open_logs(run: _Run, progress: bool) -> None:
     config = run.config
     if not run.ranks.main:
         return
-    run.writer = _Writer()
+    run.writer = BackgroundWriter()
     atomic_write(run.out / "config.json", json.dumps({"train": config.to_dict(), run.spec.kind: run.spec.to_dict(),
                                                       "paper": config.defaults.paper,
                                                       "world_size": run.ranks.world_size}, indent=1, sort_keys=True))
@@ -628,6 +592,7 @@ def train(config: TrainConfig, *, data: ImageSet | np.ndarray | None = None, res
             _update(run, step, lr_now, total, loss, grad_norm)
             _log(run, step, lr_now, grad_norm)
             _checkpoint_and_preview(run, step)
+        barrier(ranks)             # every collective done on every rank; rank 0's files are written after it
     finally:
         if run.bar is not None:
             run.bar.close()
