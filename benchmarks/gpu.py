@@ -16,7 +16,8 @@ Without a CUDA GPU it stops with one line (exit status 2), unless ``--device cpu
    ``UNet2DModel`` (both untrained: throughput does not depend on the weights).
 3. **NCCL**: ``torchrun --standalone --nproc-per-node G -m scorelab.cli train`` (G = the GPUs seen, at least
    1) for a few steps on the digits with ``--device cuda``, then ``sample`` from that run: every process
-   joins an NCCL group (with G >= 2 the gradients and samples cross it). Reported: exit status and seconds.
+   joins an NCCL group; only with G >= 2 do gradients and samples cross it (one GPU checks the group's set-up
+   and the device placement). Reported: exit status and seconds.
 """
 
 from __future__ import annotations
@@ -102,10 +103,14 @@ def nccl_path(device: torch.device, steps: int) -> dict:
                        "--device", device.type, "--out", f"{tmp}/samples.png"]}
         for name, args in commands.items():
             t0 = time.perf_counter()
-            done = subprocess.run(launch + args, capture_output=True, text=True)
-            report[name] = {"returncode": done.returncode, "seconds": time.perf_counter() - t0,
-                            "last_lines": (done.stdout + done.stderr).strip().splitlines()[-3:]}
-            print(f"  {name} under torchrun ({procs} x {report['backend']}): exit {done.returncode}, "
+            try:
+                done = subprocess.run(launch + args, capture_output=True, text=True, timeout=900)
+                code, text = done.returncode, done.stdout + done.stderr
+            except subprocess.TimeoutExpired as e:            # a hung collective
+                code, text = None, f"timed out after 900 s: {e.stdout or ''}"
+            report[name] = {"returncode": code, "seconds": time.perf_counter() - t0,
+                            "last_lines": str(text).strip().splitlines()[-3:]}
+            print(f"  {name} under torchrun ({procs} x {report['backend']}): exit {code}, "
                   f"{report[name]['seconds']:.1f} s", flush=True)
     return report
 
@@ -164,7 +169,8 @@ def main() -> int:
         a, b = (sample[n][p]["images_per_s"] for n in ("scorelab", "diffusers"))
         print(f"{'sample ddim ' + p:22s} {a:14.1f} {b:15.1f} {a / b:6.2f}")
     ok = all(nccl[c]["returncode"] == 0 for c in ("train", "sample"))
-    print(f"NCCL path ({nccl['processes']} x {nccl['backend']}): {'ok' if ok else 'FAILED'}")
+    crossed = "" if nccl["processes"] > 1 else ": group joined, but one process sends nothing across it"
+    print(f"NCCL path ({nccl['processes']} x {nccl['backend']}): {'ok' if ok else 'FAILED'}{crossed}")
     print(f"wrote {path}" + ("  (quick: a smoke run, do not quote)" if args.quick else ""))
     return 0 if ok else 1
 

@@ -167,9 +167,13 @@ class BackgroundWriter:
         self._collect()
         self.pending.append((self.pool.submit(fn, *args, **kwargs), holds_state))
 
-    def close(self) -> None:
-        """Wait for every write (outside any collective); the first error is raised."""
+    def close(self, raise_errors: bool = True) -> None:
+        """Wait for every write (outside any collective); the first error is raised, unless ``raise_errors`` is
+        False (another error is already on its way)."""
         try:
             self._collect(lambda: True)
+        except Exception:
+            if raise_errors:
+                raise
         finally:
             self.pool.shutdown()

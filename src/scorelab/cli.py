@@ -116,7 +116,7 @@ def _add_config_flags(parser: argparse.ArgumentParser, config_class: type) -> No
 
 
 def _train(args: argparse.Namespace) -> None:
-    from .distributed import launched, session
+    from .distributed import session, under_torchrun
     from .training import TrainConfig, train
 
     given = _train_options(args)
@@ -129,7 +129,7 @@ def _train(args: argparse.Namespace) -> None:
             if key in given and isinstance(recipe.get(key), dict):
                 options[key] = {**recipe[key], **given[key]}
     config = TrainConfig.from_dict(options)
-    mode = args.resume or ("auto" if launched() else "no")
+    mode = args.resume or ("auto" if under_torchrun() else "no")
     with session(config.device, args.dist_timeout) as (ranks, _):
         result = train(config, resume={"latest": True, "no": False}.get(mode, mode), ranks=ranks)
     if ranks.main:
@@ -665,8 +665,8 @@ def _minutes(text: str) -> float:
         value = float(text)
     except ValueError:
         value = -1.0
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of minutes")
+    if not 0 < value < 1e6:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of minutes (below a million)")
     return value
 
 

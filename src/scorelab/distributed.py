@@ -34,7 +34,7 @@ from torch import Tensor
 
 from ._util import require
 
-__all__ = ["resolve_device", "Ranks", "launched", "start", "session", "current", "rank_device", "broadcast_flag", "all_equal",
+__all__ = ["resolve_device", "Ranks", "launched", "under_torchrun", "start", "session", "current", "rank_device", "broadcast_flag", "all_equal",
            "all_mean",
            "gather_chunks", "gather_same", "chunk_ranges", "barrier"]
 
@@ -65,7 +65,7 @@ def timeout(minutes: float | None = None) -> datetime.timedelta:
         except ValueError:
             minutes = -1.0
         require(minutes > 0, f"SCORELAB_DIST_TIMEOUT_MIN={text!r} must be a positive number of minutes")
-    require(minutes > 0, f"the process-group timeout must be a positive number of minutes, got {minutes!r}")
+    require(0 < minutes < 1e6, f"the process-group timeout must be a positive number of minutes, got {minutes!r}")
     return datetime.timedelta(minutes=minutes)
 
 
@@ -99,6 +99,11 @@ def launched() -> bool:
     return all(k in os.environ for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"))
 
 
+def under_torchrun() -> bool:
+    """True in a worker that torchrun's agent started (it may be restarted: ``scorelab train`` resumes by itself)."""
+    return launched() and "TORCHELASTIC_RUN_ID" in os.environ
+
+
 def current() -> Ranks:
     """The Ranks of the initialised process group, or the single process."""
     if not (dist.is_available() and dist.is_initialized()):
@@ -106,7 +111,15 @@ def current() -> Ranks:
                 "this process was launched by torchrun but has not joined the process group; call "
                 "scorelab.distributed.start() (or use `with scorelab.distributed.session():`) first")
         return Ranks()
-    return Ranks(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
+    return Ranks(dist.get_rank(), dist.get_world_size(), _local_rank())
+
+
+def _local_rank() -> int:
+    """``LOCAL_RANK`` (torchrun, Ray Train, Lightning Fabric and accelerate set it), else the GPU this process
+    selected (``torch.cuda.set_device``), else 0."""
+    if "LOCAL_RANK" in os.environ:
+        return int(os.environ["LOCAL_RANK"])
+    return torch.cuda.current_device() if torch.cuda.is_available() and torch.cuda.is_initialized() else 0
 
 
 def rank_device(name: str, ranks: Ranks) -> torch.device:
@@ -139,8 +152,8 @@ def start(device: str = "auto", timeout_minutes: float | None = None) -> tuple[R
 
     A process group that already exists (made by torchrun's workers before, or by the caller: Ray Train,
     Lightning Fabric, accelerate, a script's own ``init_process_group``) is used as it is: never
-    re-initialized. Otherwise a process launched with the env:// variables (``torchrun``, one process too) joins
-    the group (NCCL for CUDA, else gloo) with a timeout of ``timeout_minutes`` (:func:`timeout`); outside both this
+    re-initialized. Otherwise a process launched with the env:// variables (by ``torchrun`` with one process
+    too) joins the group (NCCL for CUDA, else gloo) with a timeout of ``timeout_minutes`` (:func:`timeout`); outside both this
     is the single process on ``device``.
     """
     if dist.is_available() and dist.is_initialized():
@@ -149,7 +162,7 @@ def start(device: str = "auto", timeout_minutes: float | None = None) -> tuple[R
     world = int(os.environ.get("WORLD_SIZE", "1"))
     require(world == 1 or launched(), f"WORLD_SIZE={world} is set but not RANK, MASTER_ADDR and MASTER_PORT; "
             "launch with torchrun, which sets them all")
-    if not launched():
+    if world == 1 and not under_torchrun():          # the single process (env:// variables a scheduler left too)
         ranks = Ranks()
         return ranks, rank_device(device, ranks)
     ranks = Ranks(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0)))
@@ -161,11 +174,12 @@ def start(device: str = "auto", timeout_minutes: float | None = None) -> tuple[R
     if dev.type == "cuda":                                  # NCCL's collectives run on this rank's own GPU
         torch.cuda.set_device(dev)
     wait = timeout(timeout_minutes)
-    where = f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}"
+    host = os.environ["MASTER_ADDR"]
+    where = f"[{host}]:{os.environ['MASTER_PORT']}" if ":" in host else f"{host}:{os.environ['MASTER_PORT']}"
     advice = ("check that the rendezvous address is reachable from every node and that every node was started "
               "(or raise --dist-timeout)")
     if not ranks.main or os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":    # someone else hosts the store
-        _reach(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), wait.total_seconds(),
+        _reach(host, int(os.environ["MASTER_PORT"]), wait.total_seconds(),
                f"rank {ranks.rank} could not reach the process group's store at {where} within "
                f"{wait.total_seconds():g} s; {advice}")
     try:

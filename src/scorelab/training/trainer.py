@@ -31,6 +31,7 @@ import csv
 import json
 import math
 import shutil
+import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -309,7 +310,8 @@ def _build(config: TrainConfig, data: ImageSet | np.ndarray | None, ranks: Ranks
 def data_position(n: int, config: TrainConfig, step: int) -> dict[str, int]:
     """Where the data stream stands after ``step`` optimizer steps: the order of epoch e is the permutation seeded
     by ``(seed, e)`` of the ``n`` examples (:func:`batch_indices`), and the next micro-batch is the ``batch``-th of
-    that epoch. Saved in every checkpoint; a resumed run continues from it."""
+    that epoch. Saved in every checkpoint; a resumed run recomputes the same position from its step, and
+    ``resume="auto"`` refuses data of another size (whose permutations differ)."""
     epoch, batch = divmod(step * config.grad_accum, n // config.batch_size)
     return {"examples": n, "seed": config.seed, "batch_size": config.batch_size, "grad_accum": config.grad_accum,
             "epoch": epoch, "batch": batch}
@@ -321,7 +323,8 @@ def _check_same_run(run: _Run, ckpt: Any) -> None:
     from .config import RESUME_MAY_CHANGE
 
     saved = {k: v for k, v in ckpt.config.get("train", {}).items() if k not in RESUME_MAY_CHANGE}
-    now = {k: v for k, v in run.config.to_dict().items() if k not in RESUME_MAY_CHANGE}
+    now = json.loads(json.dumps({k: v for k, v in run.config.to_dict().items() if k not in RESUME_MAY_CHANGE}))
+    # (as JSON, as the checkpoint has it: a tuple option is the list it was saved as)
     diffs = config_differences(saved, now)
     if diffs:
         raise CheckpointError(f"--resume auto: {ckpt.path} belongs to another configuration ({'; '.join(diffs[:3])}); "
@@ -336,9 +339,9 @@ def _check_same_run(run: _Run, ckpt: Any) -> None:
 
 
 def _clear_interrupted_writes(ckpt_dir: Path) -> None:
-    """Rank 0 removes what killed writers left (``.tmp-*`` folders): never loaded, only taking room."""
+    """Rank 0 removes what killed writers left (``.tmp-*``, ``.old-*`` folders): never loaded, only taking room."""
     if ckpt_dir.is_dir():
-        for stale in ckpt_dir.glob(".tmp-step-*"):
+        for stale in [*ckpt_dir.glob(".tmp-step-*"), *ckpt_dir.glob(".old-step-*")]:
             shutil.rmtree(stale, ignore_errors=True)
 
 
@@ -592,16 +595,16 @@ def train(config: TrainConfig, *, data: ImageSet | np.ndarray | None = None, res
             _update(run, step, lr_now, total, loss, grad_norm)
             _log(run, step, lr_now, grad_norm)
             _checkpoint_and_preview(run, step)
-        barrier(ranks)             # every collective done on every rank; rank 0's files are written after it
     finally:
         if run.bar is not None:
             run.bar.close()
         if run.log is not None:
             run.log.close()
-        if run.writer is not None:                               # rank 0 waits for its own files, no one else
-            run.writer.close()
+        if run.writer is not None:                               # rank 0's files written
+            run.writer.close(raise_errors=sys.exc_info()[0] is None)  # (a write error never hides the first one)
     if ranks.main:
         plot_loss_curve(run.out / "loss.csv", run.out / "loss.png", title=f"{config.framework} on {config.data}")
+    barrier(ranks)                                               # rank 0's last checkpoint is on disk for all
     with torch.random.fork_rng(devices=[run.device] if run.device.type == "cuda" else []):
         final = _eval_model(run.spec, run.ema, run.device)
     return TrainResult(run.out, step if config.steps > run.start else run.start, Path(run.last_ckpt), final,
