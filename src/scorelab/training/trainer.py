@@ -564,7 +564,8 @@ def train(config: TrainConfig, *, data: ImageSet | np.ndarray | None = None, res
     :func:`scorelab.training.preview.draw_preview`); rank 0 writes them.
     ``ranks``: this process's place in a distributed job (default: the existing process group, whoever made it,
     else one process); every rank calls ``train`` alike. Rank 0's files are written on a background thread, so
-    no rank waits for its disk; ``train`` returns on rank 0 once they are written.
+    no rank waits for its disk: ``train`` returns on rank 0 once they are written, on the others after the last
+    collective (the ``checkpoint`` they return is the one rank 0 writes, perhaps still being written).
     """
     from .plots import plot_loss_curve
     from .preview import draw_preview
@@ -595,6 +596,7 @@ def train(config: TrainConfig, *, data: ImageSet | np.ndarray | None = None, res
             _update(run, step, lr_now, total, loss, grad_norm)
             _log(run, step, lr_now, grad_norm)
             _checkpoint_and_preview(run, step)
+        barrier(ranks)             # every collective done on every rank; rank 0's last files are written after it
     finally:
         if run.bar is not None:
             run.bar.close()
@@ -604,7 +606,6 @@ def train(config: TrainConfig, *, data: ImageSet | np.ndarray | None = None, res
             run.writer.close(raise_errors=sys.exc_info()[0] is None)  # (a write error never hides the first one)
     if ranks.main:
         plot_loss_curve(run.out / "loss.csv", run.out / "loss.png", title=f"{config.framework} on {config.data}")
-    barrier(ranks)                                               # rank 0's last checkpoint is on disk for all
     with torch.random.fork_rng(devices=[run.device] if run.device.type == "cuda" else []):
         final = _eval_model(run.spec, run.ema, run.device)
     return TrainResult(run.out, step if config.steps > run.start else run.start, Path(run.last_ckpt), final,
