@@ -34,9 +34,9 @@ from torch import Tensor
 
 from ._util import require
 
-__all__ = ["resolve_device", "Ranks", "launched", "under_torchrun", "start", "session", "current", "rank_device", "broadcast_flag", "all_equal",
-           "all_mean",
-           "gather_chunks", "gather_same", "chunk_ranges", "barrier"]
+__all__ = ["resolve_device", "Ranks", "launched", "under_torchrun", "start", "session", "current", "rank_device",
+           "broadcast_flag", "all_equal", "all_mean", "gather_chunks", "gather_same", "chunk_ranges", "barrier",
+           "timeout"]
 
 def resolve_device(name: str) -> torch.device:
     """``"auto"``: CUDA when available, else the CPU."""
@@ -153,8 +153,8 @@ def start(device: str = "auto", timeout_minutes: float | None = None) -> tuple[R
     A process group that already exists (made by torchrun's workers before, or by the caller: Ray Train,
     Lightning Fabric, accelerate, a script's own ``init_process_group``) is used as it is: never
     re-initialized. Otherwise a process launched with the env:// variables (by ``torchrun`` with one process
-    too) joins the group (NCCL for CUDA, else gloo) with a timeout of ``timeout_minutes`` (:func:`timeout`); outside both this
-    is the single process on ``device``.
+    too) joins the group (NCCL for CUDA, else gloo) with a timeout of ``timeout_minutes`` (:func:`timeout`);
+    outside both this is the single process on ``device``.
     """
     if dist.is_available() and dist.is_initialized():
         ranks = current()
