@@ -661,12 +661,14 @@ def _add_train(sub) -> None:
 
 
 def _minutes(text: str) -> float:
+    """``--dist-timeout``, checked by the library's own rule (:func:`scorelab.distributed.timeout`)."""
+    from .distributed import timeout
+
     try:
         value = float(text)
+        timeout(value)
     except ValueError:
-        value = -1.0
-    if not 0 < value < 1e6:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of minutes (below a million)")
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of minutes (below a million)") from None
     return value
 
 

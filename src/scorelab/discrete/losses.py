@@ -137,9 +137,7 @@ def multinomial_loss(model, x0: Tensor, *, t: Tensor | None = None, noise=None, 
     ``posterior_dtype``: the posterior work in float32 (half the memory of training at many categories) or float64."""
     _check_model(model)
     require(reduction in ("mean", "sum"), f"unknown reduction {reduction!r}; choose 'mean' or 'sum'")
-    require(posterior_dtype in POSTERIOR_DTYPES, f"unknown posterior_dtype {posterior_dtype!r}; choose one of "
-            f"{POSTERIOR_DTYPES}")
-    dtype = getattr(torch, posterior_dtype)
+    dtype = posterior_torch_dtype(posterior_dtype)
     process = model.process
     x0 = process.check_data(x0)
     n, big_t = x0.shape[0], process.num_steps
@@ -182,6 +180,12 @@ def bits_per_dim(model, x0: Tensor, noise=None, labels: Tensor | None = None) ->
 STEP_SAMPLING = ("importance", "uniform")
 #: The dtypes the training loss may run its posterior work in.
 POSTERIOR_DTYPES = ("float32", "float64")
+
+
+def posterior_torch_dtype(name: str) -> torch.dtype:
+    """The ``posterior_dtype`` option of the categorical losses, checked, as a torch dtype."""
+    require(name in POSTERIOR_DTYPES, f"unknown posterior_dtype {name!r}; choose one of {POSTERIOR_DTYPES}")
+    return getattr(torch, name)
 
 
 def _bound(model, x0: Tensor, *, t: Tensor | None, randomness: Randomness, ce_weight: float, posterior_dtype: str,

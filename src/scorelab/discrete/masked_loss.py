@@ -21,7 +21,7 @@ from .._util import require
 from ..noise import Randomness, uniform
 from ..objectives import Objective, register_objective
 from ..processes import Process, require_kind
-from .losses import POSTERIOR_DTYPES
+from .losses import POSTERIOR_DTYPES, posterior_torch_dtype
 from .masked import TIME_SAMPLING, MaskedDiffusion, draw_times
 
 __all__ = ["masked_cross_entropy", "masked_loss", "masked_bits_per_dim", "masked_discrete_bound"]
@@ -54,12 +54,11 @@ def masked_loss(model, x0: Tensor, *, t: Tensor | None = None, noise: Randomness
     the cross-entropy's dtype, float32 (training's default) or float64."""
     process = _check_model(model)
     require(reduction in ("mean", "sum"), f"unknown reduction {reduction!r}; choose 'mean' or 'sum'")
-    require(posterior_dtype in POSTERIOR_DTYPES, f"unknown posterior_dtype {posterior_dtype!r}; choose one of "
-            f"{POSTERIOR_DTYPES}")
+    dtype = posterior_torch_dtype(posterior_dtype)
     x0 = process.check_data(x0)
     t = draw_times(x0.shape[0], noise, x0.device, time_sampling) if t is None else process.times(t, x0)
     x_t = process.sample_marginal(x0, t, noise)
-    loss = process.weight(t) * masked_cross_entropy(model, x0, x_t, t, labels, getattr(torch, posterior_dtype))
+    loss = process.weight(t) * masked_cross_entropy(model, x0, x_t, t, labels, dtype)
     return (loss / x0[0].numel() if reduction == "mean" else loss).float()
 
 

@@ -356,7 +356,7 @@ def _resume(run: _Run, resume: bool | str | Path, progress: bool) -> None:
         require(existing is None, f"{run.out} already holds a run (checkpoint {existing.name if existing else ''}); "
                 "pass --resume to continue it, or choose another --out")
         return
-    auto = isinstance(resume, str) and resume == "auto"
+    auto = resume == "auto"
     resume_from = latest_checkpoint(ckpt_dir) if resume is True or auto else Path(resume)
     if resume_from is not None and (resume_from / "checkpoints").is_dir():     # a run folder
         resume_from = latest_checkpoint(resume_from / "checkpoints")
@@ -510,7 +510,7 @@ def _checkpoint_and_preview(run: _Run, step: int) -> None:
     config, ranks, device = run.config, run.ranks, run.device
     if step % config.checkpoint_every == 0 or step == config.steps:
         rng = _rng_state(device, ranks)                   # every rank's, gathered on rank 0
-        if ranks.main and run.writer is not None:
+        if run.writer is not None:                        # rank 0
             run.writer.make_room()
             run.writer.submit(
                 save_checkpoint, run.out / "checkpoints", step, model=_cpu_copy(run.net.state_dict()),
@@ -528,7 +528,7 @@ def _checkpoint_and_preview(run: _Run, step: int) -> None:
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             x = run.preview(_eval_model(run.spec, run.ema, device), run.spec, step, ranks)  # leaves the RNG as it was
         run.net.train()
-        if ranks.main and x is not None and run.writer is not None:
+        if run.writer is not None and x is not None:      # rank 0
             run.writer.submit(save_preview, x, run.spec, step, run.out)
 
 
