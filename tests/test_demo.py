@@ -57,7 +57,7 @@ def knn_precision_recall(real: np.ndarray, fake: np.ndarray, k: int = 3) -> tupl
 def test_demo_is_recognisable_and_as_diverse_as_the_data(tmp_path, judge, monkeypatch, shared_cache):
     """Measured (seed 0, one thread): the demo's own figures 0.883 / 0.889, 0.883 / 0.931 against the floor's
     0.912 / 0.922, 0.902 / 0.946, two-sample accuracy 0.530; the judge's precision / recall 0.903 / 0.898
-    against its floor's 0.922 / 0.918; 93% of the demo's samples and 94-97% of each grid recognised. The demo
+    against its floor's 0.922 / 0.918; 93% of the demo's samples and 93-97% of each grid recognised. The demo
     as shipped, 3 x 500 samples of its own sampler included, is the suite's longest test."""
     monkeypatch.setenv("SCORELAB_CACHE", str(shared_cache))
     report = run_demo(tmp_path, seed=0, progress=False)
