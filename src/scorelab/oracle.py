@@ -64,6 +64,7 @@ class GaussianMixture:
                     "full covariances must be symmetric")
             lam, u = torch.linalg.eigh(c)
             self.eigvals, self.eigvecs = lam, u
+            self._rotated_means = torch.einsum("kde,kd->ke", u, m)      # U_k^T m_k
         elif c.shape == (k, d):
             self.eigvals = c.clone()
         elif c.shape == (k,):
@@ -130,10 +131,14 @@ class GaussianMixture:
     def _components(self, xf: Tensor, a: Tensor, s: Tensor):
         """Rotated residuals ``z = U^T (x - a m)``, variances ``a^2 lam + s^2``, and
         the log of ``w_k N(x; a m_k, a^2 C_k + s^2 I)``; shapes (N, K, D), (N, K, D), (N, K)."""
+        if len(a) > 1 and bool((a == a[0]).all() & (s == s[0]).all()):
+            a, s = a[:1], s[:1]          # one time for the whole batch (a sampler's step): variances (1, K, D)
         a3, s3 = a[:, None, None], s[:, None, None]
         var = a3**2 * self.eigvals[None] + s3**2
-        diff = xf[:, None, :] - a3 * self.means[None]
-        z = diff if self.eigvecs is None else torch.einsum("kde,nkd->nke", self.eigvecs, diff)
+        if self.eigvecs is None:
+            z = xf[:, None, :] - a3 * self.means[None]
+        else:                            # U_k^T x - a U_k^T m_k, the rotation applied to x once per component
+            z = torch.einsum("kde,nd->nke", self.eigvecs, xf) - a3 * self._rotated_means[None]
         log_norm = -0.5 * (z**2 / var).sum(-1) - 0.5 * torch.log(2 * math.pi * var).sum(-1)
         return z, var, log_norm + self._log_w
 
