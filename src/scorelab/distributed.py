@@ -165,7 +165,7 @@ def start(device: str = "auto", timeout_minutes: float | None = None) -> tuple[R
     if world == 1 and not under_torchrun():          # the single process (env:// variables a scheduler left too)
         ranks = Ranks()
         return ranks, rank_device(device, ranks)
-    ranks = Ranks(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0)))
+    ranks = Ranks(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), _local_rank())
     dev = rank_device(device, ranks)
     if ranks.main and shared_store_may_hang():
         print("scorelab: warning: torchrun shares its rendezvous store with the workers of every restart, so after "
