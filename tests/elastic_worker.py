@@ -5,9 +5,10 @@
 
 FAULT is ``none``, ``kill-step:RANK:STEP`` (SIGKILL after that optimizer step), ``kill-write:STEP`` (rank 0,
 SIGKILL inside that step's checkpoint write, after its first file), ``slow-write:STEP:SECONDS`` (rank 0's
-files of that step take SECONDS longer) or ``sync-writes`` with it (the control: rank 0 writes in its
-training thread). A fault fires once: it leaves ``fault-fired`` in the run folder, and a restarted worker that
-finds it runs clean (torchrun's restart count is per node, so it cannot tell).
+files of that step take SECONDS longer) or ``sync-writes:`` before it (the control: rank 0 writes in its
+training thread); several faults, comma-separated, fire in successive attempts. A fault fires once: fault i
+leaves ``fault-fired.i`` in the run folder, and a worker started after it (a restart) arms the next fault, or
+none and runs clean (torchrun's restart count is per node, so it cannot tell).
 
 ``caller`` makes its own gloo group (file:// store, no env:// variables, as Ray Train or Lightning Fabric
 would), trains through the library, and checks that the group is still there and works afterwards.
@@ -26,31 +27,32 @@ def _out(argv: list[str]) -> Path:
     return Path(argv[argv.index("--out") + 1])
 
 
-def _fired(argv: list[str]) -> None:
-    out = _out(argv)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "fault-fired").write_text(str(os.getpid()))
-
-
-def _install(fault: str, argv: list[str]) -> None:
+def _install(spec: str, argv: list[str]) -> None:
     import scorelab.store.checkpoints as checkpoints
     import scorelab.training.preview as preview
     import scorelab.training.trainer as trainer
 
-    kind, *values = fault.split(":")
-    rank, first = int(os.environ.get("RANK", "0")), not (_out(argv) / "fault-fired").exists()
-    if kind == "sync-writes":
+    if spec.startswith("sync-writes:"):
         trainer.BackgroundWriter.submit = lambda self, fn, *a, holds_state=False, **k: fn(*a, **k)
-        kind, values = values[0], values[1:]
-    if not first:
+        spec = spec.removeprefix("sync-writes:")
+    faults, out = spec.split(","), _out(argv)
+    armed = next((i for i in range(len(faults)) if not (out / f"fault-fired.{i}").exists()), None)
+    if armed is None:
         return
+    kind, *values = faults[armed].split(":")
+    rank, marker = int(os.environ.get("RANK", "0")), out / f"fault-fired.{armed}"
+
+    def _fired() -> None:
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text(str(os.getpid()))
+
     if kind == "kill-step" and rank == int(values[0]):
         update, at = trainer._update, int(values[1])
 
         def killing_update(run, step, *args):
             update(run, step, *args)
             if step == at:
-                _fired(argv)
+                _fired()
                 os.kill(os.getpid(), signal.SIGKILL)
         trainer._update = killing_update
     elif kind == "kill-write" and rank == 0:
@@ -59,7 +61,7 @@ def _install(fault: str, argv: list[str]) -> None:
         def killing_save(content, path):
             save_file(content, path)
             if name in path:
-                _fired(argv)
+                _fired()
                 os.kill(os.getpid(), signal.SIGKILL)
         checkpoints.save_file = killing_save
     elif kind == "slow-write" and rank == 0:
@@ -68,7 +70,7 @@ def _install(fault: str, argv: list[str]) -> None:
 
         def slow_checkpoint(directory, step, **kwargs):
             if step == at:
-                _fired(argv)
+                _fired()
                 time.sleep(seconds)
             return save_checkpoint(directory, step, **kwargs)
 

@@ -16,7 +16,8 @@ import pytest
 from conftest import run_cli
 
 TINY = ("--network-option base_channels=16 --network-option norm_groups=8 --network-option num_res_blocks=1 "
-        "--network-option attention_resolutions=[] --steps 2 --batch-size 16 --sample-every 100")
+        "--network-option attention_resolutions=[] --steps 2 --batch-size 16 --sample-every 100 --num-preview 4 "
+        "--preview-steps 2")
 
 #: name: train flags (after ``train --out RUN``)
 RUNS = {

@@ -1,18 +1,19 @@
 """A real training process killed with SIGKILL at random moments, resumed each time, ends bit-identical to an
 uninterrupted run. With a checkpoint every step, kills often land while a checkpoint is being written
-(the half-written folder it leaves behind is counted and printed)."""
+(the half-written folder it leaves behind is counted and printed).
 
-import os
+The processes are forked from a server that has imported scorelab (tests/preforked.py): each is a process of its
+own that starts as a fresh ``python -m scorelab.cli`` would, without the seconds of imports."""
+
 import random
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 from safetensors.torch import load_file
 
+import preforked
 from scorelab.store import latest_checkpoint
 
 ARGS = ["train", "--data", "digits", "--steps", "24", "--batch-size", "16", "--lr", "1e-3", "--warmup", "0",
@@ -23,7 +24,7 @@ ARGS = ["train", "--data", "digits", "--steps", "24", "--batch-size", "16", "--l
 
 
 def _command(out: Path, resume: bool) -> list[str]:
-    return [sys.executable, "-m", "scorelab.cli", *ARGS, "--out", str(out), *(["--resume"] if resume else [])]
+    return [*ARGS, "--out", str(out), *(["--resume"] if resume else [])]
 
 
 def _logged_steps(out: Path) -> int:
@@ -33,14 +34,18 @@ def _logged_steps(out: Path) -> int:
         return 0
 
 
-def _env() -> dict[str, str]:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+@pytest.fixture
+def fork_server():
+    yield
+    preforked.stop()
 
 
 @pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL (POSIX)")
-def test_sigkill_at_random_moments_then_resume_is_bit_identical(tmp_path):
+def test_sigkill_at_random_moments_then_resume_is_bit_identical(tmp_path, fork_server):
     reference = tmp_path / "reference"
-    subprocess.run(_command(reference, False), env=_env(), check=True, capture_output=True, timeout=600)
+    proc = preforked.start(_command(reference, False), tmp_path / "reference.log")
+    proc.join(600)
+    assert proc.exitcode == 0, (tmp_path / "reference.log").read_text()[-3000:]
     # Seconds per step on this machine (loss.csv's cumulative 'seconds'): kills land within about two
     # steps, so four of them fit in the 24 steps on a fast machine as on a slow one.
     seconds = [float(r.split(",")[-1]) for r in (reference / "loss.csv").read_text().splitlines()[1:]]
@@ -52,21 +57,22 @@ def test_sigkill_at_random_moments_then_resume_is_bit_identical(tmp_path):
     for attempt in range(20):
         # Left behind by a kill mid-write (each start clears them): count them before the next start.
         interrupted_writes += len(list((crashed / "checkpoints").glob(".tmp-*")))
-        proc = subprocess.Popen(_command(crashed, attempt > 0), env=_env(), stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
+        log = tmp_path / f"attempt-{attempt}.log"
+        proc = preforked.start(_command(crashed, attempt > 0), log)
         if kills < 4:
             # Wait until this process trains (its loss log grows), then die within the next few steps;
             # every step writes a checkpoint, so some kills land inside a write.
             before = _logged_steps(crashed)
-            while proc.poll() is None and _logged_steps(crashed) <= before:
+            while proc.is_alive() and _logged_steps(crashed) <= before:
                 time.sleep(0.02)
             time.sleep(rng.uniform(0.0, 2 * per_step))
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGKILL)
+            if proc.is_alive():
+                proc.kill()                               # SIGKILL
                 kills += 1
-        assert proc.wait(timeout=600) in (0, -signal.SIGKILL)
+        proc.join(600)
+        assert proc.exitcode in (0, -signal.SIGKILL), log.read_text()[-3000:]
         last = latest_checkpoint(crashed / "checkpoints")
-        if proc.returncode == 0 and last is not None and last.name == "step-00000024":
+        if proc.exitcode == 0 and last is not None and last.name == "step-00000024":
             break
     assert kills >= 3, "the run finished before it could be killed: make it longer"
     print(f"{kills} kills, {interrupted_writes} of them during a checkpoint write")

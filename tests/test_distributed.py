@@ -3,8 +3,13 @@ batch, and a sample job over 2 ranks gives the same images as over 1.
 
 The reference runs are the ordinary single-process code paths; the two-rank runs are real ``torchrun``
 launches of the CLI, so the process group, DDP, the rank-0-only writes and the gathers are all exercised.
+Every run is made once, by the module's fixture: the one-process runs here, then two launches (a launch's two
+ranks take seconds to start): the first runs the commands of every test one after another in one group
+(tests/distributed_worker.py), the second is ``scorelab train --resume`` alone, a fresh process that joins the
+group itself and resumes the first launch's 3-step run.
 """
 
+import json
 import os
 import shutil
 import subprocess
@@ -33,10 +38,30 @@ SAMPLE = ["--sampler", "ancestral", "--steps", "8", "--num-samples", "11", "--ba
           "--label", "2", "7", "--guidance", "1.5"]
 
 
-def _torchrun(args: list[str], nproc: int = 2, **env_vars: str) -> None:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           "-m", "scorelab.cli", *args]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", **env_vars}
+# Sliced score matching on a non-affine SDE, DiffFlow, multinomial diffusion with importance-sampled steps: each
+# trained 4 steps (a checkpoint every 2) in one process and on two ranks.
+SSM = ["train", "--framework", "sde", "--process-option", "drift=double_well", "--loss", "ssm-vr",
+       "--data", "points:two_moons", "--batch-size", "64", "--steps", "4", "--device", "cpu", "--seed", "5",
+       "--lr", "1e-2", "--log-every", "1", "--sample-every", "1000", "--checkpoint-every", "2",
+       "--num-preview", "4", "--preview-steps", "2"]
+DIFFFLOW = ["train", "--framework", "diffflow", "--data", "points:two_moons", "--batch-size", "64", "--steps", "4",
+            "--device", "cpu", "--seed", "5", "--lr", "1e-2", "--log-every", "1", "--sample-every", "1000",
+            "--checkpoint-every", "2", "--num-preview", "4", "--process-option", "num_steps=4",
+            "--loss-option", "progressive=2", "--loss-option", "stage_steps=2"]
+MULTINOMIAL = ["train", "--framework", "multinomial", "--data", "digits", "--batch-size", "32", "--grad-accum", "2",
+               "--steps", "4", "--lr", "2e-3", "--warmup", "0", "--process-option", "num_steps=3", "--network",
+               "digits8", "--network-option", "num_res_blocks=1", "--network-option", "base_channels=16",
+               "--network-option", "norm_groups=8", "--device", "cpu", "--seed", "2", "--log-every", "1",
+               "--sample-every", "1000", "--checkpoint-every", "2", "--num-preview", "4", "--preview-steps", "2"]
+ONE_AND_TWO = {"ssm": SSM, "diffflow": DIFFFLOW, "multinomial": MULTINOMIAL}
+# --bpd-images 7 in chunks of 3: chunks 0 and 2 on rank 0, chunk 1 on rank 1.
+EVALUATE = ["--samplers", "ddim,heun", "--nfe", "5", "--num-samples", "7", "--batch-size", "3", "--bpd", "vlb",
+            "--bpd-images", "7", "--vlb-terms", "3", "--seed", "1"]
+
+
+def _torchrun(script: list[str], nproc: int = 2) -> None:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *script]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
@@ -62,12 +87,33 @@ def _state(run: Path, step: int) -> dict[str, torch.Tensor]:
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def runs(tmp_path_factory, shared_cache):
+    """``one``/``two``: TRAIN in one process (6 steps), and on two ranks (3 steps, then resumed to 6); for each
+    of ONE_AND_TWO, ``NAME/one`` and ``NAME/two``; ``sample/one.png``, ``sample/two.png`` (and their .npz)
+    from ``one``; ``evaluate/one``, ``evaluate/two`` of ``one`` (the in-domain classifier from the test run's
+    cache: fitted once, by whichever test needs it first)."""
     root = tmp_path_factory.mktemp("ddp")
-    with one_thread():
+    evaluate = ["evaluate", str(root / "one"), *EVALUATE]
+    cache = {"SCORELAB_CACHE": str(shared_cache)}
+    with one_thread(), pytest.MonkeyPatch.context() as env:
         assert main([*TRAIN, "--steps", "6", "--out", str(root / "one")]) == 0
-    _torchrun([*TRAIN, "--steps", "3", "--out", str(root / "two")])
-    _torchrun([*TRAIN, "--steps", "6", "--out", str(root / "two"), "--resume"])
+        for name, args in ONE_AND_TWO.items():
+            assert main([*args, "--out", str(root / name / "one")]) == 0
+        (root / "sample").mkdir()
+        assert main(["sample", str(root / "one"), *SAMPLE, "--out", str(root / "sample" / "one.png")]) == 0
+        env.setenv("SCORELAB_CACHE", cache["SCORELAB_CACHE"])
+        assert main([*evaluate, "--out", str(root / "evaluate" / "one")]) == 0
+    # One cell is already done (a rerun): rank 0 reuses it and the other rank must skip it, not draw it.
+    (root / "evaluate" / "two" / "cells").mkdir(parents=True)
+    for name in ("ddim-nfe0005.npz", "ddim-nfe0005.json"):
+        shutil.copy(root / "evaluate" / "one" / "cells" / name, root / "evaluate" / "two" / "cells" / name)
+    commands = [([*TRAIN, "--steps", "3", "--out", str(root / "two")], {}),
+                *[([*args, "--out", str(root / name / "two")], {}) for name, args in ONE_AND_TWO.items()],
+                (["sample", str(root / "one"), *SAMPLE, "--out", str(root / "sample" / "two.png")], {}),
+                ([*evaluate, "--out", str(root / "evaluate" / "two")], cache)]
+    (root / "commands.json").write_text(json.dumps(commands))
+    _torchrun([str(Path(__file__).with_name("distributed_worker.py")), str(root / "commands.json")])
+    _torchrun(["-m", "scorelab.cli", *TRAIN, "--steps", "6", "--out", str(root / "two"), "--resume"])
     return root
 
 
@@ -96,51 +142,34 @@ def test_two_gloo_ranks_train_like_one_process_with_the_same_global_batch(runs):
     assert latest_checkpoint(runs / "two" / "checkpoints").name == "step-00000006"
 
 
-def _one_and_two(args: list[str], tmp_path: Path) -> tuple[dict, dict, dict]:
-    """Train ``args`` (4 steps, a checkpoint every 2) in one process and on two ranks: the states at step 4 of
-    each, and the one process's at step 2."""
-    with one_thread():
-        assert main([*args, "--out", str(tmp_path / "one")]) == 0
-    _torchrun([*args, "--out", str(tmp_path / "two")])
-    return _state(tmp_path / "one", 4), _state(tmp_path / "two", 4), _state(tmp_path / "one", 2)
+def _one_and_two(runs: Path, name: str) -> tuple[dict, dict, dict]:
+    """The states at step 4 of ONE_AND_TWO[name] in one process and on two ranks, and the one process's at step 2."""
+    return _state(runs / name / "one", 4), _state(runs / name / "two", 4), _state(runs / name / "one", 2)
 
 
-def test_sliced_score_matching_on_a_non_affine_sde_trains_on_two_ranks_like_one_process(tmp_path):
+def test_sliced_score_matching_on_a_non_affine_sde_trains_on_two_ranks_like_one_process(runs):
     """The simulated x_t and the SSM projections are drawn for the global batch and sharded (BatchNoise):
     two ranks equal one process (measured relative gap 5e-6; ranks drawing from the step's generator for
     their own rows alone give 2.3)."""
-    args = ["train", "--framework", "sde", "--process-option", "drift=double_well", "--loss", "ssm-vr",
-            "--data", "points:two_moons", "--batch-size", "64", "--steps", "4", "--device", "cpu", "--seed", "5",
-            "--lr", "1e-2", "--log-every", "1", "--sample-every", "1000", "--checkpoint-every", "2",
-            "--num-preview", "4", "--preview-steps", "2"]
-    one, two, start = _one_and_two(args, tmp_path)
+    one, two, start = _one_and_two(runs, "ssm")
     assert _relative_gap(one, two, start, "model/") < 1e-3
 
 
-def test_diffflow_trains_on_two_ranks_like_one_process(tmp_path):
+def test_diffflow_trains_on_two_ranks_like_one_process(runs):
     """DiffFlow's paths, jittered grids and progressive stage are drawn for the global batch (BatchNoise) and
     its drift network sits beside the score network under one DistributedDataParallel: two ranks equal one."""
-    args = ["train", "--framework", "diffflow", "--data", "points:two_moons", "--batch-size", "64", "--steps", "4",
-            "--device", "cpu", "--seed", "5", "--lr", "1e-2", "--log-every", "1", "--sample-every", "1000",
-            "--checkpoint-every", "2", "--num-preview", "4", "--process-option", "num_steps=4",
-            "--loss-option", "progressive=2", "--loss-option", "stage_steps=2"]
-    one, two, start = _one_and_two(args, tmp_path)
+    one, two, start = _one_and_two(runs, "diffflow")
     assert _relative_gap(one, two, start, "model/") < 1e-3
     assert {k for k in one if k.startswith("model/drift.")} and _relative_gap(one, two, start, "model/drift.") < 1e-3
 
 
-def test_multinomial_diffusion_with_importance_sampled_steps_trains_on_two_ranks_like_one_process(tmp_path):
+def test_multinomial_diffusion_with_importance_sampled_steps_trains_on_two_ranks_like_one_process(runs):
     """Every rank records its rows' terms and the step's whole batch updates the history on all ranks, so
     the steps drawn once importance sampling takes over (step 3 here) agree with one process."""
-    args = ["train", "--framework", "multinomial", "--data", "digits", "--batch-size", "32", "--grad-accum", "2",
-            "--steps", "4", "--lr", "2e-3", "--warmup", "0", "--process-option", "num_steps=3", "--network",
-            "digits8", "--network-option", "num_res_blocks=1", "--network-option", "base_channels=16",
-            "--network-option", "norm_groups=8", "--device", "cpu", "--seed", "2", "--log-every", "1",
-            "--sample-every", "1000", "--checkpoint-every", "2", "--num-preview", "4", "--preview-steps", "2"]
-    one, two, start = _one_and_two(args, tmp_path)
+    one, two, start = _one_and_two(runs, "multinomial")
     assert _relative_gap(one, two, start, "model/") < 1e-3
-    history = [load_file(r / "checkpoints" / "step-00000004" / "state.safetensors") for r in (tmp_path / "one",
-                                                                                              tmp_path / "two")]
+    history = [load_file(runs / "multinomial" / r / "checkpoints" / "step-00000004" / "state.safetensors")
+               for r in ("one", "two")]
     assert torch.equal(history[0]["objective_state.count"], history[1]["objective_state.count"])
     assert bool((history[0]["objective_state.count"][1:] > 10).all())
     torch.testing.assert_close(history[1]["objective_state.history"], history[0]["objective_state.history"],
@@ -161,41 +190,25 @@ def test_a_two_rank_checkpoint_resumes_on_one_process(runs, tmp_path):
     assert {"rng_cpu", "rng_cpu.r1"} <= rng.keys() and not torch.equal(rng["rng_cpu"], rng["rng_cpu.r1"])
 
 
-def test_sampling_over_two_ranks_gives_the_images_of_one(runs, tmp_path):
-    ckpt = str(runs / "one")
-    with one_thread():
-        assert main(["sample", ckpt, *SAMPLE, "--out", str(tmp_path / "one.png")]) == 0
-    _torchrun(["sample", ckpt, *SAMPLE, "--out", str(tmp_path / "two.png")])
-    with np.load(tmp_path / "one.npz") as a, np.load(tmp_path / "two.npz") as b:
+def test_sampling_over_two_ranks_gives_the_images_of_one(runs):
+    with np.load(runs / "sample" / "one.npz") as a, np.load(runs / "sample" / "two.npz") as b:
         assert a["x"].shape == (11, 1, 8, 8)
         np.testing.assert_array_equal(b["x"], a["x"])     # per-sample seeds, the same chunks: bit-identical
         np.testing.assert_array_equal(b["y"], a["y"])
 
 
-
-def test_evaluate_over_two_ranks_writes_the_report_of_one(runs, tmp_path, monkeypatch):
-    """Sample cells and bits/dim images are shared out (uneven chunks) and gathered; rank 0 scores alike."""
-    # --bpd-images 7 in chunks of 3: chunks 0 and 2 on rank 0, chunk 1 on rank 1.
-    import json
-
-    monkeypatch.setenv("SCORELAB_CACHE", str(tmp_path / "cache"))
-    args = ["evaluate", str(runs / "one"), "--samplers", "ddim,heun", "--nfe", "5", "--num-samples", "7",
-            "--batch-size", "3", "--bpd", "vlb", "--bpd-images", "7", "--vlb-terms", "3", "--seed", "1"]
-    with one_thread():
-        assert main([*args, "--out", str(tmp_path / "one")]) == 0
-    # One cell is already done (a rerun): rank 0 reuses it and the other rank must skip it, not draw it.
-    (tmp_path / "two" / "cells").mkdir(parents=True)
-    for name in ("ddim-nfe0005.npz", "ddim-nfe0005.json"):
-        shutil.copy(tmp_path / "one" / "cells" / name, tmp_path / "two" / "cells" / name)
-    _torchrun([*args, "--out", str(tmp_path / "two")], SCORELAB_CACHE=str(tmp_path / "cache"))
+def test_evaluate_over_two_ranks_writes_the_report_of_one(runs):
+    """Sample cells and bits/dim images are shared out (uneven chunks) and gathered; rank 0 scores alike. One
+    cell was already done (a rerun): rank 0 reused it and the other rank skipped it."""
+    one, two = runs / "evaluate" / "one", runs / "evaluate" / "two"
     for cell in ("ddim-nfe0005", "heun-nfe0005"):
-        with np.load(tmp_path / "one" / "cells" / f"{cell}.npz") as a, \
-                np.load(tmp_path / "two" / "cells" / f"{cell}.npz") as b:
+        with np.load(one / "cells" / f"{cell}.npz") as a, np.load(two / "cells" / f"{cell}.npz") as b:
             np.testing.assert_array_equal(b["x"], a["x"])
-    one, two = (json.loads((tmp_path / r / "metrics.json").read_text()) for r in ("one", "two"))
+    one, two = (json.loads((r / "metrics.json").read_text()) for r in (one, two))
     assert [r["domain"]["fid"] for r in two["rows"]] == [r["domain"]["fid"] for r in one["rows"]]
     assert two["bits_per_dim"]["vlb"]["bits_per_dim"] == one["bits_per_dim"]["vlb"]["bits_per_dim"]
-    assert (tmp_path / "two" / "report.md").is_file()
+    assert (runs / "evaluate" / "two" / "report.md").is_file()
+
 
 def test_work_is_shared_out_by_chunks_and_bad_splits_are_refused(monkeypatch):
     from scorelab.distributed import Ranks, chunk_ranges, current

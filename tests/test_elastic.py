@@ -1,16 +1,20 @@
 """Training that survives losing a worker, on gloo and the CPU: two torchrun "nodes" on localhost with the c10d
-rendezvous, a worker killed (mid-run, or inside rank 0's checkpoint write), the elastic job restarted by
+rendezvous, workers killed (inside rank 0's checkpoint write, then mid-run), the elastic job restarted by
 torchrun and resumed by ``--resume auto``: its final weights equal an uninterrupted run's bit for bit. Also a
 process group made by the caller, a rank slow on I/O under a short timeout, and an unreachable rendezvous.
 
-The faults are injected by tests/elastic_worker.py into torchrun's first attempt only.
+The faults are injected by tests/elastic_worker.py, each into one attempt. The slow-I/O run is the uninterrupted
+reference too, and it and its control run in the background from the module's start: they mostly wait (on a
+slow write, on a timeout), while the fault test's job uses the CPU.
 """
 
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -22,11 +26,17 @@ from scorelab.store import list_checkpoints
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="needs torch.distributed")
 
 WORKER = str(Path(__file__).with_name("elastic_worker.py"))
-# A small model on 2-D points, 8 steps of a global batch of 32, a checkpoint every 2.
-TRAIN = ["train", "--framework", "ddpm", "--data", "points:two_moons", "--steps", "8", "--batch-size", "32",
+# A small model on 2-D points, 8 steps of a global batch of 32, a checkpoint every 2. (The checkerboard is made
+# by numpy alone: two_moons would import sklearn, a second more in each of the dozen training processes here.)
+TRAIN = ["train", "--framework", "ddpm", "--data", "points:checkerboard", "--steps", "8", "--batch-size", "32",
          "--lr", "1e-2", "--warmup", "0", "--process-option", "num_steps=50", "--device", "cpu", "--seed", "7",
          "--log-every", "1", "--checkpoint-every", "2", "--keep-last", "5", "--sample-every", "1000",
          "--num-preview", "8", "--preview-steps", "2"]
+# The slow-I/O run: a preview at step 6 too, and a 6-second process-group timeout. Rank 0's step-6 checkpoint and
+# preview are slowed (step 6, so that the writer never holds more than the two checkpoint copies it allows
+# before it makes training wait: with step 4's still being written, step 8's would wait for it).
+SLOW_IO = ("--sample-every", "6", "--dist-timeout", "0.1")
+SLOW_WRITE = "slow-write:6:12"
 
 
 def _env() -> dict[str, str]:
@@ -40,15 +50,58 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _torchrun(launch: list[str], fault: str, out: Path, extra: tuple[str, ...] = ()) -> list[subprocess.Popen]:
-    cmd = [sys.executable, "-m", "torch.distributed.run", *launch, "--monitor-interval", "0.1", WORKER, fault, "--",
-           *TRAIN, *extra, "--out", str(out)]
-    env = {**_env(), "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
-    return [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                              start_new_session=True)]
+class _Job:
+    """Processes whose output goes to files beside ``out`` (a job left running in the background must not block on
+    a full pipe)."""
+
+    def __init__(self, cmds: list[list[str]], out: Path, env: dict[str, str]):
+        self.logs = [out.with_name(f"{out.name}-{i}.log") for i in range(len(cmds))]
+        self.procs = []
+        for cmd, log in zip(cmds, self.logs):
+            with open(log, "w") as f:
+                self.procs.append(subprocess.Popen(cmd, env=env, stdout=f, stderr=subprocess.STDOUT,
+                                                   start_new_session=True))
+
+    def running(self) -> bool:
+        return any(p.poll() is None for p in self.procs)
+
+    def kill(self) -> None:
+        """A job still running (hung, or its result never asked for) must not outlive the test: SIGTERM, on which
+        torchrun's agent stops its workers (they run in sessions of their own), then SIGKILL."""
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            for p in self.procs:
+                if p.poll() is None:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(p.pid, sig)
+            for p in self.procs:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    p.wait(timeout=15)
+
+    def finish(self) -> tuple[int, str]:
+        """The worst exit code and the end of each process's output, once all have ended (240 s at most)."""
+        try:
+            for p in self.procs:
+                p.wait(timeout=240)
+        except subprocess.TimeoutExpired:
+            pass
+        finally:
+            self.kill()
+        logs = [log.read_text(errors="replace") for log in self.logs]
+        return max(p.returncode for p in self.procs), "\n".join(log[-4000:] for log in logs)
 
 
-def _two_nodes(fault: str, out: Path) -> list[subprocess.Popen]:
+def _torchrun(launch: list[str], fault: str, out: Path, extra: tuple[str, ...] = ()) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", *launch, "--monitor-interval", "0.1", WORKER, fault, "--",
+            *TRAIN, *extra, "--out", str(out)]
+
+
+def _standalone(fault: str, out: Path, extra: tuple[str, ...] = ()) -> _Job:
+    """Two ranks of one torchrun agent."""
+    cmd = _torchrun(["--standalone", "--nproc-per-node", "2"], fault, out, extra)
+    return _Job([cmd], out, {**_env(), "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"})
+
+
+def _two_nodes(fault: str, out: Path) -> _Job:
     """Two agents, one worker each, meeting at a c10d rendezvous on localhost; up to 3 restarts. Each round's
     workers get their own store (TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1, as docs/distributed.md says): sharing the
     agents' store, a node restarted for a membership change keeps restart count 0 while the failed node's
@@ -56,17 +109,8 @@ def _two_nodes(fault: str, out: Path) -> list[subprocess.Popen]:
     port = _free_port()
     launch = ["--nnodes", "2", "--nproc-per-node", "1", "--rdzv-backend", "c10d", "--rdzv-endpoint",
               f"127.0.0.1:{port}", "--rdzv-id", f"elastic-{port}", "--max-restarts", "3"]
-    return _torchrun(launch, fault, out) + _torchrun(launch, fault, out)
-
-
-def _finish(procs: list[subprocess.Popen]) -> tuple[int, str]:
-    try:
-        logs = [p.communicate(timeout=240)[0] for p in procs]
-    finally:
-        for p in procs:                                   # a hung job must not outlive the test
-            if p.poll() is None:
-                os.killpg(p.pid, signal.SIGKILL)
-    return max(p.returncode for p in procs), "\n".join(log[-4000:] for log in logs)
+    cmd = _torchrun(launch, fault, out)
+    return _Job([cmd, cmd], out, {**_env(), "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"})
 
 
 def _weights(run: Path, step: int = 8) -> dict[str, torch.Tensor]:
@@ -81,64 +125,88 @@ def _assert_same_weights(run: Path, reference: Path) -> None:
     assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])]
 
 
+class _SlowIO:
+    """The slow-I/O run and its control, started in the background; :meth:`result` waits for one."""
+
+    def __init__(self, root: Path):
+        self.out = {"slow": root / "slow", "control": root / "control"}
+        self.jobs = {"slow": _standalone(SLOW_WRITE, self.out["slow"], SLOW_IO)}
+        # The control (and the module's other jobs) start once the slow run's rank 0 sleeps in its write: until
+        # then its ranks, which meet at collectives under a 6-second timeout, have the CPU to themselves as before.
+        deadline = time.monotonic() + 240
+        while (self.jobs["slow"].running() and not (self.out["slow"] / "fault-fired.0").exists()
+               and time.monotonic() < deadline):
+            time.sleep(0.05)
+        self.jobs["control"] = _standalone(f"sync-writes:{SLOW_WRITE}", self.out["control"], SLOW_IO)
+        self.results: dict[str, tuple[int, str]] = {}
+
+    def result(self, name: str) -> tuple[Path, int, str]:
+        if name not in self.results:
+            self.results[name] = self.jobs[name].finish()
+        return (self.out[name], *self.results[name])
+
+    def reference(self) -> Path:
+        """The uninterrupted run (two ranks of one torchrun agent): the slow-I/O run, whose slowed files change no
+        number (its extra preview leaves the RNG as it was)."""
+        out, code, log = self.result("slow")
+        assert code == 0, log
+        return out
+
+
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory) -> Path:
-    """The uninterrupted run: two ranks of one torchrun agent."""
-    out = tmp_path_factory.mktemp("elastic") / "reference"
-    code, log = _finish(_torchrun(["--standalone", "--nproc-per-node", "2"], "none", out))
-    assert code == 0, log
-    return out
+def slow_io(tmp_path_factory):
+    runs = _SlowIO(tmp_path_factory.mktemp("elastic"))
+    yield runs
+    for job in runs.jobs.values():
+        job.kill()
 
 
-@pytest.mark.parametrize("fault", ["kill-step:1:5", "kill-write:4"])
-def test_an_elastic_job_that_loses_a_worker_resumes_and_ends_bit_identical(reference, tmp_path, fault):
-    """kill-step: rank 1 dies after step 5, rank 0 fails in the next all-reduce, both are restarted and resume
-    from step 4. kill-write: rank 0 dies inside step 4's checkpoint write, so the newest complete checkpoint is
-    step 2's; the half-written one is never loaded (and is removed)."""
+def test_an_elastic_job_that_loses_workers_resumes_and_ends_bit_identical(slow_io, tmp_path):
+    """Two faults in successive attempts of one job. kill-write: rank 0 dies inside step 4's checkpoint write, so
+    the newest complete checkpoint is step 2's; the half-written one is never loaded (and is removed). Then
+    kill-step: rank 1 dies after step 5, rank 0 fails in the next all-reduce, both are restarted and resume from
+    step 4."""
     out = tmp_path / "run"
-    code, log = _finish(_two_nodes(fault, out))
+    code, log = _two_nodes("kill-write:4,kill-step:1:5", out).finish()
     assert code == 0, log
-    assert (out / "fault-fired").is_file(), "the fault never fired"
+    assert [(out / f"fault-fired.{i}").is_file() for i in range(2)] == [True, True], "a fault never fired"
+    reference = slow_io.reference()
     _assert_same_weights(out, reference)
-    # Every step was logged once, after the restart too, with the uninterrupted run's losses.
+    # Every step was logged once, after the restarts too, with the uninterrupted run's losses.
     rows = [[r.split(",")[:4] for r in (run / "loss.csv").read_text().splitlines()] for run in (out, reference)]
     assert len(rows[0]) == 9 and rows[0] == rows[1]
     assert [p.name for p in list_checkpoints(out / "checkpoints")][-1] == "step-00000008"
     assert not list((out / "checkpoints").glob(".tmp-*"))
 
 
-def test_a_process_group_made_by_the_caller_is_used_and_left_as_it_was(reference, tmp_path):
+def test_a_process_group_made_by_the_caller_is_used_and_left_as_it_was(slow_io, tmp_path):
     """Two processes that made their own gloo group (file:// store, no torchrun variables) train as the torchrun
     run did, bit for bit; the group is still there afterwards (the worker all-reduces on it)."""
     out, store = tmp_path / "run", tmp_path / "store"
-    procs = [subprocess.Popen([sys.executable, WORKER, "caller", str(store), str(r), "2", "--", *TRAIN,
-                               "--out", str(out)], env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              text=True) for r in range(2)]
-    code, log = _finish(procs)
+    cmds = [[sys.executable, WORKER, "caller", str(store), str(r), "2", "--", *TRAIN, "--out", str(out)]
+            for r in range(2)]
+    code, log = _Job(cmds, out, _env()).finish()
     assert code == 0, log
-    _assert_same_weights(out, reference)
+    _assert_same_weights(out, slow_io.reference())
 
 
 @pytest.mark.parametrize("control", [False, True])
-def test_a_rank_slow_on_io_does_not_make_the_others_time_out(tmp_path, control):
-    """Rank 0's step-3 checkpoint and preview take 12 s longer under a 6-second process-group timeout: rank 1 trains
+def test_a_rank_slow_on_io_does_not_make_the_others_time_out(slow_io, control):
+    """Rank 0's step-6 checkpoint and preview take 12 s longer under a 6-second process-group timeout: rank 1 trains
     on and the job finishes. The control writes in rank 0's training thread, and rank 1 times out waiting."""
-    extra = ("--steps", "6", "--checkpoint-every", "3", "--sample-every", "3", "--dist-timeout", "0.1")
-    fault = "sync-writes:slow-write:3:12" if control else "slow-write:3:12"
-    code, log = _finish(_torchrun(["--standalone", "--nproc-per-node", "2"], fault, tmp_path / "run", extra))
-    assert (tmp_path / "run" / "fault-fired").is_file()
+    out, code, log = slow_io.result("control" if control else "slow")
+    assert (out / "fault-fired.0").is_file()
     if control:
         assert code != 0 and "Timed out" in log, log
         return
     assert code == 0, log
-    assert [p.name for p in list_checkpoints(tmp_path / "run" / "checkpoints")] == ["step-00000003", "step-00000006"]
-    assert sorted(p.name for p in (tmp_path / "run" / "samples").iterdir()) == ["step-00000003.png",
-                                                                                 "step-00000006.png"]
+    assert [p.name for p in list_checkpoints(out / "checkpoints")] == [f"step-{k:08d}" for k in (2, 4, 6, 8)]
+    assert sorted(p.name for p in (out / "samples").iterdir()) == ["step-00000006.png", "step-00000008.png"]
 
 
 def test_an_unreachable_rendezvous_is_one_line(tmp_path):
     env = {**_env(), "RANK": "1", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port())}
-    done = subprocess.run([sys.executable, "-m", "scorelab.cli", *TRAIN, "--dist-timeout", "0.03", "--out",
+    done = subprocess.run([sys.executable, "-m", "scorelab.cli", *TRAIN, "--dist-timeout", "0.01", "--out",
                            str(tmp_path / "run")], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
@@ -147,8 +215,7 @@ def test_an_unreachable_rendezvous_is_one_line(tmp_path):
 
 
 def test_a_world_size_that_does_not_divide_the_batch_is_one_line_on_each_rank(tmp_path):
-    code, log = _finish(_torchrun(["--standalone", "--nproc-per-node", "2"], "none", tmp_path / "run",
-                                  ("--batch-size", "33")))
+    code, log = _standalone("none", tmp_path / "run", ("--batch-size", "33")).finish()
     assert code != 0
     for who in ("scorelab train: error:", "scorelab train (rank 1): error:"):
         assert f"{who} the global batch of 33 does not split evenly over 2 processes" in log, log

@@ -23,7 +23,8 @@ from scorelab.store import load_checkpoint, save_checkpoint
 DOC = Path(__file__).resolve().parents[1] / "docs" / "errors.md"
 TINY = ["--network-option", "base_channels=16", "--network-option", "norm_groups=8",
         "--network-option", "num_res_blocks=1", "--network-option", "attention_resolutions=[]"]
-FAST = ["--steps", "2", "--batch-size", "16", "--sample-every", "100", "--process-option", "num_steps=50", *TINY]
+FAST = ["--steps", "2", "--batch-size", "16", "--sample-every", "100", "--process-option", "num_steps=50",
+        "--num-preview", "4", "--preview-steps", "2", *TINY]
 
 # (what is wrong, command line with {d} for the scratch folder, words the error must hold)
 CASES: list[tuple[str, str, str]] = [
@@ -173,10 +174,10 @@ def _setup(d: Path) -> None:
     np.save(d / "big-points.npy", np.random.default_rng(0).normal(size=(256, 200)).astype(np.float32))
     assert _run(f"train --out {d}/run " + " ".join(FAST), d)[0] == 0
     assert _run(f"train --framework sde --data points:two_moons --out {d}/sde --steps 2 --batch-size 16 "
-                "--sample-every 100", d)[0] == 0
+                "--sample-every 100 --num-preview 4 --preview-steps 2", d)[0] == 0
     assert _run(f"train --framework multinomial --out {d}/multinomial " + " ".join(FAST), d)[0] == 0
     assert _run(f"train --framework diffflow --data points:two_moons --out {d}/diffflow --steps 2 --batch-size 16 "
-                "--sample-every 100 --process-option num_steps=3", d)[0] == 0
+                "--sample-every 100 --process-option num_steps=3 --num-preview 4 --preview-steps 2", d)[0] == 0
     Image.fromarray(np.full((8, 8), 255, np.uint8)).save(d / "white.png")
     two = np.ones((2, 8, 8), np.uint8)
     two[:, :, :4] = 0

@@ -28,24 +28,38 @@ def tiny_config(tmp_path, **kw):
 
 
 def eval_loss(model, config, x0, labels=None):
-    """The run's own loss on a fixed batch, averaged over 16 fixed noise draws."""
+    """The run's own loss on a fixed batch, averaged over 16 fixed noise draws of each example (one batch of
+    the 16 copies: the same average, in one network call)."""
+    copies = (16,) + (1,) * (x0.ndim - 1)
+    labels = None if labels is None else labels.repeat(16)
     with torch.no_grad():
-        return float(np.mean([training_loss(model, x0, config.resolved("loss"), torch.Generator().manual_seed(k),
-                                            labels).mean().item() for k in range(16)]))
+        return training_loss(model, x0.repeat(copies), config.resolved("loss"), torch.Generator().manual_seed(0),
+                             labels).mean().item()
+
+
+#: (steps, learning rate, batch) where the default (40 steps of 32 at 2e-3) is more than the check needs, or too
+#: little. Measured after / before (seeds 0, 1, 2; the bound is 0.7): ddpm 0.20-0.23, vp 0.18-0.21, subvp
+#: 0.24-0.28, ve 0.33-0.41, ncsn 0.50-0.55, diffflow 0.54-0.57, edm 0.53-0.59, masked 0.56-0.58, multinomial
+#: 0.51; sde (whose loss is negative) fell by 0.55-1.3 times |before|.
+FEW_STEPS = {"ddpm": (20, 2e-3, 32), "vp": (20, 2e-3, 32), "subvp": (20, 2e-3, 32), "ve": (20, 2e-3, 32),
+             "sde": (20, 2e-3, 16),
+             "ncsn": (80, 1e-2, 32),             # a raw score target (no 1/sigma scaling) learns slower
+             "diffflow": (20, 1e-2, 16)}         # DiffFlow: 3 network pairs a step
 
 
 @pytest.mark.parametrize("framework", [f for f in sorted(FRAMEWORKS) if FRAMEWORKS[f].process is not None])
 def test_a_few_steps_lower_the_loss_on_a_fixed_batch(tmp_path, digits32, framework):
-    steps = {"ncsn": 120, "diffflow": 20}.get(framework, 40)   # a raw score target (no 1/sigma scaling) learns slower
+    steps, lr, batch = FEW_STEPS.get(framework, (40, 2e-3, 32))
     extra = {"process_options": {"num_steps": 3}, "loss_options": {"recompute": False}} \
-        if framework == "diffflow" else {}                          # DiffFlow: 3 network pairs a step
-    config = tiny_config(tmp_path, framework=framework, steps=steps, **extra)
+        if framework == "diffflow" else {}
+    config = tiny_config(tmp_path, framework=framework, steps=steps, lr=lr, batch_size=batch, **extra)
     torch.manual_seed(config.seed)                     # the trainer initialises the same way
     untrained = make_model_spec(config, digits32).build()
     result = train(config, data=digits32, progress=False)
     x0 = to_model_range(torch.from_numpy(digits32.images))
     before, after = eval_loss(untrained, config, x0), eval_loss(result.model, config, x0)
-    assert after < 0.7 * before, (framework, before, after)
+    # 30% of the way down: sliced score matching's loss (sde) is negative, and 0.7 * before would ask less of it
+    assert after < before - 0.3 * abs(before), (framework, before, after)
     assert (tmp_path / "loss.csv").read_text().count("\n") == 1 + steps // 5
     assert (tmp_path / "loss.png").is_file() and (tmp_path / "samples" / f"step-{steps:08d}.png").is_file()
 
@@ -122,7 +136,8 @@ def test_noise_levels_are_the_papers_relative_to_the_data_range():
 
 
 def test_bf16_autocast_trains_like_fp32(tmp_path, digits32):
-    runs = [train(tiny_config(tmp_path / p, steps=3, precision=p), data=digits32, progress=False) for p in ("fp32", "bf16")]
+    runs = [train(tiny_config(tmp_path / p, steps=3, precision=p), data=digits32, progress=False)
+            for p in ("fp32", "bf16")]
     fp32, bf16 = runs[0].losses, runs[1].losses
     assert fp32 != bf16                                            # autocast really changed the arithmetic
     np.testing.assert_allclose(bf16, fp32, rtol=0.05)               # bf16 keeps ~3 significant digits
@@ -132,10 +147,12 @@ def test_bf16_autocast_trains_like_fp32(tmp_path, digits32):
 def test_mlp_on_a_mixture_reaches_its_exact_entropy(tmp_path, mixture_2d, loss, bound):
     """Trained under the VP SDE by DSM, or by sliced score matching (SSM-VR, no Gaussian kernel used), the
     ODE likelihood of held-out points is within ``bound`` nats of the mixture's exact entropy (measured on
-    the same points; MATH.md 4, 6, 7). Measured gaps: DSM 0.027, SSM-VR 0.090 (SSM's noisier gradients)."""
+    the same points; MATH.md 4, 6, 7). Measured gaps: DSM 0.037 (0.043, 0.043 with other seeds), SSM-VR 0.090
+    (0.11, 0.11): SSM's noisier gradients need the longer run of a wider MLP."""
+    steps, lr, hidden = {"dsm": (1500, 3e-3, 96), "ssm-vr": (2000, 2e-3, 128)}[loss]
     data = mixture_2d.sample(20000, generator=torch.Generator().manual_seed(0)).float().numpy()
-    config = TrainConfig(framework="vp", loss=loss, out=str(tmp_path), steps=2000, batch_size=512, lr=2e-3,
-                         warmup=100, ema_decay=0.999, network="mlp", network_options={"hidden": 128, "depth": 3},
+    config = TrainConfig(framework="vp", loss=loss, out=str(tmp_path), steps=steps, batch_size=512, lr=lr,
+                         warmup=100, ema_decay=0.999, network="mlp", network_options={"hidden": hidden, "depth": 3},
                          sample_every=10**6, checkpoint_every=10**6, num_preview=4, preview_steps=2)
     model = train(config, data=data, progress=False).model
     x = mixture_2d.sample(1000, generator=torch.Generator().manual_seed(1))
