@@ -1,6 +1,7 @@
 """``scorelab`` end to end on a tiny configuration, and its one-line errors."""
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -18,7 +19,8 @@ TINY = ["--network-option", "base_channels=16", "--network-option", "norm_groups
 def run(tmp_path_factory):
     out = tmp_path_factory.mktemp("cli") / "run"
     code = main(["train", "--data", "digits", "--out", str(out), "--steps", "4", "--batch-size", "16",
-                 "--warmup", "0", "--lr", "1e-3", "--class-conditional", "--process-option", "num_steps=50",
+                 "--warmup", "0", "--lr", "1e-3", "--lr-decay", "cosine", "--class-conditional", "--process-option",
+                 "num_steps=50",
                  "--sample-every", "2", "--checkpoint-every", "2", "--log-every", "1", *TINY])
     assert code == 0
     return out
@@ -30,7 +32,11 @@ def test_train_writes_a_complete_run(run):
     config = json.loads((run / "config.json").read_text())
     assert config["model"]["process"] == {"name": "ddpm", "num_steps": 50, "schedule": "linear",
                                           "beta_start": 1e-4, "beta_end": 0.02}
-    assert (run / "loss.csv").read_text().count("\n") == 5
+    rows = [row.split(",") for row in (run / "loss.csv").read_text().splitlines()]
+    assert len(rows) == 5 and rows[0][2] == "lr" and config["train"]["lr_decay"] == "cosine"
+    # Cosine decay from 1e-3 to 0 over the 4 steps (no warm-up): 1e-3 (1 + cos(pi s / 4)) / 2 at step s.
+    np.testing.assert_allclose([float(r[2]) for r in rows[1:]], [1e-3 * (1 + math.cos(math.pi * s / 4)) / 2
+                                                                 for s in range(1, 5)], rtol=1e-5, atol=1e-12)
 
 
 @pytest.mark.parametrize("sampler", ["ancestral", "ddim", "pc", "ode", "heun", "dpm++2m", "langevin", "em"])

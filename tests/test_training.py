@@ -122,6 +122,27 @@ def test_bad_configurations_are_refused_with_a_reason(digits32):
         train(TrainConfig(batch_size=64, out="/nonexistent/never"), data=digits32, progress=False)
 
 
+@pytest.mark.parametrize("decay", ["none", "cosine", "linear"])
+def test_learning_rates_are_torchs_schedulers(decay):
+    """The trainer's rate at each step (warm-up, then --lr-decay) equals torch's LinearLR warm-up followed by
+    ConstantLR, CosineAnnealingLR or LinearLR to 0, read before each optimizer step."""
+    from scorelab.training.schedule import learning_rate
+
+    warmup, steps, peak = 5, 20, 2e-3
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=peak)
+    after = {"none": lambda: torch.optim.lr_scheduler.ConstantLR(opt, 1.0),
+             "cosine": lambda: torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps - warmup),
+             "linear": lambda: torch.optim.lr_scheduler.LinearLR(opt, 1.0, 0.0, total_iters=steps - warmup)}[decay]()
+    warm = torch.optim.lr_scheduler.LinearLR(opt, 1 / warmup, 1.0, total_iters=warmup - 1)
+    schedule = torch.optim.lr_scheduler.SequentialLR(opt, [warm, after], milestones=[warmup - 1])
+    for step in range(1, steps + 1):
+        assert learning_rate(step, peak, warmup, steps, decay) == pytest.approx(opt.param_groups[0]["lr"], abs=1e-15)
+        opt.step()
+        schedule.step()
+    with pytest.raises(ValueError, match="lr_decay must be one of"):
+        TrainConfig(lr_decay="step")
+
+
 def test_noise_levels_are_the_papers_relative_to_the_data_range():
     """Song & Ermon's NCSN sigmas (1..0.01) and Score SDE's VE sigmas (0.01..50) were set for images on [0, 1];
     scorelab's images are on [-1, 1], twice as wide, so the frameworks' sigmas are twice the papers' (MATH.md 1):

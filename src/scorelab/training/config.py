@@ -109,6 +109,10 @@ FRAMEWORKS: dict[str, Framework] = {
 AUTOREGRESSIVE_STEPS = 4
 
 
+#: Learning-rate decays after the warm-up (:func:`scorelab.training.trainer.learning_rate`).
+LR_DECAYS = ("none", "cosine", "linear")
+
+
 def _opt(default: Any, help: str, **meta: Any) -> Any:
     """A field with its command-line help (``scorelab train`` generates its flags from these)."""
     if isinstance(default, dict):
@@ -153,6 +157,8 @@ class TrainConfig:
     grad_accum: int = _opt(1, "micro-batches per optimizer step")
     lr: float | None = _opt(None, "peak learning rate (default: the framework's)")
     warmup: int | None = _opt(None, "linear warm-up steps (default: the framework's)")
+    lr_decay: str = _opt("none", "after the warm-up: none (constant), or cosine or linear decay to 0 at --steps",
+                         choices=LR_DECAYS)
     weight_decay: float = _opt(0.0, "AdamW weight decay")
     grad_clip: float | None = _opt(None, "clip the gradient norm (default: the framework's; 0: none)")
     ema_decay: float | None = _opt(None, "EMA decay (default: the framework's)")
@@ -211,6 +217,7 @@ class TrainConfig:
         require(self.ema_decay is None or 0.0 <= self.ema_decay < 1.0,
                 f"ema_decay must lie in [0, 1), got {self.ema_decay}")
         require(self.on_nan in ("stop", "skip"), f"on_nan must be 'stop' or 'skip', got {self.on_nan!r}")
+        require(self.lr_decay in LR_DECAYS, f"lr_decay must be one of {list(LR_DECAYS)}, got {self.lr_decay!r}")
         require(self.precision in ("fp32", "bf16"), f"precision must be 'fp32' or 'bf16', got {self.precision!r}")
         require(self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda", "mps"),
                 f"device must be 'auto', 'cpu', 'cuda[:k]' or 'mps', got {self.device!r}")

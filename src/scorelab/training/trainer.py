@@ -53,6 +53,7 @@ from ..processes import require_kind
 from ..store import CheckpointError, ModelSpec, config_differences, latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import TrainConfig, make_model_spec
 from .ema import ema_decay_at, update_ema
+from .schedule import learning_rate
 
 __all__ = ["train", "training_loss", "TrainResult", "Spec", "resolve_device", "step_generator", "batch_indices"]
 
@@ -586,7 +587,7 @@ def train(config: TrainConfig, *, data: ImageSet | np.ndarray | None = None, res
     step = run.start
     try:
         for step in range(run.start + 1, config.steps + 1):
-            lr_now = lr * min(1.0, step / warmup) if warmup > 0 else lr
+            lr_now = learning_rate(step, lr, warmup, config.steps, config.lr_decay)
             for group in run.optimizer.param_groups:
                 group["lr"] = lr_now
             total, loss, grad_norm = _gradients(run, step)
