@@ -87,8 +87,8 @@ def assert_reproduces(gm, x, ref):
     assert ((torch.cov(x.T) - cov).abs() < 8 * se_cov).all()
     # component weights: label every point by its most likely component, in both sets
     def labels(points):
-        _, _, logp = gm._components(points, torch.ones(len(points), dtype=torch.float64),
-                                    torch.zeros(len(points), dtype=torch.float64))
+        logp = gm.component_log_probs_at(points, torch.ones(len(points), dtype=torch.float64),
+                                         torch.zeros(len(points), dtype=torch.float64))
         return torch.bincount(logp.argmax(1), minlength=gm.num_components).double() / len(points)
     p_x, p_ref = labels(x), labels(ref)
     assert ((p_x - p_ref).abs() < 4 * torch.sqrt(2 * p_ref * (1 - p_ref) / N) + 1e-9).all(), (p_x, p_ref)
