@@ -6,13 +6,19 @@ import re
 import numpy as np
 import pytest
 import torch
+from threadpoolctl import threadpool_limits
 
 import scorelab as sl
 from scorelab.cli import main as cli_main
 
-# Two threads in all: one process with two, or under pytest-xdist's two workers one each.
+# Two threads in all: one process with two, or under pytest-xdist's two workers one each. The same limit for the
+# BLAS numpy has loaded and for scikit-learn's OpenMP (read when it loads): its gradient-boosted trees would
+# otherwise start a thread per core in each worker, whose waiting burns the other worker's core.
 _WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-torch.set_num_threads(int(os.environ.get("SCORELAB_TEST_THREADS", max(1, 2 // _WORKERS))))
+_THREADS = int(os.environ.get("SCORELAB_TEST_THREADS", max(1, 2 // _WORKERS)))
+torch.set_num_threads(_THREADS)
+os.environ["OMP_NUM_THREADS"] = str(_THREADS)
+threadpool_limits(_THREADS)
 
 
 #: The slowest files start first, so that two workers finish together (longest first).
