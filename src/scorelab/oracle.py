@@ -89,6 +89,7 @@ class GaussianMixture:
         self._blocks = torch.repeat_interleave(torch.eye(k, dtype=torch.float64), d, dim=1)
         if self.eigvecs is not None:
             self._basis = self.eigvecs.permute(1, 0, 2).reshape(d, k * d)
+            self.eigvecs = self._basis.reshape(d, k, d).permute(1, 0, 2)     # a view of it: stored once
             self._rotated_means = self._rotated_means.reshape(-1)
 
     @property
