@@ -22,7 +22,8 @@ threadpool_limits(_THREADS)
 
 
 #: The slowest files start first, so that two workers finish together (longest first).
-_SLOW_FIRST = ("test_demo", "test_commands", "test_crash", "test_evaluation", "test_distributed", "test_training")
+_SLOW_FIRST = ("test_demo", "test_samplers", "test_commands", "test_training", "test_evaluation", "test_elastic",
+               "test_general_sde", "test_distributed", "test_diffflow")
 
 
 def pytest_collection_modifyitems(items):
