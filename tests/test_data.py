@@ -30,9 +30,19 @@ def test_scaling_round_trips_and_hits_the_ends():
         D.to_model_range(torch.rand(3))
 
 
-def test_digits_are_the_embedded_default():
-    s = D.load_digits()
+def test_digits_are_the_embedded_default(monkeypatch):
+    """Read without importing scikit-learn, the digits are its ``load_digits``'s, scaled from 0..16 to 0..255 (and
+    through that loader where scikit-learn's file is not found)."""
+    from sklearn.datasets import load_digits
+
+    s, peer = D.load_digits(), load_digits()
     assert s.images.shape == (1797, 1, 8, 8) and s.images.dtype == np.uint8
+    assert np.array_equal(s.images[:, 0], np.rint(peer.images * 255 / 16).astype(np.uint8))
+    assert np.array_equal(s.labels, peer.target)
+    fast = D.load_digits("test")
+    monkeypatch.setattr(D.importlib.util, "find_spec", lambda name: None)
+    slow = D.load_digits("test")
+    assert np.array_equal(slow.images, fast.images) and np.array_equal(slow.labels, fast.labels)
     assert s.images.max() == 255 and s.images.min() == 0
     assert sorted(set(s.labels.tolist())) == list(range(10))
 
