@@ -34,8 +34,8 @@ def test_train_writes_a_complete_run(run):
                                           "beta_start": 1e-4, "beta_end": 0.02}
     rows = [row.split(",") for row in (run / "loss.csv").read_text().splitlines()]
     assert len(rows) == 5 and rows[0][2] == "lr" and config["train"]["lr_decay"] == "cosine"
-    # Cosine decay from 1e-3 to 0 over the 4 steps (no warm-up): 1e-3 (1 + cos(pi s / 4)) / 2 at step s.
-    np.testing.assert_allclose([float(r[2]) for r in rows[1:]], [1e-3 * (1 + math.cos(math.pi * s / 4)) / 2
+    # Cosine decay over the 4 steps with no warm-up, from 1e-3 at step 1 to 0 at step 4: 1e-3, 7.5e-4, 2.5e-4, 0.
+    np.testing.assert_allclose([float(r[2]) for r in rows[1:]], [1e-3 * (1 + math.cos(math.pi * (s - 1) / 3)) / 2
                                                                  for s in range(1, 5)], rtol=1e-5, atol=1e-12)
 
 

@@ -31,16 +31,19 @@ def test_scaling_round_trips_and_hits_the_ends():
 
 
 def test_digits_are_the_embedded_default(monkeypatch):
-    """Read without importing scikit-learn, the digits are its ``load_digits``'s, scaled from 0..16 to 0..255 (and
-    through that loader where scikit-learn's file is not found)."""
-    from sklearn.datasets import load_digits
+    """Read from scikit-learn's file without its loader, the digits are its ``load_digits``'s, scaled from 0..16
+    to 0..255; where that file is not found, its loader gives the same."""
+    import sklearn.datasets
 
-    s, peer = D.load_digits(), load_digits()
+    peer = sklearn.datasets.load_digits()
+    with monkeypatch.context() as m:
+        m.setattr(sklearn.datasets, "load_digits", None)            # the file alone
+        s, fast = D.load_digits(), D.load_digits("test")
+    assert D._digits_csv() is not None
     assert s.images.shape == (1797, 1, 8, 8) and s.images.dtype == np.uint8
     assert np.array_equal(s.images[:, 0], np.rint(peer.images * 255 / 16).astype(np.uint8))
     assert np.array_equal(s.labels, peer.target)
-    fast = D.load_digits("test")
-    monkeypatch.setattr(D.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(D, "_digits_csv", lambda: None)               # the loader alone
     slow = D.load_digits("test")
     assert np.array_equal(slow.images, fast.images) and np.array_equal(slow.labels, fast.labels)
     assert s.images.max() == 255 and s.images.min() == 0

@@ -237,5 +237,10 @@ def test_resume_auto_continues_its_own_run_and_refuses_other_data(tmp_path):
         train(config.replace(steps=4), data=points, resume="auto", progress=False)
     result = train(config.replace(steps=4), data=points[:64], resume="auto", progress=False)
     assert result.step == 4 and result.losses and len(result.losses) == 2
+    # With a decaying rate the steps plan its curve: resuming with other steps is another configuration.
+    decaying = config.replace(out=str(tmp_path / "decay"), lr_decay="linear", warmup=0)
+    train(decaying, data=points[:64], resume="auto", progress=False)
+    with pytest.raises(CheckpointError, match="steps: checkpoint has 2, this run asks for 4"):
+        train(decaying.replace(steps=4), data=points[:64], resume="auto", progress=False)
     position = load_checkpoint(result.checkpoint).extra["data"]
     assert position == {"examples": 64, "seed": 0, "batch_size": 32, "grad_accum": 1, "epoch": 2, "batch": 0}

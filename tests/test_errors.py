@@ -42,6 +42,8 @@ CASES: list[tuple[str, str, str]] = [
     ("batch larger than the data set", "train --batch-size 4096 --out {d}/x", "fewer than batch_size"),
     ("negative learning rate", "train --lr -1 --out {d}/x", "lr must be"),
     ("EMA decay outside [0, 1)", "train --ema-decay 1.5 --out {d}/x", "ema_decay must lie in [0, 1)"),
+    ("a learning-rate decay that the warm-up leaves no room for", "train --steps 1500 --lr-decay cosine --out {d}/x",
+     "give more --steps or a shorter --warmup"),
     ("network option without '='", "train --network-option base_channels --out {d}/x", "KEY=VALUE"),
     ("network width the group norm cannot divide", "train --network-option base_channels=20 --out {d}/x",
      "divisible by norm_groups"),

@@ -120,27 +120,33 @@ def test_bad_configurations_are_refused_with_a_reason(digits32):
         make_model_spec(TrainConfig(network_options={"channel_mults": [1, 1], "norm_groups": 32}), digits32)
     with pytest.raises(ValueError, match="batch_size"):
         train(TrainConfig(batch_size=64, out="/nonexistent/never"), data=digits32, progress=False)
+    with pytest.raises(ValueError, match="lr_decay must be one of"):
+        TrainConfig(lr_decay="step")
+    with pytest.raises(ValueError, match="warm-up steps cover all 1500; give more --steps or a shorter --warmup"):
+        TrainConfig(framework="ddpm", steps=1500, lr_decay="cosine")             # DDPM warms up for 5,000 steps
 
 
+@pytest.mark.parametrize("warmup", [0, 5])
 @pytest.mark.parametrize("decay", ["none", "cosine", "linear"])
-def test_learning_rates_are_torchs_schedulers(decay):
+def test_learning_rates_are_torchs_schedulers(decay, warmup):
     """The trainer's rate at each step (warm-up, then --lr-decay) equals torch's LinearLR warm-up followed by
-    ConstantLR, CosineAnnealingLR or LinearLR to 0, read before each optimizer step."""
+    ConstantLR, CosineAnnealingLR or LinearLR to 0 (alone without a warm-up), read before each optimizer step."""
     from scorelab.training.schedule import learning_rate
 
-    warmup, steps, peak = 5, 20, 2e-3
+    steps, peak = 20, 2e-3
     opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=peak)
+    span = steps - max(warmup, 1)
     after = {"none": lambda: torch.optim.lr_scheduler.ConstantLR(opt, 1.0),
-             "cosine": lambda: torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps - warmup),
-             "linear": lambda: torch.optim.lr_scheduler.LinearLR(opt, 1.0, 0.0, total_iters=steps - warmup)}[decay]()
-    warm = torch.optim.lr_scheduler.LinearLR(opt, 1 / warmup, 1.0, total_iters=warmup - 1)
-    schedule = torch.optim.lr_scheduler.SequentialLR(opt, [warm, after], milestones=[warmup - 1])
+             "cosine": lambda: torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=span),
+             "linear": lambda: torch.optim.lr_scheduler.LinearLR(opt, 1.0, 0.0, total_iters=span)}[decay]()
+    schedule = after
+    if warmup:
+        warm = torch.optim.lr_scheduler.LinearLR(opt, 1 / warmup, 1.0, total_iters=warmup - 1)
+        schedule = torch.optim.lr_scheduler.SequentialLR(opt, [warm, after], milestones=[warmup - 1])
     for step in range(1, steps + 1):
         assert learning_rate(step, peak, warmup, steps, decay) == pytest.approx(opt.param_groups[0]["lr"], abs=1e-15)
         opt.step()
         schedule.step()
-    with pytest.raises(ValueError, match="lr_decay must be one of"):
-        TrainConfig(lr_decay="step")
 
 
 def test_noise_levels_are_the_papers_relative_to_the_data_range():

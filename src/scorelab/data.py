@@ -133,16 +133,23 @@ def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
     """The digits' pixel counts ``(1797, 64)`` and labels: read from the file scikit-learn ships, as its
     ``load_digits`` reads it, without importing scikit-learn (a second of every command's start); through
     ``load_digits`` where that file is not found."""
-    spec = importlib.util.find_spec("sklearn")
-    if spec is not None and spec.submodule_search_locations:
-        path = Path(next(iter(spec.submodule_search_locations))) / "datasets" / "data" / "digits.csv.gz"
-        if path.is_file():
-            data = np.loadtxt(path, delimiter=",")
-            return data[:, :-1], data[:, -1]
+    path = _digits_csv()
+    if path is not None:
+        data = np.loadtxt(path, delimiter=",")
+        return data[:, :-1], data[:, -1]
     from sklearn.datasets import load_digits as _load
 
     d = _load()
     return d.data, d.target
+
+
+def _digits_csv() -> Path | None:
+    """scikit-learn's ``datasets/data/digits.csv.gz``, found without importing scikit-learn (or None)."""
+    spec = importlib.util.find_spec("sklearn")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(next(iter(spec.submodule_search_locations))) / "datasets" / "data" / "digits.csv.gz"
+    return path if path.is_file() else None
 
 
 _IDX_TYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"),

@@ -89,7 +89,7 @@ class GaussianMixture:
         self._blocks = torch.repeat_interleave(torch.eye(k, dtype=torch.float64), d, dim=1)
         if self.eigvecs is not None:
             self._basis = self.eigvecs.permute(1, 0, 2).reshape(d, k * d)
-            self.eigvecs = self._basis.reshape(d, k, d).permute(1, 0, 2)     # a view of it: stored once
+            self.eigvecs = self._basis.reshape(d, k, d).permute(1, 0, 2)     # a view of it, not a copy
             self._rotated_means = self._rotated_means.reshape(-1)
 
     @property
@@ -162,7 +162,8 @@ class GaussianMixture:
         return v @ self._basis.T
 
     def component_log_probs_at(self, x: Tensor, a: Tensor, s: Tensor) -> Tensor:
-        """``log w_k N(x; a m_k, a^2 C_k + s^2 I)`` of each component k, ``(N, K)`` (``a``, ``s`` of shape (N,))."""
+        """``log w_k N(x; a m_k, a^2 C_k + s^2 I)`` of each component k, ``(N, K)`` (``a``, ``s`` of shape (N,);
+        MATH.md 6)."""
         gm = self._moved(x.device)
         return gm._components(gm._flatten(x), a.double(), s.double())[2].T
 
@@ -377,9 +378,8 @@ class ExactClassifier:
         self.num_classes = mixture.num_components
 
     def __call__(self, x: Tensor, t: TimeLike) -> Tensor:
-        gm = self.mixture._moved(x.device)
         a, s = self.process.coefficients(as_time(t, x).to(x.device))
-        return torch.log_softmax(gm.component_log_probs_at(x, a, s), dim=1)
+        return torch.log_softmax(self.mixture.component_log_probs_at(x, a, s), dim=1)
 
 
 class ExactClassModel(ModelBase):

@@ -24,6 +24,7 @@ from ..networks import PRESETS, ARTransformerConfig, MLPConfig, UNetConfig
 from ..objectives import OBJECTIVES, objective
 from ..processes import PROCESSES, Process, kind_error, process_from_config, require_kind
 from ..store import ModelSpec
+from .schedule import LR_DECAYS
 
 __all__ = ["TrainConfig", "FRAMEWORKS", "Framework", "make_process", "make_model_spec", "num_categories",
            "RESUME_MAY_CHANGE"]
@@ -109,10 +110,6 @@ FRAMEWORKS: dict[str, Framework] = {
 AUTOREGRESSIVE_STEPS = 4
 
 
-#: Learning-rate decays after the warm-up (:func:`scorelab.training.trainer.learning_rate`).
-LR_DECAYS = ("none", "cosine", "linear")
-
-
 def _opt(default: Any, help: str, **meta: Any) -> Any:
     """A field with its command-line help (``scorelab train`` generates its flags from these)."""
     if isinstance(default, dict):
@@ -131,7 +128,8 @@ def _processes() -> tuple[str, ...]:
 
 
 #: The TrainConfig fields a run may change when it resumes with ``resume="auto"``: where and how long it
-#: runs, and its bookkeeping; every other field is part of what the checkpoint trained.
+#: runs (how long only at a constant rate: ``lr_decay`` plans its curve over ``steps``), and its bookkeeping;
+#: every other field is part of what the checkpoint trained.
 RESUME_MAY_CHANGE = frozenset({"out", "steps", "device", "log_every", "sample_every", "checkpoint_every",
                                "keep_last", "on_nan", "num_preview", "preview_steps"})
 
@@ -218,6 +216,9 @@ class TrainConfig:
                 f"ema_decay must lie in [0, 1), got {self.ema_decay}")
         require(self.on_nan in ("stop", "skip"), f"on_nan must be 'stop' or 'skip', got {self.on_nan!r}")
         require(self.lr_decay in LR_DECAYS, f"lr_decay must be one of {list(LR_DECAYS)}, got {self.lr_decay!r}")
+        require(self.lr_decay == "none" or self.steps > self.resolved("warmup"),
+                f"--lr-decay {self.lr_decay} decays after the warm-up, but the {self.resolved('warmup')} warm-up "
+                f"steps cover all {self.steps}; give more --steps or a shorter --warmup")
         require(self.precision in ("fp32", "bf16"), f"precision must be 'fp32' or 'bf16', got {self.precision!r}")
         require(self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda", "mps"),
                 f"device must be 'auto', 'cpu', 'cuda[:k]' or 'mps', got {self.device!r}")

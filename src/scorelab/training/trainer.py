@@ -323,8 +323,10 @@ def _check_same_run(run: _Run, ckpt: Any) -> None:
     its data the same examples, or the resumed run would not continue the one that stopped."""
     from .config import RESUME_MAY_CHANGE
 
-    saved = {k: v for k, v in ckpt.config.get("train", {}).items() if k not in RESUME_MAY_CHANGE}
-    now = json.loads(json.dumps({k: v for k, v in run.config.to_dict().items() if k not in RESUME_MAY_CHANGE}))
+    may_change = RESUME_MAY_CHANGE - ({"steps"} if run.config.lr_decay != "none" else set())
+    saved = {"lr_decay": "none"}                    # checkpoints from before the option trained at a constant rate
+    saved.update((k, v) for k, v in ckpt.config.get("train", {}).items() if k not in may_change)
+    now = json.loads(json.dumps({k: v for k, v in run.config.to_dict().items() if k not in may_change}))
     # (as JSON, as the checkpoint has it: a tuple option is the list it was saved as)
     diffs = config_differences(saved, now)
     if diffs:
