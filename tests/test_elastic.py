@@ -9,6 +9,7 @@ slow write, on a timeout), while the fault test's job uses the CPU.
 """
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -222,9 +223,10 @@ def test_a_world_size_that_does_not_divide_the_batch_is_one_line_on_each_rank(tm
 
 
 def test_resume_auto_continues_its_own_run_and_refuses_other_data(tmp_path):
-    """In one process: "auto" starts afresh in an empty folder, continues its own run, and refuses a data set that
-    changed size (its permutations, so its batches, would differ); the checkpoint records where the data stream
-    stands: 64 examples in batches of 32 are 2 batches an epoch, so after 4 steps epoch 2 starts."""
+    """In one process: "auto" starts afresh in an empty folder, continues its own run (one saved before
+    ``lr_decay`` existed too), and refuses a data set that changed size (its permutations, so its batches, would
+    differ) and, with a decaying rate, other steps; the checkpoint records where the data stream stands: 64
+    examples in batches of 32 are 2 batches an epoch, so after 4 steps epoch 2 starts."""
     from scorelab.store import CheckpointError, load_checkpoint
     from scorelab.training import TrainConfig, train
 
@@ -233,6 +235,10 @@ def test_resume_auto_continues_its_own_run_and_refuses_other_data(tmp_path):
                          out=str(tmp_path / "run"), sample_every=1000, num_preview=4, preview_steps=2,
                          process_options={"num_steps": 20})
     assert train(config, data=points[:64], resume="auto", progress=False).step == 2
+    meta = next((tmp_path / "run" / "checkpoints").glob("step-*")) / "meta.json"
+    saved = json.loads(meta.read_text())
+    del saved["config"]["train"]["lr_decay"]                # as a run saved before the option was written
+    meta.write_text(json.dumps(saved))
     with pytest.raises(CheckpointError, match="was trained on 64 examples but 'points:two_moons' has 96 now"):
         train(config.replace(steps=4), data=points, resume="auto", progress=False)
     result = train(config.replace(steps=4), data=points[:64], resume="auto", progress=False)
