@@ -1,5 +1,5 @@
 """``scorelab`` CLI processes forked from a server that has already imported what a run imports (torch,
-torch._dynamo, sklearn, matplotlib, scorelab): each starts in a fraction of a second instead of the several seconds
+torch._dynamo, matplotlib, scorelab): each starts in a fraction of a second instead of the several seconds
 of a fresh interpreter (tests/test_crash.py starts six).
 
 Each is a process of its own, as ``python -m scorelab.cli ARGS`` is: SIGKILL ends it alone and leaves its files as
@@ -16,7 +16,7 @@ import signal
 from pathlib import Path
 
 #: Imported once by the server (scorelab from the installed package: the children take this process's sys.path).
-PRELOAD = ["scorelab.cli", "scorelab.training.preview", "torch._dynamo", "sklearn.datasets", "matplotlib.pyplot"]
+PRELOAD = ["scorelab.cli", "scorelab.training.preview", "torch._dynamo", "matplotlib.pyplot"]
 
 
 def _context():

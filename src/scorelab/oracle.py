@@ -64,7 +64,6 @@ class GaussianMixture:
                     "full covariances must be symmetric")
             lam, u = torch.linalg.eigh(c)
             self.eigvals, self.eigvecs = lam, u
-            self._rotated_means = torch.einsum("kde,kd->ke", u, m)      # U_k^T m_k
         elif c.shape == (k, d):
             self.eigvals = c.clone()
         elif c.shape == (k,):
@@ -90,7 +89,7 @@ class GaussianMixture:
         if self.eigvecs is not None:
             self._basis = self.eigvecs.permute(1, 0, 2).reshape(d, k * d)
             self.eigvecs = self._basis.reshape(d, k, d).permute(1, 0, 2)     # a view of it, not a copy
-            self._rotated_means = self._rotated_means.reshape(-1)
+            self._rotated_means = torch.einsum("kde,kd->ke", self.eigvecs, m).reshape(-1)    # U_k^T m_k, flat
 
     @property
     def dim(self) -> int:

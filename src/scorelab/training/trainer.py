@@ -324,8 +324,10 @@ def _check_same_run(run: _Run, ckpt: Any) -> None:
     from .config import RESUME_MAY_CHANGE
 
     may_change = RESUME_MAY_CHANGE - ({"steps"} if run.config.lr_decay != "none" else set())
-    saved = {"lr_decay": "none"}                    # checkpoints from before the option trained at a constant rate
-    saved.update((k, v) for k, v in ckpt.config.get("train", {}).items() if k not in may_change)
+    # A field the checkpoint lacks is newer than it: its default is what that run did (a new option defaults
+    # to the behaviour from before it).
+    saved = {**TrainConfig().to_dict(), **ckpt.config.get("train", {})}
+    saved = json.loads(json.dumps({k: v for k, v in saved.items() if k not in may_change}))
     now = json.loads(json.dumps({k: v for k, v in run.config.to_dict().items() if k not in may_change}))
     # (as JSON, as the checkpoint has it: a tuple option is the list it was saved as)
     diffs = config_differences(saved, now)
