@@ -62,7 +62,7 @@ def scatter(ax, x: np.ndarray, title: str, lim: tuple[float, float, float, float
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--drift", default="double_well", choices=sorted(sl.general_sde.NAMED_SDES),
+    parser.add_argument("--drift", default="double_well", choices=sorted(sl.processes.NAMED_SDES),
                         help="the named non-affine SDE")
     parser.add_argument("--steps", type=int, default=3000, help="training steps (batch 512)")
     parser.add_argument("--seed", type=int, default=0)

@@ -307,3 +307,29 @@ def test_searched_times_are_saved_beside_the_run_and_reused(run, tmp_path, capsy
     assert np.array_equal(np.load(tmp_path / "a.npz")["x"], np.load(tmp_path / "b.npz")["x"])
     assert main(["sample", str(run), "--sampler", "pc", "--times", file, "--out", str(tmp_path / "c.png")]) == 2
     assert "walks no evaluation grid" in capsys.readouterr().err
+
+
+def test_the_shipped_recipes_load_and_the_fashion_mnist_one_is_the_recorded_run():
+    """Every ``configs/*.json`` is a valid recipe; ``configs/fashion-mnist.json`` gives the model and options of the
+    run recorded in ``docs/fashion-mnist/run-config.json`` (all but the data's path and the total steps: that run
+    was configured for 3,000 and evaluated at its step-2,000 checkpoint, with no schedule depending on the total).
+    Options the record predates are compared where it has them."""
+    from pathlib import Path
+
+    from scorelab.cli import _read_config
+    from scorelab.data import ImageSet
+    from scorelab.training import TrainConfig, make_model_spec
+
+    root = Path(__file__).resolve().parent.parent
+    recipes = {p.name: TrainConfig.from_dict(_read_config(str(p))) for p in sorted((root / "configs").glob("*.json"))}
+    assert recipes and all(c.data.startswith("fashion-mnist:") for c in recipes.values())
+    recorded = json.loads((root / "docs" / "fashion-mnist" / "run-config.json").read_text())
+    config = recipes["fashion-mnist.json"]
+    images = ImageSet(np.zeros((2, 1, 28, 28), np.uint8), np.zeros(2, np.int64))
+    spec = make_model_spec(config, images).to_dict()
+    model = recorded["model"]
+    assert {k: spec[k] for k in model if k != "network"} == {k: v for k, v in model.items() if k != "network"}
+    assert {k: spec["network"][k] for k in model["network"]} == model["network"]
+    mine = config.resolve((1, 28, 28)).to_dict()
+    differ = {k for k, v in recorded["train"].items() if v not in (None, {}) and mine[k] != v}
+    assert differ == {"data", "steps"}, {k: (recorded["train"][k], mine[k]) for k in differ}
