@@ -9,6 +9,7 @@ import torch
 
 import scorelab as sl
 from scorelab import samplers as S
+from scorelab.evaluation import energy_distance
 from scorelab.samplers.ode import adams_bashforth_weights
 from scorelab.samplers.rules import rule_times, step_rule
 from scorelab.samplers.search import cheapest_path, gits_cost, load_times, save_times, search_times
@@ -92,26 +93,28 @@ def test_gits_cost_is_the_euler_miss_between_teacher_points():
 @pytest.mark.parametrize("steps", [5, 10])
 def test_a_searched_grid_is_never_worse_than_the_default_grid_of_each_fast_solver(mixture_16d, steps, tmp_path):
     """GITS's grid for each solver (a 60-step teacher on 256 draws of the exact 16-D mixture's DDPM model, the
-    candidate paths and the solver's default grid run by the solver, the nearest to the teacher's samples kept)
-    against
-    the solver's default call at the same NFE, on 300 other draws: the mean distance to the exact
-    probability-flow map of the same draws is never larger (measured 0.10-0.30 against 0.18-0.73 at 5 NFE;
-    at 10, iPNDM keeps its default grid and the others gain 30-65%); and the grid survives its JSON file."""
+    candidate paths and the solver's default grid run by the solver; a candidate no farther from the teacher's
+    samples than the default, draw by draw and as a set, and of those the nearest as a set, kept) against the
+    solver's default call at the same NFE, on 300 other draws and the exact probability-flow map of the same
+    draws: neither the mean distance nor the energy distance is larger (measured at 5 NFE 0.10-0.31 against
+    0.18-0.78, and 0.0018-0.011 against 0.0038-0.083; at 10, iPNDM and DPM-Solver++(3M) keep their default
+    grids and the others gain 40-65% and 65-85%); and the grid survives its JSON file."""
     model = mixture_16d.model(sl.DDPM())
     z = torch.randn(300, 16, generator=gen(2), dtype=torch.float64)
     exact = S.dpm_solver_pp_3m(mixture_16d.model(sl.VPSDE()), z.clone(), 500, lower_order_final=False).samples
 
     def miss(name, **kw):
-        return float((S.sample(model, z.clone(), name, **kw).samples - exact).norm(dim=1).mean())
+        x = S.sample(model, z.clone(), name, **kw).samples
+        return float((x - exact).norm(dim=1).mean()), energy_distance(x, exact, unbiased=False)
 
     for name in ("ipndm", "dpm++2m", "dpm++3m", "unipc"):
         searched = search_times(model, steps, (256, 16), seed=7, sampler=name)
         assert len(searched.times) == steps and searched.times[0] == 1.0 and searched.sampler == name
         assert set(searched.candidates) == {"gits 1", "gits 1.1", "gits 1.15", "gits 1.2", "gits 1.3", "default"}
         default, gits = miss(name, steps=steps), miss(name, times=searched.tensor())
-        assert gits <= default * (1 + 1e-12), (name, gits, default, searched.candidates)
+        assert all(g <= d * (1 + 1e-12) for g, d in zip(gits, default)), (name, gits, default, searched.chosen)
         if steps == 5:
-            assert gits < 0.85 * default, (name, gits, default)
+            assert gits[0] < 0.85 * default[0], (name, gits, default)
     again = load_times(save_times(tmp_path / "t.json", searched))
     assert again == searched
 

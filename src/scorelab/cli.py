@@ -297,10 +297,9 @@ def _search_times(args: argparse.Namespace) -> None:
                          teacher_steps=args.teacher_steps, coeff=args.coeff, seed=args.seed)
     found = replace(found, extra={"checkpoint_step": ckpt.step, "seed": args.seed})
     path = save_times(out or times_path(run_folder(ckpt.path), args.steps, args.sampler), found)
-    chosen = min(found.candidates, key=found.candidates.get)
     print(f"{args.sampler} grid of {args.steps} times ({args.teacher_steps}-step iPNDM teacher on {args.batch} "
-          f"draws; kept {chosen!r}, miss {found.candidates[chosen]:.4g}; candidates "
-          + ", ".join(f"{k} {v:.4g}" for k, v in found.candidates.items()) + "): "
+          f"draws; kept {found.chosen!r}; candidates' miss per draw / energy distance as a set: "
+          + ", ".join(f"{k} {v:.4g} / {found.set_distances[k]:.3g}" for k, v in found.candidates.items()) + "): "
           + ", ".join(f"{t:.4f}" for t in found.times) + f" -> {path}\n"
           f"use it: scorelab sample {args.checkpoint} --sampler {args.sampler} --steps {args.steps} --times {path}")
 
