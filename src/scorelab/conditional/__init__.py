@@ -4,7 +4,7 @@
   by Song et al.'s replacement, RePaint or DPS, or by sequential Monte Carlo (:func:`smc`: TDS, SMCDiff,
   MCGdiff), which converges to the exact posterior and estimates the evidence ``p(y)``;
 * :func:`sdedit`: editing from a partly noised image (Meng et al. 2022);
-* classifier guidance is a model wrapper, :class:`scorelab.guidance.ClassifierGuidance`.
+* classifier guidance is a model wrapper, :class:`scorelab.ClassifierGuidance`.
 
 Ground truth: :meth:`scorelab.GaussianMixture.condition` is the exact posterior mixture, and its
 ``model(process)`` the exact posterior at every noise level.

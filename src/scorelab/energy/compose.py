@@ -128,10 +128,10 @@ def mixture(models: Sequence[DiffusionModel], weights: Sequence[float]) -> Compo
     return Composition(models, weights=weights)
 
 
-def temperature(model: DiffusionModel, t: float) -> Composition:
-    """``p(x)^(1/T)``: energy and score divided by ``T`` (``T < 1`` sharpens)."""
-    require(t > 0 and math.isfinite(t), f"the temperature must be positive, got {t}")
-    return Composition([model], powers=[1.0 / t])
+def temperature(model: DiffusionModel, temperature: float) -> Composition:
+    """``p(x)^(1/T)``: energy and score divided by the temperature ``T`` (``T < 1`` sharpens)."""
+    require(temperature > 0 and math.isfinite(temperature), f"the temperature must be positive, got {temperature}")
+    return Composition([model], powers=[1.0 / temperature])
 
 
 def guidance_product(conditional: DiffusionModel, unconditional: DiffusionModel, w: float) -> Composition:

@@ -74,8 +74,9 @@ def ode_log_likelihood(model: DiffusionModel, x: Tensor, *, process: SDE | None 
                        generator: torch.Generator | None = None) -> ODELikelihood:
     """``log p_{t_min}(x)`` under the probability-flow ODE (Song et al. 2021, MATH.md 4).
 
-    Integrates ``[x, delta_1..delta_k]`` from ``t_min`` (default 1e-5, as
-    Score SDE) to 1 with adaptive RK45 (rtol = atol = 1e-5), where
+    Integrates ``[x, delta_1..delta_k]`` from ``t_min`` to 1 with adaptive RK45
+    (rtol = atol = 1e-5). ``t_min`` defaults to the lowest noise level the model was trained at, on the
+    process the ODE runs on (the VP SDE's 1e-5 as Score SDE; about 9e-4 for a DDPM model, its step 1), where
     ``d delta_j / dt`` is ``eps_j^T (dv/dx) eps_j`` for ``probes`` probes drawn
     once (one shared trajectory, one integral per probe), or the exact
     divergence with ``divergence="exact"`` (D backward passes per evaluation).

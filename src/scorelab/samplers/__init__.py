@@ -1,9 +1,10 @@
 """Samplers of the three frameworks and beyond (MATH.md 2-5, 9).
 
 Every sampler is a plain function ``(model, shape or x_T, steps, *, times, process, noise, callback) ->
-SampleResult(samples, nfe)``; see each function's docstring for its paper and algorithm. Time grids are
-data (:mod:`~scorelab.samplers.grids`); :mod:`~scorelab.samplers.registry` names each sampler once with what
-it takes and what it costs, and :func:`sample` draws with any of them by name.
+SampleResult(samples, nfe)``, but :func:`annealed_langevin` (``steps_per_level``) and the adaptive
+:func:`ode_rk45` (tolerances; no steps, no callback); see each function's docstring for its paper and
+algorithm. Time grids are data (:mod:`~scorelab.samplers.grids`); :mod:`~scorelab.samplers.registry` names
+each sampler once with what it takes and what it costs, and :func:`sample` draws with any of them by name.
 """
 
 from ..noise import PerSampleNoise

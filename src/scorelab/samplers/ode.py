@@ -114,7 +114,7 @@ def solve_probability_flow(model: DiffusionModel, x: Tensor, t_start: float, t_e
                            process: SDE | None = None, rtol: float = 1e-5,
                            atol: float = 1e-5) -> tuple[Tensor, int]:
     """Carry ``x`` from ``t_start`` to ``t_end`` along ``dx/dt = f - g^2 score / 2`` (MATH.md 4), on
-    ``process`` (default: the model's continuous SDE, :func:`flow_process`)."""
+    ``process`` (default: the model's continuous SDE: a linear DDPM's VP SDE, NCSN's VE SDE)."""
     model, process = resolve(model, flow_process(model, process))
 
     def velocity(t: Tensor, x: Tensor, rows: Tensor) -> Tensor:
@@ -130,7 +130,7 @@ def ode_rk45(model: DiffusionModel, shape_or_x: Sequence[int] | Tensor, *, rtol:
     """Sample by solving the probability-flow ODE from ``t = 1`` to ``t_min`` with adaptive RK45.
 
     Needs only ``f``, ``g`` and the score, so it runs on any SDE; a DDPM or NCSN
-    model runs on its continuous SDE (:func:`flow_process`), never below the noise
+    model runs on its continuous SDE (the VP SDE of a linear DDPM, NCSN's VE SDE), never below the noise
     level it was trained at. ``times``: the two ends ``(t_start, t_end)`` instead (the solver picks its own
     steps between them). ``denoise`` returns ``E[x0 | x_{t_min}]`` (one more
     evaluation; default: for affine processes, never for a general SDE). NFE is the
