@@ -36,6 +36,7 @@ def test_digits_are_the_embedded_default(monkeypatch):
     import sklearn.datasets
 
     peer = sklearn.datasets.load_digits()
+    D._digits_arrays.cache_clear()                                   # parsed once a process: parse it here
     with monkeypatch.context() as m:
         m.setattr(sklearn.datasets, "load_digits", None)            # the file alone
         s, fast = D.load_digits(), D.load_digits("test")
@@ -44,7 +45,9 @@ def test_digits_are_the_embedded_default(monkeypatch):
     assert np.array_equal(s.images[:, 0], np.rint(peer.images * 255 / 16).astype(np.uint8))
     assert np.array_equal(s.labels, peer.target)
     monkeypatch.setattr(D, "_digits_csv", lambda: None)               # the loader alone
+    D._digits_arrays.cache_clear()
     slow = D.load_digits("test")
+    D._digits_arrays.cache_clear()
     assert np.array_equal(slow.images, fast.images) and np.array_equal(slow.labels, fast.labels)
     assert s.images.max() == 255 and s.images.min() == 0
     assert sorted(set(s.labels.tolist())) == list(range(10))

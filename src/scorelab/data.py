@@ -10,6 +10,7 @@ was wrong and what to do.
 
 from __future__ import annotations
 
+import functools
 import gzip
 import importlib.util
 import math
@@ -129,18 +130,23 @@ def load_digits(split: str = "all") -> ImageSet:
     return ImageSet(np.ascontiguousarray(images), labels, [str(i) for i in range(10)])
 
 
+@functools.lru_cache(maxsize=1)
 def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
-    """The digits' pixel counts ``(1797, 64)`` and labels: read from the file scikit-learn ships, as its
-    ``load_digits`` reads it, without importing scikit-learn (a second of every command's start); through
-    ``load_digits`` where that file is not found."""
+    """The digits' pixel counts ``(1797, 64)`` and labels, read-only, parsed once a process: from the file
+    scikit-learn ships, as its ``load_digits`` reads it, without importing scikit-learn (a second of every
+    command's start); through ``load_digits`` where that file is not found."""
     path = _digits_csv()
     if path is not None:
         data = np.loadtxt(path, delimiter=",")
-        return data[:, :-1], data[:, -1]
-    from sklearn.datasets import load_digits as _load
+        pixels, target = data[:, :-1], data[:, -1]
+    else:
+        from sklearn.datasets import load_digits as _load
 
-    d = _load()
-    return d.data, d.target
+        d = _load()
+        pixels, target = d.data, d.target
+    for array in (pixels, target):
+        array.setflags(write=False)
+    return pixels, target
 
 
 def _digits_csv() -> Path | None:

@@ -162,7 +162,7 @@ def _nearness(model: DiffusionModel, x_T: Tensor, sampler: str, times: Tensor, t
               ) -> tuple[float, float]:
     """How near ``sampler``'s samples from ``x_T`` on ``times`` land to the teacher's: the batch's mean distance,
     draw by draw, and the energy distance between the two sets (V-statistic)."""
-    from ..evaluation.distances import energy_distance
+    from ..evaluation.distances import energy_distance   # here: the evaluation package imports the samplers
 
     samples = sample(model, x_T.clone(), sampler, times=times).samples
     return (float((samples - teacher).flatten(1).norm(dim=1).mean()),
