@@ -6,7 +6,11 @@ import torch
 import scorelab as sl
 from scorelab import samplers as S
 
-diffusers = pytest.importorskip("diffusers")
+
+@pytest.fixture(scope="module")
+def diffusers():
+    """diffusers, imported by the test that runs here, not by every worker that collects this file."""
+    return pytest.importorskip("diffusers")
 
 
 def gen(seed):
@@ -21,7 +25,8 @@ def _trajectory(sampler, **kw):
 
 @pytest.mark.parametrize("variance, diffusers_variance", [("beta", "fixed_large"), ("beta_tilde", "fixed_small")])
 @pytest.mark.parametrize("num_steps", [1000, 50])
-def test_ddpm_ancestral_matches_diffusers_step_for_step(mixture_2d, variance, diffusers_variance, num_steps):
+def test_ddpm_ancestral_matches_diffusers_step_for_step(mixture_2d, diffusers, variance, diffusers_variance,
+                                                        num_steps):
     ddpm = sl.DDPM()
     model = mixture_2d.model(ddpm)
     sched = diffusers.DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear", clip_sample=False,
@@ -42,7 +47,7 @@ def test_ddpm_ancestral_matches_diffusers_step_for_step(mixture_2d, variance, di
 
 
 @pytest.mark.parametrize("eta", [0.0, 0.5, 1.0])
-def test_ddim_matches_diffusers_step_for_step(mixture_2d, eta):
+def test_ddim_matches_diffusers_step_for_step(mixture_2d, diffusers, eta):
     model = mixture_2d.model(sl.DDPM())
     sched = diffusers.DDIMScheduler(num_train_timesteps=1000, beta_schedule="linear", clip_sample=False,
                                     set_alpha_to_one=True)
@@ -62,7 +67,7 @@ def test_ddim_matches_diffusers_step_for_step(mixture_2d, eta):
 
 
 @pytest.mark.parametrize("order, steps", [(2, 10), (3, 10), (3, 25)])
-def test_unipc_matches_diffusers(mixture_2d, order, steps):
+def test_unipc_matches_diffusers(mixture_2d, diffusers, order, steps):
     """UniPC-bh2 with data prediction against diffusers' UniPCMultistepScheduler on its own time grid:
     predictor, corrector (reusing each next call), warm-up and lower-order-final rules all agree."""
     model = mixture_2d.model(sl.DDPM())

@@ -175,19 +175,20 @@ class SDE(Process):
         t = as_time(t, x0).to(x0.device)
         require(bool(((t >= 0) & (t <= 1)).all()), "simulate's times must lie in [0, 1]")
         h = t / steps
-        sqrt_h = expand_as(h.sqrt(), x0)
-        times = [torch.zeros_like(t)]
-        for _ in range(steps - 1):                              # u_k by the same sums as a step-by-step walk
-            times.append(times[-1] + h)
+        # u_k by the same sums as a step-by-step walk (a cumulative sum adds in that order)
+        times = torch.cat([torch.zeros_like(t)[None], h[:, None].repeat(1, steps - 1).cumsum(1).T])
         g = self.diffusion(times[0])[None]                      # checked on the first step, then ...
         if steps > 1:                                           # ... all the others at once (g is elementwise)
-            later = torch.stack(times[1:])
+            later = times[1:]
             g = torch.cat([g, torch.broadcast_to(self._unchecked()[1](later), later.shape).to(g.dtype)])
-        x, h_x = x0, expand_as(h, x0)
-        drift = self.drift                                      # the drift is checked on the first step too
-        for k, u in enumerate(times):
+        # Every step's coefficients at once, in x's dtype: h and g(u_k) sqrt(h), per row.
+        per_row = (len(t),) + (1,) * (x0.ndim - 1)
+        h_x = h.to(x0.dtype).reshape(per_row)
+        g_sqrt_h = (g * h.sqrt()).to(device=x0.device, dtype=x0.dtype).reshape((steps,) + per_row)
+        x, drift = x0, self.drift                               # the drift is checked on the first step too
+        for k in range(steps):
             z = normal(x0.shape, generator, device=x0.device, dtype=x0.dtype)
-            x = x + h_x * drift(x, u) + expand_as(g[k], x) * sqrt_h * z
+            x = torch.addcmul(torch.addcmul(x, h_x, drift(x, times[k])), g_sqrt_h[k], z)
             drift = self._unchecked()[0]
         return x
 
