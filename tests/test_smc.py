@@ -29,7 +29,7 @@ def _log_evidence(mixture, a: torch.Tensor, y: torch.Tensor, noise_std: float) -
 @pytest.mark.parametrize("proposal, noise_std", [("replace", 0.0), ("kalman", 0.0), ("twisted", 0.2), ("kalman", 0.2)])
 def test_smc_converges_to_the_exact_posterior_and_its_evidence(mixture_2d, proposal, noise_std):
     """Observing x1 = 0.3 (exactly, or with noise 0.2), the exact posterior puts 73% (67%) of its mass on the
-    component below x2 = 0. One particle per sample is the proposal alone, which puts ~40% there; with 24
+    component below x2 = 0. One particle per sample is the proposal alone, which puts ~40% there; with 32
     particles the weights restore the mode weights, the energy distance to the exact posterior falls tenfold,
     and the evidence estimate (unbiased in p(y)) averages to the closed form."""
     model = mixture_2d.model(sl.DDPM())

@@ -244,7 +244,8 @@ class TrainConfig:
             fits = [name for name, o in sorted(OBJECTIVES.items())
                     if process.has_kind(*o.kinds) and (o.labels == "target") == (chosen.labels == "target")
                     and process.has_kind("learned") == ("learned" in o.kinds)]
-            frameworks = [name for name, kinds in _framework_kinds().items() if set(kinds) & set(chosen.kinds)]
+            frameworks = [name for name, kinds in _framework_kinds().items() if set(kinds) & set(chosen.kinds)
+                          and ("learned" in kinds) == ("learned" in chosen.kinds)]
             raise kind_error(process, chosen.kinds, f"the loss {loss!r}",
                              (f"use --framework {' or '.join(frameworks)}, or " if frameworks else "use ")
                              + f"a loss for this process: --loss {' or '.join(fits)}")
