@@ -134,6 +134,8 @@ CASES: list[tuple[str, str, str]] = [
     ("multinomial diffusion's loss on a Gaussian process", "train --loss vlb --out {d}/x", "--framework multinomial"),
     ("a Gaussian loss on multinomial diffusion", "train --framework multinomial --loss dsm --out {d}/x",
      "--loss vlb or vlb-ce"),
+    ("score matching on multinomial diffusion (the frameworks named all take it)",
+     "train --framework multinomial --loss ssm --out {d}/x", "use --framework ddpm or edm or ncsn or sde or subvp or"),
     ("fewer than 2 categories", "train --framework multinomial --categories 1 --out {d}/x", "2..256"),
     ("a masking schedule that is not decreasing from 1 to 0", "train --framework masked --process-option "
      "schedule=table --process-option alphas=[1,0.4,0.6,0] --out {d}/x", "decrease from alpha_0 = 1"),
