@@ -152,7 +152,7 @@ def report(rows: list[dict], budgets) -> str:
              "`python benchmarks/few_step.py`; energy distance to exact samples over the paired floor (1 = as good "
              "as exact), mean of the draws. Per solver and budget: the default call, the best of its "
              f"{len(GRIDS)} fixed grids x its options, and its searched grid (GITS candidates and its default "
-             "grid; of those no farther from the teacher than the default draw by draw and as a set, the "
+             "grid; of those at least 5% nearer the teacher than the default draw by draw and as a set, the "
              "nearest as a set kept). The default rules were chosen on the first two mixtures; "
              "the held-out pair checks them.", "",
              "## Summary: worst case over the processes, default / best fixed and searched / default", "",

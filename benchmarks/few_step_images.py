@@ -8,7 +8,7 @@ in-domain classifier's features against the test split (what ``scorelab evaluate
 * ``paper``: the solver's settings from 20 steps on at this budget (its paper grid to the process's t_min:
   EDM's rho = 7 for iPNDM, uniform in log sigma for the others, with their final-step rules);
 * ``searched``: the run's searched grid for this solver (``search_times(..., sampler=solver)``, saved in
-  ``RUN/times/``, the same file ``scorelab sample --times searched`` reads);
+  ``RUN/times/``, the same file ``scorelab sample --times searched`` reads; ``--margin`` as the search's);
 * ``log_sigma to E``: the grid uniform in log sigma stopping at sigma E (``t_min``: the process's), then the
   data prediction (``lower_order_final=True``), the paper's order.
 
@@ -34,15 +34,15 @@ from scorelab.data import load_dataset
 from scorelab.evaluation import EvalConfig, fid_from_features, fit_domain_classifier, precision_recall
 from scorelab.evaluation.run import draw_samples
 from scorelab.samplers.rules import rule_times, step_rule
-from scorelab.samplers.search import run_folder, searched_for_run
+from scorelab.samplers.search import MARGIN, run_folder, searched_for_run
 from scorelab.store import load_model
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SETTINGS = ("default", "paper", "searched", "log_sigma to t_min", "log_sigma to 0.03", "log_sigma to 0.1")
 
 
-def options_for(setting: str, solver: str, nfe: int, model, shape, run: Path, step: int, batch: int, seed: int
-                ) -> dict:
+def options_for(setting: str, solver: str, nfe: int, model, shape, run: Path, step: int, batch: int, seed: int,
+                margin: float = MARGIN) -> dict:
     """The sampler options of one setting."""
     if setting == "default":
         return {}
@@ -56,7 +56,8 @@ def options_for(setting: str, solver: str, nfe: int, model, shape, run: Path, st
         rule = step_rule(solver, 20)
         return {"times": rule_times(model.process, nfe, rule), "lower_order_final": rule.lower_order_final,
                 **({"order": rule.order} if rule.order else {})}
-    found, _ = searched_for_run(run, model, shape, nfe, solver, checkpoint_step=step, batch=batch, seed=seed)
+    found, _ = searched_for_run(run, model, shape, nfe, solver, checkpoint_step=step, batch=batch, seed=seed,
+                                margin=margin)
     return {"times": found.times}
 
 
@@ -70,6 +71,7 @@ def main() -> None:
     p.add_argument("--num-samples", type=int, default=1000)
     p.add_argument("--search-batch", type=int, default=256, help="teacher draws of each search")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--margin", type=float, default=MARGIN, help="how much nearer the teacher a searched grid must be")
     args = p.parse_args()
     model, spec, ckpt = load_model(args.run)
     model.eval()
@@ -85,7 +87,7 @@ def main() -> None:
             for setting in args.settings.split(","):
                 start = time.perf_counter()
                 options = options_for(setting, solver, nfe, model, shape, run, ckpt.step, args.search_batch,
-                                      args.seed)
+                                      args.seed, args.margin)
                 images, used = draw_samples(model, shape, solver, nfe, config, progress=False, **options)
                 features, _ = classifier(images)
                 m = min(len(features), len(test_features))
@@ -99,7 +101,8 @@ def main() -> None:
     floor = fid_from_features(test_features, real)
     out = RESULTS / f"few_step_images-{args.name}"
     meta = {"run": args.run, "checkpoint_step": ckpt.step, "data": data_spec, "num_samples": args.num_samples,
-            "classifier_accuracy": classifier.accuracy, "floor_fid": floor, "date": time.strftime("%Y-%m-%d")}
+            "classifier_accuracy": classifier.accuracy, "floor_fid": floor, "search_margin": args.margin,
+            "date": time.strftime("%Y-%m-%d")}
     out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     budgets = sorted({r["nfe"] for r in rows})
     lines = [f"# Few-step sampling on {args.name}: in-domain FID (precision / recall)", "",

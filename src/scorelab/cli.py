@@ -294,8 +294,8 @@ def _search_times(args: argparse.Namespace) -> None:
     out = None if args.out is None else check_writable(args.out, what="times file")
     model, spec, ckpt = _load(args)
     found = search_times(model, args.steps, (args.batch, *spec.data_shape), sampler=args.sampler,
-                         teacher_steps=args.teacher_steps, coeff=args.coeff, seed=args.seed)
-    found = replace(found, extra={"checkpoint_step": ckpt.step, "seed": args.seed})
+                         teacher_steps=args.teacher_steps, coeff=args.coeff, seed=args.seed, margin=args.margin)
+    found = replace(found, extra={"checkpoint_step": ckpt.step, "seed": args.seed, "margin": args.margin})
     path = save_times(out or times_path(run_folder(ckpt.path), args.steps, args.sampler), found)
     print(f"{args.sampler} grid of {args.steps} times ({args.teacher_steps}-step iPNDM teacher on {args.batch} "
           f"draws; kept {found.chosen!r}; candidates' miss per draw / energy distance as a set: "
@@ -712,6 +712,7 @@ def _add_sample(sub) -> None:
 
 def _add_search_times(sub) -> None:
     from .samplers import REGISTRY, SAMPLERS
+    from .samplers.search import MARGIN
 
     r = sub.add_parser("search-times", help="GITS: search the evaluation times that fit this model's trajectories "
                        "for a few-step sampler, and save them beside the run",
@@ -724,6 +725,8 @@ def _add_search_times(sub) -> None:
     r.add_argument("--teacher-steps", type=int, default=60, help="the iPNDM teacher's fine grid")
     r.add_argument("--batch", type=int, default=256, help="teacher trajectories")
     r.add_argument("--coeff", type=float, default=1.15, help="GITS's weight on later steps' costs")
+    r.add_argument("--margin", type=float, default=MARGIN, help="how much nearer the teacher (by both measures) a "
+                   "searched grid must be than the sampler's default grid to replace it")
     r.add_argument("--out", default=None, help="the JSON file (default: RUN/times/SAMPLER-STEPS.json)")
     r.set_defaults(run=_search_times)
 
