@@ -9,7 +9,7 @@ candidate replaces the default when both its measures are at most (1 - m) times 
 as a set kept. Reported per margin: the cells where the kept grid is more than 10% worse than the default on
 the benchmark's draws, those where it is more than 10% better, the worst ratio and the geometric mean::
 
-    python benchmarks/search_margin.py            # about 11 minutes on 2 CPU cores (two processes)
+    python benchmarks/search_margin.py            # about 4 minutes on 2 CPU cores (two processes)
 
 Cells: the recorded ``few_step.py`` run's (both processes on the first pair, DDPM on the held-out pair up to
 20 calls). Results: ``benchmarks/results/search_margin.{json,md}``.
