@@ -182,6 +182,19 @@ def test_the_estimator_integrates_to_the_bound_on_every_schedule(oracle, tables,
     assert integral == pytest.approx(any_order_bound(tables["distorted"], x0), abs=1e-7)
 
 
+def test_the_weight_near_t_0_is_the_closed_form_and_the_loss_finite(oracle):
+    """Near t = 0 the weight is ``w / t`` (polynomial), ``1 / t`` (linear), ``(pi / 2) cot(pi t / 2)`` (cosine) to
+    1e-9, where ``1 - alpha_t`` written as a difference would round to 0 (an infinite weight, a NaN loss)."""
+    t = torch.tensor([1e-7, 1e-6, 1e-5, 0.3], dtype=torch.float64)
+    closed = {"linear": 1 / t, "cosine": math.pi / 2 / torch.tan(math.pi * t / 2), "polynomial": 3 / t}
+    for schedule, w in closed.items():
+        process = MaskedDiffusion(K, schedule=schedule, **({"exponent": 3.0} if schedule == "polynomial" else {}))
+        torch.testing.assert_close(process.weight(t), w, rtol=1e-9, atol=0)
+        xs = torch.tensor([(2, 0, 1)]).expand(64, D)
+        loss = masked_loss(oracle.masked_model(process), xs, t=torch.full((64,), 1e-7), noise=gen(3))
+        assert bool(torch.isfinite(loss).all()), schedule
+
+
 def test_training_times_are_uniform_and_low_discrepancy_times_cover_the_interval():
     """Each low-discrepancy time is uniform on (0, 1] over draws (mean 1/2, variance 1/12), and one batch's times
     are evenly spaced 1/N apart (MD4's draws); never 0, where the weight is infinite."""

@@ -3,7 +3,8 @@
 
 Importing it registers what the rest of scorelab looks up by name: the ``"diffflow"`` process (an SDE of the
 kind ``"learned"``), network (the drift and score pair), parameterization, objective (the path KL) and sampler
-(the backward chain); nothing outside this package imports it.
+(the backward chain); the rest of scorelab looks them up by name (only the package root and the command
+line import from here).
 """
 
 from ..processes import register_process

@@ -11,11 +11,11 @@ and :func:`path_loss` returns, per example,
     L = -log p_B(x_N) + sum_i (|delta_i|^2 - |eps_i|^2) / 2 + D sum_i log(g_{i+1} / g_i)
       = log p_F(x_{1:N} | x_0) - log p_B(x_{0:N})   (Gaussian normalizers included),
 
-whose mean is the path KL minus the data's entropy, and an upper bound on ``-log p_B(x_0)`` (the chain's
+whose mean is the path KL plus the data's entropy, and an upper bound on ``-log p_B(x_0)`` (the chain's
 marginal, a VAE's bound; :func:`trajectory_nll`). The ``|eps_i|^2`` and ``log g`` terms do not depend on the
-parameters: they make the value the bound and cut its variance (DiffFlow's code keeps them too). Gradients reach
-the drift through the path and the score through ``delta``. Memory does not grow with the activations of ``N``
-steps: each step is recomputed in the backward pass from its saved state (``recompute``; the paper's stochastic
+parameters: they make the value the bound and cut its variance (DiffFlow's code keeps the ``|eps_i|^2``
+term). Gradients reach the drift through the path and the score through ``delta``. Memory does not grow with
+the activations of ``N`` steps: each step is recomputed in the backward pass from its saved state (``recompute``; the paper's stochastic
 adjoint keeps the same states and recomputes the same steps).
 """
 

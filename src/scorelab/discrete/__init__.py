@@ -5,7 +5,7 @@ continuous time (MATH.md 13; Shi et al. 2024, Sahoo et al. 2024).
 Importing it registers what the rest of scorelab looks up by name: the ``"multinomial"`` and ``"masked"``
 processes, the ``"categorical"``, ``"autoregressive"`` and ``"masked"`` parameterizations of a checkpoint's
 model, the ``vlb``, ``vlb-ce`` and ``masked`` objectives and the ``multinomial`` and ``masked`` samplers;
-nothing outside this package imports it.
+the rest of scorelab looks them up by name (only the package root and the command line import from here).
 """
 
 from ..processes import register_process

@@ -60,7 +60,7 @@ def _vlb_term(model, x0: Tensor, t: Tensor, x_t: Tensor | None, noise, labels: T
 
 class StepImportance(ObjectiveState):
     """Hoogeboom et al.'s importance sampling of ``t``: ``p(t) ∝ sqrt(E[L_t^2])`` from a running average
-    (``0.1 L_t^2 + 0.9 history``) once every step has been seen 10 times, uniform before; the decoder's
+    (``0.1 L_t^2 + 0.9 history``) once every step has been seen more than 10 times, uniform before; the decoder's
     weight is the first KL term's. Its buffers (a state dict) stay on the CPU, where the update is
     deterministic; a step seen several times in a batch is updated once, with the mean of its L_t^2 (their
     code keeps one of them; summed in a fixed order, so the order of the batch does not matter), and

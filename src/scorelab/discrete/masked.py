@@ -113,6 +113,18 @@ class MaskedDiffusion(CategoricalProcess):
         table = self._table.to(t.device)
         return table[i] + (pos - i) * (table[i + 1] - table[i])
 
+    def mask_probability(self, t: Tensor) -> Tensor:
+        """``1 - alpha_t``, computed directly (``t ** exponent``, not ``1 - (1 - t ** exponent)``: near ``t = 0`` the
+        difference rounds to 0 and the bound's weight to infinity)."""
+        t = torch.as_tensor(t, dtype=torch.float64)
+        if self.schedule == "linear":
+            return t
+        if self.schedule == "cosine":
+            return torch.cos(math.pi / 2 * (1 - t))
+        if self.schedule == "polynomial":
+            return t ** self.exponent
+        return 1 - self.alpha(t)
+
     def alpha_rate(self, t: Tensor) -> Tensor:
         """``-alpha'_t``, the rate at which dimensions are masked (non-negative)."""
         t = torch.as_tensor(t, dtype=torch.float64)
@@ -128,15 +140,15 @@ class MaskedDiffusion(CategoricalProcess):
         return (table[i] - table[i + 1]) * n
 
     def weight(self, t: Tensor) -> Tensor:
-        """The bound's weight ``w(t) = -alpha'_t / (1 - alpha_t)`` (MATH.md 13); infinite only at ``t = 0``."""
+        """The bound's weight ``w(t) = -alpha'_t / (1 - alpha_t)`` (MATH.md 13); finite for ``t > 0``."""
         rate = self.alpha_rate(t)
-        return torch.where(rate > 0, rate / (1 - self.alpha(t)), 0.0)      # a flat stretch masks nothing
+        return torch.where(rate > 0, rate / self.mask_probability(t), 0.0)      # a flat stretch masks nothing
 
     def reveal_probability(self, t: Tensor, s: Tensor) -> Tensor:
         """``(alpha_s - alpha_t) / (1 - alpha_t)``: the chance that a dimension masked at ``t`` is unmasked at
         ``s < t`` (1 at ``s = 0``)."""
-        a_t, a_s = self.alpha(t), self.alpha(s)
-        return ((a_s - a_t) / (1 - a_t).clamp(min=1e-300)).clamp(0, 1)
+        m_t, m_s = self.mask_probability(t), self.mask_probability(s)
+        return ((m_t - m_s) / m_t.clamp(min=1e-300)).clamp(0, 1)
 
     # ---------------------------------------------------------------------------------- the process
     def sample_marginal(self, x0: Tensor, t: float | Tensor, noise: Randomness = None) -> Tensor:

@@ -17,7 +17,7 @@ from .process import _LOG_ZERO
 
 __all__ = ["MaskedModel", "TIME_SCALE"]
 
-#: The network is told ``1000 t``, as the VP SDE's networks (Song et al. 2021; MATH.md 4).
+#: The network is told ``1000 t``, as the VP SDE's networks (Song et al. 2021; MATH.md 13).
 TIME_SCALE = 1000.0
 
 

@@ -46,11 +46,11 @@ def masked_ancestral(model, shape_or_x: Sequence[int] | Tensor, steps: int | Non
                      callback: Callback | None = None) -> SampleResult:
     """Reveal the [MASK]ed dimensions along a grid from ``t = 1`` to 0 (MATH.md 13).
 
-    ``shape_or_x``: ``(N, *dims)`` to start from all [MASK], or partly masked states ``x_t`` (then ``times``
-    should start where they are). ``steps``: an even grid (default :data:`DEFAULT_STEPS`); ``times``: the grid
-    itself. ``cache``: reuse a sample's last prediction while it is unchanged (exact for a model that does not
-    read ``t``, as the exact ``mu`` does not). Returns grey levels and the categories (``states``); ``nfe`` is the
-    most network calls any sample took.
+    ``shape_or_x``: ``(N, *dims)`` to start from all [MASK], or partly masked states ``x_t`` (their unmasked
+    dimensions are kept; the grid still starts at ``t = 1``). ``steps``: an even grid (default
+    :data:`DEFAULT_STEPS`); ``times``: the grid itself. ``cache``: reuse a sample's last prediction while it is
+    unchanged (exact for a model that does not read ``t``, as the exact ``mu`` does not). Returns grey levels
+    and the categories (``states``); ``nfe`` is the most network calls any sample took.
     """
     process = model.process
     require_kind(process, ("masked",), "masked diffusion sampling", "use 'multinomial' for multinomial diffusion")

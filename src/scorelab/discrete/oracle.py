@@ -3,7 +3,7 @@
 For a small ``p_0`` (say K = 3, D = 3) everything is a matrix over the ``S^D`` joint states, built from
 the one-step kernels alone (``q(x_t | x_s) = Q_{s+1} ... Q_t``, a Kronecker product over dimensions),
 never from the closed forms the library uses: the marginals ``q(x_t)``, the joint reverse kernel
-``q(x_s | x_t)`` by Bayes' rule, ``p(x_0 | x_t)``. From them, two exact models:
+``q(x_s | x_t)`` by Bayes' rule, ``p(x_0 | x_t)``. From them, three exact models:
 
 * :meth:`CategoricalOracle.model`: the exact per-dimension ``p(x_{0,i} | x_t)`` in the library's
   factorized kernel: the best factorized reverse transition, wrong wherever dimensions depend on each other;
