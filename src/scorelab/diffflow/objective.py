@@ -15,8 +15,8 @@ whose mean is the path KL plus the data's entropy, and an upper bound on ``-log 
 marginal, a VAE's bound; :func:`trajectory_nll`). The ``|eps_i|^2`` and ``log g`` terms do not depend on the
 parameters: they make the value the bound and cut its variance (DiffFlow's code keeps the ``|eps_i|^2``
 term). Gradients reach the drift through the path and the score through ``delta``. Memory does not grow with
-the activations of ``N`` steps: each step is recomputed in the backward pass from its saved state (``recompute``; the paper's stochastic
-adjoint keeps the same states and recomputes the same steps).
+the activations of ``N`` steps: each step is recomputed in the backward pass from its saved state
+(``recompute``; the paper's stochastic adjoint keeps the same states and recomputes the same steps).
 """
 
 from __future__ import annotations
