@@ -86,7 +86,8 @@ def report(rows: list[dict]) -> str:
              f"`python benchmarks/search_margin.py`; {len(rows)} cells of `few_step.md`. A candidate replaces the "
              "default grid when both calibration measures are at most (1 - margin) times the default's; the "
              "benchmark ratio is the kept grid's error over the default's on the benchmark's own draws.", "",
-             "| margin | cells > 10% worse | cells > 10% better | worst ratio | geometric mean |", "|---|---:|---:|---:|---:|"]
+             "| margin | cells > 10% worse | cells > 10% better | worst ratio | geometric mean |",
+             "|---|---:|---:|---:|---:|"]
     for margin in MARGINS:
         r = [c["candidates"][kept(c["candidates"], margin)]["ratio"] / c["candidates"]["default"]["ratio"]
              for c in rows]

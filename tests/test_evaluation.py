@@ -146,3 +146,18 @@ def test_evaluate_refuses_bad_requests_in_one_line(tiny_run, tmp_path, capsys, e
     assert main(["evaluate", str(tiny_run / "run"), "--out", str(tmp_path), *extra]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and err.count("\n") == 0
+
+
+def test_evaluate_scores_the_weights_asked_for(tiny_run):
+    """``--weights model`` scores the raw training weights, not the EMA (which differ after 30 steps)."""
+    from scorelab.store import load_model
+
+    run = tiny_run / "run"
+    raw, _, _ = load_model(run, weights="model")
+    ema, _, _ = load_model(run)
+    for weights, expected in (("model", raw), ("ema", ema)):
+        model = run_module._load_for_evaluation(run, run_module.EvalConfig(weights=weights), torch.device("cpu"))[0]
+        assert all(torch.equal(a, b) for a, b in zip(model.parameters(), expected.parameters())), weights
+    assert not all(torch.equal(a, b) for a, b in zip(raw.parameters(), ema.parameters()))
+    with pytest.raises(ValueError, match="weights must be 'ema' or 'model'"):
+        run_module.EvalConfig(weights="best")

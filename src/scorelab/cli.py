@@ -272,7 +272,11 @@ def _times_for(args: argparse.Namespace, entry, model, spec, ckpt) -> list[float
         raise ValueError(f"--times: the sampler {args.sampler!r} walks no evaluation grid; use one that does, e.g. "
                          "ipndm, dpm++2m, unipc, ddim")
     if args.times != "searched":
-        return load_times(args.times).times
+        times = load_times(args.times).times
+        if args.steps is not None and args.steps != len(times):
+            raise ValueError(f"--times {args.times} holds {len(times)} times, not --steps {args.steps}; "
+                             "drop --steps (the file sets them)")
+        return times
     if args.steps is None:
         raise ValueError("--times searched needs --steps (the number of evaluation times to search for)")
     found, new = searched_for_run(run_folder(ckpt.path), model, spec.data_shape, args.steps, args.sampler,
@@ -340,6 +344,8 @@ def _nll(args: argparse.Namespace) -> None:
     from .objectives import vlb
     from .objectives.vlb import ddpm_of
 
+    if args.num < 1 or args.batch_size < 1:
+        raise ValueError(f"--num and --batch-size must be positive integers, got {args.num} and {args.batch_size}")
     model, spec, ckpt = _load(args, any_process=True)
     if len(spec.data_shape) != 3:
         raise ValueError("bits/dim is defined for 8-bit images; use scorelab.likelihood.ode_log_likelihood for points")
@@ -396,6 +402,8 @@ def _interpolate(args: argparse.Namespace) -> None:
     from .likelihood import decode, encode, slerp
     from .models import unconditional
 
+    if args.frames < 2:
+        raise ValueError(f"--frames must be at least 2 (the two images' ends), got {args.frames}")
     check_writable(args.out, what="interpolation strip")
     model, spec, ckpt = _load(args)
     data = _run_images(args, ckpt, spec, "interpolate")
@@ -600,7 +608,7 @@ def _evaluate(args: argparse.Namespace) -> None:
                         inception_weights=args.inception_weights,
                         bpd=() if args.bpd == "none" else _csv(args.bpd), bpd_images=args.bpd_images,
                         vlb_terms=args.vlb_terms, ode_rtol=args.ode_rtol, guidance=args.guidance,
-                        clip_denoised=args.clip_denoised, searched_times=args.searched_times)
+                        clip_denoised=args.clip_denoised, searched_times=args.searched_times, weights=args.weights)
     check_writable(args.out, folder=True, what="evaluation folder")
     with session(args.device, args.dist_timeout) as (ranks, device):
         result = evaluate(args.checkpoint, args.out, config, device=device, ranks=ranks)
@@ -929,6 +937,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.run(args)
     except (ValueError, FileNotFoundError, FloatingPointError) as e:
         print(f"{who}: error: {e}", file=sys.stderr)
+        return 2
+    except TypeError as e:                 # a typed word where a number goes: the user's, not a bug's
+        words = {k: v for k, v in _key_values(vars(args).get("option"), "--option").items() if isinstance(v, str)}
+        if not words:
+            raise
+        print(f"{who}: error: {e}: check the types of --option {', '.join(f'{k}={v}' for k, v in words.items())} "
+              "(numbers, true/false or JSON)", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"{who}: interrupted", file=sys.stderr)

@@ -83,6 +83,8 @@ class EvalConfig:
     #: Also each grid sampler on the run's GITS grid for each budget (a ``SAMPLER+gits`` row; searched and saved in
     #: ``RUN/times/`` when the run has none for this checkpoint).
     searched_times: bool = False
+    #: The checkpoint's weights to score: ``"ema"`` (the default) or ``"model"`` (the raw training weights).
+    weights: str = "ema"
     kid_subsets: int = 100
     kid_subset_size: int = 1000
     pr_k: int = 3
@@ -102,6 +104,7 @@ class EvalConfig:
         require(self.num_samples >= max(2, self.pr_k + 1),
                 f"num_samples must be at least {max(2, self.pr_k + 1)}, got {self.num_samples}")
         require(self.batch_size >= 1, f"batch_size must be a positive integer, got {self.batch_size}")
+        require(self.weights in ("ema", "model"), f"weights must be 'ema' or 'model', got {self.weights!r}")
         bad = [f for f in self.features if f not in FEATURES]
         require(not bad and self.features, f"unknown feature space(s) {bad}; choose from {list(FEATURES)}")
         bad = [b for b in self.bpd if b not in BPD_METHODS]
@@ -278,7 +281,7 @@ def _load_for_evaluation(checkpoint: str | Path, config: EvalConfig, device: tor
     """The model and its data's two splits, checked against each other."""
     from ..store import load_model
 
-    model, spec, ckpt = load_model(checkpoint, device=device)
+    model, spec, ckpt = load_model(checkpoint, weights=config.weights, device=device)
     require_kind(model.process, ("sde",), "scorelab evaluate (Gaussian diffusion)",
                  "a categorical (multinomial or masked) diffusion model samples (scorelab sample) and gives its "
                  "bits/dim (scorelab nll)")
@@ -413,7 +416,8 @@ def evaluate(checkpoint: str | Path, out: str | Path, config: EvalConfig = EvalC
     if ranks.main:
         (out / "cells").mkdir(parents=True, exist_ok=True)
     files = json.loads((ckpt.path / "meta.json").read_text()).get("files", {})
-    model_id = {"weights_sha256": files.get("ema.safetensors", files.get("model.safetensors")), "step": ckpt.step}
+    chosen = files.get("ema.safetensors") if config.weights == "ema" else None
+    model_id = {"weights_sha256": chosen or files.get("model.safetensors"), "step": ckpt.step}
     test_images = test_set.images[np.random.default_rng(config.seed).permutation(len(test_set))]
     info: dict[str, Any] = {"data": data_spec, "test_images": len(test_set), "checkpoint": str(ckpt.path),
                             "step": ckpt.step, "config": asdict(config)}

@@ -22,6 +22,7 @@ registers its ``multinomial`` sampler, and a user can register theirs).
 from __future__ import annotations
 
 import inspect
+import numbers
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -103,6 +104,11 @@ class SamplerEntry:
         accepted = self.options(process)
         unknown = sorted(set(options) - set(accepted))
         require(not unknown, f"sampler {name!r} takes no option {unknown}; it takes {list(accepted)}")
+        for key, value in options.items():                # a number where a number is the default (or None)
+            default = accepted[key]
+            if isinstance(default, (int, float)) and not isinstance(default, bool) and value is not None:
+                require(isinstance(value, (numbers.Real, Tensor)) and not isinstance(value, bool),
+                        f"the sampler {name!r} takes a number for {key} (default {default}), got {value!r}")
         return {**accepted, **options}
 
     def nfe(self, steps: int | None, process: Process, options: dict[str, Any]) -> int | None:
