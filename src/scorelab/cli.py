@@ -13,7 +13,7 @@
     scorelab info runs/ddpm
     torchrun --standalone --nproc-per-node 8 -m scorelab.cli train ...   (train, sample, evaluate: several processes)
 
-Every command takes ``--seed``; errors are one line that says what to do.
+Every command that draws random numbers takes ``--seed``; errors are one line that says what to do.
 """
 
 from __future__ import annotations
@@ -161,7 +161,8 @@ def _load(args: argparse.Namespace, device=None, *, any_process: bool = False):
     from .processes import require_kind
     from .store import load_model
 
-    loaded = load_model(args.checkpoint, weights=args.weights, device=device or resolve_device(args.device))
+    loaded = load_model(args.checkpoint, weights=vars(args).get("weights", "ema"),
+                        device=device or resolve_device(args.device))
     if not any_process:
         require_kind(loaded[0].process, ("sde",), f"scorelab {args.command} (Gaussian diffusion)",
                      "a categorical (multinomial or masked) diffusion model samples (scorelab sample) and gives its "
@@ -634,11 +635,14 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}; see {self.prog} --help\n")
 
 
-def _model_args(q: argparse.ArgumentParser) -> None:
+def _model_args(q: argparse.ArgumentParser, *, weights: bool = True, seed: bool = True) -> None:
+    """The checkpoint and device, and ``--weights`` and ``--seed`` where the command uses them."""
     q.add_argument("checkpoint", help="a run folder (its newest checkpoint) or a checkpoint folder")
-    q.add_argument("--weights", choices=["ema", "model"], default="ema")
+    if weights:
+        q.add_argument("--weights", choices=["ema", "model"], default="ema")
     q.add_argument("--device", default="auto")
-    q.add_argument("--seed", type=int, default=0)
+    if seed:
+        q.add_argument("--seed", type=int, default=0)
 
 
 def _add_demo(sub) -> None:
@@ -882,7 +886,7 @@ def _add_train_classifier(sub) -> None:
 
     c = sub.add_parser("train-classifier", help="train a noise-conditional classifier on a run's process, for "
                        "classifier guidance (sample --classifier)")
-    _model_args(c)
+    _model_args(c, weights=False)
     c.add_argument("--data", default=None, help="labelled images (default: the data the model trained on); "
                    + DATASET_HELP)
     c.add_argument("--steps", type=int, default=2000)
@@ -895,14 +899,14 @@ def _add_train_classifier(sub) -> None:
 
 def _add_export(sub) -> None:
     x = sub.add_parser("export", help="the model as a torch.export program a serving stack runs without scorelab")
-    _model_args(x)
+    _model_args(x, seed=False)
     x.add_argument("--out", default="model.pt2", help="the program (.pt2); what it computes goes beside it (.json)")
     x.set_defaults(run=_export)
 
 
 def _add_info(sub) -> None:
     f = sub.add_parser("info", help="what a checkpoint holds")
-    _model_args(f)
+    _model_args(f, weights=False, seed=False)
     f.set_defaults(run=_info)
 
 
