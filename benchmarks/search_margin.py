@@ -74,11 +74,9 @@ def candidates(mixture: str, process_name: str) -> list[dict]:
 
 
 def kept(cands: dict, margin: float) -> str:
-    """The candidate the search keeps under ``margin`` (as ``search_times`` chooses)."""
-    ref = cands["default"]
-    allowed = ["default"] + [k for k, v in cands.items() if k != "default" and v["miss"] <= (1 - margin) * ref["miss"]
-                             and v["set"] <= (1 - margin) * ref["set"]]
-    return min(allowed, key=lambda k: cands[k]["set"])
+    """The candidate the search keeps under ``margin`` (``search.kept_candidate``, as ``search_times``)."""
+    return search.kept_candidate({k: v["miss"] for k, v in cands.items()}, {k: v["set"] for k, v in cands.items()},
+                                 "default", margin)
 
 
 def report(rows: list[dict]) -> str:

@@ -87,7 +87,7 @@ CASES: list[tuple[str, str, str]] = [
     ("a word where a sampler's number goes", "sample {d}/run --sampler ddim --steps 2 --option eta=abc",
      "takes a number for eta"),
     ("a word where a number goes that has no default", "sample {d}/run --sampler pc --steps 2 --option target_snr=x",
-     "check the types of --option target_snr=x"),
+     "takes a number for target_snr"),
     ("an interpolation of fewer than 2 frames", "interpolate {d}/run --frames 0", "--frames must be at least 2"),
     ("bits/dim of no images", "nll {d}/run --num 0", "must be positive integers"),
     ("an edited checkpoint description", "sample {d}/edited", "checksum"),

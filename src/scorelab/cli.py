@@ -942,13 +942,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, FloatingPointError) as e:
         print(f"{who}: error: {e}", file=sys.stderr)
         return 2
-    except TypeError as e:                 # a typed word where a number goes: the user's, not a bug's
-        words = {k: v for k, v in _key_values(vars(args).get("option"), "--option").items() if isinstance(v, str)}
-        if not words:
-            raise
-        print(f"{who}: error: {e}: check the types of --option {', '.join(f'{k}={v}' for k, v in words.items())} "
-              "(numbers, true/false or JSON)", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print(f"{who}: interrupted", file=sys.stderr)
         return 130

@@ -47,10 +47,18 @@ _NOT_OPTIONS = ("model", "shape_or_x", "noise", "process")
 Bind = Callable[[Process], tuple[Callable[..., SampleResult], dict[str, Any]]]
 
 
-def _options_of(function: Callable[..., SampleResult], exclude: Sequence[str]) -> dict[str, Any]:
-    """A sampler function's options and their defaults, from its signature (the one place that reads one)."""
-    params = inspect.signature(function).parameters.values()
-    return {p.name: p.default for p in params if p.name not in exclude and p.default is not inspect.Parameter.empty}
+#: Annotations of options that take a number (as written: the sampler modules postpone annotations).
+_NUMBERS = {"int", "float", "int | None", "float | None"}
+
+
+def _options_of(function: Callable[..., SampleResult], exclude: Sequence[str]) -> tuple[dict[str, Any], set[str]]:
+    """A sampler function's options and their defaults, and which of them take a number (by their annotation or
+    default), from its signature (the one place that reads one)."""
+    params = [p for p in inspect.signature(function).parameters.values()
+              if p.name not in exclude and p.default is not inspect.Parameter.empty]
+    numbers_ = {p.name for p in params if str(p.annotation) in _NUMBERS
+                or (isinstance(p.default, (int, float)) and not isinstance(p.default, bool))}
+    return {p.name: p.default for p in params}, numbers_
 
 
 @dataclass(frozen=True)
@@ -72,8 +80,8 @@ class SamplerEntry:
     #: Whether its ``times`` are an evaluation grid from ``t = 1`` (the times the network is asked at, then a
     #: last step to noise level 0), the kind a timestep search returns.
     evaluation_grid: bool = False
-    _options: dict[Callable[..., SampleResult], dict[str, Any]] = field(default_factory=dict, compare=False,
-                                                                        repr=False)
+    _options: dict[Callable[..., SampleResult], tuple[dict[str, Any], set[str]]] = field(
+        default_factory=dict, compare=False, repr=False)
 
     def bound(self, process: Process) -> tuple[Callable[..., SampleResult], dict[str, Any]]:
         """The function and fixed arguments this sampler runs with on a model of ``process``."""
@@ -85,10 +93,14 @@ class SamplerEntry:
 
     def options(self, process: Process) -> dict[str, Any]:
         """Its options on a model of ``process`` and their defaults."""
+        return dict(self._signature(process)[0])
+
+    def _signature(self, process: Process) -> tuple[dict[str, Any], set[str]]:
+        """Its options with their defaults, and those that take a number, on a model of ``process``."""
         function, fixed = self.bound(process)
         if function not in self._options:
             self._options[function] = _options_of(function, _NOT_OPTIONS + (self.steps_keyword,) + tuple(fixed))
-        return dict(self._options[function])
+        return self._options[function]
 
     def takes_projection(self, process: Process) -> bool:
         """Whether it applies a ``project`` hook after every step (Song et al.'s imputation)."""
@@ -104,11 +116,11 @@ class SamplerEntry:
         accepted = self.options(process)
         unknown = sorted(set(options) - set(accepted))
         require(not unknown, f"sampler {name!r} takes no option {unknown}; it takes {list(accepted)}")
-        for key, value in options.items():                # a number where a number is the default (or None)
-            default = accepted[key]
-            if isinstance(default, (int, float)) and not isinstance(default, bool) and value is not None:
+        takes_numbers = self._signature(process)[1]
+        for key, value in options.items():                # a number (or None) where the sampler takes one
+            if key in takes_numbers and value is not None:
                 require(isinstance(value, (numbers.Real, Tensor)) and not isinstance(value, bool),
-                        f"the sampler {name!r} takes a number for {key} (default {default}), got {value!r}")
+                        f"the sampler {name!r} takes a number for {key} (default {accepted[key]}), got {value!r}")
         return {**accepted, **options}
 
     def nfe(self, steps: int | None, process: Process, options: dict[str, Any]) -> int | None:

@@ -49,8 +49,8 @@ from .ode import ipndm
 from .registry import sample
 from .rules import RULES, rule_times, step_rule
 
-__all__ = ["SearchedTimes", "search_times", "MARGIN", "gits_cost", "cheapest_path", "save_times", "load_times",
-           "times_path", "run_folder", "searched_for_run"]
+__all__ = ["SearchedTimes", "search_times", "MARGIN", "kept_candidate", "gits_cost", "cheapest_path", "save_times",
+           "load_times", "times_path", "run_folder", "searched_for_run"]
 
 
 @dataclass(frozen=True)
@@ -158,9 +158,7 @@ def search_times(model: DiffusionModel, steps: int, shape: Sequence[int], *, sam
     nearness = {label: _nearness(model, x_T, sampler, grid, points[-1]) for label, (_, grid, _) in grids.items()}
     misses = {label: miss for label, (miss, _) in nearness.items()}
     sets = {label: by_set for label, (_, by_set) in nearness.items()}
-    allowed = [reference] + [label for label in grids if label != reference and misses[label] <= (1 - margin) *
-                             misses[reference] and sets[label] <= (1 - margin) * sets[reference]]
-    chosen = min(allowed, key=sets.get)
+    chosen = kept_candidate(misses, sets, reference, margin)
     weight, grid, value = grids[chosen]
     return replace(found, times=check_times(grid).tolist(), coeff=weight, cost=value, sampler=sampler,
                    candidates=misses, set_distances=sets, chosen=chosen)
@@ -175,6 +173,14 @@ def _nearness(model: DiffusionModel, x_T: Tensor, sampler: str, times: Tensor, t
     samples = sample(model, x_T.clone(), sampler, times=times).samples
     return (float((samples - teacher).flatten(1).norm(dim=1).mean()),
             energy_distance(samples.double(), teacher.double(), unbiased=False))
+
+
+def kept_candidate(misses: dict[str, float], sets: dict[str, float], reference: str, margin: float = MARGIN) -> str:
+    """The candidate the search keeps: of ``reference`` and the candidates ``margin`` nearer the teacher than it by
+    both measures (``misses`` draw by draw, ``sets`` as a set), the nearest as a set."""
+    allowed = [reference] + [label for label in misses if label != reference and misses[label] <= (1 - margin) *
+                             misses[reference] and sets[label] <= (1 - margin) * sets[reference]]
+    return min(allowed, key=sets.get)
 
 
 def run_folder(checkpoint: str | Path) -> Path:
