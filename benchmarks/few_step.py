@@ -154,7 +154,10 @@ def report(rows: list[dict], budgets) -> str:
              f"{len(GRIDS)} fixed grids x its options, and its searched grid (GITS candidates and its default "
              "grid; of those at least 5% nearer the teacher than the default draw by draw and as a set, the "
              "nearest as a set kept). The default rules were chosen on the first two mixtures; "
-             "the held-out pair checks them.", "",
+             "the held-out pair checks them. Each figure is two replicates against one reference set: near the "
+             "floor that cannot tell two grids apart (one replicate's ratio moves by about 0.25 between grids "
+             "whose samples are both within a few hundredths of exact ones); `search_margin.md` compares the "
+             "searched grid with the default on 16 replicates.", "",
              "## Summary: worst case over the processes, default / best fixed and searched / default", "",
              "| mixtures | solver | " + " | ".join(f"{b} NFE" for b in budgets) + " |",
              "|---|---|" + "---:|" * len(budgets)]

@@ -38,6 +38,8 @@ CASES: list[tuple[str, str, str]] = [
     ("array file that is not an array file", "train --data array:{d}/notes.npz --out {d}/x", "array"),
     ("images stored as floats", "train --data array:{d}/float.npy --out {d}/x", "uint8"),
     ("unknown data set form", "train --data imagenet --out {d}/x", "unknown dataset"),
+    ("a resize asked of data that is not a folder", "train --data digits --image-size 16 --out {d}/x",
+     "drop --image-size"),
     ("zero training steps", "train --steps 0 --out {d}/x", "steps must be a positive integer"),
     ("batch larger than the data set", "train --batch-size 4096 --out {d}/x", "fewer than batch_size"),
     ("negative learning rate", "train --lr -1 --out {d}/x", "lr must be"),

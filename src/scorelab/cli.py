@@ -617,6 +617,13 @@ def _evaluate(args: argparse.Namespace) -> None:
         print(f"evaluated {len(result.metrics['rows']) - 1} cells -> {result.report}")
 
 
+class _DefaultsShown(argparse.ArgumentDefaultsHelpFormatter):
+    """Help that shows an option's default where it has one (no "(default: None)")."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        return action.help if action.default is None else super()._get_help_string(action)
+
+
 def _demo(args: argparse.Namespace) -> None:
     from .demo import run_demo
 
@@ -657,7 +664,7 @@ def _add_train(sub) -> None:
     from .training import TrainConfig
 
     t = sub.add_parser("train", help="train a model; --framework picks its paper's defaults",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       formatter_class=_DefaultsShown)
     _add_config_flags(t, TrainConfig)
     t.add_argument("--config", default=None, metavar="FILE.json",
                    help="a training recipe (TrainConfig's fields as JSON, e.g. configs/fashion-mnist.json); "
@@ -728,7 +735,7 @@ def _add_search_times(sub) -> None:
 
     r = sub.add_parser("search-times", help="GITS: search the evaluation times that fit this model's trajectories "
                        "for a few-step sampler, and save them beside the run",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       formatter_class=_DefaultsShown)
     _model_args(r)
     r.add_argument("--steps", type=int, required=True, help="evaluation times (network calls of a multistep sampler)")
     r.add_argument("--sampler", default="ipndm", choices=[n for n in SAMPLERS if REGISTRY[n].takes_times()],
@@ -796,7 +803,7 @@ def _add_evaluate(sub) -> None:
     from .data import DATASET_HELP
 
     e = sub.add_parser("evaluate", help="FID, KID, precision/recall and bits/dim for each sampler and NFE budget",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       formatter_class=_DefaultsShown)
     _model_args(e)
     e.add_argument("--data", default=None, help="reference data (default: the data set the model was trained on); "
                    + DATASET_HELP)

@@ -20,11 +20,11 @@ distance) and as a set (the energy distance, V-statistic). A candidate replaces 
 when it is nearer by both measures, by at least :data:`MARGIN` (5%); of those, the nearest as a set is
 kept. So a searched grid is never worse than the default on the calibration draws by either measure, at
 ``steps`` network calls per candidate; the margin keeps the default where a candidate's lead is within what
-the choice of calibration draws moves (on the 224 cells of ``few_step.md`` it cut the cells where the kept
-grid is more than 10% worse than the default on the benchmark's draws from 19 to 13 and the worst from 2.6x
-to 1.5x, and gave up one of 55 gains of more than 10%: ``search_margin.md``).
+the choice of calibration draws moves (scored on 16 replicates of the 224 cells of ``few_step.md``, with no
+margin the kept grid was more than 10% worse than the default in 3 cells, up to 1.45x; with 5% in one held-out
+cell, 1.14x, and in none of the 160 on the mixtures the rules were chosen on: ``search_margin.md``).
 Each measure alone misleads: the draw-by-draw distance halved by a grid whose samples were
-twice as far from the exact distribution (UniPC at 8 steps on the 16-D oracle, ``few_step.md``), and the set
+1.45x as far from the exact distribution (UniPC at 8 steps on the 16-D oracle, ``search_margin.md``), and the set
 distance alone picked a grid that stops at t = 0.83 on the digits model (in 64 dimensions a set collapsed
 to the mean image is near the teacher's by that measure, never draw by draw).
 """

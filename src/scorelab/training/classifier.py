@@ -145,7 +145,7 @@ def train_classifier(run: str | Path, *, data: str | None = None, steps: int = 2
     base = ckpt.config.get("train", {})
     data = data or base.get("data")
     require(data is not None, f"{run} does not say what data it trained on; pass data=")
-    image_size = base.get("image_size")
+    image_size = base.get("image_size") if data.partition(":")[0] == "folder" else None   # only folders resize
     train_set = load_dataset(data, "train", image_size=image_size, labels=True)
     split = "test" if has_test_split(data) else "train"
     test_set = load_dataset(data, "test", image_size=image_size, labels=True) if split == "test" else train_set

@@ -231,6 +231,10 @@ class TrainConfig:
         for name in ("network_options", "process_options", "loss_options"):
             require(isinstance(getattr(self, name), dict), f"{name} must be a dict of KEY=VALUE settings")
             object.__setattr__(self, name, dict(getattr(self, name)))
+        require(self.image_size is None or (isinstance(self.image_size, int) and self.image_size > 0),
+                f"image_size must be a positive integer, got {self.image_size!r}")
+        require(self.image_size is None or self.data.partition(":")[0] == "folder", f"--image-size resizes "
+                f"folder: images; {self.data!r} keeps its stored size: drop --image-size")
         require(self.categories is None or (isinstance(self.categories, int) and 2 <= self.categories <= 256),
                 f"categories must be an integer in 2..256, got {self.categories!r}")
         self.loss_settings()                                  # the loss exists and its options fit it
