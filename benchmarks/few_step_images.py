@@ -108,7 +108,7 @@ def main() -> None:
     lines = [f"# Few-step sampling on {args.name}: in-domain FID (precision / recall)", "",
              f"`python benchmarks/few_step_images.py --run {args.run} --name {args.name}` ({meta['date']}, step "
              f"{ckpt.step}); {args.num_samples} samples per cell against the test split; real training images "
-             f"score FID {floor:.2f}.", "",
+             f"score FID {floor:.2f}; searched grids with margin {args.margin:g}.", "",
              "| solver | setting | " + " | ".join(f"{b} NFE" for b in budgets) + " |",
              "|---|---|" + "---:|" * len(budgets)]
     for solver in args.solvers.split(","):
