@@ -16,7 +16,7 @@ from ..processes import require_kind
 from ..samplers import SampleResult, register_sampler
 from ..samplers._common import Callback, call_back
 from ..samplers.grids import check_times, step_grid
-from .models import AutoregressiveModel, reverse_draw
+from .models import reverse_draw
 from .process import initial_states
 
 __all__ = ["multinomial_ancestral"]
@@ -41,7 +41,7 @@ def multinomial_ancestral(model, shape_or_x: Sequence[int] | Tensor, steps: int 
                  "use 'ancestral' (or 'masked' for masked diffusion)")
     device = device_and_dtype(model)[0]
     x = initial_states(process, shape_or_x, noise, device)
-    autoregressive = isinstance(model, AutoregressiveModel)
+    autoregressive = not model.factorized                 # draws dimension by dimension
     if times is not None:
         grid = (check_times(times) * process.num_steps).round().long().tolist()
         require(grid[-1] == 0, "multinomial ancestral sampling's times end at 0 (the data)")

@@ -183,6 +183,9 @@ class DiffusionModel(Protocol):
     normalized_energy: bool
     #: One example's shape, where the model knows it.
     data_shape: tuple[int, ...] | None
+    #: Whether one network call gives the reverse step of every dimension (False: a categorical model with
+    #: autoregressive transitions, which draws dimension by dimension, D calls a step).
+    factorized: bool
 
     def predict(self, x: Tensor, t: TimeLike, labels: Tensor | None = None) -> Prediction: ...
 
@@ -219,6 +222,10 @@ class ModelBase:
     def data_shape(self) -> tuple[int, ...] | None:
         return None
 
+    @property
+    def factorized(self) -> bool:
+        return True
+
     def predict(self, x: Tensor, t: TimeLike, labels: Tensor | None = None) -> Prediction:
         raise NotImplementedError
 
@@ -247,7 +254,7 @@ class ModelWrapper(ModelBase):
     """The one base of model-to-model wrappers (adapters, clipping, guidance, composition; docs/DESIGN.md).
 
     It holds its inner model (or models, ``parts``) and forwards everything the first declares: process,
-    classes, learned variance, energy, data shape, parameters (so its device) and, through
+    classes, learned variance, energy, data shape, factorization, parameters (so its device) and, through
     :meth:`select_rows`, per-row state; a wrapper overrides what it changes.
     """
 
@@ -283,6 +290,10 @@ class ModelWrapper(ModelBase):
     @property
     def data_shape(self) -> tuple[int, ...] | None:
         return self.model.data_shape
+
+    @property
+    def factorized(self) -> bool:
+        return self.model.factorized
 
     def predict(self, x: Tensor, t: TimeLike, labels: Tensor | None = None) -> Prediction:
         return self.model.predict(x, t) if labels is None else self.model.predict(x, t, labels)
