@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -106,7 +107,7 @@ def main() -> None:
     out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     budgets = sorted({r["nfe"] for r in rows})
     lines = [f"# Few-step sampling on {args.name}: in-domain FID (precision / recall)", "",
-             f"`python benchmarks/few_step_images.py --run {args.run} --name {args.name}` ({meta['date']}, step "
+             f"`python benchmarks/few_step_images.py {' '.join(sys.argv[1:])}` ({meta['date']}, step "
              f"{ckpt.step}); {args.num_samples} samples per cell against the test split; real training images "
              f"score FID {floor:.2f}; searched grids with margin {args.margin:g}.", "",
              "| solver | setting | " + " | ".join(f"{b} NFE" for b in budgets) + " |",

@@ -28,6 +28,14 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
+
+def _here(path: Path) -> str:
+    """``path`` as the commands (run from the repository root) are given it: relative to the root where it lies
+    inside it, so the records they write name no machine's folders."""
+    path = path.resolve()
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
 #: name -> (what it is, `scorelab train` flags that define it)
 RECIPES: dict[str, tuple[str, list[str]]] = {
     "ddpm": ("DDPM: T = 1000 linear betas, eps target, L_simple (Ho et al. 2020)",
@@ -81,13 +89,14 @@ def main() -> None:
         about, flags = RECIPES[name]
         run_dir = args.runs / name
         if not (run_dir / "checkpoints" / f"step-{args.steps:08d}").exists():    # a rerun reuses trained models
-            seconds = run(["scorelab", "train", *flags, *common, "--out", str(run_dir)], args.runs / f"{name}.train.log")
+            seconds = run(["scorelab", "train", *flags, *common, "--out", _here(run_dir)],
+                          args.runs / f"{name}.train.log")
             (run_dir / "train_seconds.txt").write_text(f"{seconds:.1f}\n")
         train_s = float((run_dir / "train_seconds.txt").read_text())
         eval_dir = run_dir / "eval"
-        eval_s = run(["scorelab", "evaluate", str(run_dir), "--samplers", args.samplers, "--nfe", args.nfe,
+        eval_s = run(["scorelab", "evaluate", _here(run_dir), "--samplers", args.samplers, "--nfe", args.nfe,
                       "--num-samples", str(args.num_samples), "--bpd", "none", "--seed", str(args.seed),
-                      "--out", str(eval_dir)], args.runs / f"{name}.eval.log")
+                      "--out", _here(eval_dir)], args.runs / f"{name}.eval.log")
         metrics = json.loads((eval_dir / "metrics.json").read_text())
         results[name] = {"about": about, "flags": flags, "train_seconds": train_s, "eval_seconds": eval_s,
                          "metrics": metrics}

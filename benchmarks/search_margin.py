@@ -20,6 +20,7 @@ worse by more than two standard errors of the paired per-replicate difference, t
 than 10% better, the worst ratio and the geometric mean::
 
     python benchmarks/search_margin.py            # about 8 minutes on 2 CPU cores (two processes)
+    python benchmarks/search_margin.py --report-only   # the report again from the recorded rows
 
 Cells: the recorded ``few_step.py`` run's (both processes on the first pair, DDPM on the held-out pair up to
 20 calls). Results: ``benchmarks/results/search_margin.{json,md}``.
@@ -108,14 +109,16 @@ def compare(cands: dict, margin: float | str) -> tuple[float, bool]:
 
 def rule_table(rows: list[dict]) -> list[str]:
     """Per keep rule: cells more than 10% worse (and of those, beyond noise), more than 10% better, worst, mean."""
-    lines = ["| rule | cells > 10% worse | of those, beyond noise | cells > 10% better | worst ratio | "
-             "geometric mean |", "|---|---:|---:|---:|---:|---:|"]
+    lines = ["| rule | cells > 10% worse | of those, beyond noise | cells > 10% better | worst ratio (cell) | "
+             "geometric mean |", "|---|---:|---:|---:|---|---:|"]
     for margin in [*MARGINS, *ALONE]:
         scored = [compare(c["candidates"], margin) for c in rows]
         r = [x for x, _ in scored]
+        worst = rows[int(np.argmax(r))]
         label = ALONE[margin] if isinstance(margin, str) else f"margin {margin:g}"
         lines.append(f"| {label} | {sum(x > 1.1 for x in r)} | {sum(x > 1.1 and w for x, w in scored)} | "
-                     f"{sum(x < 1 / 1.1 for x in r)} | {max(r):.2f} | {math.exp(np.mean(np.log(r))):.3f} |")
+                     f"{sum(x < 1 / 1.1 for x in r)} | {max(r):.3f} ({worst['mixture']}, {worst['process']}, "
+                     f"{worst['solver']} at {worst['budget']}) | {math.exp(np.mean(np.log(r))):.3f} |")
     return lines
 
 
@@ -148,7 +151,13 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=F.OUT)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--replicates", type=int, default=16)
+    parser.add_argument("--report-only", action="store_true", help="rewrite the report from the recorded rows")
     args = parser.parse_args()
+    if args.report_only:
+        recorded = json.loads((args.out / "search_margin.json").read_text())
+        (args.out / "search_margin.md").write_text(report(recorded["rows"], recorded["replicates"]))
+        print(report(recorded["rows"], recorded["replicates"]))
+        return
     with ProcessPoolExecutor(args.workers) as pool:
         parts = pool.map(candidates, *zip(*CELLS), [args.replicates] * len(CELLS))
         rows = [r for part in parts for r in part]
