@@ -161,8 +161,7 @@ def _load(args: argparse.Namespace, device=None, *, any_process: bool = False):
     from .processes import require_kind
     from .store import load_model
 
-    loaded = load_model(args.checkpoint, weights=vars(args).get("weights", "ema"),
-                        device=device or resolve_device(args.device))
+    loaded = load_model(args.checkpoint, weights=args.weights, device=device or resolve_device(args.device))
     if not any_process:
         require_kind(loaded[0].process, ("sde",), f"scorelab {args.command} (Gaussian diffusion)",
                      "a categorical (multinomial or masked) diffusion model samples (scorelab sample) and gives its "
@@ -647,6 +646,8 @@ def _model_args(q: argparse.ArgumentParser, *, weights: bool = True, seed: bool 
     q.add_argument("checkpoint", help="a run folder (its newest checkpoint) or a checkpoint folder")
     if weights:
         q.add_argument("--weights", choices=["ema", "model"], default="ema")
+    else:
+        q.set_defaults(weights="ema")                  # the command reads the checkpoint's EMA weights only
     q.add_argument("--device", default="auto")
     if seed:
         q.add_argument("--seed", type=int, default=0)

@@ -113,10 +113,9 @@ class SamplerEntry:
     def resolve(self, process: Process, options: dict[str, Any], name: str = "") -> dict[str, Any]:
         """Every option's value for a model of ``process``: the defaults with ``options`` applied; options it does
         not take are refused, naming the ones it does."""
-        accepted = self.options(process)
+        accepted, takes_numbers = self._signature(process)
         unknown = sorted(set(options) - set(accepted))
         require(not unknown, f"sampler {name!r} takes no option {unknown}; it takes {list(accepted)}")
-        takes_numbers = self._signature(process)[1]
         for key, value in options.items():                # a number (or None) where the sampler takes one
             if key in takes_numbers and value is not None:
                 require(isinstance(value, (numbers.Real, Tensor)) and not isinstance(value, bool),
