@@ -4,6 +4,7 @@ categorical package reached only through the registries, and a new process and a
 outside the library and used by the trainer, the samplers and checkpoints."""
 
 import ast
+import inspect
 import re
 from pathlib import Path
 
@@ -87,6 +88,18 @@ def test_capabilities_are_declared_not_probed():
         if where in ("store/spec.py", "processes/config.py"):
             assert "type: ignore" not in text, where
 
+
+def test_a_samplers_declared_projection_hook_is_what_its_functions_take():
+    """The registry declares which samplers apply a ``project`` hook (inpainting by replacement); every function
+    an entry runs (on DDPM, VP and VE models where it takes them) has that parameter exactly when declared."""
+    processes = [sl.DDPM(), sl.VPSDE(), sl.VESDE()]
+    declared = {name for name, entry in sl.samplers.REGISTRY.items() if entry.projection}
+    assert {"ancestral", "pc", "dpm++2m", "langevin"} <= declared and "ode" not in declared
+    for name, entry in sl.samplers.REGISTRY.items():
+        functions = {entry.bound(p)[0] for p in processes if p.has_kind(*entry.kinds)} | {entry.function}
+        for function in functions:
+            takes = "project" in inspect.signature(function).parameters
+            assert takes == entry.projection, (name, function.__name__, takes)
 
 def test_processes_and_samplers_never_import_the_categorical_package():
     """Categorical diffusion registers its process, models, objectives and sampler itself (docs/DESIGN.md)."""

@@ -2,8 +2,9 @@
 
 Each :class:`SamplerEntry` declares, once, what callers ask of a sampler: the process kinds it takes, the
 process it runs on given a model's (``pc`` and ``em`` run a DDPM model on its VP SDE, Song et al. 2021,
-Table 1), its options and their defaults (read here, once, from its function), whether it takes a
-projection hook (``project``: inpainting by replacement) and an explicit time grid (``times``), the grid it
+Table 1), its options and their defaults (read here, once, from its function), whether it applies a
+projection hook after every step (``project``: inpainting by replacement; declared, and checked against the
+function by tests/test_architecture.py) and an explicit time grid (``times``), the grid it
 walks when it starts below ``t = 1`` (SDEdit), and its cost ``nfe(steps, process, options)`` in network
 evaluations per sample (tested against every sampler's own count). The CLI, ``evaluate``, the conditional
 methods and the benchmarks read the table; :func:`register_sampler` adds to it (``scorelab.discrete``
@@ -80,6 +81,9 @@ class SamplerEntry:
     #: Whether its ``times`` are an evaluation grid from ``t = 1`` (the times the network is asked at, then a
     #: last step to noise level 0), the kind a timestep search returns.
     evaluation_grid: bool = False
+    #: Whether it applies a ``project`` hook after every step (Song et al.'s imputation; inpainting by
+    #: replacement, RePaint).
+    projection: bool = False
     _options: dict[Callable[..., SampleResult], tuple[dict[str, Any], set[str]]] = field(
         default_factory=dict, compare=False, repr=False)
 
@@ -103,8 +107,8 @@ class SamplerEntry:
         return self._options[function]
 
     def takes_projection(self, process: Process) -> bool:
-        """Whether it applies a ``project`` hook after every step (Song et al.'s imputation)."""
-        return "project" in self.options(process)
+        """Whether it applies a ``project`` hook after every step (Song et al.'s imputation), as declared."""
+        return self.projection
 
     def takes_times(self) -> bool:
         """Whether a searched evaluation grid (GITS) can replace its own (``times=``)."""
@@ -140,17 +144,18 @@ def register_sampler(name: str, function: Callable[..., SampleResult], *, kinds:
                      cost: Callable[[int, Process, dict[str, Any]], int] | None,
                      default_steps: Callable[[Process], int] | int | None, describe: str = "",
                      bind: Bind | None = None, start: Callable[[Process, int, float], Tensor] | None = None,
-                     steps_keyword: str = "steps", evaluation_grid: bool = False) -> SamplerEntry:
+                     steps_keyword: str = "steps", evaluation_grid: bool = False,
+                     projection: bool = False) -> SamplerEntry:
     """Add a sampler to the table. ``function(model, shape_or_x, steps, *, noise, ...options)``; ``kinds``: the
     process kinds it takes; ``cost(steps, process, options)``: its network evaluations per sample (None:
     adaptive); ``default_steps``: a number or ``process -> number`` (None: it takes none); ``bind``, ``start``,
-    ``steps_keyword``, ``evaluation_grid``: see :class:`SamplerEntry`."""
+    ``steps_keyword``, ``evaluation_grid``, ``projection``: see :class:`SamplerEntry`."""
     require(isinstance(name, str) and name and " " not in name, f"a sampler name is a word, got {name!r}")
     require(callable(function), "the sampler must be a function")
     fixed_steps = default_steps
     steps_of = (lambda p: fixed_steps) if isinstance(fixed_steps, int) else fixed_steps
     entry = SamplerEntry(describe or (function.__doc__ or name).strip().split("\n")[0], function, tuple(kinds),
-                         cost, steps_of, bind, start, steps_keyword, evaluation_grid)
+                         cost, steps_of, bind, start, steps_keyword, evaluation_grid, projection)
     REGISTRY[name] = entry
     SAMPLERS[name] = entry.describe
     return entry
@@ -228,42 +233,45 @@ register_sampler("ancestral", ddpm_ancestral, kinds=_AFFINE, cost=_per_step,
                  default_steps=lambda p: p.num_steps if p.has_kind("ddpm") else 50,
                  describe="DDPM ancestral sampling (Ho et al. Alg. 2); steps = respaced steps (default: all T)",
                  bind=lambda p: (ddpm_ancestral, {}) if p.has_kind("ddpm") else (ddim, {"eta": 1.0}),
-                 start=ancestral_from)
+                 start=ancestral_from, projection=True)
 register_sampler("ddim", ddim, kinds=_AFFINE, cost=_per_step, default_steps=50,
                  describe="DDIM, eta = 0 (Song, Meng & Ermon); steps (default 50)", start=evaluations_from,
-                 evaluation_grid=True)
+                 evaluation_grid=True, projection=True)
 register_sampler("pc", predictor_corrector, kinds=_ANY_SDE, cost=pc_cost, default_steps=1000,
                  describe="predictor-corrector: reverse diffusion + Langevin (Song et al. 2021); steps (default 1000)",
-                 bind=lambda p: (predictor_corrector, {"process": sde_process(p)}), start=intervals_from)
+                 bind=lambda p: (predictor_corrector, {"process": sde_process(p)}), start=intervals_from,
+                 projection=True)
 register_sampler("em", euler_maruyama, kinds=_ANY_SDE,
                  cost=lambda s, p, o: s + int(final_denoise(p, o["denoise"])), default_steps=1000,
                  describe="Euler-Maruyama on the reverse SDE (Song et al. 2021); steps (default 1000)",
-                 bind=lambda p: (euler_maruyama, {"process": sde_process(p)}), start=intervals_from)
+                 bind=lambda p: (euler_maruyama, {"process": sde_process(p)}), start=intervals_from,
+                 projection=True)
 register_sampler("ode", ode_rk45, kinds=_ANY_SDE, cost=None, default_steps=None,
                  describe="probability-flow ODE, adaptive RK45 (Song et al. 2021); steps ignored")
 register_sampler("heun", ode_heun, kinds=_AFFINE, cost=lambda s, p, o: 2 * s - 1, default_steps=18,
                  describe="EDM's Heun sampler (Karras et al. 2022); steps (default 18, 2 NFE each but the last)",
-                 start=evaluations_from, evaluation_grid=True)
+                 start=evaluations_from, evaluation_grid=True, projection=True)
 register_sampler("dpm++2m", dpm_solver_pp_2m, kinds=_AFFINE, cost=_per_step, default_steps=20,
                  describe="DPM-Solver++(2M) (Lu et al. 2022); steps (default 20)", start=evaluations_from,
-                 evaluation_grid=True)
+                 evaluation_grid=True, projection=True)
 register_sampler("dpm++3m", dpm_solver_pp_3m, kinds=_AFFINE, cost=_per_step, default_steps=20,
                  describe="DPM-Solver++(3M) (Lu et al. 2022), third-order multistep; steps (default 20)",
-                 start=evaluations_from, evaluation_grid=True)
+                 start=evaluations_from, evaluation_grid=True, projection=True)
 register_sampler("unipc", unipc, kinds=_AFFINE, cost=_per_step, default_steps=20,
                  describe="UniPC (Zhao et al. 2023), multistep predictor-corrector, order 2 (order=3 too); "
-                 "steps (default 20)", start=evaluations_from, evaluation_grid=True)
+                 "steps (default 20)", start=evaluations_from, evaluation_grid=True, projection=True)
 register_sampler("ipndm", ipndm, kinds=_AFFINE, cost=_per_step, default_steps=20,
                  describe="iPNDM (Zhang & Chen 2023), Adams-Bashforth multistep up to order 4 on dy/dsigma = eps; "
-                 "steps (default 20)", start=evaluations_from, evaluation_grid=True)
+                 "steps (default 20)", start=evaluations_from, evaluation_grid=True, projection=True)
 register_sampler("langevin", annealed_langevin, kinds=_AFFINE,
                  cost=lambda s, p, o: (p.num_scales if o["times"] is None else len(o["times"])) * s
                  + int(o["final_denoise"]), default_steps=100,
                  describe="annealed Langevin dynamics (Song & Ermon 2019); steps = steps per level (default 100)",
-                 bind=lambda p: (annealed_langevin, {"process": _ladder(p)}), steps_keyword="steps_per_level")
+                 bind=lambda p: (annealed_langevin, {"process": _ladder(p)}), steps_keyword="steps_per_level",
+                 projection=True)
 register_sampler("ld", langevin_dynamics, kinds=_ANY_SDE, cost=_per_step, default_steps=1000,
                  describe="Langevin dynamics on one score, the least-noise one (MATH.md 3); steps (default 1000), "
-                 "step_size")
+                 "step_size", projection=True)
 register_sampler("smc", smc_sampler, kinds=_AFFINE,
                  cost=lambda s, p, o: smc_sampler_cost(s, o["corrector"], o["corrector_steps"], o["leapfrog_steps"]),
                  default_steps=200,
