@@ -53,6 +53,8 @@ CASES: list[tuple[str, str, str]] = [
      "train --network-option channel_mults=[1,1] --network-option norm_groups=32 --out {d}/x",
      "removes the noise and label embedding"),
     ("unknown network option", "train --network-option depth=3 --out {d}/x", "do not fit UNetConfig"),
+    ("a yes/no where a network size goes", "train --network-option num_res_blocks=true --out {d}/x",
+     "num_res_blocks must be a positive integer, got True"),
     ("process option that breaks the process", "train --framework ve --process-option sigma_min=150 --out {d}/x",
      "sigma_min"),
     ("config file that does not exist", "train --config {d}/none.json --out {d}/x", "does not exist"),

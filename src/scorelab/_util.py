@@ -97,8 +97,13 @@ def require(condition: bool, message: str) -> None:
         raise ValueError(message)
 
 
+def is_int(value: object) -> bool:
+    """Whether ``value`` is an integer (a Python ``bool`` is not one here, though it is an ``int`` subclass)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def require_positive_int(name: str, value: int) -> None:
-    require(isinstance(value, int) and not isinstance(value, bool) and value > 0,
+    require(is_int(value) and value > 0,
             f"{name} must be a positive integer, got {value!r}; pass e.g. {name}=1000")
 
 

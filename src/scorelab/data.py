@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ._util import require
+from ._util import is_int, require
 
 __all__ = ["ImageSet", "check_bytes", "to_model_range", "to_uint8", "to_levels", "to_categories", "from_categories", "DIGITS_LEVELS", "load_digits", "read_idx", "load_mnist",
            "load_cifar10", "load_image", "load_image_folder", "load_array", "toy_points", "batches", "load_dataset", "take",
@@ -60,7 +60,7 @@ def to_uint8(x: Tensor) -> Tensor:
 def to_categories(x: Tensor, num_categories: int) -> Tensor:
     """Model-range values to categories ``0..K-1`` on ``K`` evenly spaced grey levels, ``round((x + 1)(K - 1) / 2)``
     (the digits' 17 levels exactly; ``K = 2`` thresholds at mid-grey): multinomial diffusion's data (MATH.md 10)."""
-    require(isinstance(num_categories, int) and num_categories >= 2, f"num_categories must be an integer >= 2, "
+    require(is_int(num_categories) and num_categories >= 2, f"num_categories must be an integer >= 2, "
             f"got {num_categories!r}")
     return ((x.detach().double() + 1) * ((num_categories - 1) / 2)).round().clamp(0, num_categories - 1).long()
 
@@ -73,7 +73,7 @@ def from_categories(k: Tensor, num_categories: int) -> Tensor:
 def to_levels(x: Tensor, levels: int) -> Tensor:
     """Model-range values to uint8 on a grid of ``levels + 1`` grey values, ``rint(255 j / levels)``:
     the format of data stored with fewer than 8 bits (the digits: 0..16, :data:`DIGITS_LEVELS`)."""
-    require(isinstance(levels, int) and 1 <= levels <= 255, f"levels must be an integer in 1..255, got {levels!r}")
+    require(is_int(levels) and 1 <= levels <= 255, f"levels must be an integer in 1..255, got {levels!r}")
     j = ((x.detach().double() + 1) * (levels / 2)).round().clamp(0, levels)
     return (j * (255 / levels)).round().to(torch.uint8)
 
@@ -417,7 +417,7 @@ def load_image_folder(root: str | Path, *, image_size: int | None = None, mode: 
 def toy_points(name: str, n: int, seed: int = 0) -> np.ndarray:
     """``"two_moons"``, ``"swiss_roll"``, ``"checkerboard"`` or ``"gaussian_mixture"`` (8 modes on a
     circle of radius 3): ``(n, 2)`` float32 points within about [-4, 4], reproducible from ``seed``."""
-    require(isinstance(n, int) and n > 0, f"n must be a positive integer, got {n!r}")
+    require(is_int(n) and n > 0, f"n must be a positive integer, got {n!r}")
     rng = np.random.default_rng(seed)
     if name == "two_moons":
         from sklearn.datasets import make_moons
@@ -488,7 +488,7 @@ def batches(data: ImageSet | np.ndarray, batch_size: int, generator: torch.Gener
             flip: bool = False, with_labels: bool = False):
     """Endless shuffled batches in the model's range: images through :func:`to_model_range`
     (with random horizontal flips if asked), points as float32. Reproducible from ``generator``."""
-    require(isinstance(batch_size, int) and batch_size > 0, f"batch_size must be a positive integer, got {batch_size!r}")
+    require(is_int(batch_size) and batch_size > 0, f"batch_size must be a positive integer, got {batch_size!r}")
     is_images = isinstance(data, ImageSet)
     n = len(data)
     require(n > 0, "no data to draw batches from")

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from torch import Tensor
 
-from ._util import require
+from ._util import is_int, require
 from .data import to_uint8
 
 __all__ = ["make_grid", "save_grid", "save_png"]
@@ -22,7 +22,7 @@ def make_grid(x: Tensor, nrow: int | None = None, *, padding: int = 1, scale: in
     """
     require(x.ndim == 4 and x.shape[1] in (1, 3), f"expected images (N, 1 or 3, H, W), got {tuple(x.shape)}")
     require(x.shape[0] > 0, "no images to put in a grid")
-    require(isinstance(scale, int) and scale >= 1, f"scale must be a positive integer, got {scale!r}")
+    require(is_int(scale) and scale >= 1, f"scale must be a positive integer, got {scale!r}")
     n, c, h, w = x.shape
     nrow = nrow or math.ceil(math.sqrt(n))
     ncol = math.ceil(n / nrow)

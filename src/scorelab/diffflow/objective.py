@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
-from .._util import expand_as, flat_dim, require, sum_except_batch
+from .._util import expand_as, flat_dim, is_int, require, sum_except_batch
 from ..models import DiffusionModel
 from ..noise import Randomness, normal, uniform
 from ..objectives import Objective, ObjectiveState, register_objective
@@ -101,7 +101,7 @@ def trajectory_nll(model: DiffusionModel, x0: Tensor, *, num_steps: int | None =
     """The backward chain's bound on ``-log p_B(x0)`` in nats per example (MATH.md 11), averaged over ``draws``
     forward paths on the model's grid (``num_steps`` steps of it; default the process's ``N``)."""
     require_kind(model.process, ("learned",), "the trajectory bound", "use the ODE likelihood")
-    require(isinstance(draws, int) and draws >= 1, f"draws must be a positive integer, got {draws!r}")
+    require(is_int(draws) and draws >= 1, f"draws must be a positive integer, got {draws!r}")
     times = model.process.grid(num_steps)
     with torch.no_grad():
         return torch.stack([path_loss(model, x0, times, randomness) for _ in range(draws)]).mean(0)

@@ -18,7 +18,7 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor, nn
 
-from .._util import TimeLike, as_time, require, require_positive_int, sum_except_batch
+from .._util import TimeLike, as_time, is_int, require, require_positive_int, sum_except_batch
 from ..noise import normal
 from ..processes import SDE
 
@@ -64,7 +64,7 @@ class DiffFlow(SDE):
 
     def __init__(self, num_steps: int = 30, beta: float = 0.9, horizon: float = 0.05, g: float = 1.0,
                  t_min: float = 1e-3, drift_net: nn.Module | None = None):
-        require(isinstance(num_steps, int) and not isinstance(num_steps, bool) and num_steps >= 1,
+        require(is_int(num_steps) and num_steps >= 1,
                 f"DiffFlow's num_steps N must be an integer >= 1, got {num_steps!r}; the paper trains with 10 to 100")
         for name, value in (("beta", beta), ("g", g)):
             require(isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .._util import require
+from .._util import is_int, require
 from ..noise import Randomness, uniform
 from ..processes import Process
 
@@ -131,9 +131,9 @@ class MultinomialDiffusion(CategoricalProcess):
 
     def __init__(self, num_categories: int, num_steps: int = 1000, schedule: str = "cosine",
                  kernel: str = "uniform"):
-        require(isinstance(num_categories, int) and not isinstance(num_categories, bool) and num_categories >= 2,
+        require(is_int(num_categories) and num_categories >= 2,
                 f"num_categories must be an integer >= 2, got {num_categories!r}")
-        require(isinstance(num_steps, int) and not isinstance(num_steps, bool) and num_steps >= 1,
+        require(is_int(num_steps) and num_steps >= 1,
                 f"num_steps must be a positive integer, got {num_steps!r}")
         require(schedule in SCHEDULES, f"unknown schedule {schedule!r}; choose one of {SCHEDULES}")
         require(kernel in KERNELS, f"unknown kernel {kernel!r}; choose one of {KERNELS}")

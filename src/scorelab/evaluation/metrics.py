@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .._util import require
+from .._util import is_int, require
 
 __all__ = ["FeatureStats", "feature_stats", "frechet_distance", "fid_from_features",
            "kernel_inception_distance", "precision_recall", "inception_score", "two_sample_classifier_accuracy"]
@@ -142,7 +142,7 @@ def _inside(points: Tensor, centres: Tensor, radii: Tensor, chunk: int) -> Tenso
 def precision_recall(real: ArrayLike, fake: ArrayLike, *, k: int = 3, chunk: int = 1024) -> tuple[float, float]:
     """Improved precision and recall (Kynkaanniemi et al. 2019) with k-NN radii (their default k = 3)."""
     real, fake = _pair(real, fake, need=k + 1)
-    require(isinstance(k, int) and k >= 1, f"k must be a positive integer, got {k!r}")
+    require(is_int(k) and k >= 1, f"k must be a positive integer, got {k!r}")
     precision = _inside(fake, real, _kth_neighbour_radii(real, k, chunk), chunk).double().mean()
     recall = _inside(real, fake, _kth_neighbour_radii(fake, k, chunk), chunk).double().mean()
     return float(precision), float(recall)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._util import require
+from .._util import is_int, require
 from .unet import ResBlock, UNetConfig, down_path, noise_embedding, run_down_path
 
 __all__ = ["EncoderClassifier"]
@@ -22,7 +22,7 @@ class EncoderClassifier(nn.Module):
 
     def __init__(self, config: UNetConfig, num_classes: int):
         super().__init__()
-        require(isinstance(num_classes, int) and num_classes >= 2,
+        require(is_int(num_classes) and num_classes >= 2,
                 f"a classifier needs at least 2 classes, got {num_classes!r}")
         self.config, self.num_classes = config, num_classes
         ch, groups = config.base_channels, config.norm_groups

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .._util import require
+from .._util import is_int, require
 from .base import Network
 from .embeddings import LabelEmbedding, add_label_embedding, make_embedding
 
@@ -32,7 +32,7 @@ class MLPConfig:
                 f"MLPConfig.num_classes must be 0 (unconditional) or the number of classes, got {self.num_classes!r}")
         for name in ("dim", "hidden", "depth", "embedding_dim"):
             value = getattr(self, name)
-            require(isinstance(value, int) and value > 0, f"MLPConfig.{name} must be a positive integer, got {value!r}")
+            require(is_int(value) and value > 0, f"MLPConfig.{name} must be a positive integer, got {value!r}")
         make_embedding(self.embedding, self.embedding_dim, self.embedding_scale)
 
     def to_dict(self) -> dict[str, Any]:

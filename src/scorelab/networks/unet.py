@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._util import require
+from .._util import is_int, require
 from .base import Network
 from .embeddings import LabelEmbedding, add_label_embedding, make_embedding
 
@@ -55,8 +55,8 @@ class UNetConfig:
         object.__setattr__(self, "attention_resolutions", tuple(self.attention_resolutions))
         for name in ("image_size", "in_channels", "base_channels", "num_res_blocks", "norm_groups"):
             value = getattr(self, name)
-            require(isinstance(value, int) and value > 0, f"UNetConfig.{name} must be a positive integer, got {value!r}")
-        require(len(self.channel_mults) >= 1 and all(isinstance(m, int) and m > 0 for m in self.channel_mults),
+            require(is_int(value) and value > 0, f"UNetConfig.{name} must be a positive integer, got {value!r}")
+        require(len(self.channel_mults) >= 1 and all(is_int(m) and m > 0 for m in self.channel_mults),
                 f"channel_mults must be positive integers, got {self.channel_mults}")
         levels = len(self.channel_mults)
         require(self.image_size % 2 ** (levels - 1) == 0,

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .._util import as_time, expand_as, flat_dim, require, sum_except_batch
+from .._util import as_time, expand_as, flat_dim, is_int, require, sum_except_batch
 from ..models import DiffusionModel
 from ..noise import Randomness, normal
 from ..processes import SIMULATE_STEPS
@@ -114,7 +114,7 @@ def sliced_score_matching_loss(model: DiffusionModel, x0: Tensor, *, projections
     the same way; a general SDE simulates ``x_t``. Over ``v`` its mean is
     Hyvarinen's objective.
     """
-    require(isinstance(projections, int) and not isinstance(projections, bool) and projections >= 1,
+    require(is_int(projections) and projections >= 1,
             f"projections must be a positive integer, got {projections!r}")
     require(distribution in PROJECTIONS, f"unknown projection distribution {distribution!r}; choose one of "
             f"{PROJECTIONS}")

@@ -29,7 +29,7 @@ from typing import Any, Callable, Sequence
 
 from torch import Tensor
 
-from .._util import require
+from .._util import is_int, require
 from ..models import DiffusionModel
 from ..noise import Randomness
 from ..processes import NCSN, Process, SDE, kind_error
@@ -211,7 +211,7 @@ def sample(model: DiffusionModel, shape: Sequence[int] | Tensor, sampler: str = 
            *, noise: Randomness = None, **options: Any) -> SampleResult:
     """Draw ``shape`` samples (or carry ``x_T``) with the named sampler (see :data:`REGISTRY`); ``options`` go
     to it."""
-    require(steps is None or (isinstance(steps, int) and steps > 0), f"steps must be a positive integer, got {steps!r}")
+    require(steps is None or (is_int(steps) and steps > 0), f"steps must be a positive integer, got {steps!r}")
     entry = sampler_entry(sampler, model.process)
     function, fixed = entry.bound(model.process)
     entry.resolve(model.process, options, sampler)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .._util import require
+from .._util import is_int, require
 from ..processes import NoiseProcess
 from .grids import evaluation_times
 
@@ -59,7 +59,7 @@ RULES: dict[str, tuple[tuple[int, StepRule], ...]] = {
 def step_rule(solver: str, steps: int) -> StepRule:
     """The default settings of ``solver`` (a key of :data:`RULES`) for ``steps`` network evaluations."""
     require(solver in RULES, f"no default rules for {solver!r}; known: {sorted(RULES)}")
-    require(isinstance(steps, int) and steps >= 1, f"steps must be a positive integer, got {steps!r}")
+    require(is_int(steps) and steps >= 1, f"steps must be a positive integer, got {steps!r}")
     return [rule for first, rule in RULES[solver] if steps >= first][-1]
 
 

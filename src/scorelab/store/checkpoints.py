@@ -25,7 +25,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from .._util import require
+from .._util import is_int, require
 
 __all__ = ["config_differences", "Checkpoint", "save_checkpoint", "load_checkpoint", "latest_checkpoint", "list_checkpoints",
            "flatten_optimizer_state", "unflatten_optimizer_state", "CheckpointError"]
@@ -100,8 +100,8 @@ def save_checkpoint(directory: str | Path, step: int, *, model: dict[str, Tensor
                     tensors: dict[str, Tensor] | None = None, extra: dict[str, Any] | None = None,
                     keep_last: int | None = None) -> Path:
     """Write ``directory/step-XXXXXXXX`` atomically and return its path; keep the newest ``keep_last``."""
-    require(isinstance(step, int) and step >= 0, f"step must be a non-negative integer, got {step!r}")
-    require(keep_last is None or (isinstance(keep_last, int) and keep_last >= 1),
+    require(is_int(step) and step >= 0, f"step must be a non-negative integer, got {step!r}")
+    require(keep_last is None or (is_int(keep_last) and keep_last >= 1),
             f"keep_last must be a positive integer or None, got {keep_last!r}")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)

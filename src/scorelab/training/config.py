@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from .._util import require
+from .._util import is_int, require
 from ..data import DATASET_HELP, ImageSet
 from ..models import NETWORK_TARGETS
 from ..networks import PRESETS, ARTransformerConfig, MLPConfig, UNetConfig
@@ -204,13 +204,13 @@ class TrainConfig:
         for name in ("steps", "batch_size", "grad_accum", "log_every", "sample_every", "checkpoint_every",
                      "keep_last", "num_preview", "preview_steps"):
             value = getattr(self, name)
-            require(isinstance(value, int) and value > 0, f"{name} must be a positive integer, got {value!r}")
+            require(is_int(value) and value > 0, f"{name} must be a positive integer, got {value!r}")
         for name in ("lr", "weight_decay", "grad_clip"):
             value = getattr(self, name)
-            require(value is None or (isinstance(value, (int, float)) and value >= 0),
+            require(value is None or (isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0),
                     f"{name} must be a non-negative number, got {value!r}")
         require(self.lr is None or self.lr > 0, f"lr must be positive, got {self.lr}")
-        require(self.warmup is None or (isinstance(self.warmup, int) and self.warmup >= 0),
+        require(self.warmup is None or (is_int(self.warmup) and self.warmup >= 0),
                 f"warmup must be a non-negative integer, got {self.warmup!r}")
         require(self.ema_decay is None or 0.0 <= self.ema_decay < 1.0,
                 f"ema_decay must lie in [0, 1), got {self.ema_decay}")
