@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .._util import as_time, require
+from .._util import as_time, is_int, require
 from ..models import DiffusionModel, ProcessAdapter, device_and_dtype
 from ..noise import Randomness, randn_like
 from ..samplers import REGISTRY, SampleResult, sample, sampler_entry
@@ -54,7 +54,7 @@ def sdedit(model: DiffusionModel, x: Tensor, t0: float, *, sampler: str = "em", 
             f"{starts}, not {sampler!r}")
     runs_on = entry.runs_on(process)
     steps = max(1, round(entry.default_steps(runs_on) * t0)) if steps is None else steps
-    require(isinstance(steps, int) and steps >= 1, f"steps must be a positive integer, got {steps!r}")
+    require(is_int(steps) and steps >= 1, f"steps must be a positive integer, got {steps!r}")
     times = entry.start(runs_on, steps, t0)
     t0 = float(times[0])                                   # DDPM's chain starts at its step nearest t0
     if runs_on.has_kind("affine"):

@@ -29,7 +29,7 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
-from .._util import require
+from .._util import is_int, require
 from ..models import DiffusionModel
 from ..noise import Randomness, randn_like
 from ..processes import NoiseProcess, require_kind
@@ -76,8 +76,8 @@ def repaint_schedule(steps: int, jump_length: int, resample: int) -> list[int]:
     """RePaint's walk over levels ``0..steps`` (0 = the noisiest, ``steps`` = clean), as its code's
     ``get_schedule_jump``: down one level at a time; on reaching each level ``steps - 1 - k j``
     (``k = 0, 1, ...``, above the top ``j`` levels), up ``j`` levels and down again, ``resample - 1`` times."""
-    require(isinstance(jump_length, int) and jump_length >= 1, f"jump_length must be a positive integer, got {jump_length!r}")
-    require(isinstance(resample, int) and resample >= 1, f"resample must be a positive integer, got {resample!r}")
+    require(is_int(jump_length) and jump_length >= 1, f"jump_length must be a positive integer, got {jump_length!r}")
+    require(is_int(resample) and resample >= 1, f"resample must be a positive integer, got {resample!r}")
     jumps = {t: resample - 1 for t in range(0, steps - jump_length, jump_length)}
     t, walk = steps, []
     while t >= 1:                                       # t counts down as the paper's index does

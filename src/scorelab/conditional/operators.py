@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .._util import require
+from .._util import is_int, require
 
 __all__ = ["LinearOperator", "SingularBasis", "Mask", "AveragePool", "BoxBlur", "Greyscale", "MatrixOperator", "FunctionOperator", "as_mask",
            "mask_from_spec"]
@@ -249,7 +249,7 @@ class AveragePool(LinearOperator):
     name = "average-pool"
 
     def __init__(self, factor: int):
-        require(isinstance(factor, int) and factor >= 2, f"the pooling factor must be an integer >= 2, got {factor!r}")
+        require(is_int(factor) and factor >= 2, f"the pooling factor must be an integer >= 2, got {factor!r}")
         self.factor = factor
         self.row_norm2 = 1.0 / factor**2
 
@@ -279,7 +279,7 @@ class BoxBlur(LinearOperator):
     name = "box-blur"
 
     def __init__(self, size: int = 3):
-        require(isinstance(size, int) and size >= 3 and size % 2 == 1,
+        require(is_int(size) and size >= 3 and size % 2 == 1,
                 f"the blur size must be an odd integer >= 3, got {size!r}")
         self.size = size
 

@@ -31,7 +31,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from .._util import require
+from .._util import is_int, require
 from ..models import DiffusionModel, device_and_dtype
 from ..noise import PerSampleNoise, Randomness, normal
 from ..processes import NoiseProcess, require_kind
@@ -248,12 +248,12 @@ def smc(model: DiffusionModel, operator: LinearOperator, y: Tensor, shape: Seque
     others or on the grouping.
     """
     require(proposal in PROPOSALS, f"unknown proposal {proposal!r}; choose one of {list(PROPOSALS)}")
-    require(isinstance(particles, int) and particles >= 1, f"particles must be a positive integer, got {particles!r}")
+    require(is_int(particles) and particles >= 1, f"particles must be a positive integer, got {particles!r}")
     require(isinstance(ess_threshold, (int, float)) and 0 <= ess_threshold <= 1,
             f"ess_threshold must lie in [0, 1], got {ess_threshold!r}")
     require(isinstance(eta, (int, float)) and 0 < eta <= 1, f"eta must lie in (0, 1] (the kernel needs noise for "
             f"its weights), got {eta!r}")
-    require(isinstance(batch_size, int) and batch_size >= 1, f"batch_size must be a positive integer, got {batch_size!r}")
+    require(is_int(batch_size) and batch_size >= 1, f"batch_size must be a positive integer, got {batch_size!r}")
     require(noise_std >= 0 and math.isfinite(noise_std), f"noise_std must be >= 0, got {noise_std}")
     model, process = resolve(model, process)
     require_kind(process, ("affine",), "SMC conditional sampling (a(t) and s(t))", "train on an affine process")

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .._util import require
+from .._util import is_int, require
 from ..noise import Randomness, uniform
 from ..objectives import Objective, register_objective
 from ..processes import Process, require_kind
@@ -68,7 +68,7 @@ def masked_bits_per_dim(model, x0: Tensor, noise: Randomness = None, labels: Ten
     """The continuous-time bound in bits per dimension, per example: the mean of ``draws`` terms at stratified
     times ``t_j = 1 - (j + u_j) / draws`` (one ``x_t`` each; unbiased), divided by ``D ln 2``."""
     process = _check_model(model)
-    require(isinstance(draws, int) and draws >= 1, f"draws must be a positive integer, got {draws!r}")
+    require(is_int(draws) and draws >= 1, f"draws must be a positive integer, got {draws!r}")
     x0 = process.check_data(x0)
     total = torch.zeros(x0.shape[0], dtype=torch.float64, device=x0.device)
     for j in range(draws):
@@ -84,7 +84,7 @@ def masked_discrete_bound(model, x0: Tensor, steps: int, noise: Randomness = Non
     """``L_T`` per example (nats) with T = ``steps`` even steps, one ``x_t`` per step (unbiased): the bound of
     the T-step sampler (MATH.md 13)."""
     process = _check_model(model)
-    require(isinstance(steps, int) and steps >= 1, f"steps must be a positive integer, got {steps!r}")
+    require(is_int(steps) and steps >= 1, f"steps must be a positive integer, got {steps!r}")
     x0 = process.check_data(x0)
     total = torch.zeros(x0.shape[0], dtype=torch.float64, device=x0.device)
     for i in range(1, steps + 1):

@@ -11,7 +11,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from .._util import require
+from .._util import is_int, require
 from ..data import from_categories
 from ..models import device_and_dtype
 from ..noise import Randomness, uniform
@@ -36,7 +36,7 @@ def _grid(steps: int | None, times: Sequence[float] | Tensor | None) -> Tensor:
                 "[MASK]) down to 0 (the data)")
         return grid
     steps = DEFAULT_STEPS if steps is None else steps
-    require(isinstance(steps, int) and steps >= 1, f"steps must be a positive integer, got {steps!r}")
+    require(is_int(steps) and steps >= 1, f"steps must be a positive integer, got {steps!r}")
     return torch.linspace(1, 0, steps + 1, dtype=torch.float64)
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .._util import flat_dim, require
+from .._util import flat_dim, is_int, require
 from ..data import check_bytes
 from ..models import DiffusionModel, device_and_dtype
 from ..processes import SDE
@@ -84,7 +84,7 @@ def ode_log_likelihood(model: DiffusionModel, x: Tensor, *, process: SDE | None 
     """
     require(divergence in ("exact", "hutchinson"), f"unknown divergence {divergence!r}; choose 'exact' or 'hutchinson'")
     require(probe in ("rademacher", "gaussian"), f"unknown probe {probe!r}; choose 'rademacher' or 'gaussian'")
-    require(isinstance(probes, int) and probes >= 1, f"probes must be a positive integer, got {probes!r}")
+    require(is_int(probes) and probes >= 1, f"probes must be a positive integer, got {probes!r}")
     process = flow_process(model, process)
     t_min = max(process.train_t_min, trained_t_min(model, process)) if t_min is None else t_min
     model, process = resolve(model, process)
@@ -139,7 +139,7 @@ def ode_bits_per_dim(model: DiffusionModel, images: Tensor, *, draws: int = 1, p
     Averages over ``draws`` dequantizations times ``probes`` Hutchinson probes;
     returns (bits/dim per image, standard error over those estimates, or None for one).
     """
-    require(isinstance(draws, int) and draws >= 1, f"draws must be a positive integer, got {draws!r}")
+    require(is_int(draws) and draws >= 1, f"draws must be a positive integer, got {draws!r}")
     d = flat_dim(images)
     estimates = []
     for _ in range(draws):

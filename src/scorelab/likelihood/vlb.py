@@ -7,7 +7,7 @@ import math
 import torch
 from torch import Tensor
 
-from .._util import flat_dim, require
+from .._util import flat_dim, is_int, require
 from ..data import to_model_range
 from ..models import DiffusionModel, device_and_dtype
 from ..objectives.vlb import VLB, ddpm_of, prior_kl, vlb, vlb_term
@@ -32,7 +32,7 @@ def vlb_bits_per_dim_sampled(model: DiffusionModel, images: Tensor, num_terms: i
     held-out bits/dim cost ``num_terms + 1`` network calls instead of T.
     Returns (bits/dim per image, standard error per image from the drawn steps).
     """
-    require(isinstance(num_terms, int) and num_terms >= 2, f"num_terms must be an integer >= 2, got {num_terms!r}")
+    require(is_int(num_terms) and num_terms >= 2, f"num_terms must be an integer >= 2, got {num_terms!r}")
     device, dtype = device_and_dtype(model)
     x0 = to_model_range(images.cpu()).to(device=device, dtype=dtype)
     process = ddpm_of(model)

@@ -28,7 +28,7 @@ class MLPConfig:
     num_classes: int = 0
 
     def __post_init__(self) -> None:
-        require(isinstance(self.num_classes, int) and self.num_classes >= 0,
+        require(is_int(self.num_classes) and self.num_classes >= 0,
                 f"MLPConfig.num_classes must be 0 (unconditional) or the number of classes, got {self.num_classes!r}")
         for name in ("dim", "hidden", "depth", "embedding_dim"):
             value = getattr(self, name)

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._util import require, require_positive_int
+from .._util import is_int, require, require_positive_int
 from .base import Network
 from .embeddings import make_embedding
 from .unet import UNet, UNetConfig
@@ -50,7 +50,7 @@ class ARTransformerConfig:
         object.__setattr__(self, "image_shape", tuple(self.image_shape))
         for name in ("num_tokens", "num_states", "width", "heads", "decoder_layers", "unet_channels"):
             require_positive_int(name, getattr(self, name))
-        require(isinstance(self.encoder_layers, int) and self.encoder_layers >= 0,
+        require(is_int(self.encoder_layers) and self.encoder_layers >= 0,
                 f"encoder_layers must be a non-negative integer, got {self.encoder_layers!r}")
         require(self.encoder in ("transformer", "unet"), f"encoder must be 'transformer' or 'unet', got "
                 f"{self.encoder!r}")

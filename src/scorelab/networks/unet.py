@@ -66,9 +66,9 @@ class UNetConfig:
         require(all(w % self.norm_groups == 0 for w in widths),
                 f"every level width {sorted(widths)} must be divisible by norm_groups={self.norm_groups}; "
                 "make base_channels a multiple of norm_groups, or set norm_groups")
-        require(isinstance(self.num_classes, int) and self.num_classes >= 0,
+        require(is_int(self.num_classes) and self.num_classes >= 0,
                 f"UNetConfig.num_classes must be 0 (unconditional) or the number of classes, got {self.num_classes!r}")
-        require(self.out_channels is None or (isinstance(self.out_channels, int) and self.out_channels > 0),
+        require(self.out_channels is None or (is_int(self.out_channels) and self.out_channels > 0),
                 f"UNetConfig.out_channels must be a positive integer or None, got {self.out_channels!r}")
         require(0.0 <= self.dropout < 1.0, f"dropout must lie in [0, 1), got {self.dropout}")
         resolutions = {self.image_size // 2**i for i in range(levels)}

@@ -19,7 +19,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from .._util import as_time, require
+from .._util import as_time, is_int, require
 from ..processes import DDPM, NoiseProcess, require_kind
 
 __all__ = ["time_grid", "evaluation_times", "ancestral_times", "method_levels", "check_times", "respaced_steps", "ddpm_steps",
@@ -38,7 +38,7 @@ def time_grid(process: NoiseProcess, num_steps: int, kind: str = "time", *, rho:
     ``sigma_i = (sigma_max^(1/rho) + i/n (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho``
     with ``rho = 7`` (Karras et al. 2022, eq. 5).
     """
-    require(isinstance(num_steps, int) and num_steps >= 1,
+    require(is_int(num_steps) and num_steps >= 1,
             f"num_steps must be a positive integer, got {num_steps!r}")
     t_min = process.t_min if t_min is None else t_min
     require(0 <= t_min < t_max <= 1, f"need 0 <= t_min < t_max <= 1, got t_min={t_min}, t_max={t_max}")
@@ -63,7 +63,7 @@ def evaluation_times(process: NoiseProcess, steps: int, kind: str = "time", *, r
                      t_max: float = 1.0, t_min: float | None = None) -> Tensor:
     """``steps`` decreasing evaluation times from ``t_max`` to ``t_min`` (the process's by default;
     :func:`time_grid`'s ``steps - 1`` intervals; one step: ``t_max`` alone)."""
-    require(isinstance(steps, int) and steps >= 1, f"steps must be a positive integer, got {steps!r}")
+    require(is_int(steps) and steps >= 1, f"steps must be a positive integer, got {steps!r}")
     if steps == 1:
         return torch.full((1,), float(t_max), dtype=torch.float64)
     return time_grid(process, steps - 1, kind, rho=rho, t_max=t_max, t_min=t_min)
@@ -71,7 +71,7 @@ def evaluation_times(process: NoiseProcess, steps: int, kind: str = "time", *, r
 
 def respaced_steps(num_steps: int, count: int) -> list[int]:
     """``count`` evenly spaced DDPM steps from 1 to ``num_steps``, descending (improved-diffusion's respacing)."""
-    require(isinstance(count, int) and 1 <= count <= num_steps,
+    require(is_int(count) and 1 <= count <= num_steps,
             f"the number of sampling steps (steps, --steps) must be between 1 and {num_steps}, the DDPM's own "
             f"steps, got {count!r}")
     if count == 1:
@@ -102,7 +102,7 @@ def ddpm_steps(ddpm: DDPM, steps: int | Sequence[int] | None, times: Sequence[fl
 def ancestral_times(process: NoiseProcess, steps: int) -> Tensor:
     """The times an ancestral chain visits: DDPM's respaced steps on a DDPM process, else ``steps`` uniform
     evaluation times from 1."""
-    require(isinstance(steps, int) and steps >= 1, f"steps must be a positive integer, got {steps!r}")
+    require(is_int(steps) and steps >= 1, f"steps must be a positive integer, got {steps!r}")
     if process.has_kind("ddpm"):
         return process.step_to_time(torch.tensor(respaced_steps(process.num_steps, steps)))
     return evaluation_times(process, steps)
@@ -128,7 +128,7 @@ def check_times(times: Sequence[float] | Tensor, *, increasing: bool = False) ->
 
 def step_grid(num_steps: int, steps: int) -> list[int]:
     """``steps + 1`` integers from ``T`` down to 0, evenly spaced (every step when ``steps = T``)."""
-    require(isinstance(steps, int) and 1 <= steps <= num_steps, f"steps must be an integer in 1..{num_steps} "
+    require(is_int(steps) and 1 <= steps <= num_steps, f"steps must be an integer in 1..{num_steps} "
             f"(the process's T), got {steps!r}")
     return torch.linspace(num_steps, 0, steps + 1, dtype=torch.float64).round().long().tolist()
 

@@ -25,7 +25,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from .._util import as_time, expand_as, require
+from .._util import as_time, expand_as, is_int, require
 from ..models import DiffusionModel, require_energy
 from ..noise import Randomness, randn_like
 from ..processes import SDE
@@ -93,7 +93,7 @@ def mcmc_step(model: DiffusionModel, state: MCMCState, t: Tensor, step_size: Ten
         state.score = g0
         take = _metropolis(state, x1, u1, g1, (u0 - u1) + log_q_bwd - log_q_fwd, noise)
     else:                                                       # hmc
-        require(isinstance(leapfrog_steps, int) and leapfrog_steps >= 1,
+        require(is_int(leapfrog_steps) and leapfrog_steps >= 1,
                 f"leapfrog_steps must be a positive integer, got {leapfrog_steps!r}")
         require(0.0 <= momentum_refresh < 1.0, f"momentum_refresh must lie in [0, 1), got {momentum_refresh}")
         h = torch.sqrt(2 * e)
@@ -127,7 +127,7 @@ def mcmc(model: DiffusionModel, shape_or_x: Sequence[int] | Tensor, steps: int =
     momentum kept with weight ``momentum_refresh`` between steps). Returns the acceptance rate too.
     """
     require(method in METHODS, f"unknown MCMC method {method!r}; choose one of {METHODS}")
-    require(isinstance(steps, int) and steps >= 1, f"steps must be a positive integer, got {steps!r}")
+    require(is_int(steps) and steps >= 1, f"steps must be a positive integer, got {steps!r}")
     require(step_size > 0, f"step_size must be positive, got {step_size}")
     model, process = resolve(model, process)
     if method != "ula":

@@ -15,7 +15,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import Tensor
 
-from .._util import as_time, expand_as, require
+from .._util import as_time, expand_as, is_int, require
 from ..models import DiffusionModel, require_energy
 from ..noise import Randomness, randn_like
 from ..processes import SDE, require_kind
@@ -77,7 +77,7 @@ def langevin_dynamics(model: DiffusionModel, shape_or_x: Sequence[int] | Tensor,
     separated by low density it mixes too slowly to get their weights right:
     the failure annealed Langevin (:func:`annealed_langevin`) mends.
     """
-    require(isinstance(steps, int) and steps >= 1, f"steps must be a positive integer, got {steps!r}")
+    require(is_int(steps) and steps >= 1, f"steps must be a positive integer, got {steps!r}")
     require(step_size > 0, f"step_size must be positive, got {step_size}")
     model, process = resolve(model, process)
     t = process.t_min if t is None else t
@@ -122,7 +122,7 @@ def annealed_langevin(model: DiffusionModel, shape_or_x: Sequence[int] | Tensor,
     require(step_rule in ("paper", "code"), f"unknown step_rule {step_rule!r}; choose 'paper' (Song & Ermon's "
             "Algorithm 1) or 'code' (ermongroup/ncsn's twice-as-large step)")
     scale = 1.0 if step_rule == "paper" else 2.0                 # the code's alpha is twice the paper's
-    require(isinstance(steps_per_level, int) and steps_per_level >= 1,
+    require(is_int(steps_per_level) and steps_per_level >= 1,
             f"steps_per_level must be a positive integer, got {steps_per_level!r}")
     if times is None:                                            # the ladder's rungs
         level_times = [ncsn.level_to_time(level) for level in range(1, ncsn.num_scales + 1)]
@@ -272,7 +272,7 @@ def _check_pc_options(predictor: str, corrector: str, corrector_steps: int, snr_
     require(predictor != "none" or (corrector != "none" and corrector_steps >= 1),
             "with predictor='none' the corrector does all the work: choose a corrector and corrector_steps >= 1")
     require(snr_norm in ("sample", "batch"), f"unknown snr_norm {snr_norm!r}; choose 'sample' or 'batch'")
-    require(isinstance(corrector_steps, int) and corrector_steps >= 0,
+    require(is_int(corrector_steps) and corrector_steps >= 0,
             f"corrector_steps must be a non-negative integer, got {corrector_steps!r}")
     require(target_acceptance is None or 0 < target_acceptance < 1,
             f"target_acceptance must lie in (0, 1), got {target_acceptance}")

@@ -40,7 +40,7 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
-from .._util import atomic_write, require
+from .._util import atomic_write, is_int, require
 from ..models import DiffusionModel, device_and_dtype
 from ..processes import NoiseProcess, require_kind
 from ._common import SigmaView, StepInfo, initial_noise
@@ -125,7 +125,7 @@ def search_times(model: DiffusionModel, steps: int, shape: Sequence[int], *, sam
     module's docstring). ``shape``: the teacher's batch, e.g. ``(256, 1, 28, 28)``, drawn from ``seed``; costs
     ``teacher_steps`` network calls on it, and ``steps`` per candidate grid when ``sampler`` (a registry
     name) is given; a candidate replaces the default grid when ``margin`` nearer the teacher by both measures."""
-    require(isinstance(steps, int) and 1 <= steps < teacher_steps,
+    require(is_int(steps) and 1 <= steps < teacher_steps,
             f"steps must be a positive integer below teacher_steps={teacher_steps}, got {steps!r}")
     require(coeff > 0, f"coeff must be positive, got {coeff}")
     require(0 <= margin < 1, f"margin must lie in [0, 1), got {margin}")

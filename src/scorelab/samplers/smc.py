@@ -26,7 +26,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from .._util import as_time, expand_as, require
+from .._util import as_time, expand_as, is_int, require
 from ..models import DiffusionModel, require_energy
 from ..noise import PerSampleNoise, Randomness, randn_like
 from ..processes import SDE
@@ -67,7 +67,7 @@ def smc_sampler(model: DiffusionModel, shape_or_x: Sequence[int] | Tensor, steps
     sample depends on its whole population (with :class:`~scorelab.noise.PerSampleNoise`, particle ``k`` draws its
     moves from seed ``k`` and the population's resampling from seed 0)."""
     require(corrector in MOVES, f"unknown corrector {corrector!r} for the SMC sampler; choose one of {list(MOVES)}")
-    require(isinstance(corrector_steps, int) and corrector_steps >= 0,
+    require(is_int(corrector_steps) and corrector_steps >= 0,
             f"corrector_steps must be a non-negative integer, got {corrector_steps!r}")
     require(target_snr > 0, f"target_snr must be positive, got {target_snr}")
     require(isinstance(ess_threshold, (int, float)) and 0 <= ess_threshold <= 1,

@@ -222,7 +222,7 @@ class TrainConfig:
         require(self.precision in ("fp32", "bf16"), f"precision must be 'fp32' or 'bf16', got {self.precision!r}")
         require(self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda", "mps"),
                 f"device must be 'auto', 'cpu', 'cuda[:k]' or 'mps', got {self.device!r}")
-        require(isinstance(self.seed, int) and self.seed >= 0, f"seed must be a non-negative integer, got {self.seed!r}")
+        require(is_int(self.seed) and self.seed >= 0, f"seed must be a non-negative integer, got {self.seed!r}")
         require(self.target is None or self.target in NETWORK_TARGETS,
                 f"unknown target {self.target!r}; choose one of {NETWORK_TARGETS}")
         require(0.0 <= self.label_dropout < 1.0, f"label_dropout must lie in [0, 1), got {self.label_dropout}")
@@ -231,11 +231,11 @@ class TrainConfig:
         for name in ("network_options", "process_options", "loss_options"):
             require(isinstance(getattr(self, name), dict), f"{name} must be a dict of KEY=VALUE settings")
             object.__setattr__(self, name, dict(getattr(self, name)))
-        require(self.image_size is None or (isinstance(self.image_size, int) and self.image_size > 0),
+        require(self.image_size is None or (is_int(self.image_size) and self.image_size > 0),
                 f"image_size must be a positive integer, got {self.image_size!r}")
         require(self.image_size is None or self.data.partition(":")[0] == "folder", f"--image-size resizes "
                 f"folder: images; {self.data!r} keeps its stored size: drop --image-size")
-        require(self.categories is None or (isinstance(self.categories, int) and 2 <= self.categories <= 256),
+        require(self.categories is None or (is_int(self.categories) and 2 <= self.categories <= 256),
                 f"categories must be an integer in 2..256, got {self.categories!r}")
         self.loss_settings()                                  # the loss exists and its options fit it
         if self.defaults.process is not None:                 # a classifier takes another run's process
