@@ -71,7 +71,8 @@ def test_the_module_graph_has_no_cycle():
 
 #: What the contracts declare (docs/DESIGN.md): asking for them with getattr or hasattr is probing.
 DECLARED = ("discrete", "energy", "energy_and_score", "num_classes", "learned_variance", "select_rows", "target",
-            "net", "model", "has_energy", "factorized", "parameters", "config", "encode", "affine", "process")
+            "net", "model", "has_energy", "factorized", "reads_time", "parameters", "config", "encode", "affine",
+            "process")
 PROBE = re.compile(r"\b(getattr|hasattr)\(\s*[^,()]+(\([^()]*\))?\s*,\s*[\"'](" + "|".join(DECLARED) + r")[\"']")
 
 

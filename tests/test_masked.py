@@ -17,7 +17,7 @@ import pytest
 import torch
 from scipy import integrate
 
-from scorelab.discrete import (CategoricalOracle, MaskedDiffusion, masked_ancestral, masked_discrete_bound,
+from scorelab.discrete import (CategoricalOracle, MaskedDiffusion, MaskedModel, masked_ancestral, masked_discrete_bound,
                                masked_loss)
 from scorelab.discrete.masked import draw_times
 
@@ -255,6 +255,20 @@ def test_the_sampler_draws_its_chains_law_and_exact_conditionals_reproduce_the_j
     every = masked_ancestral(model, (500, D), 64, cache=False, noise=gen(5))
     assert torch.equal(cached.states, every.states)
     assert cached.nfe <= D + 1 and every.nfe == 64
+
+    # A model told the time (its mu changes with t) is not cached by default: reusing a prediction made at
+    # another t would draw another law; asking for the cache is refused.
+    class ReadsTime(MaskedModel):
+        def logits(self, x_t, t, labels=None):
+            return (torch.tensor([4.0, 0.0, -4.0], dtype=torch.float64) * (2 * t[:, None, None] - 1)).expand(
+                *x_t.shape, K)
+
+    timed = ReadsTime(torch.nn.Identity(), MaskedDiffusion(K), time_conditioning=True)
+    default = masked_ancestral(timed, (500, D), 64, noise=gen(6))
+    assert torch.equal(default.states, masked_ancestral(timed, (500, D), 64, cache=False, noise=gen(6)).states)
+    assert default.nfe == 64
+    with pytest.raises(ValueError, match="reads t"):
+        masked_ancestral(timed, (500, D), 64, cache=True)
 
 
 def test_bad_input_gets_one_line_errors(oracle):

@@ -44,6 +44,11 @@ class MaskedModel(NetworkModel):
         self.time_conditioning = bool(time_conditioning)
 
     @property
+    def reads_time(self) -> bool:
+        """Whether the network is told ``t`` (``time_conditioning``); without it the sampler's cache is exact."""
+        return self.time_conditioning
+
+    @property
     def data_shape(self) -> tuple[int, ...] | None:
         """The categories' shape: the network's input holds one-hot channels, K + 1 per channel (or dimension)."""
         shape = super().data_shape

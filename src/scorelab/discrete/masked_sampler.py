@@ -2,7 +2,8 @@
 any grid; from ``t`` to ``s``, each masked dimension is revealed with probability
 ``(alpha_s - alpha_t) / (1 - alpha_t)``, its category drawn from ``mu_theta(x_t, t)`` (Shi et al. 2024;
 Sahoo et al. 2024). With ``cache`` a sample's prediction is reused while nothing in it changed (MDLM), so a
-sample costs at most one network call per step and at most one more than its number of dimensions."""
+sample costs at most one network call per step and at most one more than its number of dimensions; that is
+exact only for a model whose prediction does not read ``t`` (``model.reads_time`` False), and the default."""
 
 from __future__ import annotations
 
@@ -42,18 +43,22 @@ def _grid(steps: int | None, times: Sequence[float] | Tensor | None) -> Tensor:
 
 @torch.no_grad()
 def masked_ancestral(model, shape_or_x: Sequence[int] | Tensor, steps: int | None = None, *,
-                     times: Sequence[float] | Tensor | None = None, cache: bool = True, noise: Randomness = None,
+                     times: Sequence[float] | Tensor | None = None, cache: bool | None = None, noise: Randomness = None,
                      callback: Callback | None = None) -> SampleResult:
     """Reveal the [MASK]ed dimensions along a grid from ``t = 1`` to 0 (MATH.md 13).
 
     ``shape_or_x``: ``(N, *dims)`` to start from all [MASK], or partly masked states ``x_t`` (their unmasked
     dimensions are kept; the grid still starts at ``t = 1``). ``steps``: an even grid (default
     :data:`DEFAULT_STEPS`); ``times``: the grid itself. ``cache``: reuse a sample's last prediction while it is
-    unchanged (exact for a model that does not read ``t``, as the exact ``mu`` does not). Returns grey levels
-    and the categories (``states``); ``nfe`` is the most network calls any sample took.
+    unchanged, exact for a model that does not read ``t`` (as the exact ``mu`` does not); None (the default):
+    cache exactly when ``model.reads_time`` is False, and a model that reads ``t`` refuses ``cache=True``.
+    Returns grey levels and the categories (``states``); ``nfe`` is the most network calls any sample took.
     """
     process = model.process
     require_kind(process, ("masked",), "masked diffusion sampling", "use 'multinomial' for multinomial diffusion")
+    cache = not model.reads_time if cache is None else cache
+    require(not (cache and model.reads_time), "this masked model reads t, so reusing its prediction across times "
+            "would sample another distribution; pass cache=False (or leave cache unset)")
     device = device_and_dtype(model)[0]
     x = initial_states(process, shape_or_x, noise, device)
     grid = _grid(steps, times).to(device)
@@ -83,5 +88,5 @@ def masked_ancestral(model, shape_or_x: Sequence[int] | Tensor, steps: int | Non
 register_sampler("masked", masked_ancestral, kinds=("masked",), cost=lambda s, p, o: s,
                  default_steps=lambda p: DEFAULT_STEPS,
                  describe="ancestral sampling of masked diffusion (Shi et al. 2024; Sahoo et al. 2024): steps on an "
-                 "even grid from t = 1 to 0, each revealing masked dimensions; with cache (default) a sample's "
-                 "prediction is reused while it is unchanged, so NFE is at most steps")
+                 "even grid from t = 1 to 0, each revealing masked dimensions; for a model that does not read t a "
+                 "sample's prediction is reused while it is unchanged (cache), so NFE is at most steps")

@@ -186,6 +186,9 @@ class DiffusionModel(Protocol):
     #: Whether one network call gives the reverse step of every dimension (False: a categorical model with
     #: autoregressive transitions, which draws dimension by dimension, D calls a step).
     factorized: bool
+    #: Whether its prediction reads the time ``t`` beyond ``x_t`` (False: a masked diffusion model told no time,
+    #: as MDLM's, whose prediction a sampler may reuse while ``x_t`` is unchanged).
+    reads_time: bool
 
     def predict(self, x: Tensor, t: TimeLike, labels: Tensor | None = None) -> Prediction: ...
 
@@ -226,6 +229,10 @@ class ModelBase:
     def factorized(self) -> bool:
         return True
 
+    @property
+    def reads_time(self) -> bool:
+        return True
+
     def predict(self, x: Tensor, t: TimeLike, labels: Tensor | None = None) -> Prediction:
         raise NotImplementedError
 
@@ -254,7 +261,8 @@ class ModelWrapper(ModelBase):
     """The one base of model-to-model wrappers (adapters, clipping, guidance, composition; docs/DESIGN.md).
 
     It holds its inner model (or models, ``parts``) and forwards everything the first declares: process,
-    classes, learned variance, energy, data shape, factorization, parameters (so its device) and, through
+    classes, learned variance, energy, data shape, factorization, whether it reads the time (if any part
+    does), parameters (so its device) and, through
     :meth:`select_rows`, per-row state; a wrapper overrides what it changes.
     """
 
@@ -294,6 +302,10 @@ class ModelWrapper(ModelBase):
     @property
     def factorized(self) -> bool:
         return self.model.factorized
+
+    @property
+    def reads_time(self) -> bool:
+        return any(p.reads_time for p in self.parts)
 
     def predict(self, x: Tensor, t: TimeLike, labels: Tensor | None = None) -> Prediction:
         return self.model.predict(x, t) if labels is None else self.model.predict(x, t, labels)
