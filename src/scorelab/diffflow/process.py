@@ -55,7 +55,8 @@ class DiffFlow(SDE):
         beta: the grid's exponent, ``t_i = (i / N)^beta`` (the paper: 0.9).
         horizon: the paper's ``T``, in ``(0, 1]`` (the paper: 0.05); the network's drift is scaled by it.
         g: the paper's constant diffusion ``g`` (1 for images); scorelab's is ``g sqrt(T)``.
-        t_min: the smallest time samplers and the probability-flow likelihood go down to.
+        t_min: the smallest time the reverse-SDE and ODE samplers go down to (the probability-flow likelihood
+            integrates to ``train_t_min``, 1e-5, unless given its own ``t_min``).
         drift_net: the drift network ``f_theta(x, t) -> x's shape``; None until bound (:meth:`bind`).
     """
 
