@@ -26,12 +26,14 @@ def _log_evidence(mixture, a: torch.Tensor, y: torch.Tensor, noise_std: float) -
     return float(torch.logsumexp(comp.log_prob(y) + mixture.weights.log(), 0))
 
 
-@pytest.mark.parametrize("proposal, noise_std", [("replace", 0.0), ("kalman", 0.0), ("twisted", 0.2), ("kalman", 0.2)])
-def test_smc_converges_to_the_exact_posterior_and_its_evidence(mixture_2d, proposal, noise_std):
+@pytest.mark.parametrize("proposal, noise_std, eta", [("replace", 0.0, 0.5), ("kalman", 0.0, 1.0),
+                                                      ("twisted", 0.2, 1.0), ("kalman", 0.2, 1.0)])
+def test_smc_converges_to_the_exact_posterior_and_its_evidence(mixture_2d, proposal, noise_std, eta):
     """Observing x1 = 0.3 (exactly, or with noise 0.2), the exact posterior puts 73% (67%) of its mass on the
     component below x2 = 0. One particle per sample is the proposal alone, which puts ~40% there; with 32
     particles the weights restore the mode weights, the energy distance to the exact posterior falls tenfold,
-    and the evidence estimate (unbiased in p(y)) averages to the closed form."""
+    and the evidence estimate (unbiased in p(y)) averages to the closed form. SMCDiff runs DDIM's kernel with
+    eta = 0.5, its observed path drawn by that kernel's bridge to y (DDPM's posterior at eta = 1)."""
     model = mixture_2d.model(sl.DDPM())
     op = C.Mask(torch.tensor([True, False]))
     y = torch.full((1, 1), 0.3, dtype=torch.float64)
@@ -40,7 +42,7 @@ def test_smc_converges_to_the_exact_posterior_and_its_evidence(mixture_2d, propo
     below = float((post.sample(100_000, _gen(8))[:, 1] < 0).double().mean())
     truth = _log_evidence(mixture_2d, op.matrix((2,)), y[0], noise_std)
     runs = {k: C.linear_inverse(model, y.expand(N, -1), op, noise_std, method="smc", steps=100, proposal=proposal,
-                                particles=k, noise=_gen(SEED)) for k in (1, 32)}
+                                particles=k, eta=eta, noise=_gen(SEED)) for k in (1, 32)}
     one, many = runs[1], runs[32]
     assert many.nfe == 32 * 100 and many.samples.shape == (N, 2) and many.ess.shape == (100, N)
     if noise_std == 0:                                          # the known coordinate is pasted

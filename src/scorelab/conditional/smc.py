@@ -181,11 +181,10 @@ class _Run:
                 inc = inc - self._gaussian(yb, u, sigma**2 - star**2, above)
             return inc
         sigma_next, v = self.sigmas[i + 1], self._step(i)[1] ** 2
-        if self.proposal == "replace":                                      # the path's next level; its weight
-            r = sigma_next**2 / sigma**2
-            step = sigma_next * math.sqrt(1 - r)
-            nxt = r * self.path + step * self._draw(1, u.shape[-1])
-            self.log_q = self.log_q + self._gaussian(nxt, r * self.path, step**2, obs)[:, 0]
+        if self.proposal == "replace":                  # the path's next level by the kernel's bridge to y; its weight
+            rho, step = self._step(i)
+            nxt = rho * self.path + step * self._draw(1, u.shape[-1])
+            self.log_q = self.log_q + self._gaussian(nxt, rho * self.path, step**2, obs)[:, 0]
             self.path = nxt
             return inc + self._gaussian(yb + self.path, mean, v, obs)
         stay, cross = self._crossing(i)
