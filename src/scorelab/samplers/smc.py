@@ -65,8 +65,9 @@ def smc_sampler(model: DiffusionModel, shape_or_x: Sequence[int] | Tensor, steps
     each reweighting, ``particles`` ``(1, N, ...)`` and ``weights`` ``(1, N)`` the weighted population before the
     last resampling, ``acceptance`` the moves' acceptance rate. A starting population given as ``shape_or_x`` must
     be drawn from the process's prior: its first weights divide by the prior's density. The particles interact
-    through resampling, so a sample depends on its whole population (with :class:`~scorelab.noise.PerSampleNoise`, particle ``k`` draws its
-    moves from seed ``k`` and the population's resampling from seed 0)."""
+    through resampling, so a sample depends on its whole population (with
+    :class:`~scorelab.noise.PerSampleNoise`, particle ``k`` draws its moves from seed ``k`` and the population's
+    resampling from seed 0)."""
     require(corrector in MOVES, f"unknown corrector {corrector!r} for the SMC sampler; choose one of {list(MOVES)}")
     require(is_int(corrector_steps) and corrector_steps >= 0,
             f"corrector_steps must be a non-negative integer, got {corrector_steps!r}")
