@@ -14,6 +14,10 @@ def test_sliced_wasserstein_of_a_shift_is_its_length_over_sqrt_d():
     sw = sliced_wasserstein(x, x + m, num_projections=4000, generator=torch.Generator().manual_seed(1))
     assert abs(sw - m.norm().item() / math.sqrt(4)) < 0.02
     assert sliced_wasserstein(x, x.clone(), generator=torch.Generator().manual_seed(2)) == 0.0
+    # Sets of unequal size, by hand: in 1-D every direction is +-1 and SW is W2 itself. The quantile functions
+    # of {0, 1} and {0, 0.5, 1} differ by 0.5 on (1/3, 2/3) and agree elsewhere: W2^2 = 0.25 / 3.
+    a, b = torch.tensor([[0.0], [1.0]]), torch.tensor([[0.0], [0.5], [1.0]])
+    assert abs(sliced_wasserstein(a, b, num_projections=3) - math.sqrt(0.25 / 3)) < 1e-12
 
 
 def test_energy_distance_of_one_dimensional_gaussians():

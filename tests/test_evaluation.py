@@ -133,6 +133,12 @@ def test_evaluate_end_to_end_then_resumes(tiny_run, tmp_path, monkeypatch, share
                         drawn.append((sampler, steps)) or real_draw(m, s, sampler, steps, *a, **k))
     assert main(args[:3] + ["ddim", "--nfe", "3,6,8"] + args[6:]) == 0
     assert drawn == [("ddim", 8)]
+    # Another configuration's run stopped between a cell's two files (its samples written, its .json not): the
+    # pair disagrees, so the cell is drawn again instead of scored from the other run's samples.
+    np.savez(out / "cells" / "ddim-nfe0006.npz", x=np.full((7, 1, 8, 8), 255, np.uint8), key=np.array("another"))
+    drawn.clear()
+    assert main(args) == 0
+    assert drawn == [("ddim", 6)]
 
 
 @pytest.mark.parametrize("extra, message", [

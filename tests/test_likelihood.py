@@ -112,6 +112,8 @@ def test_slerp():
     assert path.shape == (7, 1, 3)
     torch.testing.assert_close(path.norm(dim=-1), torch.ones(7, 1))
     torch.testing.assert_close(slerp(z0, 2 * z0, 0.25), 1.25 * z0)     # parallel: linear
+    with pytest.raises(ValueError, match="opposite directions"):       # no one great circle
+        slerp(z0, -z0 + 1e-9, 0.5)
 
 
 def test_sampled_vlb_is_an_unbiased_estimate_of_the_full_bound():

@@ -109,7 +109,8 @@ def _polynomial_mmd2(x: Tensor, y: Tensor) -> Tensor:
 
 def kernel_inception_distance(a: ArrayLike, b: ArrayLike, *, num_subsets: int = 100, subset_size: int = 1000,
                               seed: int = 0) -> tuple[float, float]:
-    """KID: mean and standard deviation over ``num_subsets`` random subsets of the unbiased MMD^2.
+    """KID: mean and standard deviation (population, ``np.std`` as in Binkowski et al.'s code) over
+    ``num_subsets`` random subsets of the unbiased MMD^2.
 
     Subsets hold ``min(subset_size, len(a), len(b))`` rows of each set, drawn
     without replacement with a generator seeded ``seed``.
@@ -121,7 +122,7 @@ def kernel_inception_distance(a: ArrayLike, b: ArrayLike, *, num_subsets: int = 
     values = torch.stack([_polynomial_mmd2(a[torch.randperm(len(a), generator=g)[:size]],
                                            b[torch.randperm(len(b), generator=g)[:size]])
                           for _ in range(num_subsets)])
-    return float(values.mean()), float(values.std()) if num_subsets > 1 else 0.0
+    return float(values.mean()), float(values.std(correction=0))
 
 
 def _kth_neighbour_radii(x: Tensor, k: int, chunk: int) -> Tensor:
@@ -149,7 +150,8 @@ def precision_recall(real: ArrayLike, fake: ArrayLike, *, k: int = 3, chunk: int
 
 
 def inception_score(probs: ArrayLike, *, splits: int = 10) -> tuple[float, float]:
-    """IS: mean and standard deviation over ``splits`` equal parts of ``exp E KL(p(y|x) || p(y))``."""
+    """IS: mean and standard deviation (population, ``np.std`` as in Salimans et al.'s code) over ``splits``
+    equal parts of ``exp E KL(p(y|x) || p(y))``."""
     p = _features(probs, "class probabilities")
     require(bool((p >= 0).all()) and bool(torch.allclose(p.sum(1), torch.ones(len(p), dtype=p.dtype), atol=1e-4)),
             "class probabilities must be non-negative rows that sum to 1 (pass softmax outputs, not logits)")
@@ -160,7 +162,7 @@ def inception_score(probs: ArrayLike, *, splits: int = 10) -> tuple[float, float
         kl = (part * (part.clamp(min=1e-30).log() - marginal.clamp(min=1e-30).log())).sum(1).mean()
         scores.append(kl.exp())
     s = torch.stack(scores)
-    return float(s.mean()), float(s.std()) if splits > 1 else 0.0
+    return float(s.mean()), float(s.std(correction=0))
 
 
 def two_sample_classifier_accuracy(a: ArrayLike, b: ArrayLike, *, folds: int = 5, seed: int = 0) -> float:

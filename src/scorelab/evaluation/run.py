@@ -216,13 +216,14 @@ def _read_cell(path: Path, key: str) -> dict[str, Any] | None:
 
 
 def _read_samples(path: Path, key: str) -> tuple[np.ndarray, dict[str, Any]] | None:
-    """Samples of an earlier run with the same key, or None (absent, damaged or made otherwise)."""
+    """Samples of an earlier run with the same key, or None (absent, damaged or made otherwise). The key is
+    checked in both files: a run stopped between writing them leaves a pair that disagrees."""
     meta = _read_cell(path.with_suffix(".json"), key)
     if meta is None or not path.exists():
         return None
     try:
         with np.load(path, allow_pickle=False) as f:
-            return f["x"], meta
+            return (f["x"], meta) if str(f["key"]) == key else None
     except (OSError, ValueError, KeyError):
         return None
 
@@ -231,7 +232,7 @@ def _write_samples(path: Path, x: np.ndarray, meta: dict[str, Any]) -> None:
     import io
 
     buf = io.BytesIO()
-    np.savez(buf, x=x)
+    np.savez(buf, x=x, key=np.array(meta["key"]))
     atomic_write(path, buf.getvalue())
     atomic_write(path.with_suffix(".json"), json.dumps(meta, indent=1))
 

@@ -67,13 +67,17 @@ def slerp(z0: Tensor, z1: Tensor, alpha: float | Sequence[float] | Tensor) -> Te
     """Spherical interpolation between latents, per example (Shoemake 1985).
 
     ``alpha`` scalar gives a batch like ``z0``; a sequence of ``m`` values gives
-    ``(m, *z0.shape)``. Falls back to linear interpolation for parallel latents.
+    ``(m, *z0.shape)``. Falls back to linear interpolation for parallel latents; opposite latents have no
+    one great circle between them and are refused.
     """
     require(z0.shape == z1.shape, f"latents differ in shape: {tuple(z0.shape)} vs {tuple(z1.shape)}")
     alphas = torch.as_tensor(alpha, dtype=torch.float64)
     a0, a1 = z0.reshape(z0.shape[0], -1).double(), z1.reshape(z1.shape[0], -1).double()
     cos = (a0 * a1).sum(1) / (a0.norm(dim=1) * a1.norm(dim=1))
     theta = torch.arccos(cos.clamp(-1, 1))[:, None]
+    opposite = torch.nonzero(theta[:, 0] > math.pi - 1e-6)[:, 0].tolist()
+    require(not opposite, f"latents {opposite[:5]} point in opposite directions, where spherical interpolation has "
+            "no one path; interpolate between other latents, or linearly")
 
     def one(a: Tensor) -> Tensor:
         small = theta < 1e-6
