@@ -241,6 +241,8 @@ def test_bad_energy_input_is_refused_with_a_clear_message(mixture_2d):
         compose.mixture([mixture_2d.energy_model(process), learned], [0.5, 0.5])
     with pytest.raises(ValueError, match="known only up to a constant"):    # a rescaled energy is shifted
         compose.mixture([sl.ProcessAdapter(mixture_2d.energy_model(sl.DDPM()), process)] * 2, [0.5, 0.5])
+    with pytest.raises(ValueError, match="would un-normalize its parts"):   # p^c has another normalizer
+        compose.Composition([mixture_2d.energy_model(process)] * 2, powers=[0.5, 0.5], weights=[0.5, 0.5])
     with pytest.raises(ValueError, match="unknown MCMC method"):
         mcmc(mixture_2d.energy_model(process), (3, 2), 2, method="nuts")
     with pytest.raises(ValueError, match="has no energy"):

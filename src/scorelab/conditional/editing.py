@@ -28,8 +28,9 @@ def sdedit(model: DiffusionModel, x: Tensor, t0: float, *, sampler: str = "em", 
            noise: Randomness = None, **options: Any) -> SampleResult:
     """Noise ``x`` ``(N, ...)`` to time ``t0`` in (0, 1] of the sampler's process, then sample back to data.
 
-    ``sampler``: ``em`` or ``pc`` (the reverse SDE, as the paper), ``ancestral``, or an ODE solver on a
-    grid (``ddim``, ``heun``, ``dpm++2m``, ``dpm++3m``, ``unipc``): any sampler of the registry that can start
+    ``sampler``: ``em`` or ``pc`` (the reverse SDE, as the paper; in a few dimensions give ``pc``
+    ``snr_norm="batch"``, see :func:`~scorelab.samplers.predictor_corrector`), ``ancestral``, or an ODE solver on
+    a grid (``ddim``, ``heun``, ``dpm++2m``, ``dpm++3m``, ``unipc``): any sampler of the registry that can start
     below ``t = 1``. ``steps``: the steps from ``t0`` down (default: the sampler's default times ``t0``, at
     least 1). ``process=``: run on another process than the model's.
     """

@@ -51,6 +51,8 @@ class Composition(ModelWrapper):
             require(w.shape == (len(parts),), f"{len(parts)} models but weights of shape {tuple(w.shape)}")
             require(bool((w > 0).all()) and abs(float(w.sum()) - 1) < 1e-6,
                     f"mixture weights must be positive and sum to 1, got {w.tolist()}")
+            require(all(c == 1.0 for c in self.powers), f"a mixture weighs normalized densities, and powers "
+                    f"{self.powers} would un-normalize its parts; mix the parts, then raise the mixture to a power")
             for part in parts:                     # U = -logsumexp(log w_k - U_k) needs every part's energy ...
                 require_energy(part)
                 require(part.normalized_energy, "a mixture weighs each part by its normalized density, and this "
