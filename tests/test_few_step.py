@@ -123,6 +123,15 @@ def test_a_searched_grid_is_never_worse_than_the_default_grid_of_each_fast_solve
     assert again == searched
 
 
+def test_a_search_on_another_process_runs_its_teacher_and_candidates_there(mixture_2d):
+    """``process=``: the teacher and every candidate grid run on that process (the model adapted by noise
+    level), so a VP model searched on the sub-VP SDE finds what the sub-VP model's own search finds."""
+    own = search_times(mixture_2d.model(sl.SubVPSDE()), 5, (256, 2), sampler="dpm++2m")
+    adapted = search_times(mixture_2d.model(sl.VPSDE()), 5, (256, 2), sampler="dpm++2m", process=sl.SubVPSDE())
+    assert adapted.times == pytest.approx(own.times, abs=1e-9) and adapted.chosen == own.chosen
+    for label, miss in own.candidates.items():
+        assert adapted.candidates[label] == pytest.approx(miss, rel=1e-3), label
+
 def test_the_default_settings_bring_three_solvers_to_the_noise_floor_at_10_nfe(mixture_2d, mixture_16d):
     """The default call at 10 network evaluations (``scorelab.samplers.rules``) against exact truth: energy
     distance (V-statistic) to 5,000 exact mixture samples, over the paired floor (the same 2,000 prior draws

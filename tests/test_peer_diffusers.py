@@ -69,17 +69,22 @@ def test_ddim_matches_diffusers_step_for_step(mixture_2d, diffusers, eta):
 @pytest.mark.parametrize("order, steps", [(2, 10), (3, 10), (3, 25)])
 def test_unipc_matches_diffusers(mixture_2d, diffusers, order, steps):
     """UniPC-bh2 with data prediction against diffusers' UniPCMultistepScheduler on its own time grid:
-    predictor, corrector (reusing each next call), warm-up and lower-order-final rules all agree."""
+    predictor, corrector (reusing each next call), warm-up and lower-order-final rules all agree, step for
+    step (the callback's state is x, though the solver works in x / a)."""
     model = mixture_2d.model(sl.DDPM())
     sched = diffusers.UniPCMultistepScheduler(num_train_timesteps=1000, beta_schedule="linear",
                                               solver_order=order, solver_type="bh2", predict_x0=True)
     sched.set_timesteps(steps)
     x_t = torch.randn(16, 2, generator=gen(10), dtype=torch.float64)
-    x = x_t.clone()
+    x, theirs = x_t.clone(), []
     for td in sched.timesteps:
         eps = model.predict(x, (int(td) + 1) / 1000).eps
         x = sched.step(eps, td, x).prev_sample
+        theirs.append(x)
     times = [(int(td) + 1) / 1000 for td in sched.timesteps]
     ours = S.unipc(model, x_t.clone(), times=times, order=order, lower_order_final=True)   # diffusers' default
     assert ours.nfe == steps
     torch.testing.assert_close(ours.samples, x, rtol=1e-6, atol=1e-6)
+    steps_ours = _trajectory(S.unipc, model=model, shape_or_x=x_t.clone(), times=times, order=order,
+                             lower_order_final=True)
+    torch.testing.assert_close(torch.stack(steps_ours), torch.stack(theirs), rtol=1e-6, atol=1e-6)

@@ -36,6 +36,7 @@ class StepInfo:
     step: int
     num_steps: int
     t: float
+    #: The state after the step, in ``x`` coordinates (``x_t = a(t) x0 + s(t) eps``) from every sampler.
     x: Tensor
     nfe: int
     #: The network's eps at the step's start, in ``y = x / a`` (iPNDM gives it: GITS's cost matrix reads it).
@@ -166,9 +167,11 @@ class SigmaView:
 
 
 def call_back(callback: Callback | None, step: int, num_steps: int, t: float, x: Tensor, nfe: int,
-              eps: Tensor | None = None) -> None:
+              eps: Tensor | None = None, scale: float = 1.0) -> None:
+    """Tell ``callback`` of a step; a solver that works in ``y = x / a`` passes ``y`` and ``scale = a(t)``, so the
+    callback sees ``x`` from every sampler."""
     if callback is not None:
-        callback(StepInfo(step, num_steps, float(t), x, nfe, eps))
+        callback(StepInfo(step, num_steps, float(t), x if scale == 1.0 else x * scale, nfe, eps))
 
 
 def finite_or_raise(x: Tensor, where: str) -> None:

@@ -14,6 +14,8 @@ registry names one for each sampler that can (MATH.md 8).
 
 from __future__ import annotations
 
+import numbers
+
 from typing import Sequence
 
 import torch
@@ -91,8 +93,8 @@ def ddpm_steps(ddpm: DDPM, steps: int | Sequence[int] | None, times: Sequence[fl
                 f"DDPM's chain runs on its steps' times i / {ddpm.num_steps}; these times are not all such")
     if steps is None:
         return list(range(ddpm.num_steps, 0, -1))
-    if isinstance(steps, int):
-        return respaced_steps(ddpm.num_steps, steps)
+    if isinstance(steps, numbers.Integral) and not isinstance(steps, bool):   # a count (NumPy's too), else steps
+        return respaced_steps(ddpm.num_steps, int(steps))
     seq = sorted({int(s) for s in steps}, reverse=True)
     require(len(seq) > 0 and seq[-1] >= 1 and seq[0] <= ddpm.num_steps,
             f"DDPM steps must lie in 1..{ddpm.num_steps}")

@@ -159,7 +159,11 @@ def _eval_times(process: NoiseProcess, steps: int, grid: str, rho: float,
     """The given ``times`` (checked), else ``steps`` evaluation times of the ``grid`` (``"auto"``: the
     ``rule``'s)."""
     if times is not None:
-        return check_times(times, increasing=monotone_only)
+        checked = check_times(times, increasing=monotone_only)
+        require(monotone_only or float(process.sigma(float(checked[-1]))) > 0, "evaluation times are where the "
+                "network is asked, so they end at a positive noise level (the last step goes to noise level 0 by "
+                "itself); drop the final time")
+        return checked
     if grid == "auto" and rule is not None:
         return rule_times(process, steps, rule, rho=rho)
     return evaluation_times(process, steps, grid, rho=rho)
@@ -207,7 +211,9 @@ def _sigma_ode(model: DiffusionModel, shape_or_x: Sequence[int] | Tensor, steps:
             d_next = view.predict(y_next, times[i + 1], scales[i + 1]).eps
             y_next = y + (sigma_next - sigma) * 0.5 * (d + d_next)
         y = projected(project, y_next, 1.0, sigma_next)
-        call_back(callback, i + 1, n, float(times[i + 1]) if i + 1 < len(times) else 0.0, y, view.nfe)
+        last = i + 1 == len(times)
+        call_back(callback, i + 1, n, 0.0 if last else float(times[i + 1]), y, view.nfe,
+                  scale=1.0 if last else scales[i + 1])
     if not to_zero:
         y = y * scales[-1]
     finite_or_raise(y, name)
@@ -356,7 +362,8 @@ def _dpm_solver_pp(model: DiffusionModel, shape_or_x: Sequence[int] | Tensor, st
                 y = (sigma_next / sigma) * y - phi1 * x0 + phi2 * d1 - 2 * phi3 * d2
             history = (history + [(x0, h)])[-2:]
         y = projected(project, y, 1.0, sigma_next)
-        call_back(callback, i + 1, n, float(times[i + 1]) if i + 1 < n else 0.0, y, view.nfe)
+        call_back(callback, i + 1, n, float(times[i + 1]) if i + 1 < n else 0.0, y, view.nfe,
+                  scale=scales[i + 1] if i + 1 < n else 1.0)
     finite_or_raise(y, name)
     return SampleResult(y, view.nfe)
 
@@ -437,7 +444,7 @@ def unipc(model: DiffusionModel, shape_or_x: Sequence[int] | Tensor, steps: int 
             y = base - b_h * sum(r * d for r, d in zip(rhos, diffs))
         step = (base, m0, diffs, (matrix, b), b_h, k)
         y = projected(project, y, 1.0, sigmas[i + 1])
-        call_back(callback, i + 1, n, float(times[i + 1]), y, view.nfe)
+        call_back(callback, i + 1, n, float(times[i + 1]), y, view.nfe, scale=scales[i + 1])
     finite_or_raise(y, "unipc")
     return SampleResult(y, view.nfe)
 
@@ -491,6 +498,7 @@ def ipndm(model: DiffusionModel, shape_or_x: Sequence[int] | Tensor, steps: int 
         weights = adams_bashforth_weights(offsets)
         y = y + h * sum(c * history[-1 - j] for j, c in enumerate(weights))
         y = projected(project, y, 1.0, sigmas[i + 1])
-        call_back(callback, i + 1, n, float(times[i + 1]) if i + 1 < n else 0.0, y, view.nfe, d)
+        call_back(callback, i + 1, n, float(times[i + 1]) if i + 1 < n else 0.0, y, view.nfe, d,
+                  scale=scales[i + 1] if i + 1 < n else 1.0)
     finite_or_raise(y, "ipndm")
     return SampleResult(y, view.nfe)

@@ -127,9 +127,12 @@ class SamplerEntry:
         return {**accepted, **options}
 
     def nfe(self, steps: int | None, process: Process, options: dict[str, Any]) -> int | None:
-        """Network evaluations per sample with ``steps`` (its default when None) and ``options``."""
+        """Network evaluations per sample with ``steps`` (its default when None) and ``options``; a given
+        evaluation grid (``times=``) sets the steps itself."""
         if self.cost is None:
             return None
+        if self.evaluation_grid and options.get("times") is not None:
+            steps = len(options["times"])
         steps = self.default_steps(process) if steps is None else steps
         return self.cost(steps, self.runs_on(process), self.resolve(process, options))
 

@@ -383,7 +383,7 @@ def predictor_corrector(model: DiffusionModel, shape_or_x: Sequence[int] | Tenso
         if step is not None:
             x = step(net, process, x, t, t_next, i + 1 == steps, noise)
         x = projected(project, x, *_coefficients(process, t_next_val, project))
-        call_back(callback, i + 1, steps, t_next_val, x, net.nfe)
+        call_back(callback, i + 1, steps, t_next_val, x, net.nfe + chain.nfe)
     if final_denoise(process, denoise):
         x = net.x0(x, as_time(times[-1], x))
         x = projected(project, x, 1.0, 0.0)

@@ -43,7 +43,7 @@ from torch import Tensor
 from .._util import atomic_write, is_int, require
 from ..models import DiffusionModel, device_and_dtype
 from ..processes import NoiseProcess, require_kind
-from ._common import SigmaView, StepInfo, initial_noise
+from ._common import SigmaView, StepInfo, initial_noise, resolve
 from .grids import check_times, evaluation_times
 from .ode import ipndm
 from .registry import sample
@@ -142,7 +142,7 @@ def search_times(model: DiffusionModel, steps: int, shape: Sequence[int], *, sam
     scales, sigmas = SigmaView(model, process).grid(times)
     x_T = initial_noise(process, shape, torch.Generator(device_and_dtype(model)[0]).manual_seed(seed), model)
     ipndm(model, x_T.clone(), times=times, process=process, callback=record)
-    trajectory = torch.stack([x_T / scales[0]] + points)
+    trajectory = torch.stack([x / a for x, a in zip([x_T] + points, scales + [1.0])])         # in y = x / a
     cost = gits_cost(trajectory, torch.stack(derivatives), sigmas + [0.0])
     paths = {c: cheapest_path(cost, steps, c) for c in ({coeff, *COEFFS} if sampler else {coeff})}
     path, total = paths[coeff]
@@ -155,7 +155,8 @@ def search_times(model: DiffusionModel, steps: int, shape: Sequence[int], *, sam
     if sampler in RULES:
         reference = "default"
         grids["default"] = (coeff, rule_times(process, steps, step_rule(sampler, steps)), math.nan)
-    nearness = {label: _nearness(model, x_T, sampler, grid, points[-1]) for label, (_, grid, _) in grids.items()}
+    seen = resolve(model, process)[0]                     # the candidates run on the teacher's process too
+    nearness = {label: _nearness(seen, x_T, sampler, grid, points[-1]) for label, (_, grid, _) in grids.items()}
     misses = {label: miss for label, (miss, _) in nearness.items()}
     sets = {label: by_set for label, (_, by_set) in nearness.items()}
     chosen = kept_candidate(misses, sets, reference, margin)
