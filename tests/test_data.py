@@ -72,6 +72,9 @@ def test_truncated_or_foreign_idx_files_are_refused(tmp_path):
     (tmp_path / "b").write_bytes((tmp_path / "a").read_bytes()[:-5])
     with pytest.raises(ValueError, match="truncated"):
         D.read_idx(tmp_path / "b")
+    (tmp_path / "h").write_bytes(bytes([0, 0, 8, 3, 0, 0]))            # cut inside its header
+    with pytest.raises(ValueError, match="ends inside its idx header"):
+        D.read_idx(tmp_path / "h")
     (tmp_path / "c").write_bytes(b"PK\x03\x04 not idx")
     with pytest.raises(ValueError, match="not an idx file"):
         D.read_idx(tmp_path / "c")
@@ -146,6 +149,10 @@ def test_arrays_of_images_and_points(tmp_path):
     np.savez(tmp_path / "noname.npz", images=hwc)
     with pytest.raises(ValueError, match="name the data 'x'"):
         D.load_array(tmp_path / "noname.npz")
+    whole = (tmp_path / "imgs.npz").read_bytes()
+    (tmp_path / "cut.npz").write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(ValueError, match="corrupt or truncated"):
+        D.load_array(tmp_path / "cut.npz")
 
 
 def test_image_folder_with_classes_resizing_and_a_corrupt_file(tmp_path):
@@ -168,6 +175,13 @@ def test_image_folder_with_classes_resizing_and_a_corrupt_file(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="holds no images"):
         D.load_image_folder(tmp_path / "empty")
+    # 16-bit greys are scaled to 8 bits (level k * 257 is level k), not clipped to white above 255.
+    deep = tmp_path / "deep"
+    deep.mkdir()
+    levels = np.arange(64, dtype=np.uint16).reshape(8, 8) * 4
+    Image.fromarray(levels * 257).save(deep / "a.png")
+    assert np.array_equal(D.load_image_folder(deep).images[0, 0], levels)
+    assert np.array_equal(D.load_image(deep / "a.png", (1, 8, 8))[0], levels)
 
 
 def test_batches_are_reproducible_scaled_and_flipped():

@@ -60,6 +60,8 @@ CASES: list[tuple[str, str, str]] = [
     ("config file that does not exist", "train --config {d}/none.json --out {d}/x", "does not exist"),
     ("config file that is not JSON", "train --config {d}/broken.json --out {d}/x", "not valid JSON"),
     ("config file with an unknown field", "train --config {d}/unknown.json --out {d}/x", "unknown training options"),
+    ("config file with a quoted yes/no", "train --config {d}/quoted.json --out {d}/x",
+     "flip must be true or false, got 'false'"),
     ("class conditioning on point data", "train --data points:two_moons --class-conditional --out {d}/x",
      "needs labels"),
     ("a device that is not there", "train --device cuda --out {d}/x", "no CUDA GPU"),
@@ -184,6 +186,7 @@ def _setup(d: Path) -> None:
     np.save(d / "big.npy", np.random.default_rng(0).integers(0, 256, (4, 1, 16, 16), dtype=np.uint8))
     (d / "broken.json").write_text("{steps: 3")
     (d / "unknown.json").write_text(json.dumps({"steps": 3, "depth": 4}))
+    (d / "quoted.json").write_text(json.dumps({"steps": 3, "flip": "false"}))
     (d / "a-file").write_text("x")
     np.save(d / "big-points.npy", np.random.default_rng(0).normal(size=(256, 200)).astype(np.float32))
     assert _run(f"train --out {d}/run " + " ".join(FAST), d)[0] == 0

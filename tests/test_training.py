@@ -98,6 +98,10 @@ def test_stopping_and_resuming_equals_an_uninterrupted_run(tmp_path, digits32):
     def logged(run):
         return [row.split(",")[:3] for row in (tmp_path / run / "loss.csv").read_text().splitlines()]
     assert logged("whole") == logged("split") and len(logged("whole")) == 7
+    # Going on from an older checkpoint of a run that went further would prune the new steps for the old ones.
+    with pytest.raises(ValueError, match="holds checkpoints after step 3"):
+        train(tiny_config(tmp_path / "whole", **kw), data=digits32, progress=False,
+              resume=tmp_path / "whole" / "checkpoints" / "step-00000003")
 
 
 def test_resuming_another_model_is_refused(tmp_path, digits32):

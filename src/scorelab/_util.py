@@ -8,6 +8,7 @@ Schedules are computed in float64 and cast only where they meet ``x``.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from pathlib import Path
@@ -100,6 +101,27 @@ def require(condition: bool, message: str) -> None:
 def is_int(value: object) -> bool:
     """Whether ``value`` is an integer (a Python ``bool`` is not one here, though it is an ``int`` subclass)."""
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+#: What a config field's annotation asks for, by its written type: the accepted Python types and their words.
+_FIELD_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
+    "str": ((str,), "a string"), "int": ((int,), "an integer"), "float": ((int, float), "a number"),
+    "bool": ((bool,), "true or false"), "dict[str, Any]": ((dict,), "a dict of settings"),
+    "tuple[str, ...]": ((tuple, list), "a list of strings"), "tuple[int, ...]": ((tuple, list), "a list of integers")}
+
+
+def check_field_types(config: Any) -> None:
+    """Every field of the dataclass ``config`` holds a value of its written type (``X | None`` takes None too;
+    a bool is no integer or number here): the one check of values that reach a config from JSON or Python."""
+    for f in dataclasses.fields(config):
+        kinds = [k.strip() for k in str(f.type).split("|")]
+        value = getattr(config, f.name)
+        if (value is None and "None" in kinds) or not all(k in _FIELD_TYPES or k == "None" for k in kinds):
+            continue
+        ok = any(isinstance(value, _FIELD_TYPES[k][0]) and (k == "bool" or not isinstance(value, bool))
+                 for k in kinds if k != "None")
+        words = " or ".join(_FIELD_TYPES[k][1] if k != "None" else "null" for k in kinds)
+        require(ok, f"{f.name} must be {words}, got {value!r}")
 
 
 def require_positive_int(name: str, value: int) -> None:

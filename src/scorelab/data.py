@@ -17,6 +17,8 @@ import math
 import pickle
 import struct
 import warnings
+import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -175,6 +177,8 @@ def read_idx(path: str | Path) -> np.ndarray:
     require(len(data) >= 4 and data[0] == 0 and data[1] == 0 and data[2] in _IDX_TYPES,
             f"{path} is not an idx file (bad magic number); expected MNIST-style idx data")
     ndim = data[3]
+    require(len(data) >= 4 + 4 * ndim, f"{path} ends inside its idx header ({len(data)} bytes); the file is "
+            "truncated: download it again")
     dims = struct.unpack(f">{ndim}I", data[4:4 + 4 * ndim])
     dtype = np.dtype(_IDX_TYPES[data[2]])
     body = data[4 + 4 * ndim:]
@@ -283,15 +287,16 @@ def load_array(path: str | Path, kind: str = "auto") -> ImageSet | np.ndarray:
     require(path.is_file(), f"no such file: {path}")
     try:
         data = np.load(path, allow_pickle=False)
+        if isinstance(data, np.lib.npyio.NpzFile):                      # its members are read here, checked too
+            names = data.files
+            x, y = (data[k] if k in names else None for k in ("x", "y"))
+        else:
+            names, x, y = ["x"], data, None
     except ValueError as e:
         raise ValueError(f"{path} holds Python objects ({e}); save plain numeric arrays") from None
-    except OSError as e:
-        raise ValueError(f"{path} is not a readable .npy/.npz file ({e})") from None
-    if isinstance(data, np.lib.npyio.NpzFile):
-        require("x" in data.files, f"{path} has arrays {data.files}; name the data 'x' (and labels 'y')")
-        x, y = data["x"], (data["y"] if "y" in data.files else None)
-    else:
-        x, y = data, None
+    except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+        raise ValueError(f"{path} is not a readable .npy/.npz file ({e}); it is corrupt or truncated") from None
+    require(x is not None, f"{path} has arrays {names}; name the data 'x' (and labels 'y')")
     if kind == "points" or (kind == "auto" and x.ndim == 2 and x.dtype.kind == "f"):
         require(x.ndim == 2 and x.dtype.kind in "fiu", f"points must be a numeric (N, D) array, got {x.dtype} {x.shape}")
         require(np.isfinite(x).all(), f"{path} contains NaN or Inf")
@@ -306,6 +311,17 @@ def load_array(path: str | Path, kind: str = "auto") -> ImageSet | np.ndarray:
             f"images in {path} have shape {x.shape}; expected (N, H, W), (N, H, W, C) or (N, C, H, W) with C = 1 or 3")
     labels = None if y is None else np.asarray(y).astype(np.int64).reshape(-1)
     return ImageSet(np.ascontiguousarray(x), labels)
+
+
+def _eight_bit(im):
+    """A PIL image with 8-bit channels: 16-bit greys (modes ``I;16*``, and ``I``, which Pillow opens 16-bit PNGs
+    as) are scaled by 255 / 65535, where ``convert`` would clip every level above 255 to white."""
+    from PIL import Image
+
+    if not im.mode.startswith("I"):
+        return im
+    levels = np.asarray(im).astype(np.float64).clip(0, 65535)
+    return Image.fromarray(np.round(levels * (255 / 65535)).astype(np.uint8), "L")
 
 
 def _fit_square(im, image_size: int, resample: int | None = None):
@@ -330,7 +346,7 @@ def load_image(path: str | Path, shape: Sequence[int]) -> np.ndarray:
     require(h == w and c in (1, 3), f"images of shape {tuple(shape)} cannot be read from a file")
     try:
         with Image.open(path) as im:
-            im = _fit_square(im.convert("L" if c == 1 else "RGB"), h)
+            im = _fit_square(_eight_bit(im).convert("L" if c == 1 else "RGB"), h)
     except FileNotFoundError:
         raise FileNotFoundError(f"no image at {path}; check the path") from None
     except (UnidentifiedImageError, OSError, SyntaxError) as e:
@@ -389,10 +405,10 @@ def load_image_folder(root: str | Path, *, image_size: int | None = None, mode: 
     if skipped:
         warnings.warn(f"skipped {skipped} unreadable image(s) under {root}", stacklevel=2)
     if mode == "auto":
-        mode = "L" if all(im.mode in ("L", "1", "I;16", "I") for im in pictures) else "RGB"
+        mode = "L" if all(im.mode in ("L", "1") or im.mode.startswith("I") for im in pictures) else "RGB"
     arrays = []
     for im in pictures:
-        im = im.convert(mode)
+        im = _eight_bit(im).convert(mode)
         if image_size is not None:
             im = _fit_square(im, image_size)
         arrays.append(np.asarray(im, dtype=np.uint8))

@@ -30,7 +30,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from .._util import BackgroundWriter, atomic_write, progress_bar, require
+from .._util import BackgroundWriter, atomic_write, check_field_types, progress_bar, require
 from ..data import ImageSet, load_dataset, to_uint8
 from ..models import ClipDenoised, DiffusionModel, guided, unconditional
 from ..objectives.vlb import NO_VLB
@@ -91,6 +91,7 @@ class EvalConfig:
     grid_size: int = 64
 
     def __post_init__(self) -> None:
+        check_field_types(self)
         object.__setattr__(self, "samplers", tuple(self.samplers))
         object.__setattr__(self, "nfe", tuple(int(n) for n in self.nfe))
         object.__setattr__(self, "features", tuple(self.features))

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from .._util import is_int, require
+from .._util import check_field_types, is_int, require
 from ..data import DATASET_HELP, ImageSet
 from ..models import NETWORK_TARGETS
 from ..networks import PRESETS, ARTransformerConfig, MLPConfig, UNetConfig
@@ -200,6 +200,7 @@ class TrainConfig:
     preview_steps: int = _opt(50, "DDIM steps for the sample grids")
 
     def __post_init__(self) -> None:
+        check_field_types(self)
         require(self.framework in FRAMEWORKS, f"unknown framework {self.framework!r}; choose one of {sorted(FRAMEWORKS)}")
         for name in ("steps", "batch_size", "grad_accum", "log_every", "sample_every", "checkpoint_every",
                      "keep_last", "num_preview", "preview_steps"):

@@ -378,6 +378,10 @@ def _resume(run: _Run, resume: bool | str | Path, progress: bool) -> None:
     if diffs:
         raise CheckpointError(f"cannot resume from {ckpt.path}: it trains another model ({'; '.join(diffs[:5])}); "
                               f"resume with the settings in {run.out / 'config.json'}, or start anew in another --out")
+    newest = latest_checkpoint(ckpt_dir)
+    require(newest is None or int(newest.name.split("-")[1]) <= ckpt.step, f"{ckpt_dir} holds checkpoints after "
+            f"step {ckpt.step} ({newest.name if newest else ''}): going on from {ckpt.path} would prune the steps it "
+            "writes in favour of those; move them out of the folder, or resume in another --out")
     run.net.load_state_dict(ckpt.model)
     run.ema.load_state_dict(ckpt.ema)
     run.optimizer.load_state_dict(ckpt.optimizer)
