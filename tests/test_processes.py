@@ -147,6 +147,10 @@ def test_ddpm_steps_and_times_round_trip():
     assert torch.equal(ddpm.time_to_step(ddpm.step_to_time(steps)), steps)
     # DDPM's own time axis is exact at every step.
     torch.testing.assert_close(ddpm.signal_scale(ddpm.step_to_time(steps)), ddpm.alpha_bars[1:].sqrt())
+    # beta(t) at a step's own time is that step's rate -N log alpha_i, where i / N * N rounds above i too.
+    for n, schedule in ((100, "linear"), (50, "cosine")):
+        chain, steps = sl.DDPM(num_steps=n, schedule=schedule), torch.arange(1, n + 1)
+        torch.testing.assert_close(chain.beta(chain.step_to_time(steps)), -n * chain.alphas[1:].log())
 
 
 @pytest.mark.parametrize("process", ALL, ids=repr)

@@ -242,7 +242,8 @@ class DDPM(_VarPreserving):
 
     def beta(self, t: TimeLike) -> Tensor:
         t = as_time(t)
-        i = torch.ceil(t * self.num_steps).clamp(1, self.num_steps).long()
+        # step i's rate on ((i - 1) / N, i / N]; a step's own time i / N can land a rounding above i when scaled
+        i = torch.ceil(t * self.num_steps - 1e-6).clamp(1, self.num_steps).long()
         return -self.num_steps * torch.log(self.alphas.to(t.device)[i])
 
     def continuous(self) -> VPSDE:
