@@ -141,6 +141,16 @@ def test_evaluate_end_to_end_then_resumes(tiny_run, tmp_path, monkeypatch, share
     assert drawn == [("ddim", 6)]
 
 
+def test_data_with_one_split_is_scored_against_its_own_images(tmp_path):
+    """``folder:`` and ``array:`` data hold one split: evaluate takes its images as the reference (the report says
+    so), where a data set with a test split is scored against that."""
+    images = load_digits("train").images[:40]
+    np.savez(tmp_path / "a.npz", x=images)
+    train, reference = run_module._splits(f"array:{tmp_path / 'a.npz'}")
+    assert reference is train and np.array_equal(train.images, images)
+    train, reference = run_module._splits("digits")
+    assert len(reference) == 180 and len(train) == 1617
+
 @pytest.mark.parametrize("extra, message", [
     (["--samplers", "ode"], "adaptive"),
     (["--features", "inception"], "--inception-weights"),

@@ -110,8 +110,11 @@ def write_report(out: Path, metrics: dict[str, Any], grids: dict[tuple[str, int]
         save_png(_picture(images, scale), out / "grids" / f"{sampler}-nfe{nfe:04d}.png")
     config = info["config"]
     lines = [f"# Evaluation of `{info['checkpoint']}` (step {info['step']})", "",
-             f"Data: `{info['data']}`; reference: its test split ({info['test_images']} images). "
-             f"{config['num_samples']} samples per cell, sample k seeded by (seed {config['seed']}, k)"
+             f"Data: `{info['data']}`; reference: "
+             + (f"its test split ({info['test_images']} images). " if info.get("reference", "test") == "test" else
+                f"its training images ({info['test_images']}; it holds one split, so the `data` row, drawn from "
+                "the same images, scores better than held-out images would). ")
+             + f"{config['num_samples']} samples per cell, sample k seeded by (seed {config['seed']}, k)"
              + (f", classifier-free guidance w = {config['guidance']}" if config.get("guidance") is not None
                 else "") + ". The `data` row scores as many real *training* images: the best a model can "
              "score with this many samples.", ""]
@@ -133,7 +136,8 @@ def write_report(out: Path, metrics: dict[str, Any], grids: dict[tuple[str, int]
                          f"{_fmt(r, space, 'precision')} | {_fmt(r, space, 'recall')} | {_fmt(r, space, extra)} |")
         lines.append("")
     if bpd:
-        lines += ["## Bits/dim on the test split", "", "| method | bits/dim | images | how |", "|---|---|---|---|"]
+        where = "test split" if info.get("reference", "test") == "test" else "training images"
+        lines += [f"## Bits/dim on the {where}", "", "| method | bits/dim | images | how |", "|---|---|---|---|"]
         for method, b in bpd.items():
             if "skipped" in b:
                 lines.append(f"| {method} | - | - | {b['skipped']} |")

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from .._util import BackgroundWriter, atomic_write, check_field_types, progress_bar, require
-from ..data import ImageSet, load_dataset, to_uint8
+from ..data import ImageSet, has_test_split, load_dataset, to_uint8
 from ..models import ClipDenoised, DiffusionModel, guided, unconditional
 from ..objectives.vlb import NO_VLB
 from ..processes import Process, kind_error, require_kind
@@ -273,7 +273,10 @@ def _bits_per_dim(model: DiffusionModel, method: str, images: np.ndarray, config
 # The run
 # ---------------------------------------------------------------------------------------
 def _splits(spec: str) -> tuple[ImageSet, ImageSet]:
-    train, test = load_dataset(spec, "train"), load_dataset(spec, "test")
+    """The training images and the reference samples are scored against: the test split, or, for data that hold
+    one split (``folder:``, ``array:``), the training images themselves (as FID is often taken on CIFAR-10)."""
+    train = load_dataset(spec, "train")
+    test = load_dataset(spec, "test") if has_test_split(spec) else train
     require(isinstance(train, ImageSet) and isinstance(test, ImageSet),
             f"evaluate scores image models; {spec!r} is not an image data set")
     return train, test
@@ -422,6 +425,7 @@ def evaluate(checkpoint: str | Path, out: str | Path, config: EvalConfig = EvalC
     model_id = {"weights_sha256": chosen or files.get("model.safetensors"), "step": ckpt.step}
     test_images = test_set.images[np.random.default_rng(config.seed).permutation(len(test_set))]
     info: dict[str, Any] = {"data": data_spec, "test_images": len(test_set), "checkpoint": str(ckpt.path),
+                            "reference": "test" if has_test_split(data_spec) else "train",
                             "step": ckpt.step, "config": asdict(config)}
     grids: dict[tuple[str, int], np.ndarray] = {}
     cells = [(s, n, s) for s in config.samplers for n in config.nfe]
