@@ -136,6 +136,7 @@ CASES: list[tuple[str, str, str]] = [
     ("classifier guidance from a folder that holds no classifier", "sample {d}/run --classifier {d}/run/checkpoints",
      "holds no classifier"),
     ("a classifier trained on another process", "sample {d}/run --classifier {d}/clf100", "own process"),
+    ("a classifier run where a diffusion run goes", "info {d}/clf100", "not a diffusion model"),
     ("a classifier for a model of unlabelled points", "train-classifier {d}/sde", "needs labelled images"),
     ("a Metropolis corrector on a model without an energy", "sample {d}/run --sampler pc --steps 2 --option "
      "corrector=mala --out {d}/s.png", "has no energy"),

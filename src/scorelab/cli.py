@@ -617,10 +617,13 @@ def _evaluate(args: argparse.Namespace) -> None:
 
 
 class _DefaultsShown(argparse.ArgumentDefaultsHelpFormatter):
-    """Help that shows an option's default where it has one (no "(default: None)")."""
+    """Help that shows an option's default where it has one and its help does not say it (no "(default: None)",
+    no "(default: )")."""
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
-        return action.help if action.default is None else super()._get_help_string(action)
+        if action.default in (None, "") or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
 
 
 def _demo(args: argparse.Namespace) -> None:

@@ -134,6 +134,10 @@ def load_model(path: str | Path, *, weights: str = "ema", device: str | torch.de
     """
     require(weights in ("ema", "model"), f"weights must be 'ema' or 'model', got {weights!r}")
     ckpt = load_checkpoint(path, map_location="cpu")
+    if "classifier" in ckpt.config:
+        raise CheckpointError(f"{ckpt.path} holds a noise-conditional classifier (scorelab train-classifier), not a "
+                              "diffusion model; give it to a model's sampling as --classifier, and point this "
+                              "command at the diffusion run")
     if "model" not in ckpt.config:
         raise CheckpointError(f"{ckpt.path} holds no model description; it was not written by scorelab's trainer")
     spec = ModelSpec.from_dict(ckpt.config["model"])

@@ -55,8 +55,8 @@ def draw_preview(model: Any, spec: ModelSpec, *, num: int = 64, steps: int = 50,
 
 
 def save_preview(x: Tensor, spec: ModelSpec, step: int, out: Path) -> Path:
-    """``out/samples/step-XXXXXXXX.png``: the grid of ``x`` (one row a class when they divide evenly), or a
-    scatter plot for 2-D points."""
+    """``out/samples/step-XXXXXXXX.png``: the grid of ``x`` (one column a class when they divide evenly: sample k
+    asks for class k mod C), or a scatter plot for 2-D points."""
     path = Path(out) / "samples" / f"step-{step:08d}.png"
     if len(spec.data_shape) == 1:
         return plot_points(x.float().cpu().numpy(), path, title=f"step {step}")
