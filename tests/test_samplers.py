@@ -283,8 +283,11 @@ def test_the_registry_declares_each_samplers_own_network_evaluations(mixture_2d,
     model.process = process
     result = S.sample(model, (3, 2), sampler, steps, noise=gen(0), **options)
     assert result.nfe == S.sampler_nfe(process, sampler, steps, **options)
-    if "times" not in options:                                # a given grid fixes the steps
+    if "times" not in options:
         assert S.steps_for_nfe(process, sampler, result.nfe, **options) == steps
+    else:                                                     # a given grid fixes the steps
+        with pytest.raises(ValueError, match="fixes"):
+            S.steps_for_nfe(process, sampler, result.nfe, **options)
 
 
 def test_annealed_langevin_codes_step_rule_is_the_papers_with_twice_epsilon(mixture_2d):

@@ -201,6 +201,8 @@ def steps_for_nfe(process: Process, sampler: str, nfe: int, **options: Any) -> i
     ``2 steps - 1``, PC's ``2 steps + 1``), from the table's declared cost."""
     entry = sampler_entry(sampler, process)
     require(entry.cost is not None, f"{sampler!r} is adaptive: its NFE follows rtol, not a number of steps")
+    require(not (entry.evaluation_grid and options.get("times") is not None), f"a given times= grid fixes "
+            f"{sampler}'s steps; leave it out to find the steps that fit {nfe} network calls")
     cost = lambda s: entry.nfe(s, process, options)                      # noqa: E731
     require(cost(2) > cost(1), f"the sampler {sampler!r} does not spend network calls per step")
     require(cost(1) <= nfe, f"{sampler} needs at least {cost(1)} network calls; {nfe} is too few")
