@@ -1,6 +1,8 @@
 """``torch.export`` programs of trained models: read back with ``torch.export.load``, they give the library's
 answers."""
 
+import json
+
 import pytest
 import torch
 
@@ -38,6 +40,24 @@ def test_an_exported_denoiser_answers_as_the_model(tmp_path, name, make):
         expected = prediction.x0 if model.process.has_kind("affine") else prediction.score
         torch.testing.assert_close(program(*args), expected, rtol=1e-6, atol=1e-6)
 
+
+def test_a_learned_variance_is_exported_with_the_denoiser(tmp_path):
+    """A DDPM model that learned its variance: the program gives the denoiser and Nichol & Dhariwal's
+    interpolation v, both equal to the model's, and the JSON names both outputs."""
+    torch.manual_seed(0)
+    net = sl.networks.UNet(sl.networks.UNetConfig(image_size=8, in_channels=1, base_channels=16, channel_mults=(1, 2),
+                                                  num_res_blocks=1, attention_resolutions=(), norm_groups=8,
+                                                  learned_variance=True))
+    model = sl.Model(net, sl.DDPM(num_steps=100), learned_variance=True).eval()
+    spec = ModelSpec(network_spec(net), model.process.config(), data_shape=(1, 8, 8))
+    path = export_model(model, spec, tmp_path / "lv.pt2")
+    x, t = torch.randn(3, 1, 8, 8), torch.tensor([0.2, 0.5, 0.9], dtype=torch.float64)
+    with torch.no_grad():
+        x0, v = torch.export.load(str(path)).module()(x, t)
+        prediction = model.predict(x, t)
+    torch.testing.assert_close(x0, prediction.x0, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(v, prediction.variance_frac, rtol=1e-6, atol=1e-6)
+    assert json.loads(path.with_suffix(".json").read_text())["output"] == "x0, variance_frac"
 
 def test_an_exported_energy_gives_the_score_by_autograd(tmp_path):
     torch.manual_seed(0)

@@ -34,6 +34,14 @@ def test_sinusoidal_embedding_is_hos_formula():
     args = c.numpy()[:, None] * freqs[None]
     # float32 arguments near 999 carry ~999 * 2^-24 = 6e-5 of rounding
     np.testing.assert_allclose(got, np.concatenate([np.sin(args), np.cos(args)], 1), rtol=0, atol=1e-4)
+    # A network converted to bfloat16 embeds in its own dtype (the arguments still in float32 or wider).
+    torch.manual_seed(0)
+    net = UNet(UNetConfig(image_size=8, in_channels=1, base_channels=16, channel_mults=(1, 2), num_res_blocks=1,
+                          attention_resolutions=(4,), norm_groups=8)).eval()
+    x, c = torch.randn(4, 1, 8, 8), torch.tensor([1.0, 250.0, 600.0, 999.0])
+    with torch.no_grad():
+        full, half = net(x, c), net.to(torch.bfloat16)(x.bfloat16(), c)
+    assert half.dtype == torch.bfloat16 and float((half.float() - full).abs().max()) < 0.1 * float(full.abs().max())
 
 
 def test_attention_is_softmax_of_scaled_dot_products():

@@ -44,8 +44,9 @@ class SinusoidalEmbedding(nn.Module):
         self.scale = scale
 
     def forward(self, c: Tensor) -> Tensor:
-        args = (self.scale * c.float())[:, None] * self.freqs[None]
-        return torch.cat([torch.sin(args), torch.cos(args)], dim=1)
+        work = torch.promote_types(self.freqs.dtype, torch.float32)   # at least float32 (c reaches 1000), then
+        args = (self.scale * c.to(work))[:, None] * self.freqs.to(work)[None]            # the network's own dtype
+        return torch.cat([torch.sin(args), torch.cos(args)], dim=1).to(self.freqs.dtype)
 
 
 class FourierEmbedding(nn.Module):
@@ -58,8 +59,9 @@ class FourierEmbedding(nn.Module):
         self.register_buffer("weights", torch.randn(dim // 2, generator=g) * scale)
 
     def forward(self, c: Tensor) -> Tensor:
-        args = 2 * math.pi * c.float()[:, None] * self.weights[None]
-        return torch.cat([torch.sin(args), torch.cos(args)], dim=1)
+        work = torch.promote_types(self.weights.dtype, torch.float32)  # as SinusoidalEmbedding
+        args = 2 * math.pi * c.to(work)[:, None] * self.weights.to(work)[None]
+        return torch.cat([torch.sin(args), torch.cos(args)], dim=1).to(self.weights.dtype)
 
 
 def make_embedding(kind: str, dim: int, scale: float | None = None) -> nn.Module:

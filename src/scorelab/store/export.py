@@ -7,7 +7,9 @@ axis ``t in [0, 1]``: DDPM's step ``i`` is ``i / T``), and class labels ``(N,)``
 
 * a score model under an affine process: the denoiser ``D(x, t) = E[x0 | x_t]``, its preconditioning included
   (EDM's ``c_skip``, ``c_out``, ``c_in``); eps is ``(x - a(t) D) / s(t)`` with the process's ``a``, ``s``
-  (MATH.md 1), written into the JSON as the process's config;
+  (MATH.md 1), written into the JSON as the process's config; a DDPM model that learned its variance gives
+  ``(D, v)``, ``v`` in [0, 1] the interpolation ``log var = v log beta_t + (1 - v) log beta_tilde_t`` of
+  Nichol & Dhariwal (MATH.md 2);
 * a score model under a general SDE: the score;
 * an energy model: the energy ``U(x, t)`` per example; the score is ``-grad_x U`` (autograd through the
   loaded program's module gives it);
@@ -35,8 +37,8 @@ from .spec import ModelSpec
 __all__ = ["export_model", "EXPORTED"]
 
 #: What the exported program of each parameterization gives.
-EXPORTED = {"score": "x0 (affine process) or score (general SDE)", "energy": "energy", "categorical": "x0_logits",
-            "masked": "x0_logits"}
+EXPORTED = {"score": "x0 (affine process; with a learned variance x0 and v) or score (general SDE)",
+            "energy": "energy", "categorical": "x0_logits", "masked": "x0_logits"}
 
 
 class _Program(nn.Module):
@@ -46,12 +48,14 @@ class _Program(nn.Module):
         super().__init__()
         self.model, self.output = model, output
 
-    def forward(self, x: Tensor, t: Tensor, labels: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, t: Tensor, labels: Tensor | None = None) -> Tensor | tuple[Tensor, Tensor]:
         if self.output == "energy":
             return self.model.energy(x, t, labels)
         if self.output == "x0_logits":
             return self.model.logits(x, t, labels)
         prediction = self.model.predict(x, t, labels)
+        if self.output == "x0, variance_frac":
+            return prediction.x0, prediction.variance_frac
         return prediction.x0 if self.output == "x0" else prediction.score
 
 
@@ -62,7 +66,9 @@ def _output(model: NetworkModel) -> str:
             "score); export a score model, an energy model or a factorized categorical model, or load this one "
             "with sl.load_model(RUN)")
     if kind == "score":
-        return "x0" if model.process.has_kind("affine") else "score"
+        if not model.process.has_kind("affine"):
+            return "score"
+        return "x0, variance_frac" if model.learned_variance else "x0"
     return "energy" if kind == "energy" else "x0_logits"
 
 
