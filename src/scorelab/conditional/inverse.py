@@ -217,8 +217,8 @@ def linear_inverse(model: DiffusionModel, y: Tensor, operator: LinearOperator, n
                        **options)
     entry = sampler_entry(sampler, model.process)
     stepping = [name for name, e in REGISTRY.items()
-                if model.process.has_kind(*e.kinds) and e.takes_projection(model.process)]
-    require(entry.takes_projection(model.process), f"sampler {sampler!r} adapts its own steps and cannot impute "
+                if model.process.has_kind(*e.kinds) and e.projection]
+    require(entry.projection, f"sampler {sampler!r} adapts its own steps and cannot impute "
             f"after each; use one of {stepping}")
     project = replacement(operator, y, noise)
     result = sample(model, shape, sampler, steps, noise=noise, project=project, **options)

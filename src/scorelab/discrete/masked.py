@@ -60,7 +60,7 @@ class MaskedDiffusion(CategoricalProcess):
 
     def __init__(self, num_categories: int, schedule: str = "linear", exponent: float = 1.0,
                  alphas: Sequence[float] | None = None):
-        require(is_int(num_categories) and not isinstance(num_categories, bool) and num_categories >= 2,
+        require(is_int(num_categories) and num_categories >= 2,
                 f"num_categories must be an integer >= 2, got {num_categories!r}")
         require(schedule in MASKED_SCHEDULES, f"unknown schedule {schedule!r}; choose one of {MASKED_SCHEDULES}")
         require(isinstance(exponent, (int, float)) and math.isfinite(exponent) and exponent > 0,

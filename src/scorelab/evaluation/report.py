@@ -108,10 +108,10 @@ def write_report(out: Path, metrics: dict[str, Any], grids: dict[tuple[str, int]
     scale = max(1, 32 // real.shape[-1])
     for (sampler, nfe), images in grids.items():
         save_png(_picture(images, scale), out / "grids" / f"{sampler}-nfe{nfe:04d}.png")
-    config = info["config"]
+    config, held_out = info["config"], info.get("reference", "test") == "test"
     lines = [f"# Evaluation of `{info['checkpoint']}` (step {info['step']})", "",
              f"Data: `{info['data']}`; reference: "
-             + (f"its test split ({info['test_images']} images). " if info.get("reference", "test") == "test" else
+             + (f"its test split ({info['test_images']} images). " if held_out else
                 f"its training images ({info['test_images']}; it holds one split, so the `data` row, drawn from "
                 "the same images, scores better than held-out images would). ")
              + f"{config['num_samples']} samples per cell, sample k seeded by (seed {config['seed']}, k)"
@@ -136,8 +136,8 @@ def write_report(out: Path, metrics: dict[str, Any], grids: dict[tuple[str, int]
                          f"{_fmt(r, space, 'precision')} | {_fmt(r, space, 'recall')} | {_fmt(r, space, extra)} |")
         lines.append("")
     if bpd:
-        where = "test split" if info.get("reference", "test") == "test" else "training images"
-        lines += [f"## Bits/dim on the {where}", "", "| method | bits/dim | images | how |", "|---|---|---|---|"]
+        lines += [f"## Bits/dim on the {'test split' if held_out else 'training images'}", "",
+                  "| method | bits/dim | images | how |", "|---|---|---|---|"]
         for method, b in bpd.items():
             if "skipped" in b:
                 lines.append(f"| {method} | - | - | {b['skipped']} |")

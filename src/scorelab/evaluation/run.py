@@ -425,7 +425,7 @@ def evaluate(checkpoint: str | Path, out: str | Path, config: EvalConfig = EvalC
     model_id = {"weights_sha256": chosen or files.get("model.safetensors"), "step": ckpt.step}
     test_images = test_set.images[np.random.default_rng(config.seed).permutation(len(test_set))]
     info: dict[str, Any] = {"data": data_spec, "test_images": len(test_set), "checkpoint": str(ckpt.path),
-                            "reference": "test" if has_test_split(data_spec) else "train",
+                            "reference": "train" if test_set is train_set else "test",
                             "step": ckpt.step, "config": asdict(config)}
     grids: dict[tuple[str, int], np.ndarray] = {}
     cells = [(s, n, s) for s in config.samplers for n in config.nfe]

@@ -15,7 +15,6 @@ registry names one for each sampler that can (MATH.md 8).
 from __future__ import annotations
 
 import numbers
-
 from typing import Sequence
 
 import torch

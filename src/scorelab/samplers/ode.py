@@ -316,13 +316,13 @@ def _multistep_start(model: DiffusionModel, shape_or_x: Sequence[int] | Tensor, 
                      times: Sequence[float] | Tensor | None, process: NoiseProcess | None, noise: Randomness,
                      rule: StepRule) -> tuple[SigmaView, Tensor, list[float], list[float], Tensor]:
     """A multistep solver's start: the model's sigma view, its evaluation times (``rule``'s on the ``"auto"``
-    grid), their scales and sigmas (with 0 appended, the end) and ``y_T = x_T / a``."""
+    grid), their scales and sigmas (with the end appended: scale 1, sigma 0) and ``y_T = x_T / a``."""
     model, process = resolve(model, process)
     times = _eval_times(process, steps, grid, rho, times, rule=rule)
     view = SigmaView(model, process)
     scales, sigmas = view.grid(times)
     x = initial_noise(process, shape_or_x, noise, model)
-    return view, times, scales, sigmas + [0.0], x / scales[0]
+    return view, times, scales + [1.0], sigmas + [0.0], x / scales[0]
 
 
 def _dpm_solver_pp(model: DiffusionModel, shape_or_x: Sequence[int] | Tensor, steps: int, order: int, *,
@@ -362,8 +362,7 @@ def _dpm_solver_pp(model: DiffusionModel, shape_or_x: Sequence[int] | Tensor, st
                 y = (sigma_next / sigma) * y - phi1 * x0 + phi2 * d1 - 2 * phi3 * d2
             history = (history + [(x0, h)])[-2:]
         y = projected(project, y, 1.0, sigma_next)
-        call_back(callback, i + 1, n, float(times[i + 1]) if i + 1 < n else 0.0, y, view.nfe,
-                  scale=scales[i + 1] if i + 1 < n else 1.0)
+        call_back(callback, i + 1, n, float(times[i + 1]) if i + 1 < n else 0.0, y, view.nfe, scale=scales[i + 1])
     finite_or_raise(y, name)
     return SampleResult(y, view.nfe)
 
@@ -498,7 +497,6 @@ def ipndm(model: DiffusionModel, shape_or_x: Sequence[int] | Tensor, steps: int 
         weights = adams_bashforth_weights(offsets)
         y = y + h * sum(c * history[-1 - j] for j, c in enumerate(weights))
         y = projected(project, y, 1.0, sigmas[i + 1])
-        call_back(callback, i + 1, n, float(times[i + 1]) if i + 1 < n else 0.0, y, view.nfe, d,
-                  scale=scales[i + 1] if i + 1 < n else 1.0)
+        call_back(callback, i + 1, n, float(times[i + 1]) if i + 1 < n else 0.0, y, view.nfe, d, scales[i + 1])
     finite_or_raise(y, "ipndm")
     return SampleResult(y, view.nfe)

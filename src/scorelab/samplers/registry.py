@@ -106,10 +106,6 @@ class SamplerEntry:
             self._options[function] = _options_of(function, _NOT_OPTIONS + (self.steps_keyword,) + tuple(fixed))
         return self._options[function]
 
-    def takes_projection(self, process: Process) -> bool:
-        """Whether it applies a ``project`` hook after every step (Song et al.'s imputation), as declared."""
-        return self.projection
-
     def takes_times(self) -> bool:
         """Whether a searched evaluation grid (GITS) can replace its own (``times=``)."""
         return self.evaluation_grid

@@ -28,7 +28,7 @@ from torch import Tensor
 from .._util import is_int, require
 
 __all__ = ["config_differences", "Checkpoint", "save_checkpoint", "load_checkpoint", "latest_checkpoint", "list_checkpoints",
-           "flatten_optimizer_state", "unflatten_optimizer_state", "CheckpointError"]
+           "checkpoint_step", "flatten_optimizer_state", "unflatten_optimizer_state", "CheckpointError"]
 
 _NAME = re.compile(r"^step-(\d{8,})$")
 FORMAT_VERSION = 1
@@ -153,7 +153,14 @@ def list_checkpoints(directory: str | Path) -> list[Path]:
     if not directory.is_dir():
         return []
     found = [p for p in directory.iterdir() if p.is_dir() and _NAME.match(p.name) and (p / "meta.json").is_file()]
-    return sorted(found, key=lambda p: int(_NAME.match(p.name).group(1)))
+    return sorted(found, key=checkpoint_step)
+
+
+def checkpoint_step(path: str | Path) -> int:
+    """The step a checkpoint folder ``step-XXXXXXXX`` holds, from its name."""
+    match = _NAME.match(Path(path).name)
+    require(match is not None, f"{path} is not a checkpoint folder (step-XXXXXXXX)")
+    return int(match.group(1))
 
 
 def latest_checkpoint(directory: str | Path) -> Path | None:

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from .._util import check_field_types, is_int, require
+from .._util import check_field_types, require
 from ..data import DATASET_HELP, ImageSet
 from ..models import NETWORK_TARGETS
 from ..networks import PRESETS, ARTransformerConfig, MLPConfig, UNetConfig
@@ -200,18 +200,17 @@ class TrainConfig:
     preview_steps: int = _opt(50, "DDIM steps for the sample grids")
 
     def __post_init__(self) -> None:
-        check_field_types(self)
+        check_field_types(self)                               # every field's type; the checks below, its value
         require(self.framework in FRAMEWORKS, f"unknown framework {self.framework!r}; choose one of {sorted(FRAMEWORKS)}")
         for name in ("steps", "batch_size", "grad_accum", "log_every", "sample_every", "checkpoint_every",
                      "keep_last", "num_preview", "preview_steps"):
             value = getattr(self, name)
-            require(is_int(value) and value > 0, f"{name} must be a positive integer, got {value!r}")
+            require(value > 0, f"{name} must be a positive integer, got {value!r}")
         for name in ("lr", "weight_decay", "grad_clip"):
             value = getattr(self, name)
-            require(value is None or (isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0),
-                    f"{name} must be a non-negative number, got {value!r}")
+            require(value is None or value >= 0, f"{name} must be a non-negative number, got {value!r}")
         require(self.lr is None or self.lr > 0, f"lr must be positive, got {self.lr}")
-        require(self.warmup is None or (is_int(self.warmup) and self.warmup >= 0),
+        require(self.warmup is None or self.warmup >= 0,
                 f"warmup must be a non-negative integer, got {self.warmup!r}")
         require(self.ema_decay is None or 0.0 <= self.ema_decay < 1.0,
                 f"ema_decay must lie in [0, 1), got {self.ema_decay}")
@@ -223,20 +222,19 @@ class TrainConfig:
         require(self.precision in ("fp32", "bf16"), f"precision must be 'fp32' or 'bf16', got {self.precision!r}")
         require(self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda", "mps"),
                 f"device must be 'auto', 'cpu', 'cuda[:k]' or 'mps', got {self.device!r}")
-        require(is_int(self.seed) and self.seed >= 0, f"seed must be a non-negative integer, got {self.seed!r}")
+        require(self.seed >= 0, f"seed must be a non-negative integer, got {self.seed!r}")
         require(self.target is None or self.target in NETWORK_TARGETS,
                 f"unknown target {self.target!r}; choose one of {NETWORK_TARGETS}")
         require(0.0 <= self.label_dropout < 1.0, f"label_dropout must lie in [0, 1), got {self.label_dropout}")
         require(self.network == "auto" or self.network in PRESETS or self.network == "mlp",
                 f"unknown network {self.network!r}; choose 'auto', 'mlp' or a U-Net preset: {sorted(PRESETS)}")
         for name in ("network_options", "process_options", "loss_options"):
-            require(isinstance(getattr(self, name), dict), f"{name} must be a dict of KEY=VALUE settings")
             object.__setattr__(self, name, dict(getattr(self, name)))
-        require(self.image_size is None or (is_int(self.image_size) and self.image_size > 0),
+        require(self.image_size is None or self.image_size > 0,
                 f"image_size must be a positive integer, got {self.image_size!r}")
         require(self.image_size is None or self.data.partition(":")[0] == "folder", f"--image-size resizes "
                 f"folder: images; {self.data!r} keeps its stored size: drop --image-size")
-        require(self.categories is None or (is_int(self.categories) and 2 <= self.categories <= 256),
+        require(self.categories is None or 2 <= self.categories <= 256,
                 f"categories must be an integer in 2..256, got {self.categories!r}")
         self.loss_settings()                                  # the loss exists and its options fit it
         if self.defaults.process is not None:                 # a classifier takes another run's process

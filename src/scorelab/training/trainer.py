@@ -50,7 +50,8 @@ from ..models import Conditional, DiffusionModel, drop_labels
 from ..noise import BatchNoise, Randomness, normal
 from ..objectives import Objective, ObjectiveState, objective
 from ..processes import require_kind
-from ..store import CheckpointError, ModelSpec, config_differences, latest_checkpoint, load_checkpoint, save_checkpoint
+from ..store import (CheckpointError, ModelSpec, checkpoint_step, config_differences, latest_checkpoint,
+                     load_checkpoint, save_checkpoint)
 from .config import TrainConfig, make_model_spec
 from .ema import ema_decay_at, update_ema
 from .schedule import learning_rate
@@ -379,7 +380,7 @@ def _resume(run: _Run, resume: bool | str | Path, progress: bool) -> None:
         raise CheckpointError(f"cannot resume from {ckpt.path}: it trains another model ({'; '.join(diffs[:5])}); "
                               f"resume with the settings in {run.out / 'config.json'}, or start anew in another --out")
     newest = latest_checkpoint(ckpt_dir)
-    require(newest is None or int(newest.name.split("-")[1]) <= ckpt.step, f"{ckpt_dir} holds checkpoints after "
+    require(newest is None or checkpoint_step(newest) <= ckpt.step, f"{ckpt_dir} holds checkpoints after "
             f"step {ckpt.step} ({newest.name if newest else ''}): going on from {ckpt.path} would prune the steps it "
             "writes in favour of those; move them out of the folder, or resume in another --out")
     run.net.load_state_dict(ckpt.model)
