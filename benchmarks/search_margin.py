@@ -78,8 +78,7 @@ def candidates(mixture: str, process_name: str, replicates: int) -> list[dict]:
                 search._nearness = nearness
             cands = {label: {"miss": found.candidates[label], "set": found.set_distances[label]}
                      for label in found.candidates}
-            scored = {"default"} | {kept(cands, margin) for margin in MARGINS} | {
-                min(cands, key=lambda label: cands[label][measure]) for measure in ALONE}
+            scored = {"default"} | {kept(cands, rule) for rule in (*MARGINS, *ALONE)}
             for label, times in zip(found.candidates, grids):
                 if label in scored:
                     cands[label]["per_replicate"] = [

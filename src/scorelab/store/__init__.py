@@ -9,5 +9,5 @@ from .spec import (NETWORKS, PARAMETERIZATIONS, ModelSpec, build_network, load_m
                    register_parameterization)
 
 __all__ = ["Checkpoint", "CheckpointError", "checkpoint_step", "config_differences", "latest_checkpoint",
-           "list_checkpoints", "load_checkpoint", "save_checkpoint", "ModelSpec", "build_network", "network_spec", "load_model",
-           "NETWORKS", "PARAMETERIZATIONS", "register_parameterization", "export_model"]
+           "list_checkpoints", "load_checkpoint", "save_checkpoint", "ModelSpec", "build_network", "network_spec",
+           "load_model", "NETWORKS", "PARAMETERIZATIONS", "register_parameterization", "export_model"]
