@@ -13,6 +13,8 @@ from scorelab.store import load_checkpoint
 
 TINY = ["--network-option", "base_channels=16", "--network-option", "norm_groups=8",
         "--network-option", "num_res_blocks=1", "--network-option", "attention_resolutions=[]"]
+#: Small sample grids for runs whose grids no test looks at (the default draws 64 images with 50 DDIM steps).
+PREVIEW = ["--num-preview", "4", "--preview-steps", "2"]
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +23,8 @@ def run(tmp_path_factory):
     code = main(["train", "--data", "digits", "--out", str(out), "--steps", "4", "--batch-size", "16",
                  "--warmup", "0", "--lr", "1e-3", "--lr-decay", "cosine", "--class-conditional", "--process-option",
                  "num_steps=50",
-                 "--sample-every", "2", "--checkpoint-every", "2", "--log-every", "1", *TINY])
+                 "--sample-every", "2", "--checkpoint-every", "2", "--log-every", "1", "--num-preview", "10",
+                 "--preview-steps", "2", *TINY])
     assert code == 0
     return out
 
@@ -65,7 +68,8 @@ def test_nll_interpolate_info(run, tmp_path, capsys):
     assert main(["nll", str(run), "--num", "4", "--method", "vlb"]) == 0
     bpd = float(capsys.readouterr().out.split("test images of digits (256 levels):")[1].split()[0])
     assert 0 < bpd < 20
-    assert main(["interpolate", str(run), "--pair", "0", "5", "--frames", "4", "--out", str(tmp_path / "i.png")]) == 0
+    assert main(["interpolate", str(run), "--pair", "0", "5", "--frames", "4", "--steps", "3",
+                 "--out", str(tmp_path / "i.png")]) == 0
     assert Image.open(tmp_path / "i.png").size[0] > Image.open(tmp_path / "i.png").size[1] * 5
     assert main(["info", str(run)]) == 0
     info = capsys.readouterr().out
@@ -84,10 +88,22 @@ def test_errors_are_one_clear_line(args, message, capsys):
     assert message in err and "\n" not in err and "Traceback" not in err
 
 
-def test_guidance_needs_a_class_conditional_model(tmp_path, capsys):
-    out = tmp_path / "uncond"
-    assert main(["train", "--out", str(out), "--steps", "1", "--batch-size", "8", "--process-option", "num_steps=20",
+@pytest.fixture(scope="module")
+def unconditional_run(tmp_path_factory):
+    """An unconditional DDPM run on an array file of digits (data with one split)."""
+    from scorelab.data import load_digits
+
+    root = tmp_path_factory.mktemp("array")
+    np.save(root / "digits.npy", load_digits("train").images[:64])
+    run = root / "run"
+    assert main(["train", "--data", f"array:{root / 'digits.npy'}", "--out", str(run), "--steps", "2",
+                 "--batch-size", "16", "--process-option", "num_steps=20", "--sample-every", "100", *PREVIEW,
                  *TINY]) == 0
+    return run
+
+
+def test_guidance_needs_a_class_conditional_model(unconditional_run, tmp_path, capsys):
+    out = unconditional_run
     assert main(["sample", str(out), "--guidance", "2", "--num", "2", "--steps", "2", "--out", str(tmp_path / "x.png")]) == 2
     assert "class-conditional" in capsys.readouterr().err
 
@@ -106,7 +122,8 @@ def test_a_typed_flag_wins_over_the_recipe_even_at_its_default_value(tmp_path):
     writes every default out (the framework's lr, every option of the process)."""
     recipe = tmp_path / "recipe.json"
     recipe.write_text(json.dumps({"framework": "sde", "data": "points:two_moons", "batch_size": 64, "steps": 2,
-                                  "flip": True, "sample_every": 100, "process_options": {"drift": "tanh"}}))
+                                  "flip": True, "sample_every": 100, "process_options": {"drift": "tanh"},
+                                  "num_preview": 4, "preview_steps": 2}))
     out = tmp_path / "run"
     assert main(["train", "--config", str(recipe), "--batch-size", "128", "--no-flip",
                  "--process-option", "beta_max=30", "--out", str(out)]) == 0
@@ -120,7 +137,7 @@ def test_sample_uses_the_frameworks_own_sampler_by_default(tmp_path, capsys):
     """An EDM model samples with EDM's Heun sampler unless told otherwise (Karras et al. 2022): 2 steps - 1 NFE."""
     out = tmp_path / "edm"
     assert main(["train", "--framework", "edm", "--data", "points:two_moons", "--steps", "2", "--batch-size", "16",
-                 "--sample-every", "100", "--out", str(out)]) == 0
+                 "--sample-every", "100", *PREVIEW, "--out", str(out)]) == 0
     capsys.readouterr()
     assert main(["sample", str(out), "--steps", "5", "--num-samples", "4", "--out", str(tmp_path / "s.png")]) == 0
     assert "(heun, 9 network evaluations each" in capsys.readouterr().out
@@ -223,7 +240,7 @@ def test_a_run_trains_again_from_its_config_json_bit_for_bit(tmp_path):
     """config.json holds every option the run used, the framework's defaults written in (no None for lr, EMA,
     loss or target), and ``train --config RUN/config.json`` trains the same weights again."""
     first = tmp_path / "first"
-    assert main(["train", "--framework", "vp", "--steps", "3", "--batch-size", "16", "--sample-every", "100",
+    assert main(["train", "--framework", "vp", "--steps", "3", "--batch-size", "16", "--sample-every", "100", *PREVIEW,
                  "--network-option", "base_channels=16", "--network-option", "num_res_blocks=1",
                  "--network-option", "norm_groups=8", "--loss-option", "gamma=3", "--loss", "min-snr",
                  "--out", str(first)]) == 0
@@ -249,7 +266,7 @@ def test_an_energy_image_model_takes_metropolis_correctors_with_the_default_flag
     sampler's moves are MALA by default)."""
     run = tmp_path / "energy"
     assert main(["train", "--framework", "vp", "--parameterization", "energy", "--class-conditional", "--steps", "3",
-                 "--batch-size", "16", "--sample-every", "100", "--network-option", "base_channels=16",
+                 "--batch-size", "16", "--sample-every", "100", *PREVIEW, "--network-option", "base_channels=16",
                  "--network-option", "num_res_blocks=1", "--network-option", "norm_groups=8",
                  "--network-option", "attention_resolutions=[]", "--out", str(run)]) == 0
     mala = ["--option", "corrector=mala", "--out"]
@@ -270,7 +287,7 @@ def test_an_energy_image_model_takes_metropolis_correctors_with_the_default_flag
 def test_an_energy_model_trains_and_samples_with_a_metropolis_corrector(tmp_path, capsys):
     out = tmp_path / "energy"
     assert main(["train", "--framework", "vp", "--data", "points:two_moons", "--parameterization", "energy",
-                 "--steps", "4", "--batch-size", "32", "--out", str(out), "--sample-every", "100"]) == 0
+                 "--steps", "4", "--batch-size", "32", "--out", str(out), "--sample-every", "100", *PREVIEW]) == 0
     assert json.loads((out / "config.json").read_text())["model"]["parameterization"] == "energy"
     assert main(["sample", str(out), "--sampler", "pc", "--steps", "3", "--num", "8", "--option", "corrector=mala",
                  "--option", "target_snr=0.3", "--out", str(tmp_path / "e.png")]) == 0
@@ -278,14 +295,9 @@ def test_an_energy_model_trains_and_samples_with_a_metropolis_corrector(tmp_path
     assert "pc, 10 network evaluations" in capsys.readouterr().out        # 3 x (predictor + 2 for MALA) + 1
 
 
-def test_a_run_on_an_array_file_takes_every_image_command_with_its_defaults(tmp_path):
+def test_a_run_on_an_array_file_takes_every_image_command_with_its_defaults(unconditional_run, tmp_path):
     """An array file has one split: nll, interpolate and inpaint read it (the run's data) without --split."""
-    from scorelab.data import load_digits
-
-    np.save(tmp_path / "digits.npy", load_digits("train").images[:64])
-    run = tmp_path / "run"
-    assert main(["train", "--data", f"array:{tmp_path / 'digits.npy'}", "--out", str(run), "--steps", "2",
-                 "--batch-size", "16", "--process-option", "num_steps=20", "--sample-every", "100", *TINY]) == 0
+    run = unconditional_run
     assert main(["nll", str(run), "--num", "2"]) == 0
     assert main(["interpolate", str(run), "--frames", "3", "--steps", "2", "--out", str(tmp_path / "i.png")]) == 0
     assert main(["inpaint", str(run), "--images", "0", "--num-samples", "1", "--steps", "3",

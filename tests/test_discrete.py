@@ -354,7 +354,8 @@ def test_the_command_line_trains_samples_and_scores_a_multinomial_model(tmp_path
     out = tmp_path / "run"
     assert main(["train", "--framework", "multinomial", "--data", "digits", "--out", str(out), "--steps", "150",
                  "--batch-size", "64", "--lr", "5e-3", "--warmup", "0", "--ema-decay", "0.9", "--process-option",
-                 "num_steps=20", "--sample-every", "150", "--checkpoint-every", "150", *TINY_UNET]) == 0
+                 "num_steps=20", "--sample-every", "150", "--checkpoint-every", "150", "--num-preview", "4",
+                 *TINY_UNET]) == 0
     model, spec, _ = sl.load_model(out)
     assert model.process == MultinomialDiffusion(17, 20) and spec.parameterization == "categorical"
     assert main(["sample", str(out), "--num", "8", "--steps", "5", "--out", str(tmp_path / "s.png")]) == 0

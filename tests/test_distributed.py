@@ -2,16 +2,20 @@
 batch, and a sample job over 2 ranks gives the same images as over 1.
 
 The reference runs are the ordinary single-process code paths; the two-rank runs are real ``torchrun``
-launches of the CLI, so the process group, DDP, the rank-0-only writes and the gathers are all exercised.
+launches of the CLI (the resume: two processes with the env:// variables torchrun gives its workers), so the
+process group, DDP, the rank-0-only writes and the gathers are all exercised.
 Every run is made once, by the module's fixture: the one-process runs here, then two launches (a launch's two
-ranks take seconds to start): the first runs the commands of every test one after another in one group
-(tests/distributed_worker.py), the second is ``scorelab train --resume`` alone, a fresh process that joins the
-group itself and resumes the first launch's 3-step run.
+ranks take seconds to start): the first, by torchrun, runs the commands of every test one after another in one
+group (tests/distributed_worker.py), the second is ``scorelab train --resume`` alone, in two fresh processes
+that join the group themselves (env://, as torchrun's workers would) and resume the first launch's 3-step run;
+they are forked from a server that has imported what a run imports (tests/preforked.py), without the seconds
+of imports of a fresh interpreter (and of torchrun's agent).
 """
 
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from contextlib import contextmanager
@@ -22,6 +26,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import distributed_worker
+import preforked
 from scorelab.store import latest_checkpoint
 from scorelab.cli import main
 
@@ -64,6 +70,32 @@ def _torchrun(script: list[str], nproc: int = 2) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+
+def _forked_ranks(argv: list[str], log: Path, nproc: int = 2) -> None:
+    """``scorelab ARGV`` on ``nproc`` ranks, each a process forked from the preloaded server with the env://
+    variables of its rank (rank 0 hosts the store), as torchrun's workers have them."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    procs = []
+    try:
+        for r in range(nproc):
+            env = {"RANK": str(r), "LOCAL_RANK": str(r), "WORLD_SIZE": str(nproc), "LOCAL_WORLD_SIZE": str(nproc),
+                   "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+            procs.append(preforked._context().Process(target=distributed_worker.forked,
+                                                      args=(argv, env, f"{log}.{r}"), daemon=True))
+            procs[-1].start()
+        for p in procs:
+            p.join(600)
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.kill()
+                p.join(15)
+        preforked.stop()
+    assert [p.exitcode for p in procs] == [0] * nproc, "\n".join(
+        Path(f"{log}.{r}").read_text()[-3000:] for r in range(nproc))
 
 
 @contextmanager
@@ -113,7 +145,7 @@ def runs(tmp_path_factory, shared_cache):
                 ([*evaluate, "--out", str(root / "evaluate" / "two")], cache)]
     (root / "commands.json").write_text(json.dumps(commands))
     _torchrun([str(Path(__file__).with_name("distributed_worker.py")), str(root / "commands.json")])
-    _torchrun(["-m", "scorelab.cli", *TRAIN, "--steps", "6", "--out", str(root / "two"), "--resume"])
+    _forked_ranks([*TRAIN, "--steps", "6", "--out", str(root / "two"), "--resume"], root / "resume.log")
     return root
 
 

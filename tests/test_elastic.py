@@ -5,7 +5,9 @@ process group made by the caller, a rank slow on I/O under a short timeout, and 
 
 The faults are injected by tests/elastic_worker.py, each into one attempt. The slow-I/O run is the uninterrupted
 reference too, and it and its control run in the background from the module's start: they mostly wait (on a
-slow write, on a timeout), while the fault test's job uses the CPU.
+slow write, on a timeout), while the fault test's job uses the CPU. The processes that torchrun does not launch
+(the caller's group, the unreachable rendezvous, the uneven batch) are forked from a server that has imported
+what a run imports (tests/preforked.py): each is a process of its own, without the seconds of imports.
 """
 
 import contextlib
@@ -22,6 +24,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import elastic_worker
+import preforked
 from scorelab.store import list_checkpoints
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="needs torch.distributed")
@@ -89,6 +93,44 @@ class _Job:
             self.kill()
         logs = [log.read_text(errors="replace") for log in self.logs]
         return max(p.returncode for p in self.procs), "\n".join(log[-4000:] for log in logs)
+
+
+class _Forked:
+    """``python elastic_worker.py ARGS`` with the environment ``ENV``, for each ``(ARGS, ENV)``, forked from the
+    preloaded server (:func:`elastic_worker.forked`), with :class:`_Job`'s methods; ``err`` are their stderr."""
+
+    def __init__(self, runs: list[tuple[list[str], dict[str, str]]], out: Path):
+        self.logs = [out.with_name(f"{out.name}-{i}.log") for i in range(len(runs))]
+        self.err = [log.with_suffix(".err") for log in self.logs]
+        context = preforked._context()
+        self.procs = [context.Process(target=elastic_worker.forked, args=(args, env, str(log), str(err)), daemon=True)
+                      for (args, env), log, err in zip(runs, self.logs, self.err)]
+        for p in self.procs:
+            p.start()
+
+    def kill(self) -> None:
+        for p in self.procs:
+            if p.is_alive():
+                p.kill()
+            p.join(15)
+
+    def finish(self) -> tuple[int, str]:
+        """The worst exit code and the end of each process's output (stdout, then stderr), once all have ended
+        (240 s at most)."""
+        try:
+            for p in self.procs:
+                p.join(240)
+        finally:
+            self.kill()
+        logs = [log.read_text(errors="replace") + err.read_text(errors="replace")
+                for log, err in zip(self.logs, self.err)]
+        return max(p.exitcode for p in self.procs), "\n".join(log[-4000:] for log in logs)
+
+
+@pytest.fixture(scope="module")
+def fork_server():
+    yield
+    preforked.stop()
 
 
 def _torchrun(launch: list[str], fault: str, out: Path, extra: tuple[str, ...] = ()) -> list[str]:
@@ -180,13 +222,12 @@ def test_an_elastic_job_that_loses_workers_resumes_and_ends_bit_identical(slow_i
     assert not list((out / "checkpoints").glob(".tmp-*"))
 
 
-def test_a_process_group_made_by_the_caller_is_used_and_left_as_it_was(slow_io, tmp_path):
+def test_a_process_group_made_by_the_caller_is_used_and_left_as_it_was(slow_io, fork_server, tmp_path):
     """Two processes that made their own gloo group (file:// store, no torchrun variables) train as the torchrun
     run did, bit for bit; the group is still there afterwards (the worker all-reduces on it)."""
     out, store = tmp_path / "run", tmp_path / "store"
-    cmds = [[sys.executable, WORKER, "caller", str(store), str(r), "2", "--", *TRAIN, "--out", str(out)]
-            for r in range(2)]
-    code, log = _Job(cmds, out, _env()).finish()
+    runs = [(["caller", str(store), str(r), "2", "--", *TRAIN, "--out", str(out)], _env()) for r in range(2)]
+    code, log = _Forked(runs, out).finish()
     assert code == 0, log
     _assert_same_weights(out, slow_io.reference())
 
@@ -205,21 +246,34 @@ def test_a_rank_slow_on_io_does_not_make_the_others_time_out(slow_io, control):
     assert sorted(p.name for p in (out / "samples").iterdir()) == ["step-00000006.png", "step-00000008.png"]
 
 
-def test_an_unreachable_rendezvous_is_one_line(tmp_path):
-    env = {**_env(), "RANK": "1", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port())}
-    done = subprocess.run([sys.executable, "-m", "scorelab.cli", *TRAIN, "--dist-timeout", "0.01", "--out",
-                           str(tmp_path / "run")], env=env, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 2
-    lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1 and "could not reach the process group's store at 127.0.0.1:" in lines[0], done.stderr
+def _ranks(world: int, port: int) -> list[dict[str, str]]:
+    """The env:// variables of each rank (as torchrun's workers have them; rank 0 hosts the store)."""
+    return [{**_env(), "RANK": str(r), "LOCAL_RANK": str(r), "WORLD_SIZE": str(world), "MASTER_ADDR": "127.0.0.1",
+             "MASTER_PORT": str(port)} for r in range(world)]
+
+
+def test_an_unreachable_rendezvous_is_one_line(fork_server, tmp_path):
+    env = _ranks(2, _free_port())[1]                      # rank 1 of 2, and no rank 0 to host the store
+    job = _Forked([(["none", "--", *TRAIN, "--dist-timeout", "0.01", "--out", str(tmp_path / "run")], env)],
+                  tmp_path / "run")
+    code, log = job.finish()
+    assert code == 2, log
+    stderr = job.err[0].read_text()
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and "could not reach the process group's store at 127.0.0.1:" in lines[0], stderr
     assert not (tmp_path / "run").exists() or not list((tmp_path / "run").rglob("*.safetensors"))
 
 
-def test_a_world_size_that_does_not_divide_the_batch_is_one_line_on_each_rank(tmp_path):
-    code, log = _standalone("none", tmp_path / "run", ("--batch-size", "33")).finish()
-    assert code != 0
-    for who in ("scorelab train: error:", "scorelab train (rank 1): error:"):
-        assert f"{who} the global batch of 33 does not split evenly over 2 processes" in log, log
+def test_a_world_size_that_does_not_divide_the_batch_is_one_line_on_each_rank(fork_server, tmp_path):
+    out = tmp_path / "run"
+    job = _Forked([(["none", "--", *TRAIN, "--batch-size", "33", "--out", str(out)], env)
+                   for env in _ranks(2, _free_port())], out)
+    code, log = job.finish()
+    assert [p.exitcode for p in job.procs] == [2, 2], log
+    for who, err in zip(("scorelab train: error:", "scorelab train (rank 1): error:"), job.err):
+        lines = err.read_text().strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(
+            f"{who} the global batch of 33 does not split evenly over 2 processes"), log
 
 
 def test_resume_auto_continues_its_own_run_and_refuses_other_data(tmp_path):

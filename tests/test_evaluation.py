@@ -1,6 +1,7 @@
 """The in-domain classifier on real data, NFE budgets, and ``scorelab evaluate`` end to end."""
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -22,20 +23,21 @@ def test_domain_classifier_reaches_its_stated_accuracy_on_digits_and_is_determin
     train, test = load_digits("train"), load_digits("test")
     first = fit_domain_classifier(train, test, cache=tmp_path / "a", progress=False)
     assert first.accuracy >= STATED_ACCURACY["digits"]
-    # Same data, seed and recipe in another cache folder: the same network, bit for bit.
-    second = fit_domain_classifier(train, test, cache=tmp_path / "b", progress=False)
+    # A damaged cache entry is retrained, not trusted; and the same data, seed and recipe in another cache folder
+    # give the same network, bit for bit: a copy of the entry, damaged, in folder b.
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    weights = next((tmp_path / "b").rglob("model.safetensors"))
+    weights.write_bytes(weights.read_bytes()[:-10])
+    healed = fit_domain_classifier(train, test, cache=tmp_path / "b", progress=False)
+    assert healed.accuracy == first.accuracy
+    assert weights.stat().st_size == next((tmp_path / "a").rglob("model.safetensors")).stat().st_size  # rewritten
     for k, v in first.net.state_dict().items():
-        assert torch.equal(v, second.net.state_dict()[k]), k
+        assert torch.equal(v, healed.net.state_dict()[k]), k
     # A cache hit returns the stored network; its features have unit RMS on the training split.
     again = fit_domain_classifier(train, test, cache=tmp_path / "a", progress=False)
     feats, probs = again(train.images)
     np.testing.assert_allclose(np.sqrt(np.mean(feats ** 2)), 1.0, rtol=1e-6)
     np.testing.assert_allclose(probs.sum(1), 1.0, rtol=1e-9)
-    # A damaged cache entry is retrained, not trusted.
-    weights = next((tmp_path / "a").rglob("model.safetensors"))
-    weights.write_bytes(weights.read_bytes()[:-10])
-    healed = fit_domain_classifier(train, test, cache=tmp_path / "a", progress=False)
-    assert healed.accuracy == first.accuracy
 
 
 @pytest.mark.skipif(not (DATA / "fashion-mnist").is_dir(), reason="needs ../shared/data/fashion-mnist")
@@ -64,6 +66,7 @@ def tiny_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("evaluate")
     recipe = {"framework": "ddpm", "data": "digits", "steps": 300, "batch_size": 32, "lr": 2e-3, "warmup": 0,
               "network": "digits8", "process_options": {"num_steps": 100}, "sample_every": 1000,
+              "num_preview": 4, "preview_steps": 2,                   # a small grid: no test looks at it
               "network_options": {"base_channels": 16, "norm_groups": 8, "num_res_blocks": 1,
                                   "attention_resolutions": []}}
     (root / "recipe.json").write_text(json.dumps(recipe))

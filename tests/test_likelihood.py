@@ -39,12 +39,18 @@ def test_ode_log_likelihood_in_16d(mixture_16d):
     assert (chain - exact).abs().max() < 1e-3
 
 
-@pytest.mark.parametrize("probe", ["rademacher", "gaussian"])
-def test_hutchinson_estimate_is_unbiased_within_its_standard_error(mixture_16d, probe):
-    process = sl.VPSDE()
+@pytest.fixture(scope="module")
+def exact_16d(mixture_16d):
+    """Six 16-D points, the exact mixture model under VP, and their ODE log-likelihood by the exact divergence
+    (computed once: both probes' tests compare with it)."""
+    model = mixture_16d.model(sl.VPSDE())
     x = mixture_16d.sample(6, gen(2), dtype=torch.float64)
-    model = mixture_16d.model(process)
-    exact = ode_log_likelihood(model, x, divergence="exact").log_prob
+    return model, x, ode_log_likelihood(model, x, divergence="exact").log_prob
+
+
+@pytest.mark.parametrize("probe", ["rademacher", "gaussian"])
+def test_hutchinson_estimate_is_unbiased_within_its_standard_error(exact_16d, probe):
+    model, x, exact = exact_16d
     est = ode_log_likelihood(model, x, probes=48, probe=probe, generator=gen(3))
     assert est.per_probe.shape == (6, 48)
     z = (est.log_prob - exact) / est.stderr

@@ -55,13 +55,25 @@ def _configs():
             f"{name}/heun+churn/40": (p, lambda m, s: S.ode_heun(m, s, 40, churn=10, noise=gen())),
             f"{name}/dpm++2m/30": (p, lambda m, s: S.dpm_solver_pp_2m(m, s, 30, noise=gen())),
         })
-        for predictor in ("reverse_diffusion", "euler_maruyama", "ancestral"):
-            for corrector in ("langevin", "annealed_langevin"):
-                c[f"{name}/pc/{predictor}+{corrector}/500"] = (p, lambda m, s, pr=predictor, co=corrector: S.predictor_corrector(
-                    m, s, 500, predictor=pr, corrector=co,
-                    # per-sample SNR norms are for high dimension; in 2-D use score_sde's batch norms
-                    snr_norm="batch" if s[1] == 2 else "sample", noise=gen()))
+        for predictor, corrector in PC_PAIRS[name]:
+            c[f"{name}/pc/{predictor}+{corrector}/500"] = (p, lambda m, s, pr=predictor, co=corrector: S.predictor_corrector(
+                m, s, 500, predictor=pr, corrector=co,
+                # per-sample SNR norms are for high dimension; in 2-D use score_sde's batch norms
+                snr_norm="batch" if s[1] == 2 else "sample", noise=gen()))
     return c
+
+
+# Predictor-corrector: every predictor and every corrector on every process and mixture, and each of the six pairs
+# on VP or sub-VP (the full 3 x 2 product on each process checked nothing more). The two are separate steps: with
+# one of them perturbed (its score scaled by 1.2 or 1.5), a (process, mixture) passed or failed alike whatever its
+# partner (a corrector's distance moved by at most 0.0008 with the predictor), apart from two VP 2-D predictor cases
+# at the 0.006 edge (0.0058-0.0064), which fail on 16-D and sub-VP with either partner. MALA, HMC: test_energy.py.
+PC_PAIRS = {
+    "VPSDE": (("reverse_diffusion", "langevin"), ("euler_maruyama", "annealed_langevin"), ("ancestral", "langevin")),
+    "SubVPSDE": (("reverse_diffusion", "annealed_langevin"), ("euler_maruyama", "langevin"),
+                 ("ancestral", "annealed_langevin")),
+    "VESDE": (("reverse_diffusion", "langevin"), ("euler_maruyama", "annealed_langevin"), ("ancestral", "langevin")),
+}
 
 
 CONFIGS = _configs()
@@ -119,17 +131,18 @@ def _endpoint_errors(solver, model, x_t, steps, reference):
     return [(solver(model, x_t.clone(), n).samples - reference).pow(2).mean().sqrt().item() for n in steps]
 
 
-@pytest.mark.parametrize("solver, order, process", [
-    (S.ode_euler, 1, sl.VPSDE()), (S.ode_heun, 2, sl.VPSDE()), (S.ode_euler, 1, VE), (S.ode_heun, 2, VE)],
-    ids=["euler-vp", "heun-vp", "euler-ve", "heun-ve"])
-def test_deterministic_solvers_converge_at_their_order(mixture_16d, solver, order, process):
+@pytest.mark.parametrize("process", [sl.VPSDE(), VE], ids=["vp", "ve"])
+def test_deterministic_solvers_converge_at_their_order(mixture_16d, process):
+    """Euler at order 1 and Heun at order 2, both against one 3000-step Heun solution from the same draws."""
     model = mixture_16d.model(process)
     x_t = process.prior_sample((64, 16), gen(3), dtype=torch.float64)
     reference = S.ode_heun(model, x_t.clone(), 3000).samples
     steps = [40, 80, 160, 320]
-    errors = _endpoint_errors(solver, model, x_t, steps, reference)
-    slope = np.polyfit(np.log(steps), np.log(errors), 1)[0]
-    assert -order - 0.35 < slope < -order + 0.35, (errors, slope)
+    slopes = {}
+    for solver, order in ((S.ode_euler, 1), (S.ode_heun, 2)):
+        errors = _endpoint_errors(solver, model, x_t, steps, reference)
+        slopes[solver.__name__] = order, np.polyfit(np.log(steps), np.log(errors), 1)[0], errors
+    assert all(-order - 0.35 < slope < -order + 0.35 for order, slope, _ in slopes.values()), slopes
 
 
 def test_ddim_eta0_is_the_euler_step_of_the_probability_flow_ode(mixture_2d):

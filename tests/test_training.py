@@ -178,8 +178,10 @@ def test_bf16_autocast_trains_like_fp32(tmp_path, digits32):
 def test_mlp_on_a_mixture_reaches_its_exact_entropy(tmp_path, mixture_2d, loss, bound):
     """Trained under the VP SDE by DSM, or by sliced score matching (SSM-VR, no Gaussian kernel used), the
     ODE likelihood of held-out points is within ``bound`` nats of the mixture's exact entropy (measured on
-    the same points; MATH.md 4, 6, 7). Measured gaps: DSM 0.037 (0.043, 0.043 with other seeds), SSM-VR 0.090
-    (0.11, 0.11): SSM's noisier gradients need the longer run of a wider MLP."""
+    the same points; MATH.md 4, 6, 7). Measured gaps: DSM 0.041, SSM-VR 0.089 (0.037 and 0.090 with the ODE at
+    rtol = atol = 1e-5, where other seeds gave 0.043, 0.043 and 0.11, 0.11): SSM's noisier gradients need the
+    longer run of a wider MLP. The ODE's 1e-4 moves the mean NLL by under 0.005 nats (max 0.09 at a point) for
+    2.4 times fewer network calls; a score scaled by 1.04 or 0.96 still fails DSM's bound (gaps 0.116, 0.134)."""
     steps, lr, hidden = {"dsm": (1500, 3e-3, 96), "ssm-vr": (2000, 2e-3, 128)}[loss]
     data = mixture_2d.sample(20000, generator=torch.Generator().manual_seed(0)).float().numpy()
     config = TrainConfig(framework="vp", loss=loss, out=str(tmp_path), steps=steps, batch_size=512, lr=lr,
@@ -187,7 +189,8 @@ def test_mlp_on_a_mixture_reaches_its_exact_entropy(tmp_path, mixture_2d, loss, 
                          sample_every=10**6, checkpoint_every=10**6, num_preview=4, preview_steps=2)
     model = train(config, data=data, progress=False).model
     x = mixture_2d.sample(1000, generator=torch.Generator().manual_seed(1))
-    nll = -sl.likelihood.ode_log_likelihood(model, x.float(), divergence="exact").log_prob.double()
+    nll = -sl.likelihood.ode_log_likelihood(model, x.float(), divergence="exact", rtol=1e-4,
+                                            atol=1e-4).log_prob.double()
     entropy = -mixture_2d.log_prob(x).double()
     assert abs(nll.mean() - entropy.mean()) < bound, (nll.mean(), entropy.mean())
 

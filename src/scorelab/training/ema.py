@@ -17,7 +17,6 @@ def ema_decay_at(decay: float, step: int) -> float:
 @torch.no_grad()
 def update_ema(ema: nn.Module, net: nn.Module, decay: float) -> None:
     """``ema <- decay ema + (1 - decay) net`` for parameters; buffers are copied."""
-    for e, p in zip(ema.parameters(), net.parameters()):
-        e.lerp_(p.detach(), 1.0 - decay)
+    torch._foreach_lerp_(list(ema.parameters()), [p.detach() for p in net.parameters()], 1.0 - decay)
     for e, b in zip(ema.buffers(), net.buffers()):
         e.copy_(b)

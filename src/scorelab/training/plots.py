@@ -20,10 +20,11 @@ def pyplot():
 
 
 def plot_loss_curve(csv_path: str | Path, png_path: str | Path, *, title: str = "") -> Path | None:
-    """Plot ``loss.csv`` (log scale, with a moving average) to ``png_path``; None if the log is empty."""
+    """Plot ``loss.csv`` (log scale, with a moving average) to ``png_path``; None (nothing drawn) while the log has
+    fewer than two rows: one point is no curve."""
     with open(csv_path, newline="") as f:
         rows = list(csv.DictReader(f))
-    if not rows:
+    if len(rows) < 2:
         return None
     steps = np.array([int(r["step"]) for r in rows])
     loss = np.array([float(r["loss"]) for r in rows])

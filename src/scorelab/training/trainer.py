@@ -297,7 +297,9 @@ def _build(config: TrainConfig, data: ImageSet | np.ndarray | None, ranks: Ranks
     if ranks.distributed:                                 # each rank its own dropout masks
         _seed_rank(config.seed, ranks.rank)
     ema = copy.deepcopy(model.net).requires_grad_(False).eval()
-    optimizer = torch.optim.AdamW(model.net.parameters(), lr=config.resolved("lr"), weight_decay=config.weight_decay)
+    # foreach: one kernel per step for all tensors (torch picks it only on GPUs), the same arithmetic bit for bit
+    optimizer = torch.optim.AdamW(model.net.parameters(), lr=config.resolved("lr"), weight_decay=config.weight_decay,
+                                  foreach=True)
     # A checkpoint holds weights, EMA and Adam's two moments; keep_last of them plus the one being written.
     param_bytes = sum(p.numel() * p.element_size() for p in model.net.parameters())
     if ranks.main:
