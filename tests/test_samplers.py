@@ -56,10 +56,12 @@ def _configs():
             f"{name}/dpm++2m/30": (p, lambda m, s: S.dpm_solver_pp_2m(m, s, 30, noise=gen())),
         })
         for predictor, corrector in PC_PAIRS[name]:
-            c[f"{name}/pc/{predictor}+{corrector}/500"] = (p, lambda m, s, pr=predictor, co=corrector: S.predictor_corrector(
-                m, s, 500, predictor=pr, corrector=co,
-                # per-sample SNR norms are for high dimension; in 2-D use score_sde's batch norms
-                snr_norm="batch" if s[1] == 2 else "sample", noise=gen()))
+            # per-sample SNR norms are for high dimension; in 2-D use score_sde's batch norms
+            c[f"{name}/pc/{predictor}+{corrector}/500"] = (p, lambda m, s, pr=predictor, co=corrector:
+                                                           S.predictor_corrector(
+                                                               m, s, 500, predictor=pr, corrector=co,
+                                                               snr_norm="batch" if s[1] == 2 else "sample",
+                                                               noise=gen()))
     return c
 
 
