@@ -145,6 +145,9 @@ def test_bad_smc_input_is_refused_in_one_line(mixture_2d):
             C.linear_inverse(model, y, op, method="smc", steps=5, **kwargs)
     with pytest.raises(ValueError, match="takes exact observations"):
         C.linear_inverse(model, y, op, 0.1, method="smc", proposal="replace", steps=5)
+    for method in ("replace", "repaint"):                 # they write y into x: noisy y is refused, not ignored
+        with pytest.raises(ValueError, match="takes exact observations; for y with noise"):
+            C.linear_inverse(model, y, op, 0.1, method=method, steps=5)
     with pytest.raises(ValueError, match="orthogonal rows"):
         C.linear_inverse(model, torch.zeros(4, 2), C.MatrixOperator(torch.tensor([[1.0, 2.0], [0.0, 1.0]])),
                          method="smc", proposal="replace", steps=5)

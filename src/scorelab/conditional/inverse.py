@@ -185,12 +185,15 @@ def linear_inverse(model: DiffusionModel, y: Tensor, operator: LinearOperator, n
     loops (``options``: ``jump_length``, ``resample``; ``scale``); ``"smc"`` is sequential Monte Carlo
     (:func:`scorelab.conditional.smc`; ``options``: ``proposal``, ``particles``, ``ess_threshold``, ...), the one
     method whose error goes to zero as it spends more and the only one that uses ``noise_std``: ``replace`` and
-    ``repaint`` take ``y`` as exact and need an operator with orthogonal rows; ``dps`` takes any operator and
-    normalizes its step by the residual. ``operator`` may hold one operator per example (a stack of masks or
+    ``repaint`` take ``y`` as exact (``noise_std > 0`` is refused) and need an operator with orthogonal rows;
+    ``dps`` takes any operator and noisy ``y`` without its level, and normalizes its step by the residual. ``operator`` may hold one operator per example (a stack of masks or
     matrices). ``data_range``: refuse observations outside it (images: ``(-1, 1)``).
     """
     require(method in METHODS, f"unknown method {method!r}; choose one of {list(METHODS)}")
     require(noise_std >= 0 and math.isfinite(noise_std), f"noise_std must be >= 0, got {noise_std}")
+    require(noise_std == 0 or method in ("smc", "dps"), f"method {method!r} writes y into the samples, so it takes "
+            f"exact observations; for y with noise (noise_std={noise_std:g}) use method='smc', which weighs by it, "
+            "or 'dps', which takes noisy y without its level")
     y = torch.as_tensor(y)
     require(y.ndim >= 2, f"observations must have a batch axis, shape (N, ...); got {tuple(y.shape)}")
     x_shape = operator.x_shape(tuple(y.shape[1:]))
