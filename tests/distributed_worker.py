@@ -6,9 +6,6 @@ process group, so that the job's ranks start up (interpreter, imports, group) on
 COMMANDS.json is a list of ``[argv, env]``: ``scorelab ARGV`` with the variables ``env`` set around it. The group
 is joined by ``scorelab.distributed.session()``, as a user's script would join it (env://, gloo on the CPU); every
 command finds it there and uses it. A command that fails ends the worker (and torchrun ends the job).
-
-:func:`forked` is the other kind of worker: one ``scorelab`` command in a process forked from tests/preforked.py's
-server, with the env:// variables of its rank, which joins the group itself.
 """
 
 from __future__ import annotations
@@ -37,23 +34,6 @@ def run(commands: list[tuple[list[str], dict[str, str]]]) -> None:
                         os.environ[k] = v
             if code != 0:
                 raise SystemExit(f"scorelab {' '.join(argv)} exited with {code}")
-
-
-def forked(argv: list[str], env: dict[str, str], log: str) -> None:
-    """``scorelab ARGV`` with the variables ``env`` set, its output in ``log``, in a process forked from
-    tests/preforked.py's server (whose state is its imports alone, under ``OMP_NUM_THREADS=1``); its exit code
-    is the command's."""
-    import multiprocessing
-
-    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    os.dup2(fd, 1)
-    os.dup2(fd, 2)
-    os.close(fd)
-    os.environ.update(env)
-    multiprocessing.set_start_method(None, force=True)    # as a fresh interpreter's (see tests/preforked.py)
-    from scorelab.cli import main
-
-    raise SystemExit(main(argv))
 
 
 if __name__ == "__main__":

@@ -13,8 +13,8 @@ none and runs clean (torchrun's restart count is per node, so it cannot tell).
 ``caller`` makes its own gloo group (file:// store, no env:// variables, as Ray Train or Lightning Fabric
 would), trains through the library, and checks that the group is still there and works afterwards.
 
-The processes that torchrun does not launch are forked from tests/preforked.py's server instead (:func:`forked`):
-the same command, without the seconds of imports.
+The processes that torchrun does not launch run :func:`run` forked from tests/preforked.py's server: the same
+command, without the seconds of imports.
 """
 
 from __future__ import annotations
@@ -99,7 +99,7 @@ def _caller(store: str, rank: int, world: int, argv: list[str]) -> None:
     dist.destroy_process_group()
 
 
-def _run(args: list[str]) -> int:
+def run(args: list[str]) -> int:
     cut = args.index("--")
     head, scorelab_args = args[:cut], args[cut + 1:]
     if head[0] == "caller":
@@ -112,21 +112,5 @@ def _run(args: list[str]) -> int:
     return main(scorelab_args)
 
 
-def forked(args: list[str], env: dict[str, str], stdout: str, stderr: str) -> None:
-    """``python elastic_worker.py ARGS`` in a process forked from tests/preforked.py's server (whose state is
-    its imports alone, under ``OMP_NUM_THREADS=1``), with the environment ``env`` and its output in two files;
-    its exit code is the command's."""
-    import multiprocessing
-
-    for fd, path in ((1, stdout), (2, stderr)):
-        f = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        os.dup2(f, fd)
-        os.close(f)
-    os.environ.clear()
-    os.environ.update(env)
-    multiprocessing.set_start_method(None, force=True)    # as a fresh interpreter's (see tests/preforked.py)
-    raise SystemExit(_run(args))
-
-
 if __name__ == "__main__":
-    raise SystemExit(_run(sys.argv[1:]))
+    raise SystemExit(run(sys.argv[1:]))

@@ -103,8 +103,8 @@ def unconditional_run(tmp_path_factory):
 
 
 def test_guidance_needs_a_class_conditional_model(unconditional_run, tmp_path, capsys):
-    out = unconditional_run
-    assert main(["sample", str(out), "--guidance", "2", "--num", "2", "--steps", "2", "--out", str(tmp_path / "x.png")]) == 2
+    assert main(["sample", str(unconditional_run), "--guidance", "2", "--num", "2", "--steps", "2",
+                 "--out", str(tmp_path / "x.png")]) == 2
     assert "class-conditional" in capsys.readouterr().err
 
 

@@ -15,7 +15,6 @@ of imports of a fresh interpreter (and of torchrun's agent).
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from contextlib import contextmanager
@@ -26,7 +25,6 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import distributed_worker
 import preforked
 from scorelab.store import latest_checkpoint
 from scorelab.cli import main
@@ -74,18 +72,11 @@ def _torchrun(script: list[str], nproc: int = 2) -> None:
 
 def _forked_ranks(argv: list[str], log: Path, nproc: int = 2) -> None:
     """``scorelab ARGV`` on ``nproc`` ranks, each a process forked from the preloaded server with the env://
-    variables of its rank (rank 0 hosts the store), as torchrun's workers have them."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    variables of its rank, as torchrun's workers have them."""
     procs = []
     try:
-        for r in range(nproc):
-            env = {"RANK": str(r), "LOCAL_RANK": str(r), "WORLD_SIZE": str(nproc), "LOCAL_WORLD_SIZE": str(nproc),
-                   "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
-            procs.append(preforked._context().Process(target=distributed_worker.forked,
-                                                      args=(argv, env, f"{log}.{r}"), daemon=True))
-            procs[-1].start()
+        for r, env in enumerate(preforked.ranks(nproc)):
+            procs.append(preforked.start(argv, Path(f"{log}.{r}"), env=env))
         for p in procs:
             p.join(600)
     finally:

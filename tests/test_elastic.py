@@ -97,16 +97,14 @@ class _Job:
 
 class _Forked:
     """``python elastic_worker.py ARGS`` with the environment ``ENV``, for each ``(ARGS, ENV)``, forked from the
-    preloaded server (:func:`elastic_worker.forked`), with :class:`_Job`'s methods; ``err`` are their stderr."""
+    preloaded server (:func:`preforked.call` of :func:`elastic_worker.run`), with :class:`_Job`'s methods; ``err``
+    are their stderr."""
 
     def __init__(self, runs: list[tuple[list[str], dict[str, str]]], out: Path):
         self.logs = [out.with_name(f"{out.name}-{i}.log") for i in range(len(runs))]
         self.err = [log.with_suffix(".err") for log in self.logs]
-        context = preforked._context()
-        self.procs = [context.Process(target=elastic_worker.forked, args=(args, env, str(log), str(err)), daemon=True)
+        self.procs = [preforked.call(elastic_worker.run, (args,), log, err=err, env=env)
                       for (args, env), log, err in zip(runs, self.logs, self.err)]
-        for p in self.procs:
-            p.start()
 
     def kill(self) -> None:
         for p in self.procs:
@@ -246,14 +244,13 @@ def test_a_rank_slow_on_io_does_not_make_the_others_time_out(slow_io, control):
     assert sorted(p.name for p in (out / "samples").iterdir()) == ["step-00000006.png", "step-00000008.png"]
 
 
-def _ranks(world: int, port: int) -> list[dict[str, str]]:
-    """The env:// variables of each rank (as torchrun's workers have them; rank 0 hosts the store)."""
-    return [{**_env(), "RANK": str(r), "LOCAL_RANK": str(r), "WORLD_SIZE": str(world), "MASTER_ADDR": "127.0.0.1",
-             "MASTER_PORT": str(port)} for r in range(world)]
+def _ranks(world: int) -> list[dict[str, str]]:
+    """The environment of each rank: the workers' and the env:// variables (rank 0 hosts the store)."""
+    return [{**_env(), **rank} for rank in preforked.ranks(world)]
 
 
 def test_an_unreachable_rendezvous_is_one_line(fork_server, tmp_path):
-    env = _ranks(2, _free_port())[1]                      # rank 1 of 2, and no rank 0 to host the store
+    env = _ranks(2)[1]                      # rank 1 of 2, and no rank 0 to host the store
     job = _Forked([(["none", "--", *TRAIN, "--dist-timeout", "0.01", "--out", str(tmp_path / "run")], env)],
                   tmp_path / "run")
     code, log = job.finish()
@@ -267,7 +264,7 @@ def test_an_unreachable_rendezvous_is_one_line(fork_server, tmp_path):
 def test_a_world_size_that_does_not_divide_the_batch_is_one_line_on_each_rank(fork_server, tmp_path):
     out = tmp_path / "run"
     job = _Forked([(["none", "--", *TRAIN, "--batch-size", "33", "--out", str(out)], env)
-                   for env in _ranks(2, _free_port())], out)
+                   for env in _ranks(2)], out)
     code, log = job.finish()
     assert [p.exitcode for p in job.procs] == [2, 2], log
     for who, err in zip(("scorelab train: error:", "scorelab train (rank 1): error:"), job.err):
