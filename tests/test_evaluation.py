@@ -180,3 +180,6 @@ def test_evaluate_scores_the_weights_asked_for(tiny_run):
     assert not all(torch.equal(a, b) for a, b in zip(raw.parameters(), ema.parameters()))
     with pytest.raises(ValueError, match="weights must be 'ema' or 'model'"):
         run_module.EvalConfig(weights="best")
+    for nfe in ((2.7, 10), (True, 10)):                  # a list's items are checked too (not rounded, not taken as 1)
+        with pytest.raises(ValueError, match="nfe must be a list of integers"):
+            run_module.EvalConfig(nfe=nfe)

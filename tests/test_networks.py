@@ -34,7 +34,13 @@ def test_sinusoidal_embedding_is_hos_formula():
     args = c.numpy()[:, None] * freqs[None]
     # float32 arguments near 999 carry ~999 * 2^-24 = 6e-5 of rounding
     np.testing.assert_allclose(got, np.concatenate([np.sin(args), np.cos(args)], 1), rtol=0, atol=1e-4)
-    # A network converted to bfloat16 embeds in its own dtype (the arguments still in float32 or wider).
+    # Cast to bfloat16, the embedding keeps its float32 frequencies and arguments and rounds only its output:
+    # Ho's features to bfloat16's 2^-8 (frequencies rounded to bfloat16 were off by up to 1.2 at c = 999).
+    cast = SinusoidalEmbedding(128).to(torch.bfloat16)
+    assert cast.freqs.dtype == torch.float32 and cast(c).dtype == torch.bfloat16
+    np.testing.assert_allclose(cast(c).float().numpy(), np.concatenate([np.sin(args), np.cos(args)], 1),
+                               rtol=0, atol=2 ** -8 + 1e-4)
+    # A network converted to bfloat16 runs in its own dtype.
     torch.manual_seed(0)
     net = UNet(UNetConfig(image_size=8, in_channels=1, base_channels=16, channel_mults=(1, 2), num_res_blocks=1,
                           attention_resolutions=(4,), norm_groups=8)).eval()

@@ -108,6 +108,16 @@ _FIELD_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
     "str": ((str,), "a string"), "int": ((int,), "an integer"), "float": ((int, float), "a number"),
     "bool": ((bool,), "true or false"), "dict[str, Any]": ((dict,), "a dict of settings"),
     "tuple[str, ...]": ((tuple, list), "a list of strings"), "tuple[int, ...]": ((tuple, list), "a list of integers")}
+#: The written type of a list field's items.
+_ITEMS = {"tuple[str, ...]": "str", "tuple[int, ...]": "int"}
+
+
+def _is(value: Any, kind: str) -> bool:
+    """Whether ``value`` is of the written type ``kind`` (a bool is no integer or number here; a list's items
+    are checked too)."""
+    if not isinstance(value, _FIELD_TYPES[kind][0]) or (kind != "bool" and isinstance(value, bool)):
+        return False
+    return kind not in _ITEMS or all(_is(item, _ITEMS[kind]) for item in value)
 
 
 def check_field_types(config: Any) -> None:
@@ -118,8 +128,7 @@ def check_field_types(config: Any) -> None:
         value = getattr(config, f.name)
         if (value is None and "None" in kinds) or not all(k in _FIELD_TYPES or k == "None" for k in kinds):
             continue
-        ok = any(isinstance(value, _FIELD_TYPES[k][0]) and (k == "bool" or not isinstance(value, bool))
-                 for k in kinds if k != "None")
+        ok = any(_is(value, k) for k in kinds if k != "None")
         words = " or ".join(_FIELD_TYPES[k][1] if k != "None" else "null" for k in kinds)
         require(ok, f"{f.name} must be {words}, got {value!r}")
 

@@ -180,11 +180,11 @@ class _Run:
             if self.proposal == "kalman":                                   # ... over the last potential
                 inc = inc - self._gaussian(yb, u, sigma**2 - star**2, above)
             return inc
-        sigma_next, v = self.sigmas[i + 1], self._step(i)[1] ** 2
+        (rho, step), sigma_next = self._step(i), self.sigmas[i + 1]
+        v = step**2
         if self.proposal == "replace":                  # the path's next level by the kernel's bridge to y; its weight
-            rho, step = self._step(i)
             nxt = rho * self.path + step * self._draw(1, u.shape[-1])
-            self.log_q = self.log_q + self._gaussian(nxt, rho * self.path, step**2, obs)[:, 0]
+            self.log_q = self.log_q + self._gaussian(nxt, rho * self.path, v, obs)[:, 0]
             self.path = nxt
             return inc + self._gaussian(yb + self.path, mean, v, obs)
         stay, cross = self._crossing(i)

@@ -93,7 +93,7 @@ class EvalConfig:
     def __post_init__(self) -> None:
         check_field_types(self)
         object.__setattr__(self, "samplers", tuple(self.samplers))
-        object.__setattr__(self, "nfe", tuple(int(n) for n in self.nfe))
+        object.__setattr__(self, "nfe", tuple(self.nfe))
         object.__setattr__(self, "features", tuple(self.features))
         object.__setattr__(self, "bpd", tuple(self.bpd))
         unknown = [s for s in self.samplers if s not in SAMPLERS]

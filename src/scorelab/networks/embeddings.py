@@ -32,7 +32,27 @@ __all__ = ["SinusoidalEmbedding", "FourierEmbedding", "LabelEmbedding", "add_lab
 NO_LABEL = -1
 
 
-class SinusoidalEmbedding(nn.Module):
+class _Frequencies(nn.Module):
+    """A noise embedding ``[sin(c w), cos(c w)]`` whose frequencies ``w`` (buffer ``name``) stay float32 or wider
+    when the network is cast to bfloat16 or half: rounded to 8 bits, ``c w`` at ``c`` near 1000 moves by whole
+    periods. The arguments are computed at that precision; the output takes the network's dtype (``dtype``)."""
+
+    dtype = torch.float32
+
+    def _apply(self, fn, recurse: bool = True):
+        wide = dict(self._buffers)
+        super()._apply(fn, recurse)
+        for name, cast in self._buffers.items():
+            self.dtype = cast.dtype
+            if cast.element_size() < wide[name].element_size():
+                self._buffers[name] = wide[name].to(cast.device)
+        return self
+
+    def _features(self, args: Tensor) -> Tensor:
+        return torch.cat([torch.sin(args), torch.cos(args)], dim=1).to(self.dtype)
+
+
+class SinusoidalEmbedding(_Frequencies):
     """``[sin(c w_k), cos(c w_k)]`` with ``w_k = 10000^(-k / (dim/2 - 1))`` and ``c = scale * condition``."""
 
     def __init__(self, dim: int, scale: float = 1.0, max_period: float = 10000.0):
@@ -44,12 +64,10 @@ class SinusoidalEmbedding(nn.Module):
         self.scale = scale
 
     def forward(self, c: Tensor) -> Tensor:
-        work = torch.promote_types(self.freqs.dtype, torch.float32)   # at least float32 (c reaches 1000), then
-        args = (self.scale * c.to(work))[:, None] * self.freqs.to(work)[None]            # the network's own dtype
-        return torch.cat([torch.sin(args), torch.cos(args)], dim=1).to(self.freqs.dtype)
+        return self._features((self.scale * c.to(self.freqs.dtype))[:, None] * self.freqs[None])
 
 
-class FourierEmbedding(nn.Module):
+class FourierEmbedding(_Frequencies):
     """``[sin(2 pi c B), cos(2 pi c B)]`` with fixed ``B ~ N(0, scale^2)`` (NCSN++ uses scale 16)."""
 
     def __init__(self, dim: int, scale: float = 16.0, seed: int = 0):
@@ -59,9 +77,7 @@ class FourierEmbedding(nn.Module):
         self.register_buffer("weights", torch.randn(dim // 2, generator=g) * scale)
 
     def forward(self, c: Tensor) -> Tensor:
-        work = torch.promote_types(self.weights.dtype, torch.float32)  # as SinusoidalEmbedding
-        args = 2 * math.pi * c.to(work)[:, None] * self.weights.to(work)[None]
-        return torch.cat([torch.sin(args), torch.cos(args)], dim=1).to(self.weights.dtype)
+        return self._features(2 * math.pi * c.to(self.weights.dtype)[:, None] * self.weights[None])
 
 
 def make_embedding(kind: str, dim: int, scale: float | None = None) -> nn.Module:

@@ -359,13 +359,13 @@ def _resume(run: _Run, resume: bool | str | Path, progress: bool) -> None:
     ckpt_dir = run.out / "checkpoints"
     if run.ranks.main:
         _clear_interrupted_writes(ckpt_dir)
+    newest = latest_checkpoint(ckpt_dir)
     if not resume:
-        existing = latest_checkpoint(ckpt_dir)
-        require(existing is None, f"{run.out} already holds a run (checkpoint {existing.name if existing else ''}); "
+        require(newest is None, f"{run.out} already holds a run (checkpoint {newest.name if newest else ''}); "
                 "pass --resume to continue it, or choose another --out")
         return
     auto = resume == "auto"
-    resume_from = latest_checkpoint(ckpt_dir) if resume is True or auto else Path(resume)
+    resume_from = newest if resume is True or auto else Path(resume)
     if resume_from is not None and (resume_from / "checkpoints").is_dir():     # a run folder
         resume_from = latest_checkpoint(resume_from / "checkpoints")
     if resume_from is None:
@@ -381,10 +381,10 @@ def _resume(run: _Run, resume: bool | str | Path, progress: bool) -> None:
     if diffs:
         raise CheckpointError(f"cannot resume from {ckpt.path}: it trains another model ({'; '.join(diffs[:5])}); "
                               f"resume with the settings in {run.out / 'config.json'}, or start anew in another --out")
-    newest = latest_checkpoint(ckpt_dir)
-    require(newest is None or checkpoint_step(newest) <= ckpt.step, f"{ckpt_dir} holds checkpoints after "
-            f"step {ckpt.step} ({newest.name if newest else ''}): going on from {ckpt.path} would prune the steps it "
-            "writes in favour of those; move them out of the folder, or resume in another --out")
+    if newest is not None and checkpoint_step(newest) > ckpt.step:        # only a checkpoint named by its path
+        raise ValueError(f"{ckpt_dir} holds checkpoints after step {ckpt.step} ({newest.name}): going on from "
+                         f"{ckpt.path} would prune the steps it writes in favour of those; move them out of the "
+                         "folder, or resume in another --out")
     run.net.load_state_dict(ckpt.model)
     run.ema.load_state_dict(ckpt.ema)
     run.optimizer.load_state_dict(ckpt.optimizer)
